@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Builds kube-apiserver, etcd and helm from the Go module proxy with the local Go toolchain and
+# caches them by version under $IDP_BRIDGE_CACHE (default ~/.cache/idp-bridge). Prints the
+# directory holding the binaries on its last line. Nothing is downloaded but Go modules.
+set -euo pipefail
+
+KUBE_VERSION="${KUBE_VERSION:-1.35.4}"
+ETCD_VERSION="${ETCD_VERSION:-3.6.6}"
+HELM_VERSION="${HELM_VERSION:-3.20.2}"
+CACHE="${IDP_BRIDGE_CACHE:-$HOME/.cache/idp-bridge}"
+BIN_DIR="$CACHE/bin/k8s-v$KUBE_VERSION-etcd-v$ETCD_VERSION-helm-v$HELM_VERSION"
+
+log() { echo "[control-plane-bins] $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+command -v go >/dev/null || die "Go is not installed; install Go >= 1.25 (the apiserver is built from Go modules)"
+export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
+mkdir -p "$BIN_DIR"
+
+# Each binary gets its own throwaway module so minimum version selection cannot raise shared
+# dependencies (grpc, protobuf) above what that binary was released with.
+new_module() {
+  local dir; dir="$(mktemp -d "${TMPDIR:-/tmp}/idp-bridge-gobuild.XXXXXX")"
+  printf 'module idpbridgebuild\n\ngo 1.25.0\n\ngodebug default=go1.25\n' >"$dir/go.mod"
+  echo "$dir"
+}
+
+timed() { local name=$1 start=$SECONDS; shift; "$@"; log "$name ready in $((SECONDS - start))s"; }
+
+build_kube_apiserver() {
+  local mod gomod ld k
+  mod="$(new_module)"; cd "$mod"
+  log "resolving k8s.io/kubernetes@v$KUBE_VERSION from the module proxy"
+  gomod="$(go mod download -json "k8s.io/kubernetes@v$KUBE_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')"
+  [[ -f "$gomod" ]] || die "could not download k8s.io/kubernetes@v$KUBE_VERSION (is the Go module proxy reachable? GOPROXY=$(go env GOPROXY))"
+  # k8s.io/kubernetes maps its staging modules with local replaces that consumers ignore; pin each
+  # one to the published v0.<minor>.<patch> instead.
+  echo "require k8s.io/kubernetes v$KUBE_VERSION" >>go.mod
+  grep -oE '^[[:space:]]*k8s\.io/[a-z0-9-]+ => \./staging' "$gomod" | awk '{print $1}' | sort -u |
+    while read -r m; do echo "replace $m => $m v0.${KUBE_VERSION#1.}"; done >>go.mod
+  log "building kube-apiserver v$KUBE_VERSION ($(grep -c '^replace' go.mod) staging replaces); a cold build takes 10-20 minutes"
+  go get "k8s.io/kubernetes/cmd/kube-apiserver@v$KUBE_VERSION" >&2
+  ld="-s -w"
+  for k in "gitVersion=v$KUBE_VERSION" gitMajor=1 "gitMinor=$(cut -d. -f2 <<<"$KUBE_VERSION")" gitTreeState=clean; do
+    ld="$ld -X k8s.io/component-base/version.$k -X k8s.io/client-go/pkg/version.$k"
+  done
+  go build -trimpath -tags selinux,notest,grpcnotrace -ldflags "$ld" -o "$BIN_DIR/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver
+  mv "$BIN_DIR/kube-apiserver.tmp" "$BIN_DIR/kube-apiserver"
+  cd / && rm -rf "$mod"
+}
+
+build_etcd() {
+  local mod; mod="$(new_module)"; cd "$mod"
+  log "building etcd v$ETCD_VERSION"
+  echo "require go.etcd.io/etcd/server/v3 v$ETCD_VERSION" >>go.mod
+  go get "go.etcd.io/etcd/server/v3@v$ETCD_VERSION" >&2
+  go build -trimpath -ldflags "-s -w" -o "$BIN_DIR/etcd.tmp" go.etcd.io/etcd/server/v3
+  mv "$BIN_DIR/etcd.tmp" "$BIN_DIR/etcd"
+  cd / && rm -rf "$mod"
+}
+
+build_helm() {
+  local mod; mod="$(new_module)"; cd "$mod"
+  log "building helm v$HELM_VERSION"
+  echo "require helm.sh/helm/v3 v$HELM_VERSION" >>go.mod
+  go get "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION" >&2
+  go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$(cut -d. -f2 <<<"$KUBE_VERSION")" \
+    -o "$BIN_DIR/helm.tmp" helm.sh/helm/v3/cmd/helm
+  mv "$BIN_DIR/helm.tmp" "$BIN_DIR/helm"
+  cd / && rm -rf "$mod"
+}
+
+for bin in etcd kube-apiserver helm; do
+  if [[ -x "$BIN_DIR/$bin" ]]; then
+    log "$bin: cached in $BIN_DIR"
+  else
+    timed "$bin" "build_${bin//-/_}"
+  fi
+done
+echo "$BIN_DIR"

@@ -1,0 +1,252 @@
+//! The one HTTP client every outbound call goes through.
+//!
+//! Callers name a fixed host (an Azure cloud's login host, a broker's domain) and a path; they
+//! never pass a URL. An operator-level [`EndpointOverrides`] table may redirect a host to another
+//! base URL (emulators in tests, an egress proxy in air-gapped clusters). Resources can't touch it.
+
+use std::{collections::BTreeMap, path::Path, str::FromStr, time::Duration};
+
+use reqwest::{Method, StatusCode, header::HeaderMap};
+use url::Url;
+
+/// Host -> base URL replacements, set by flag or environment only.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointOverrides(BTreeMap<String, Url>);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OverrideParseError {
+    #[error("endpoint override {0:?} must look like HOST=https://ADDRESS[:PORT][/PATH]")]
+    Shape(String),
+    #[error("endpoint override for {host}: {reason}")]
+    Url { host: String, reason: String },
+}
+
+impl FromStr for EndpointOverrides {
+    type Err = OverrideParseError;
+
+    /// Parses `host=url` pairs separated by commas.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut map = BTreeMap::new();
+        for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (host, url) = pair.split_once('=').ok_or_else(|| OverrideParseError::Shape(pair.into()))?;
+            let host = host.trim().to_ascii_lowercase();
+            if host.is_empty() || host.contains('/') {
+                return Err(OverrideParseError::Shape(pair.into()));
+            }
+            let url = Url::parse(url.trim()).map_err(|e| OverrideParseError::Url { host: host.clone(), reason: e.to_string() })?;
+            if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
+                return Err(OverrideParseError::Url { host, reason: "must be an http(s) URL with a host".into() });
+            }
+            map.insert(host, url);
+        }
+        Ok(Self(map))
+    }
+}
+
+impl EndpointOverrides {
+    pub fn insert(&mut self, host: &str, base: Url) {
+        self.0.insert(host.to_ascii_lowercase(), base);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `https://{host}{path_and_query}`, or the override's base with the path appended.
+    pub fn url(&self, host: &str, path_and_query: &str) -> Url {
+        debug_assert!(path_and_query.starts_with('/'));
+        match self.0.get(&host.to_ascii_lowercase()) {
+            Some(base) => {
+                let prefix = base.as_str().trim_end_matches('/');
+                Url::parse(&format!("{prefix}{path_and_query}")).expect("override base is a valid URL")
+            }
+            None => Url::parse(&format!("https://{host}{path_and_query}")).expect("host was validated"),
+        }
+    }
+}
+
+impl std::fmt::Display for EndpointOverrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pairs: Vec<String> = self.0.iter().map(|(h, u)| format!("{h}={u}")).collect();
+        f.write_str(&pairs.join(","))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBuildError {
+    #[error("reading CA bundle {path}: {source}")]
+    ReadCa { path: String, source: std::io::Error },
+    #[error("CA bundle {path} holds no PEM certificate")]
+    EmptyCa { path: String },
+    #[error("building the HTTP client: {0}")]
+    Build(#[from] reqwest::Error),
+}
+
+/// Failure to get any HTTP answer.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("connection failed: {0}")]
+    Connect(String),
+    #[error("request failed: {0}")]
+    Other(String),
+}
+
+impl TransportError {
+    fn from_reqwest(e: reqwest::Error, timeout: Duration) -> Self {
+        // reqwest's Display can include the URL but never the body; keep only the kind and root cause.
+        let root = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
+        if e.is_timeout() {
+            Self::Timeout(timeout)
+        } else if e.is_connect() {
+            Self::Connect(root)
+        } else {
+            Self::Other(root)
+        }
+    }
+}
+
+/// A complete HTTP answer, status and body, whatever the status.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: bytes_body::Body,
+}
+
+pub mod bytes_body {
+    /// Response body bytes with a lossy text view for error messages.
+    #[derive(Clone, Default)]
+    pub struct Body(pub Vec<u8>);
+
+    impl std::fmt::Debug for Body {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "Body({} bytes)", self.0.len())
+        }
+    }
+
+    impl Body {
+        pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+            serde_json::from_slice(&self.0)
+        }
+
+        /// The first line of the body, at most 200 characters, for messages.
+        pub fn snippet(&self) -> String {
+            let text = String::from_utf8_lossy(&self.0);
+            text.lines().next().unwrap_or_default().chars().take(200).collect()
+        }
+    }
+}
+
+/// The shared client: one connection pool, one CA configuration, one override table.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    client: reqwest::Client,
+    overrides: EndpointOverrides,
+    timeout: Duration,
+}
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl Upstream {
+    pub fn new(overrides: EndpointOverrides, ca_bundle: Option<&Path>, timeout: Duration) -> Result<Self, ClientBuildError> {
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("idp-bridge/", env!("CARGO_PKG_VERSION")))
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(5))
+            // A redirect could carry a secret-bearing request to a host nobody chose.
+            .redirect(reqwest::redirect::Policy::none())
+            .https_only(overrides.is_empty());
+        if let Some(path) = ca_bundle {
+            let display = path.display().to_string();
+            let pem = std::fs::read(path).map_err(|source| ClientBuildError::ReadCa { path: display.clone(), source })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)?;
+            if certs.is_empty() {
+                return Err(ClientBuildError::EmptyCa { path: display });
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        Ok(Self { client: builder.build()?, overrides, timeout })
+    }
+
+    pub fn url(&self, host: &str, path_and_query: &str) -> Url {
+        self.overrides.url(host, path_and_query)
+    }
+
+    pub fn request(&self, method: Method, host: &str, path_and_query: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, self.url(host, path_and_query))
+    }
+
+    /// Sends a request and reads the whole answer; only transport failures are errors.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Answer, TransportError> {
+        let response = request.send().await.map_err(|e| TransportError::from_reqwest(e, self.timeout))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(|e| TransportError::from_reqwest(e, self.timeout))?;
+        Ok(Answer { status, headers, body: bytes_body::Body(body.to_vec()) })
+    }
+}
+
+/// How long a 429 asks us to wait: `Retry-After` (seconds or HTTP date), else
+/// `X-RateLimit-Reset` (UNIX seconds), else `None`.
+pub fn retry_after(headers: &HeaderMap, now: jiff::Timestamp) -> Option<Duration> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some(value) = header("retry-after") {
+        if let Ok(secs) = value.parse::<u64>() {
+            return Some(Duration::from_secs(secs));
+        }
+        if let Ok(when) = httpdate_to_timestamp(value) {
+            return Some(until(now, when));
+        }
+    }
+    let reset = header("x-ratelimit-reset")?.parse::<i64>().ok()?;
+    let when = jiff::Timestamp::from_second(reset).ok()?;
+    Some(until(now, when))
+}
+
+fn until(now: jiff::Timestamp, when: jiff::Timestamp) -> Duration {
+    let secs = (when.as_second() - now.as_second()).max(0);
+    Duration::from_secs(secs as u64)
+}
+
+fn httpdate_to_timestamp(value: &str) -> Result<jiff::Timestamp, jiff::Error> {
+    // RFC 9110 IMF-fixdate, e.g. "Sun, 06 Nov 1994 08:49:37 GMT".
+    jiff::fmt::rfc2822::parse(value).map(|zoned| zoned.timestamp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn overrides_replace_scheme_host_and_port_only() {
+        let o: EndpointOverrides = "login.microsoftonline.com=https://127.0.0.1:8443, acme.auth0.com=http://localhost:9/prefix/".parse().unwrap();
+        assert_eq!(o.url("login.microsoftonline.com", "/t/v2.0/x?a=b").as_str(), "https://127.0.0.1:8443/t/v2.0/x?a=b");
+        assert_eq!(o.url("ACME.auth0.com", "/api/v2/connections").as_str(), "http://localhost:9/prefix/api/v2/connections");
+        assert_eq!(o.url("other.auth0.com", "/oauth/token").as_str(), "https://other.auth0.com/oauth/token");
+    }
+
+    #[test]
+    fn bad_overrides_are_rejected() {
+        assert!(matches!("nohost".parse::<EndpointOverrides>(), Err(OverrideParseError::Shape(_))));
+        assert!(matches!("a=ftp://x".parse::<EndpointOverrides>(), Err(OverrideParseError::Url { .. })));
+        assert!(matches!("a=not a url".parse::<EndpointOverrides>(), Err(OverrideParseError::Url { .. })));
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let now = jiff::Timestamp::from_second(1_000_000).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(7)));
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-reset", HeaderValue::from_static("1000030"));
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(30)));
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("Thu, 01 Jan 1970 00:00:10 GMT"));
+        assert_eq!(retry_after(&h, jiff::Timestamp::from_second(4).unwrap()), Some(Duration::from_secs(6)));
+        assert_eq!(retry_after(&HeaderMap::new(), now), None);
+    }
+}
