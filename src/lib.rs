@@ -1,7 +1,18 @@
 //! idp-bridge: a Kubernetes operator that validates Microsoft Entra ID client secrets and pushes
 //! them into identity brokers.
+//!
+//! Layout: `crd` (the API), `config` (flags, parsed once), `controller` (watch and reconcile:
+//! resolve -> validate -> plan/apply -> status), `azure` and `broker::*` (one module per external
+//! API), `upstream` (the single outbound HTTP client), `secret` (redaction and fingerprints),
+//! `devenv` (emulators and a local control plane for the demo and tests).
 
+pub mod azure;
+pub mod broker;
+pub mod config;
+pub mod controller;
 pub mod crd;
-pub mod secret;
-pub mod upstream;
 pub mod devenv;
+pub mod operator;
+pub mod secret;
+pub mod telemetry;
+pub mod upstream;

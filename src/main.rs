@@ -1,1 +1,66 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+use idp_bridge::{
+    config::{Cli, Command, Config},
+    crd, operator, telemetry,
+};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // kube and reqwest both use rustls; pick one crypto provider for the whole process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!("idp-bridge {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Crds { out_dir } => print_crds(out_dir.as_deref()),
+        Command::Run(args) => {
+            telemetry::init(args.log_format);
+            let config = match Config::try_from(args) {
+                Ok(c) => c,
+                Err(e) => return fail(&e),
+            };
+            let client = match kube::Client::try_default().await {
+                Ok(c) => c,
+                Err(e) => return fail(&format!("connecting to Kubernetes: {e}")),
+            };
+            match operator::run(client, config, shutdown_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
+    }
+}
+
+fn print_crds(out_dir: Option<&std::path::Path>) -> ExitCode {
+    for definition in crd::all() {
+        let yaml = crd::to_yaml(&definition);
+        match out_dir {
+            None => print!("---\n{yaml}"),
+            Some(dir) => {
+                let path = dir.join(crd::file_name(&definition));
+                if let Err(e) = std::fs::write(&path, yaml) {
+                    return fail(&format!("writing {}: {e}", path.display()));
+                }
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn fail(error: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("error: {error}");
+    ExitCode::FAILURE
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -114,6 +114,12 @@ reasons! {
     UnsupportedSetting,
     /// SecretExpiring: the expiry date is not known.
     ExpiryUnknown,
+    /// SecretExpiring: the secret expires within `expiry.warnBefore`.
+    SecretExpiring,
+    /// SecretExpiring: the expiry date is further away than `expiry.warnBefore`.
+    SecretValid,
+    /// The Secret's `idpbridge.io/expires-at` annotation is not an RFC 3339 time.
+    InvalidExpiryAnnotation,
 }
 
 /// What a status should say for one condition type.

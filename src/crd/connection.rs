@@ -167,7 +167,7 @@ fn default_refresh_interval() -> String {
     "1h".into()
 }
 
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
 pub enum ValidationMode {
     #[default]
     ClientCredentials,

@@ -1,0 +1,308 @@
+//! Entra ID: OIDC discovery resolves the tenant, a client-credentials token request proves the
+//! secret. Results are cached per (cloud, tenant, client, secret fingerprint, mode) for the
+//! connection's refresh interval, so a steady state asks Azure at most once per interval.
+
+pub mod cloud;
+pub mod error;
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+
+pub use self::error::AzureError;
+use crate::{
+    crd::connection::{AzureCloud, ValidationMode, is_dns_name, is_guid},
+    secret::SecretValue,
+    upstream::{Answer, Upstream, retry_after},
+};
+
+/// What to validate.
+#[derive(Debug, Clone)]
+pub struct ValidationRequest<'a> {
+    pub cloud: AzureCloud,
+    pub tenant: &'a str,
+    pub client_id: &'a str,
+    pub secret: &'a SecretValue,
+    /// Keyed fingerprint of `secret`: the cache key never holds the value.
+    pub fingerprint: &'a str,
+    pub mode: ValidationMode,
+    /// How long a success is trusted.
+    pub ttl: Duration,
+}
+
+/// A successful validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Validation {
+    /// The tenant GUID, when known (always, unless mode is None and the tenant is a domain).
+    pub tenant_id: Option<String>,
+    /// When Azure last confirmed it.
+    pub validated_at: jiff::Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct CacheKey {
+    cloud: AzureCloud,
+    tenant: String,
+    client_id: String,
+    fingerprint: String,
+    mode: ValidationMode,
+}
+
+struct CacheEntry {
+    validation: Validation,
+    expires: Instant,
+}
+
+/// The Azure client: one per operator, shared by every reconcile.
+pub struct AzureClient {
+    upstream: Upstream,
+    cache: Mutex<HashMap<CacheKey, CacheEntry>>,
+}
+
+#[derive(Deserialize)]
+struct DiscoveryDocument {
+    issuer: String,
+    token_endpoint: String,
+}
+
+#[derive(Deserialize)]
+struct AadstsBody {
+    error: String,
+    #[serde(default)]
+    error_description: String,
+    #[serde(default)]
+    error_codes: Vec<u32>,
+}
+
+impl AzureClient {
+    pub fn new(upstream: Upstream) -> Self {
+        Self { upstream, cache: Mutex::new(HashMap::new()) }
+    }
+
+    /// Validates per `request.mode`, from cache when a success is still fresh.
+    pub async fn validate(&self, request: &ValidationRequest<'_>) -> Result<Validation, AzureError> {
+        let key = CacheKey {
+            cloud: request.cloud,
+            tenant: request.tenant.to_ascii_lowercase(),
+            client_id: request.client_id.to_ascii_lowercase(),
+            fingerprint: request.fingerprint.to_owned(),
+            mode: request.mode,
+        };
+        if let Some(hit) = self.cached(&key) {
+            return Ok(hit);
+        }
+        let validation = match request.mode {
+            ValidationMode::None => {
+                return Ok(Validation {
+                    tenant_id: is_guid(request.tenant).then(|| request.tenant.to_ascii_lowercase()),
+                    validated_at: jiff::Timestamp::now(),
+                });
+            }
+            ValidationMode::Discovery => Validation { tenant_id: Some(self.discover(request.cloud, request.tenant).await?), validated_at: jiff::Timestamp::now() },
+            ValidationMode::ClientCredentials => {
+                let tenant_id = self.discover(request.cloud, request.tenant).await?;
+                self.request_token(request.cloud, &tenant_id, request.client_id, request.secret).await?;
+                Validation { tenant_id: Some(tenant_id), validated_at: jiff::Timestamp::now() }
+            }
+        };
+        let mut cache = self.cache.lock().expect("cache lock");
+        let now = Instant::now();
+        cache.retain(|_, e| e.expires > now);
+        cache.insert(key, CacheEntry { validation: validation.clone(), expires: now + request.ttl });
+        Ok(validation)
+    }
+
+    fn cached(&self, key: &CacheKey) -> Option<Validation> {
+        let cache = self.cache.lock().expect("cache lock");
+        cache.get(key).filter(|e| e.expires > Instant::now()).map(|e| e.validation.clone())
+    }
+
+    /// Resolves a tenant (GUID or domain) to its GUID through OIDC discovery.
+    pub async fn discover(&self, cloud: AzureCloud, tenant: &str) -> Result<String, AzureError> {
+        check_tenant_syntax(tenant)?;
+        let hosts = cloud::hosts(cloud);
+        let request = self.upstream.request(Method::GET, hosts.login, &format!("/{tenant}/v2.0/.well-known/openid-configuration"));
+        let answer = self.upstream.send(request).await?;
+        if !answer.status.is_success() {
+            return Err(classify(&answer, None));
+        }
+        let doc: DiscoveryDocument = answer.body.json().map_err(|_| AzureError::Unexpected { status: answer.status.as_u16(), snippet: "discovery document is not valid JSON".into() })?;
+        tenant_from_issuer(&doc, tenant, cloud)
+    }
+
+    /// Asks for an app-only Graph token with the secret; success proves the secret.
+    pub async fn request_token(&self, cloud: AzureCloud, tenant_id: &str, client_id: &str, secret: &SecretValue) -> Result<AccessToken, AzureError> {
+        check_tenant_syntax(tenant_id)?;
+        let hosts = cloud::hosts(cloud);
+        let scope = hosts.graph_scope();
+        let form = [("grant_type", "client_credentials"), ("client_id", client_id), ("scope", scope.as_str()), ("client_secret", secret.expose())];
+        let request = self.upstream.request(Method::POST, hosts.login, &format!("/{tenant_id}/oauth2/v2.0/token")).form(&form);
+        let answer = self.upstream.send(request).await?;
+        if !answer.status.is_success() {
+            return Err(classify(&answer, Some(secret)));
+        }
+        #[derive(Deserialize)]
+        struct TokenBody {
+            access_token: String,
+            #[serde(default)]
+            expires_in: serde_json::Value,
+        }
+        let body: TokenBody = answer.body.json().map_err(|_| AzureError::Unexpected { status: answer.status.as_u16(), snippet: "token response is not valid JSON".into() })?;
+        // v1-style endpoints send expires_in as a string.
+        let expires_in = match &body.expires_in {
+            serde_json::Value::Number(n) => n.as_u64(),
+            serde_json::Value::String(s) => s.parse().ok(),
+            _ => None,
+        }
+        .unwrap_or(3599);
+        Ok(AccessToken { value: SecretValue::new(body.access_token), expires_at: Instant::now() + Duration::from_secs(expires_in) })
+    }
+}
+
+/// An access token; the value is as secret as the client secret.
+#[derive(Debug, Clone)]
+pub struct AccessToken {
+    pub value: SecretValue,
+    pub expires_at: Instant,
+}
+
+/// Rejects tenant text that could change the request path before anything is sent.
+fn check_tenant_syntax(tenant: &str) -> Result<(), AzureError> {
+    if is_guid(tenant) || is_dns_name(tenant) {
+        return Ok(());
+    }
+    Err(AzureError::Aadsts {
+        code: 900023,
+        error: "invalid_request".into(),
+        description: format!("Specified tenant identifier '{tenant}' is neither a valid DNS name, nor a valid external domain (checked before calling Azure)."),
+    })
+}
+
+/// Reads the tenant GUID from the issuer, after checking the issuer is a host of this cloud.
+fn tenant_from_issuer(doc: &DiscoveryDocument, tenant: &str, cloud: AzureCloud) -> Result<String, AzureError> {
+    let hosts = cloud::hosts(cloud);
+    let mismatch = |host: &str| AzureError::IssuerMismatch { tenant: tenant.into(), host: host.into(), cloud: format!("{cloud:?}") };
+    let issuer = url::Url::parse(&doc.issuer).map_err(|_| mismatch(&doc.issuer))?;
+    let host = issuer.host_str().unwrap_or_default();
+    if !hosts.issuer_aliases.contains(&host) {
+        return Err(mismatch(host));
+    }
+    let token_host = url::Url::parse(&doc.token_endpoint).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
+    if !hosts.issuer_aliases.contains(&token_host.as_str()) {
+        return Err(mismatch(&token_host));
+    }
+    let guid = issuer.path_segments().and_then(|mut s| s.next()).unwrap_or_default().to_ascii_lowercase();
+    if !is_guid(&guid) {
+        return Err(AzureError::Unexpected { status: 200, snippet: format!("discovery for {tenant} returned no tenant ID in its issuer") });
+    }
+    if is_guid(tenant) && !guid.eq_ignore_ascii_case(tenant) {
+        return Err(AzureError::Unexpected { status: 200, snippet: format!("discovery for {tenant} returned issuer of tenant {guid}") });
+    }
+    Ok(guid)
+}
+
+/// Turns a non-success answer into an error; any echo of the secret is scrubbed.
+fn classify(answer: &Answer, secret: Option<&SecretValue>) -> AzureError {
+    if answer.status == StatusCode::TOO_MANY_REQUESTS {
+        return AzureError::Throttled { retry_after: retry_after(&answer.headers, jiff::Timestamp::now()) };
+    }
+    let scrub = |text: &str| secret.map_or_else(|| text.to_owned(), |s| s.scrub(text));
+    match answer.body.json::<AadstsBody>() {
+        Ok(body) => {
+            let first_line = body.error_description.split(['\r', '\n']).next().unwrap_or_default();
+            let (code, description) = match first_line.strip_prefix("AADSTS").and_then(|rest| rest.split_once(": ")) {
+                Some((num, text)) => (num.parse().unwrap_or(0), text.to_owned()),
+                None => (body.error_codes.first().copied().unwrap_or(0), first_line.to_owned()),
+            };
+            let code = body.error_codes.first().copied().unwrap_or(code);
+            AzureError::Aadsts { code, error: body.error, description: scrub(&description) }
+        }
+        Err(_) => AzureError::Unexpected { status: answer.status.as_u16(), snippet: scrub(&answer.body.snippet()) },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::conditions::Reason;
+
+    fn answer(status: u16, body: &str) -> Answer {
+        Answer { status: StatusCode::from_u16(status).unwrap(), headers: Default::default(), body: crate::upstream::bytes_body::Body(body.as_bytes().to_vec()) }
+    }
+
+    fn aadsts(code: u32, error: &str, text: &str) -> String {
+        serde_json::json!({
+            "error": error,
+            "error_description": format!("AADSTS{code}: {text}\r\nTrace ID: 1\r\nCorrelation ID: 2\r\nTimestamp: 2026-01-01 00:00:00Z"),
+            "error_codes": [code],
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn classifies_documented_codes() {
+        let cases = [
+            (401, 7000215, "invalid_client", Reason::InvalidSecret),
+            (401, 7000222, "invalid_client", Reason::SecretExpired),
+            (400, 700016, "unauthorized_client", Reason::ApplicationNotFound),
+            (400, 90002, "invalid_tenant", Reason::TenantNotFound),
+            (400, 900023, "invalid_request", Reason::TenantInvalid),
+            (400, 7000112, "unauthorized_client", Reason::ApplicationDisabled),
+            (400, 90038, "invalid_request", Reason::WrongCloud),
+            (400, 1234567, "invalid_client", Reason::InvalidSecret),
+            (400, 1234567, "something_new", Reason::AzureError),
+        ];
+        for (status, code, error, reason) in cases {
+            let err = classify(&answer(status, &aadsts(code, error, "text")), None);
+            assert_eq!(err.reason(), reason, "{code}");
+            assert!(!err.to_string().contains("Trace ID"), "trace ids are dropped");
+        }
+    }
+
+    #[test]
+    fn throttling_and_server_errors_are_transient() {
+        let mut a = answer(429, "Too Many Requests");
+        a.headers.insert("retry-after", "60".parse().unwrap());
+        let err = classify(&a, None);
+        assert_eq!(err.reason(), Reason::AzureThrottled);
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(60)));
+        assert!(err.is_transient());
+        let err = classify(&answer(503, "<html>down</html>"), None);
+        assert_eq!(err.reason(), Reason::AzureUnreachable);
+        assert!(err.is_transient());
+        assert!(!classify(&answer(401, &aadsts(7000215, "invalid_client", "x")), None).is_transient());
+    }
+
+    #[test]
+    fn echoed_secret_is_scrubbed() {
+        let secret = SecretValue::new("canary-Q~value");
+        let err = classify(&answer(401, &aadsts(7000215, "invalid_client", "bad secret canary-Q~value")), Some(&secret));
+        assert!(!err.to_string().contains("canary-Q~value"));
+        assert!(!err.advice().contains("canary-Q~value"));
+    }
+
+    #[test]
+    fn tenant_syntax_is_checked_locally() {
+        assert!(check_tenant_syntax("contoso.onmicrosoft.com").is_ok());
+        assert!(check_tenant_syntax("72f988bf-86f1-41af-91ab-2d7cd011db47").is_ok());
+        for bad in ["common", "a/b", "../x", "t?x=1", "72f988bf-86f1-41af-91ab-2d7cd011db4"] {
+            assert_eq!(check_tenant_syntax(bad).unwrap_err().reason(), Reason::TenantInvalid, "{bad}");
+        }
+    }
+
+    #[test]
+    fn issuer_must_belong_to_the_cloud() {
+        let guid = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+        let doc = |host: &str| DiscoveryDocument { issuer: format!("https://{host}/{guid}/v2.0"), token_endpoint: format!("https://{host}/{guid}/oauth2/v2.0/token") };
+        assert_eq!(tenant_from_issuer(&doc("login.microsoftonline.com"), "contoso.com", AzureCloud::AzurePublic).unwrap(), guid);
+        assert_eq!(tenant_from_issuer(&doc("evil.example"), "contoso.com", AzureCloud::AzurePublic).unwrap_err().reason(), Reason::WrongCloud);
+        assert_eq!(tenant_from_issuer(&doc("login.microsoftonline.com"), "contoso.com", AzureCloud::AzureChina).unwrap_err().reason(), Reason::WrongCloud);
+        let template = DiscoveryDocument { issuer: "https://login.microsoftonline.com/{tenantid}/v2.0".into(), token_endpoint: "https://login.microsoftonline.com/common/oauth2/v2.0/token".into() };
+        assert!(tenant_from_issuer(&template, "organizations.example", AzureCloud::AzurePublic).is_err());
+    }
+}

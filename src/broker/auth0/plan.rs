@@ -1,0 +1,291 @@
+//! Pure Auth0 planning: the desired `waad` connection, the diff against what Auth0 reports, and
+//! the read-merge-write of `options` that Auth0's replace-on-PATCH semantics require.
+
+use serde_json::{Map, Value, json};
+
+use crate::{
+    broker::{AzureCredentials, BrokerError},
+    crd::connection::{Auth0ConnectionSpec, Auth0UserIdAttribute, SignInAudience, is_dns_name},
+};
+
+/// Option keys the operator owns. Every other key in `options` (server-set fields such as
+/// `thumbprints`, `tenantId`, `app_domain`, or toggles set in the dashboard) is carried back as is.
+pub const MANAGED_OPTIONS: &[&str] = &[
+    "client_id",
+    "client_secret",
+    "tenant_domain",
+    "domain",
+    "identity_api",
+    "waad_protocol",
+    "use_wsfed",
+    "useCommonEndpoint",
+    "userid_attribute",
+    "api_enable_users",
+    "basic_profile",
+    "ext_profile",
+    "ext_groups",
+    "ext_nested_groups",
+    "domain_aliases",
+    "app_id",
+];
+
+/// The connection as it should be.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredConnection {
+    pub name: String,
+    pub display_name: String,
+    pub show_as_button: Option<bool>,
+    /// Managed options; a key absent here is removed from Auth0's options.
+    pub options: Map<String, Value>,
+    pub enabled_clients: Vec<String>,
+}
+
+/// Builds the desired connection from the spec and the validated credentials.
+pub fn desired(spec: &Auth0ConnectionSpec, azure: &AzureCredentials<'_>) -> Result<DesiredConnection, BrokerError> {
+    let common_endpoint = match azure.audience {
+        SignInAudience::SingleTenant => false,
+        SignInAudience::Organizations | SignInAudience::Common => true,
+        SignInAudience::Consumers => {
+            return Err(BrokerError::Unsupported(
+                "Auth0's waad connection signs in work or school accounts only; signInAudience Consumers (personal Microsoft accounts only) cannot be expressed. Use Microsoft's social connection in Auth0 for personal accounts".into(),
+            ));
+        }
+    };
+    let user_id_attribute = match (common_endpoint, spec.user_id_attribute) {
+        (true, Auth0UserIdAttribute::Oid) => {
+            return Err(BrokerError::Unsupported("Auth0's common endpoint requires userIdAttribute: sub".into()));
+        }
+        (_, Auth0UserIdAttribute::Oid) => "oid",
+        (_, Auth0UserIdAttribute::Sub) => "sub",
+    };
+    let domain = spec.domain.clone().or_else(|| is_dns_name(azure.tenant).then(|| azure.tenant.to_owned()));
+    let mut options = Map::new();
+    let mut set = |k: &str, v: Value| {
+        options.insert(k.to_owned(), v);
+    };
+    set("client_id", json!(azure.client_id));
+    set("client_secret", json!(azure.secret.expose()));
+    set("tenant_domain", json!(domain.as_deref().unwrap_or(azure.tenant)));
+    if let Some(domain) = &domain {
+        set("domain", json!(domain));
+    }
+    set("identity_api", json!(spec.identity_api.as_str()));
+    set("waad_protocol", json!("openid-connect"));
+    set("use_wsfed", json!(false));
+    set("useCommonEndpoint", json!(common_endpoint));
+    set("userid_attribute", json!(user_id_attribute));
+    set("api_enable_users", json!(spec.api_enable_users));
+    set("basic_profile", json!(true));
+    set("ext_profile", json!(spec.ext_profile));
+    set("ext_groups", json!(spec.ext_groups));
+    set("ext_nested_groups", json!(spec.ext_nested_groups));
+    set("domain_aliases", json!(spec.domain_aliases));
+    if let Some(app_id) = &spec.app_id_uri {
+        set("app_id", json!(app_id));
+    }
+    let mut enabled_clients = spec.enabled_clients.clone();
+    enabled_clients.sort();
+    enabled_clients.dedup();
+    Ok(DesiredConnection {
+        name: spec.name.clone(),
+        display_name: spec.display_name.clone().unwrap_or_else(|| spec.name.clone()),
+        show_as_button: spec.show_as_button,
+        options,
+        enabled_clients,
+    })
+}
+
+/// The body of `POST /api/v2/connections`.
+pub fn create_body(desired: &DesiredConnection) -> Value {
+    let mut body = json!({
+        "name": desired.name,
+        "strategy": "waad",
+        "display_name": desired.display_name,
+        "options": desired.options,
+    });
+    if let Some(show) = desired.show_as_button {
+        body["show_as_button"] = json!(show);
+    }
+    body
+}
+
+/// How the secret Auth0 holds compares with the desired one.
+fn secret_differs(desired: &DesiredConnection, observed_options: &Map<String, Value>, synced_fingerprint: Option<&str>, fingerprint: &str) -> bool {
+    match observed_options.get("client_secret").and_then(Value::as_str) {
+        // Auth0 returns the secret in plaintext today; compare it when it looks real.
+        Some(held) if !looks_masked(held) => desired.options.get("client_secret").and_then(Value::as_str) != Some(held),
+        // Missing or masked: trust the fingerprint of what was last pushed.
+        _ => synced_fingerprint != Some(fingerprint),
+    }
+}
+
+fn looks_masked(value: &str) -> bool {
+    value.is_empty() || value.chars().all(|c| c == '*' || c == '•')
+}
+
+/// Names of the fields where Auth0 differs from `desired` (never their values).
+pub fn diff(desired: &DesiredConnection, observed: &Value, synced_fingerprint: Option<&str>, fingerprint: &str) -> Vec<String> {
+    let empty = Map::new();
+    let observed_options = observed.get("options").and_then(Value::as_object).unwrap_or(&empty);
+    let mut differences = Vec::new();
+    if observed.get("display_name").and_then(Value::as_str) != Some(desired.display_name.as_str()) {
+        differences.push("display_name".to_owned());
+    }
+    if let Some(show) = desired.show_as_button
+        && observed.get("show_as_button").and_then(Value::as_bool) != Some(show)
+    {
+        differences.push("show_as_button".to_owned());
+    }
+    for key in MANAGED_OPTIONS {
+        let differs = if *key == "client_secret" {
+            secret_differs(desired, observed_options, synced_fingerprint, fingerprint)
+        } else {
+            desired.options.get(*key) != observed_options.get(*key)
+        };
+        if differs {
+            differences.push(format!("options.{key}"));
+        }
+    }
+    differences
+}
+
+/// The body of `PATCH /api/v2/connections/{id}`: the observed options with the managed keys
+/// replaced, because a PATCH replaces `options` wholesale. `display_name` is always sent, since
+/// Auth0 resets an omitted one to the connection name.
+pub fn update_body(desired: &DesiredConnection, observed: &Value) -> Value {
+    let mut options = observed.get("options").and_then(Value::as_object).cloned().unwrap_or_default();
+    for key in MANAGED_OPTIONS {
+        match desired.options.get(*key) {
+            Some(value) => options.insert((*key).to_owned(), value.clone()),
+            None => options.remove(*key),
+        };
+    }
+    // A read-only mirror of useCommonEndpoint; Auth0 derives it.
+    options.remove("waad_common_endpoint");
+    let mut body = json!({ "display_name": desired.display_name, "options": options });
+    if let Some(show) = desired.show_as_button {
+        body["show_as_button"] = json!(show);
+    }
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{crd::connection::AzureCloud, secret::SecretValue};
+
+    const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+    const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
+
+    fn creds<'a>(secret: &'a SecretValue, tenant: &'a str, audience: SignInAudience) -> AzureCredentials<'a> {
+        AzureCredentials { cloud: AzureCloud::AzurePublic, tenant, tenant_id: Some(TENANT), client_id: CLIENT, secret, fingerprint: "fp-1", audience }
+    }
+
+    fn spec() -> Auth0ConnectionSpec {
+        Auth0ConnectionSpec { name: "contoso".into(), ext_profile: true, ..Default::default() }
+    }
+
+    #[test]
+    fn desired_fills_domain_from_a_domain_tenant() {
+        let secret = SecretValue::new("s3cret-value");
+        let d = desired(&spec(), &creds(&secret, "contoso.onmicrosoft.com", SignInAudience::SingleTenant)).unwrap();
+        assert_eq!(d.options["tenant_domain"], "contoso.onmicrosoft.com");
+        assert_eq!(d.options["domain"], "contoso.onmicrosoft.com");
+        assert_eq!(d.options["userid_attribute"], "oid");
+        assert_eq!(d.options["useCommonEndpoint"], false);
+        assert_eq!(d.display_name, "contoso");
+        assert!(!d.options.contains_key("app_id"));
+    }
+
+    #[test]
+    fn native_setup_sends_app_id_and_tenant_guid() {
+        let secret = SecretValue::new("any-value");
+        let spec = Auth0ConnectionSpec {
+            app_id_uri: Some("api://contoso-web".into()),
+            identity_api: crate::crd::connection::Auth0IdentityApi::AzureActiveDirectoryV1,
+            ..spec()
+        };
+        let d = desired(&spec, &creds(&secret, TENANT, SignInAudience::SingleTenant)).unwrap();
+        assert_eq!(d.options["app_id"], "api://contoso-web");
+        assert_eq!(d.options["tenant_domain"], TENANT);
+        assert_eq!(d.options["identity_api"], "azure-active-directory-v1.0");
+        assert!(!d.options.contains_key("domain"));
+    }
+
+    #[test]
+    fn audiences_map_to_the_common_endpoint() {
+        let secret = SecretValue::new("v");
+        let multi = Auth0ConnectionSpec { user_id_attribute: Auth0UserIdAttribute::Sub, ..spec() };
+        let d = desired(&multi, &creds(&secret, TENANT, SignInAudience::Organizations)).unwrap();
+        assert_eq!(d.options["useCommonEndpoint"], true);
+        assert_eq!(d.options["userid_attribute"], "sub");
+        assert!(matches!(desired(&spec(), &creds(&secret, TENANT, SignInAudience::Common)), Err(BrokerError::Unsupported(_))));
+        assert!(matches!(desired(&multi, &creds(&secret, TENANT, SignInAudience::Consumers)), Err(BrokerError::Unsupported(_))));
+    }
+
+    fn observed_from(d: &DesiredConnection) -> Value {
+        let mut options = d.options.clone();
+        options.insert("thumbprints".into(), json!(["abc"]));
+        options.insert("tenantId".into(), json!(TENANT));
+        json!({"id": "con_1", "name": d.name, "strategy": "waad", "display_name": d.display_name, "options": options})
+    }
+
+    #[test]
+    fn steady_state_has_no_differences() {
+        let secret = SecretValue::new("s3cret-value");
+        let d = desired(&spec(), &creds(&secret, TENANT, SignInAudience::SingleTenant)).unwrap();
+        assert!(diff(&d, &observed_from(&d), None, "fp-1").is_empty());
+    }
+
+    #[test]
+    fn a_rotated_secret_is_a_difference_named_without_its_value() {
+        let old = SecretValue::new("old-secret");
+        let new = SecretValue::new("new-secret");
+        let before = desired(&spec(), &creds(&old, TENANT, SignInAudience::SingleTenant)).unwrap();
+        let after = desired(&spec(), &creds(&new, TENANT, SignInAudience::SingleTenant)).unwrap();
+        let differences = diff(&after, &observed_from(&before), Some("fp-0"), "fp-1");
+        assert_eq!(differences, vec!["options.client_secret"]);
+    }
+
+    #[test]
+    fn masked_secret_falls_back_to_the_fingerprint() {
+        let secret = SecretValue::new("s3cret-value");
+        let d = desired(&spec(), &creds(&secret, TENANT, SignInAudience::SingleTenant)).unwrap();
+        let mut observed = observed_from(&d);
+        observed["options"]["client_secret"] = json!("********");
+        assert!(diff(&d, &observed, Some("fp-1"), "fp-1").is_empty());
+        assert_eq!(diff(&d, &observed, Some("fp-0"), "fp-1"), vec!["options.client_secret"]);
+        observed["options"].as_object_mut().unwrap().remove("client_secret");
+        assert_eq!(diff(&d, &observed, None, "fp-1"), vec!["options.client_secret"]);
+    }
+
+    #[test]
+    fn update_carries_back_server_fields_and_always_sends_display_name() {
+        let secret = SecretValue::new("s3cret-value");
+        let d = desired(&spec(), &creds(&secret, TENANT, SignInAudience::SingleTenant)).unwrap();
+        let mut observed = observed_from(&d);
+        observed["options"]["ext_groups"] = json!(true);
+        observed["options"]["app_id"] = json!("stale");
+        observed["options"]["strategy_version"] = json!(2);
+        observed["options"]["waad_common_endpoint"] = json!(false);
+        let body = update_body(&d, &observed);
+        assert_eq!(body["display_name"], "contoso");
+        assert_eq!(body["options"]["thumbprints"], json!(["abc"]));
+        assert_eq!(body["options"]["tenantId"], TENANT);
+        assert_eq!(body["options"]["strategy_version"], 2);
+        assert_eq!(body["options"]["ext_groups"], false, "managed key is overwritten");
+        assert!(body["options"].get("app_id").is_none(), "managed key absent from spec is removed");
+        assert!(body["options"].get("waad_common_endpoint").is_none());
+        assert!(body.get("name").is_none() && body.get("strategy").is_none(), "Auth0 rejects them on PATCH");
+    }
+
+    #[test]
+    fn create_body_names_the_strategy() {
+        let secret = SecretValue::new("s3cret-value");
+        let d = desired(&Auth0ConnectionSpec { show_as_button: Some(true), ..spec() }, &creds(&secret, TENANT, SignInAudience::SingleTenant)).unwrap();
+        let body = create_body(&d);
+        assert_eq!(body["strategy"], "waad");
+        assert_eq!(body["name"], "contoso");
+        assert_eq!(body["show_as_button"], true);
+    }
+}

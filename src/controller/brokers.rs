@@ -1,0 +1,159 @@
+//! Status of IdentityBroker and ClusterIdentityBroker: Ready once the operator obtained a
+//! management token with the broker's credentials, re-checked periodically and whenever the
+//! broker or its credential Secret changes.
+
+use std::{fmt::Debug, sync::Arc, time::Duration};
+
+use futures::{StreamExt, future};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    core::PartialObjectMeta,
+    runtime::{
+        Controller,
+        controller::Action,
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tracing::warn;
+
+use super::{Context, Error, reconcile::MANAGER, resolve};
+use crate::crd::{
+    BrokerProvider, ClusterIdentityBroker, IdentityBroker,
+    broker::IdentityBrokerStatus,
+    conditions::{Desired, READY, Reason, Status, set_condition},
+};
+
+/// How often a healthy broker's credentials are re-checked.
+const CHECK_INTERVAL: Duration = Duration::from_secs(600);
+
+/// What the broker status controller needs from either broker kind.
+pub trait BrokerObject: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {
+    fn provider(&self) -> Option<BrokerProvider>;
+    fn rate_limit(&self) -> Option<(u32, u32)>;
+    /// Where the broker's credential Secret lives.
+    fn credentials_namespace(&self, operator_namespace: &str) -> String;
+    fn broker_status(&self) -> Option<&IdentityBrokerStatus>;
+    fn api(client: Client, namespace: Option<&str>) -> Api<Self>;
+}
+
+impl BrokerObject for IdentityBroker {
+    fn provider(&self) -> Option<BrokerProvider> {
+        self.spec.provider()
+    }
+    fn rate_limit(&self) -> Option<(u32, u32)> {
+        self.spec.rate_limit.as_ref().map(|r| (r.requests_per_second, r.burst))
+    }
+    fn credentials_namespace(&self, _: &str) -> String {
+        self.namespace().unwrap_or_default()
+    }
+    fn broker_status(&self) -> Option<&IdentityBrokerStatus> {
+        self.status.as_ref()
+    }
+    fn api(client: Client, namespace: Option<&str>) -> Api<Self> {
+        Api::namespaced(client, namespace.unwrap_or_default())
+    }
+}
+
+impl BrokerObject for ClusterIdentityBroker {
+    fn provider(&self) -> Option<BrokerProvider> {
+        self.spec.provider()
+    }
+    fn rate_limit(&self) -> Option<(u32, u32)> {
+        self.spec.rate_limit.as_ref().map(|r| (r.requests_per_second, r.burst))
+    }
+    fn credentials_namespace(&self, operator_namespace: &str) -> String {
+        operator_namespace.to_owned()
+    }
+    fn broker_status(&self) -> Option<&IdentityBrokerStatus> {
+        self.status.as_ref()
+    }
+    fn api(client: Client, _: Option<&str>) -> Api<Self> {
+        Api::all(client)
+    }
+}
+
+async fn check<B: BrokerObject>(broker: &B, ctx: &Context) -> Result<Desired, Error> {
+    let Some(provider) = broker.provider() else {
+        return Ok(Desired::new(READY, Status::False, Reason::BrokerTypeMismatch, "no provider block is set"));
+    };
+    let namespace = broker.credentials_namespace(&ctx.config.namespace);
+    let (client_id, client_secret) = match resolve::credentials(&ctx.client, &namespace, &provider).await? {
+        Ok(c) => c,
+        Err(problem) => return Ok(Desired::new(READY, Status::False, problem.reason, problem.message)),
+    };
+    let resolved = resolve::ResolvedBroker {
+        uid: broker.meta().uid.clone().unwrap_or_default(),
+        generation: broker.meta().generation.unwrap_or_default(),
+        provider,
+        rate_limit: broker.rate_limit(),
+        client_id,
+        client_secret,
+    };
+    Ok(match ctx.broker_client(&resolved).check().await {
+        Ok(()) => Desired::new(READY, Status::True, Reason::Ready, "obtained a management API token"),
+        Err(e) => Desired::new(READY, Status::False, e.reason(), e.to_string()),
+    })
+}
+
+async fn reconcile<B: BrokerObject>(broker: Arc<B>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if broker.meta().deletion_timestamp.is_some() {
+        ctx.brokers.forget(broker.meta().uid.as_deref().unwrap_or_default());
+        return Ok(Action::await_change());
+    }
+    let desired = check(broker.as_ref(), &ctx).await?;
+    let now = jiff::Timestamp::now();
+    let previous = broker.broker_status().cloned().unwrap_or_default();
+    let mut next = previous.clone();
+    let generation = broker.meta().generation;
+    let _ = set_condition(&mut next.conditions, &desired, generation, now);
+    next.observed_generation = generation;
+    next.type_ = broker.provider().map(|p| p.type_name().to_owned());
+    next.last_check_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now.round(jiff::Unit::Second).unwrap_or(now)));
+    let patch = json!({ "apiVersion": "idpbridge.io/v1alpha1", "kind": B::kind(&()), "status": next });
+    B::api(ctx.client.clone(), broker.namespace().as_deref())
+        .patch_status(&broker.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(Error::WriteStatus)?;
+    Ok(if desired.status == Status::True {
+        ctx.reset_backoff(broker.as_ref());
+        Action::requeue(CHECK_INTERVAL)
+    } else {
+        Action::requeue(ctx.next_backoff(broker.as_ref()).max(Duration::from_secs(30)))
+    })
+}
+
+fn error_policy<B: BrokerObject>(broker: Arc<B>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(error = %error, "broker status check failed");
+    Action::requeue(ctx.next_backoff(broker.as_ref()))
+}
+
+fn brokers_using_secret<B: BrokerObject>(store: &Store<B>, secret: &PartialObjectMeta<Secret>, operator_namespace: &str) -> Vec<ObjectRef<B>> {
+    let namespace = secret.namespace().unwrap_or_default();
+    store
+        .state()
+        .iter()
+        .filter(|b| b.credentials_namespace(operator_namespace) == namespace && b.provider().is_some_and(|p| p.credentials_secret() == secret.name_any()))
+        .map(|b| ObjectRef::from_obj(b.as_ref()))
+        .collect()
+}
+
+fn controller<B: BrokerObject>(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) -> impl std::future::Future<Output = ()> {
+    let client = ctx.client.clone();
+    let controller = Controller::new(Api::<B>::all(client.clone()), watcher::Config::default().any_semantic());
+    let store = controller.store();
+    let operator_namespace = ctx.config.namespace.clone();
+    controller
+        .watches(Api::<PartialObjectMeta<Secret>>::all(client), watcher::Config::default(), move |s| brokers_using_secret(&store, &s, &operator_namespace))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::<B>, error_policy::<B>, ctx)
+        .for_each(|_| future::ready(()))
+}
+
+pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static) {
+    future::join(controller::<IdentityBroker>(ctx.clone(), shutdown.clone()), controller::<ClusterIdentityBroker>(ctx, shutdown)).await;
+}

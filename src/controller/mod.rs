@@ -1,0 +1,209 @@
+//! The controller: watches connections, brokers and (metadata of) Secrets, and reconciles each
+//! connection when it or anything it references changes.
+
+pub mod brokers;
+pub mod error;
+pub mod observation;
+pub mod reconcile;
+pub mod resolve;
+pub mod status;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::{StreamExt, future};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    core::PartialObjectMeta,
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::{self, Action},
+        events::{Recorder, Reporter},
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use tracing::{error, info, warn};
+
+pub use self::error::Error;
+use crate::{
+    azure::AzureClient,
+    broker::BrokerRegistry,
+    config::Config,
+    crd::{
+        ClusterIdentityBroker, IdentityBroker,
+        connection::{AzureAdConnection, BrokerRefKind},
+    },
+    secret::Fingerprinter,
+    upstream::Upstream,
+};
+
+/// Everything a reconcile needs, built once at start-up.
+pub struct Context {
+    pub client: Client,
+    pub azure: AzureClient,
+    pub brokers: BrokerRegistry,
+    pub fingerprinter: Fingerprinter,
+    pub recorder: Recorder,
+    pub config: Arc<Config>,
+    /// Consecutive transient failures per object UID, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, config: Arc<Config>, upstream: Upstream, fingerprinter: Fingerprinter) -> Self {
+        let recorder = Recorder::new(client.clone(), Reporter { controller: "idp-bridge".into(), instance: Some(config.instance.clone()) });
+        Self {
+            azure: AzureClient::new(upstream.clone()),
+            brokers: BrokerRegistry::new(upstream),
+            client,
+            fingerprinter,
+            recorder,
+            config,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The next backoff for a failing object: 2 s doubling to 5 min, with ±20% jitter.
+    pub fn next_backoff<K: Resource>(&self, obj: &K) -> Duration {
+        let uid = obj.meta().uid.clone().unwrap_or_default();
+        let mut failures = self.failures.lock().expect("backoff lock");
+        let count = failures.entry(uid).or_insert(0);
+        *count = count.saturating_add(1);
+        backoff(*count, rand::random::<f64>())
+    }
+
+    pub fn reset_backoff<K: Resource>(&self, obj: &K) {
+        if let Some(uid) = obj.meta().uid.as_deref() {
+            self.failures.lock().expect("backoff lock").remove(uid);
+        }
+    }
+
+    fn forget<K: Resource>(&self, obj: &K) {
+        self.reset_backoff(obj);
+    }
+}
+
+/// Exponential backoff: `attempt` 1 is about 2 s, capped at 300 s; `unit` in [0, 1) adds jitter.
+pub fn backoff(attempt: u32, unit: f64) -> Duration {
+    let base = 2f64 * 2f64.powi(attempt.saturating_sub(1).min(16) as i32);
+    let capped = base.min(300.0);
+    Duration::from_secs_f64(capped * (0.8 + 0.4 * unit))
+}
+
+fn error_policy(conn: Arc<AzureAdConnection>, error: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.next_backoff(conn.as_ref());
+    warn!(error = %error, kind = error.label(), retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Connections in `namespace` whose broker reference matches.
+fn connections_using_broker(store: &Store<AzureAdConnection>, kind: BrokerRefKind, namespace: Option<&str>, name: &str) -> Vec<ObjectRef<AzureAdConnection>> {
+    store
+        .state()
+        .iter()
+        .filter(|c| c.spec.broker_ref.kind == kind && c.spec.broker_ref.name == name && (namespace.is_none() || c.namespace().as_deref() == namespace))
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
+}
+
+/// Maps a changed Secret to the connections that read it, directly or through their broker.
+fn connections_using_secret(
+    secret: &PartialObjectMeta<Secret>,
+    connections: &Store<AzureAdConnection>,
+    brokers: &Store<IdentityBroker>,
+    cluster_brokers: &Store<ClusterIdentityBroker>,
+    operator_namespace: &str,
+) -> Vec<ObjectRef<AzureAdConnection>> {
+    let namespace = secret.namespace().unwrap_or_default();
+    let name = secret.name_any();
+    let mut refs: Vec<_> = connections
+        .state()
+        .iter()
+        .filter(|c| c.namespace().as_deref() == Some(namespace.as_str()) && c.spec.azure.client_secret_ref.name == name)
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect();
+    for broker in brokers.state().iter().filter(|b| b.namespace().as_deref() == Some(namespace.as_str())) {
+        if broker.spec.provider().is_some_and(|p| p.credentials_secret() == name) {
+            refs.extend(connections_using_broker(connections, BrokerRefKind::IdentityBroker, Some(&namespace), &broker.name_any()));
+        }
+    }
+    if namespace == operator_namespace {
+        for broker in cluster_brokers.state().iter() {
+            if broker.spec.provider().is_some_and(|p| p.credentials_secret() == name) {
+                refs.extend(connections_using_broker(connections, BrokerRefKind::ClusterIdentityBroker, None, &broker.name_any()));
+            }
+        }
+    }
+    refs
+}
+
+/// A reflector store for `K`, kept current by a background task.
+fn reflect<K>(api: Api<K>) -> (Store<K>, impl std::future::Future<Output = ()>)
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default().any_semantic()).default_backoff().reflect(writer).applied_objects();
+    (reader, stream.for_each(|_| future::ready(())))
+}
+
+/// Runs the connection and broker controllers until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    let (broker_store, broker_reflector) = reflect(Api::<IdentityBroker>::all(client.clone()));
+    let (cluster_broker_store, cluster_broker_reflector) = reflect(Api::<ClusterIdentityBroker>::all(client.clone()));
+    let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
+
+    let connections = Controller::new(Api::<AzureAdConnection>::all(client.clone()), watcher::Config::default().any_semantic());
+    let store = connections.store();
+    let (s1, s2, s3) = (store.clone(), store.clone(), store.clone());
+    let operator_namespace = ctx.config.namespace.clone();
+    let secret_mapper = move |secret: PartialObjectMeta<Secret>| connections_using_secret(&secret, &s3, &broker_store, &cluster_broker_store, &operator_namespace);
+    let connection_controller = connections
+        .watches(Api::<IdentityBroker>::all(client.clone()), watcher::Config::default(), move |b| {
+            connections_using_broker(&s1, BrokerRefKind::IdentityBroker, b.namespace().as_deref(), &b.name_any())
+        })
+        .watches(Api::<ClusterIdentityBroker>::all(client.clone()), watcher::Config::default(), move |b| {
+            connections_using_broker(&s2, BrokerRefKind::ClusterIdentityBroker, None, &b.name_any())
+        })
+        .watches(Api::<PartialObjectMeta<Secret>>::all(client.clone()), watcher::Config::default(), secret_mapper)
+        .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
+        .graceful_shutdown_on(shutdown.clone())
+        .run(reconcile::reconcile, error_policy, ctx.clone())
+        .for_each(|result| {
+            if let Err(e) = result {
+                match e {
+                    controller::Error::ReconcilerFailed(..) => {}
+                    other => warn!(error = %other, "controller"),
+                }
+            }
+            future::ready(())
+        });
+
+    let broker_controllers = brokers::run(ctx.clone(), shutdown.clone());
+    info!("controllers started");
+    tokio::select! {
+        _ = future::join(connection_controller, broker_controllers) => {}
+        _ = broker_reflector => error!("IdentityBroker reflector ended"),
+        _ = cluster_broker_reflector => error!("ClusterIdentityBroker reflector ended"),
+    }
+    info!("controllers stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(1, 0.5), Duration::from_secs(2));
+        assert_eq!(backoff(2, 0.5), Duration::from_secs(4));
+        assert_eq!(backoff(30, 0.5), Duration::from_secs(300));
+        assert!(backoff(1, 0.0) >= Duration::from_millis(1600) && backoff(1, 0.999) <= Duration::from_millis(2400));
+    }
+}

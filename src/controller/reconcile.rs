@@ -1,0 +1,287 @@
+//! The reconcile: resolve -> validate -> plan/apply to the broker -> status. Each stage is a
+//! small function; the decisions live in pure code (`status`, `broker::*::plan`).
+
+use std::{sync::Arc, time::Duration};
+
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        events::{Event as KubeEvent, EventType},
+        finalizer::{Event as Finalizer, finalizer},
+    },
+};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{
+    Context,
+    error::Error,
+    observation::{BrokerStage, CredentialsFailure, Expiry, Observation, Problem},
+    resolve::{self, ResolvedBroker},
+    status::{self, Subject},
+};
+use crate::{
+    azure::ValidationRequest,
+    broker::{AzureCredentials, BrokerClient, BrokerKey, SyncRequest, auth0::Auth0Client},
+    crd::{
+        BrokerProvider, FINALIZER,
+        connection::{AzureAdConnection, AzureAdConnectionStatus, DeletionPolicy, ManagementPolicy},
+    },
+};
+
+/// Field manager of every status write.
+pub const MANAGER: &str = "idp-bridge";
+
+pub async fn reconcile(conn: Arc<AzureAdConnection>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let api: Api<AzureAdConnection> = Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
+    finalizer(&api, FINALIZER, conn, |event| async {
+        match event {
+            Finalizer::Apply(conn) => apply(&conn, &ctx).await,
+            Finalizer::Cleanup(conn) => cleanup(&conn, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// How the reconcile ended, for scheduling the next one.
+enum Next {
+    /// Everything fine or a permanent problem: come back at the refresh interval.
+    Refresh,
+    /// A transient failure: back off (at least `min`).
+    Retry { min: Option<Duration> },
+}
+
+async fn apply(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error> {
+    let previous = conn.status.clone().unwrap_or_default();
+    let generation = conn.meta().generation;
+    let now = jiff::Timestamp::now();
+    if conn.spec.suspend {
+        write_status(conn, ctx, &previous, status::suspended(&previous, generation, now)).await?;
+        ctx.reset_backoff(conn);
+        return Ok(Action::await_change());
+    }
+
+    let (observation, next) = observe(conn, ctx, &previous).await?;
+    let subject = Subject { generation, validation_mode: conn.spec.validation.mode, warn_before: conn.spec.warn_before(), previous: &previous };
+    let next_status = status::compute(&subject, &observation, now);
+    write_status(conn, ctx, &previous, next_status).await?;
+    if let BrokerStage::Synced(outcome) = &observation.broker
+        && outcome.wrote
+    {
+        let reason = if observation.drift_corrected { "DriftCorrected" } else { "BrokerUpdated" };
+        ctx.publish(conn, EventType::Normal, reason, &format!("{} on the broker", outcome.differences.join(", "))).await;
+        info!(differences = ?outcome.differences, "broker object written");
+    }
+
+    Ok(match next {
+        Next::Refresh => {
+            ctx.reset_backoff(conn);
+            Action::requeue(schedule_refresh(conn.spec.refresh_interval(), &observation.expiry, conn.spec.warn_before(), now))
+        }
+        Next::Retry { min } => Action::requeue(ctx.next_backoff(conn).max(min.unwrap_or_default())),
+    })
+}
+
+/// Runs the stages and collects what they found. Only Kubernetes API failures are errors.
+async fn observe(conn: &AzureAdConnection, ctx: &Context, previous: &AzureAdConnectionStatus) -> Result<(Observation, Next), Error> {
+    let spec = &conn.spec;
+    let observe_only = spec.management_policy == ManagementPolicy::ObserveOnly;
+    let (secret, annotations) = resolve::client_secret(&ctx.client, conn).await?;
+    let expiry = resolve::expiry_from_annotations(spec.expiry.source, &annotations);
+    let fingerprint = secret.as_ref().ok().map(|s| ctx.fingerprinter.fingerprint(s));
+
+    let secret = match secret {
+        Ok(secret) => secret,
+        Err(problem) => {
+            let observation = Observation { fingerprint, credentials: Err(CredentialsFailure::Secret(problem)), expiry, broker: BrokerStage::NotAttempted, observe_only, drift_corrected: false };
+            return Ok((observation, Next::Refresh));
+        }
+    };
+    let fingerprint_ref = fingerprint.as_deref().unwrap_or_default();
+    let validation = ctx
+        .azure
+        .validate(&ValidationRequest {
+            cloud: spec.azure.cloud,
+            tenant: &spec.azure.tenant,
+            client_id: &spec.azure.client_id,
+            secret: &secret,
+            fingerprint: fingerprint_ref,
+            mode: spec.validation.mode,
+            ttl: spec.refresh_interval(),
+        })
+        .await;
+    let validation = match validation {
+        Ok(v) => v,
+        Err(error) => {
+            let next = if error.is_transient() { Next::Retry { min: error.retry_after() } } else { Next::Refresh };
+            warn!(reason = error.reason().as_str(), "credentials not confirmed by Azure");
+            let observation = Observation { fingerprint, credentials: Err(CredentialsFailure::Azure(error)), expiry, broker: BrokerStage::NotAttempted, observe_only, drift_corrected: false };
+            return Ok((observation, next));
+        }
+    };
+
+    let broker = match resolve::broker(&ctx.client, &ctx.config.namespace, conn).await? {
+        Ok(resolved) => ctx.broker_client(&resolved),
+        Err(problem) => {
+            let observation = Observation { fingerprint, credentials: Ok(validation), expiry, broker: BrokerStage::Unresolved(problem), observe_only, drift_corrected: false };
+            return Ok((observation, Next::Refresh));
+        }
+    };
+    let previous_broker = previous.broker.clone().unwrap_or_default();
+    let request = SyncRequest {
+        spec,
+        azure: AzureCredentials {
+            cloud: spec.azure.cloud,
+            tenant: &spec.azure.tenant,
+            tenant_id: validation.tenant_id.as_deref(),
+            client_id: &spec.azure.client_id,
+            secret: &secret,
+            fingerprint: fingerprint_ref,
+            audience: spec.azure.sign_in_audience,
+        },
+        known_id: previous_broker.id.as_deref(),
+        synced_fingerprint: previous_broker.synced_fingerprint.as_deref(),
+        observe_only,
+    };
+    let (stage, next, drift_corrected) = match broker.sync(&request).await {
+        Ok(outcome) => {
+            // Differences although the spec and secret are what was last synced: someone edited
+            // the broker object.
+            let unchanged_inputs = previous.observed_generation == conn.meta().generation && previous_broker.synced_fingerprint.as_deref() == Some(fingerprint_ref);
+            let drift = unchanged_inputs && !outcome.differences.is_empty() && previous_broker.id.is_some();
+            if drift {
+                let verb = if observe_only { "found" } else { "corrected" };
+                ctx.publish(conn, EventType::Warning, "Drifted", &format!("the broker object was changed outside idp-bridge; {verb}: {}", outcome.differences.join(", "))).await;
+            }
+            (BrokerStage::Synced(outcome), Next::Refresh, drift && !observe_only)
+        }
+        Err(error) => {
+            let next = if error.is_transient() { Next::Retry { min: error.retry_after() } } else { Next::Refresh };
+            warn!(reason = error.reason().as_str(), %error, "broker sync failed");
+            (BrokerStage::Failed(error), next, false)
+        }
+    };
+    Ok((Observation { fingerprint, credentials: Ok(validation), expiry, broker: stage, observe_only, drift_corrected }, next))
+}
+
+/// The next refresh: the interval with ±10% jitter, or sooner when an expiry threshold comes first.
+fn schedule_refresh(refresh: Duration, expiry: &Expiry, warn_before: Duration, now: jiff::Timestamp) -> Duration {
+    let jitter = 0.9 + rand::random::<f64>() * 0.2;
+    let mut next = refresh.mul_f64(jitter);
+    if let Expiry::Known { expires_at, .. } = expiry {
+        let until_expiry = expires_at.as_second() - now.as_second();
+        let until_warning = until_expiry - warn_before.as_secs() as i64;
+        for threshold in [until_warning, until_expiry] {
+            if threshold > 0 {
+                // One second late, so the threshold has certainly passed when we look.
+                next = next.min(Duration::from_secs(threshold as u64 + 1));
+            }
+        }
+    }
+    next
+}
+
+/// Writes status by server-side apply, only when it changed, and publishes transition events.
+async fn write_status(conn: &AzureAdConnection, ctx: &Context, previous: &AzureAdConnectionStatus, next: AzureAdConnectionStatus) -> Result<(), Error> {
+    if &next == previous {
+        return Ok(());
+    }
+    let api: Api<AzureAdConnection> = Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": "idpbridge.io/v1alpha1",
+        "kind": "AzureAdConnection",
+        "status": next,
+    });
+    api.patch_status(&conn.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await.map_err(Error::WriteStatus)?;
+    for transition in status::transitions(&previous.conditions, &next.conditions) {
+        let kind = if transition.warning { EventType::Warning } else { EventType::Normal };
+        ctx.publish(conn, kind, &transition.reason, &transition.note).await;
+    }
+    Ok(())
+}
+
+/// Deletion: Orphan leaves the broker object; Delete removes it, and gives up (with a Warning)
+/// when the broker is gone or keeps failing past the deletion timeout.
+async fn cleanup(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error> {
+    ctx.forget(conn);
+    if conn.spec.deletion_policy == DeletionPolicy::Orphan {
+        return Ok(Action::await_change());
+    }
+    if conn.spec.suspend {
+        ctx.publish(conn, EventType::Warning, "Orphaned", "the connection is suspended, so the broker object was left in place").await;
+        return Ok(Action::await_change());
+    }
+    let resolved = match resolve::broker(&ctx.client, &ctx.config.namespace, conn).await? {
+        Ok(resolved) => resolved,
+        Err(Problem { message, .. }) => {
+            ctx.publish(conn, EventType::Warning, "Orphaned", &format!("the broker object could not be deleted and was left in place: {message}")).await;
+            return Ok(Action::await_change());
+        }
+    };
+    let known_id = conn.status.as_ref().and_then(|s| s.broker.as_ref()).and_then(|b| b.id.as_deref());
+    match ctx.broker_client(&resolved).delete(&conn.spec, known_id).await {
+        Ok(()) => {
+            ctx.publish(conn, EventType::Normal, "Deleted", "the broker object was deleted (deletionPolicy: Delete)").await;
+            Ok(Action::await_change())
+        }
+        Err(error) => {
+            let deleting_since = conn.meta().deletion_timestamp.as_ref().map_or(jiff::Timestamp::now(), |t| t.0);
+            let waited = jiff::Timestamp::now().as_second() - deleting_since.as_second();
+            if waited >= ctx.config.deletion_timeout.as_secs() as i64 {
+                ctx.publish(conn, EventType::Warning, "Orphaned", &format!("gave up deleting the broker object after {waited}s and left it in place: {error}")).await;
+                Ok(Action::await_change())
+            } else {
+                ctx.publish(conn, EventType::Warning, "DeleteFailed", &format!("deleting the broker object failed; retrying: {error}")).await;
+                Err(Error::Cleanup(error))
+            }
+        }
+    }
+}
+
+impl Context {
+    /// The shared client for a resolved broker.
+    pub fn broker_client(&self, resolved: &ResolvedBroker) -> Arc<BrokerClient> {
+        let key = BrokerKey { uid: resolved.uid.clone(), generation: resolved.generation, credentials_fingerprint: self.fingerprinter.fingerprint_bytes(format!("{}\0{}", resolved.client_id, resolved.client_secret.expose()).as_bytes()) };
+        self.brokers.get_or_insert(key, |upstream| match &resolved.provider {
+            BrokerProvider::Auth0(spec) => BrokerClient::Auth0(Auth0Client::new(upstream.clone(), &spec.domain, &resolved.client_id, resolved.client_secret.clone(), resolved.rate_limit)),
+        })
+    }
+
+    /// Publishes an Event; a failure to publish is logged, never fatal.
+    pub async fn publish(&self, conn: &AzureAdConnection, type_: EventType, reason: &str, note: &str) {
+        let event = KubeEvent { type_, reason: reason.to_owned(), note: Some(note.chars().take(1000).collect()), action: "Reconcile".into(), secondary: None };
+        if let Err(e) = self.recorder.publish(&event, &conn.object_ref(&())).await {
+            warn!(error = %e, "publishing event failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_is_jittered_around_the_interval() {
+        let now = jiff::Timestamp::from_second(1_700_000_000).unwrap();
+        for _ in 0..100 {
+            let d = schedule_refresh(Duration::from_secs(3600), &Expiry::Disabled, Duration::from_secs(86_400), now);
+            assert!((3240..=3960).contains(&d.as_secs()), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn refresh_lands_on_the_warning_and_expiry_thresholds() {
+        let now = jiff::Timestamp::from_second(1_700_000_000).unwrap();
+        let day = 86_400;
+        let expiry = |secs: i64| Expiry::Known { expires_at: jiff::Timestamp::from_second(1_700_000_000 + secs).unwrap(), source: "Annotation", key_id: None };
+        // Warning window opens in 100 s.
+        let d = schedule_refresh(Duration::from_secs(3600), &expiry(day + 100), Duration::from_secs(day as u64), now);
+        assert_eq!(d.as_secs(), 101);
+        // Already inside the window; expiry in 50 s.
+        let d = schedule_refresh(Duration::from_secs(3600), &expiry(50), Duration::from_secs(day as u64), now);
+        assert_eq!(d.as_secs(), 51);
+    }
+}

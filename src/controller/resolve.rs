@@ -1,0 +1,222 @@
+//! Reading what a connection references: its client-secret Secret and its broker (with the
+//! broker's own credentials). Kubernetes API failures are errors; problems a user must fix are
+//! [`Problem`]s with a condition reason.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::{Namespace, Secret},
+    apimachinery::pkg::apis::meta::v1::LabelSelector,
+};
+use kube::{Api, Client, ResourceExt};
+
+use super::{error::Error, observation::{Expiry, Problem}};
+use crate::{
+    crd::{
+        BrokerProvider, ClusterIdentityBroker, EXPIRES_AT_ANNOTATION, IdentityBroker,
+        conditions::Reason,
+        connection::{AzureAdConnection, BrokerRefKind, ExpirySource, ValidationMode, is_guid},
+    },
+    secret::SecretValue,
+};
+
+/// The client secret from a Secret's data, checked for the mistakes people make.
+pub fn secret_from_data(secret_name: &str, key: &str, data: Option<&BTreeMap<String, ByteString>>, mode: ValidationMode) -> Result<SecretValue, Problem> {
+    let bytes = data.and_then(|d| d.get(key)).ok_or_else(|| Problem::new(Reason::SecretKeyNotFound, format!("Secret {secret_name} has no key {key:?}")))?;
+    let text = std::str::from_utf8(&bytes.0).map_err(|_| Problem::new(Reason::SecretNotUtf8, format!("Secret {secret_name} key {key:?} is not UTF-8 text")))?;
+    // A trailing newline from `echo` or a file is never part of an Azure secret.
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(Problem::new(Reason::SecretEmpty, format!("Secret {secret_name} key {key:?} is empty")));
+    }
+    if mode != ValidationMode::None && is_guid(text) {
+        return Err(Problem::new(
+            Reason::SecretIdInsteadOfValue,
+            format!("Secret {secret_name} key {key:?} holds a GUID: that is the secret's ID, not its value. Copy the Value column shown when the secret was created"),
+        ));
+    }
+    Ok(SecretValue::new(text))
+}
+
+/// The expiry date from the Secret's annotation, per `expiry.source`.
+pub fn expiry_from_annotations(source: ExpirySource, annotations: &BTreeMap<String, String>) -> Expiry {
+    match source {
+        ExpirySource::None => Expiry::Disabled,
+        ExpirySource::Graph => Expiry::Unknown("expiry.source Graph: no expiry date was read from Microsoft Graph".into()),
+        ExpirySource::Annotation | ExpirySource::Auto => match annotations.get(EXPIRES_AT_ANNOTATION) {
+            None => Expiry::Unknown(format!("no expiry date known: set the {EXPIRES_AT_ANNOTATION} annotation (RFC 3339) on the Secret")),
+            Some(text) => match text.trim().parse::<jiff::Timestamp>() {
+                Ok(expires_at) => Expiry::Known { expires_at, source: "Annotation", key_id: None },
+                Err(_) => Expiry::Invalid(Problem::new(
+                    Reason::InvalidExpiryAnnotation,
+                    format!("annotation {EXPIRES_AT_ANNOTATION} is {text:?}, not an RFC 3339 time such as 2027-01-31T00:00:00Z"),
+                )),
+            },
+        },
+    }
+}
+
+/// The connection's Secret: the value, or the problem, and the Secret's annotations.
+pub async fn client_secret(client: &Client, conn: &AzureAdConnection) -> Result<(Result<SecretValue, Problem>, BTreeMap<String, String>), Error> {
+    let namespace = conn.namespace().unwrap_or_default();
+    let reference = &conn.spec.azure.client_secret_ref;
+    let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let Some(secret) = api.get_opt(&reference.name).await.map_err(Error::ReadSecret)? else {
+        return Ok((Err(Problem::new(Reason::SecretNotFound, format!("Secret {namespace}/{} not found", reference.name))), BTreeMap::new()));
+    };
+    let value = secret_from_data(&reference.name, &reference.key, secret.data.as_ref(), conn.spec.validation.mode);
+    Ok((value, secret.metadata.annotations.unwrap_or_default()))
+}
+
+/// A broker object resolved to its provider block and the operator's credentials for it.
+#[derive(Debug, Clone)]
+pub struct ResolvedBroker {
+    pub uid: String,
+    pub generation: i64,
+    pub provider: BrokerProvider,
+    pub rate_limit: Option<(u32, u32)>,
+    pub client_id: String,
+    pub client_secret: SecretValue,
+}
+
+/// Finds the connection's broker, checks it may be used from the connection's namespace and is
+/// of the connection's type, and reads its credentials.
+pub async fn broker(client: &Client, operator_namespace: &str, conn: &AzureAdConnection) -> Result<Result<ResolvedBroker, Problem>, Error> {
+    let namespace = conn.namespace().unwrap_or_default();
+    let reference = &conn.spec.broker_ref;
+    let (meta, provider, rate_limit, secret_namespace) = match reference.kind {
+        BrokerRefKind::IdentityBroker => {
+            let api: Api<IdentityBroker> = Api::namespaced(client.clone(), &namespace);
+            let Some(b) = api.get_opt(&reference.name).await.map_err(Error::ReadBroker)? else {
+                return Ok(Err(Problem::new(Reason::BrokerNotFound, format!("IdentityBroker {namespace}/{} not found", reference.name))));
+            };
+            (b.metadata.clone(), b.spec.provider(), b.spec.rate_limit.clone(), namespace.clone())
+        }
+        BrokerRefKind::ClusterIdentityBroker => {
+            let api: Api<ClusterIdentityBroker> = Api::all(client.clone());
+            let Some(b) = api.get_opt(&reference.name).await.map_err(Error::ReadBroker)? else {
+                return Ok(Err(Problem::new(Reason::BrokerNotFound, format!("ClusterIdentityBroker {} not found", reference.name))));
+            };
+            if let Some(selector) = &b.spec.allowed_namespaces {
+                let ns = Api::<Namespace>::all(client.clone()).get_opt(&namespace).await.map_err(Error::ReadBroker)?;
+                let labels = ns.and_then(|n| n.metadata.labels).unwrap_or_default();
+                if !selector_matches(selector, &labels) {
+                    return Ok(Err(Problem::new(Reason::BrokerNotAllowed, format!("ClusterIdentityBroker {} does not allow namespace {namespace} (allowedNamespaces)", reference.name))));
+                }
+            }
+            (b.metadata.clone(), b.spec.provider(), b.spec.rate_limit.clone(), operator_namespace.to_owned())
+        }
+    };
+    let Some(provider) = provider else {
+        return Ok(Err(Problem::new(Reason::BrokerTypeMismatch, format!("broker {} has no provider block", reference.name))));
+    };
+    let wanted = if conn.spec.auth0.is_some() { "auth0" } else { "none" };
+    if provider.type_name() != wanted {
+        return Ok(Err(Problem::new(
+            Reason::BrokerTypeMismatch,
+            format!("broker {} is of type {}, but the connection has a {wanted} block", reference.name, provider.type_name()),
+        )));
+    }
+    let credentials = match credentials(client, &secret_namespace, &provider).await? {
+        Ok(c) => c,
+        Err(problem) => return Ok(Err(problem)),
+    };
+    Ok(Ok(ResolvedBroker {
+        uid: meta.uid.unwrap_or_default(),
+        generation: meta.generation.unwrap_or_default(),
+        provider,
+        rate_limit: rate_limit.map(|r| (r.requests_per_second, r.burst)),
+        client_id: credentials.0,
+        client_secret: credentials.1,
+    }))
+}
+
+/// The operator's management credentials for a broker: (client id or empty, secret or token).
+pub async fn credentials(client: &Client, secret_namespace: &str, provider: &BrokerProvider) -> Result<Result<(String, SecretValue), Problem>, Error> {
+    let (id_key, secret_key) = match provider {
+        BrokerProvider::Auth0(a) => (a.credentials_secret_ref.client_id_key.as_str(), a.credentials_secret_ref.client_secret_key.as_str()),
+    };
+    let secret_name = provider.credentials_secret();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), secret_namespace);
+    let Some(secret) = secrets.get_opt(secret_name).await.map_err(Error::ReadSecret)? else {
+        return Ok(Err(Problem::new(Reason::BrokerCredentialsMissing, format!("broker credentials Secret {secret_namespace}/{secret_name} not found"))));
+    };
+    let read = |key: &str| {
+        secret_from_data(secret_name, key, secret.data.as_ref(), ValidationMode::None).map_err(|p| Problem::new(Reason::BrokerCredentialsMissing, format!("broker credentials: {}", p.message)))
+    };
+    Ok(read(id_key).and_then(|id| Ok((id.expose().to_owned(), read(secret_key)?))))
+}
+
+/// Label selector matching, as the API server does it.
+pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let labels_ok = selector.match_labels.as_ref().is_none_or(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)));
+    let expressions_ok = selector.match_expressions.as_ref().is_none_or(|exprs| {
+        exprs.iter().all(|e| {
+            let values = e.values.as_deref().unwrap_or_default();
+            let value = labels.get(&e.key);
+            match e.operator.as_str() {
+                "In" => value.is_some_and(|v| values.contains(v)),
+                "NotIn" => value.is_none_or(|v| !values.contains(v)),
+                "Exists" => value.is_some(),
+                "DoesNotExist" => value.is_none(),
+                _ => false,
+            }
+        })
+    });
+    labels_ok && expressions_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    fn data(key: &str, value: &[u8]) -> BTreeMap<String, ByteString> {
+        BTreeMap::from([(key.to_owned(), ByteString(value.to_vec()))])
+    }
+
+    #[test]
+    fn secret_mistakes_get_specific_reasons() {
+        let mode = ValidationMode::ClientCredentials;
+        let reason = |d: Option<&BTreeMap<String, ByteString>>| secret_from_data("s", "client-secret", d, mode).unwrap_err().reason;
+        assert_eq!(reason(None), Reason::SecretKeyNotFound);
+        assert_eq!(reason(Some(&data("other", b"x"))), Reason::SecretKeyNotFound);
+        assert_eq!(reason(Some(&data("client-secret", b"  \n"))), Reason::SecretEmpty);
+        assert_eq!(reason(Some(&data("client-secret", &[0xff, 0xfe, 0x00]))), Reason::SecretNotUtf8);
+        assert_eq!(reason(Some(&data("client-secret", b"6f5e2a39-0a42-4a4e-9a55-4f2a3cfe2f0b"))), Reason::SecretIdInsteadOfValue);
+        let ok = secret_from_data("s", "client-secret", Some(&data("client-secret", b"abc8Q~real-value\n")), mode).unwrap();
+        assert_eq!(ok.expose(), "abc8Q~real-value");
+        // Native setups push any value, a GUID included.
+        assert!(secret_from_data("s", "client-secret", Some(&data("client-secret", b"6f5e2a39-0a42-4a4e-9a55-4f2a3cfe2f0b")), ValidationMode::None).is_ok());
+    }
+
+    #[test]
+    fn problem_messages_never_hold_the_value() {
+        let p = secret_from_data("s", "k", Some(&data("k", b"6f5e2a39-0a42-4a4e-9a55-4f2a3cfe2f0b")), ValidationMode::ClientCredentials).unwrap_err();
+        assert!(!p.message.contains("6f5e2a39"));
+    }
+
+    #[test]
+    fn expiry_annotation() {
+        let ann = |v: &str| BTreeMap::from([(EXPIRES_AT_ANNOTATION.to_owned(), v.to_owned())]);
+        assert!(matches!(expiry_from_annotations(ExpirySource::Annotation, &ann("2027-01-31T00:00:00Z")), Expiry::Known { source: "Annotation", .. }));
+        assert!(matches!(expiry_from_annotations(ExpirySource::Auto, &ann("next tuesday")), Expiry::Invalid(p) if p.reason == Reason::InvalidExpiryAnnotation));
+        assert!(matches!(expiry_from_annotations(ExpirySource::Annotation, &BTreeMap::new()), Expiry::Unknown(_)));
+        assert_eq!(expiry_from_annotations(ExpirySource::None, &ann("2027-01-31T00:00:00Z")), Expiry::Disabled);
+    }
+
+    #[test]
+    fn selectors() {
+        let labels = BTreeMap::from([("team".to_owned(), "a".to_owned())]);
+        let sel = |labels: Option<BTreeMap<String, String>>, exprs: Option<Vec<LabelSelectorRequirement>>| LabelSelector { match_labels: labels, match_expressions: exprs };
+        assert!(selector_matches(&sel(None, None), &labels));
+        assert!(selector_matches(&sel(Some(labels.clone()), None), &labels));
+        assert!(!selector_matches(&sel(Some(BTreeMap::from([("team".into(), "b".into())])), None), &labels));
+        let req = |op: &str, values: &[&str]| LabelSelectorRequirement { key: "team".into(), operator: op.into(), values: Some(values.iter().map(|s| s.to_string()).collect()) };
+        assert!(selector_matches(&sel(None, Some(vec![req("In", &["a", "b"])])), &labels));
+        assert!(!selector_matches(&sel(None, Some(vec![req("NotIn", &["a"])])), &labels));
+        assert!(selector_matches(&sel(None, Some(vec![req("Exists", &[])])), &labels));
+        assert!(!selector_matches(&sel(None, Some(vec![req("DoesNotExist", &[])])), &labels));
+    }
+}
