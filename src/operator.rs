@@ -35,7 +35,8 @@ const KEY_ENTRY: &str = "key";
 /// Reads the fingerprint key, creating the Secret with a random key on first start.
 async fn fingerprint_key(client: &Client, config: &Config) -> Result<Vec<u8>, StartError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), &config.namespace);
-    let err = |source| StartError::FingerprintKey { namespace: config.namespace.clone(), name: config.fingerprint_key_secret.clone(), source };
+    let err =
+        |source| StartError::FingerprintKey { namespace: config.namespace.clone(), name: config.fingerprint_key_secret.clone(), source };
     let existing = match api.get_opt(&config.fingerprint_key_secret).await.map_err(err)? {
         Some(secret) => secret,
         None => {
@@ -52,12 +53,9 @@ async fn fingerprint_key(client: &Client, config: &Config) -> Result<Vec<u8>, St
             }
         }
     };
-    existing
-        .data
-        .and_then(|mut d| d.remove(KEY_ENTRY))
-        .map(|b| b.0)
-        .filter(|k| k.len() >= 32)
-        .ok_or_else(|| StartError::FingerprintKeyInvalid { namespace: config.namespace.clone(), name: config.fingerprint_key_secret.clone() })
+    existing.data.and_then(|mut d| d.remove(KEY_ENTRY)).map(|b| b.0).filter(|k| k.len() >= 32).ok_or_else(|| {
+        StartError::FingerprintKeyInvalid { namespace: config.namespace.clone(), name: config.fingerprint_key_secret.clone() }
+    })
 }
 
 /// Builds the shared context.
@@ -72,7 +70,11 @@ pub async fn context(client: Client, config: Config) -> Result<Arc<Context>, Sta
 }
 
 /// Runs the controllers until `shutdown` resolves.
-pub async fn run(client: Client, config: Config, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) -> Result<(), StartError> {
+pub async fn run(
+    client: Client,
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), StartError> {
     let ctx = context(client, config).await?;
     controller::run(ctx, shutdown).await;
     Ok(())

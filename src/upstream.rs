@@ -222,7 +222,8 @@ mod tests {
 
     #[test]
     fn overrides_replace_scheme_host_and_port_only() {
-        let o: EndpointOverrides = "login.microsoftonline.com=https://127.0.0.1:8443, acme.auth0.com=http://localhost:9/prefix/".parse().unwrap();
+        let o: EndpointOverrides =
+            "login.microsoftonline.com=https://127.0.0.1:8443, acme.auth0.com=http://localhost:9/prefix/".parse().unwrap();
         assert_eq!(o.url("login.microsoftonline.com", "/t/v2.0/x?a=b").as_str(), "https://127.0.0.1:8443/t/v2.0/x?a=b");
         assert_eq!(o.url("ACME.auth0.com", "/api/v2/connections").as_str(), "http://localhost:9/prefix/api/v2/connections");
         assert_eq!(o.url("other.auth0.com", "/oauth/token").as_str(), "https://other.auth0.com/oauth/token");

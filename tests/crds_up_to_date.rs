@@ -6,14 +6,16 @@ fn committed_crds_match_the_rust_types() {
     let mut expected_files = Vec::new();
     for definition in idp_bridge::crd::all() {
         let name = idp_bridge::crd::file_name(&definition);
-        let committed = std::fs::read_to_string(dir.join(&name)).unwrap_or_else(|e| panic!("crds/{name} is missing ({e}); run `cargo run -- crds --out-dir crds`"));
+        let committed = std::fs::read_to_string(dir.join(&name))
+            .unwrap_or_else(|e| panic!("crds/{name} is missing ({e}); run `cargo run -- crds --out-dir crds`"));
         assert!(
             committed == idp_bridge::crd::to_yaml(&definition),
             "crds/{name} differs from the Rust types; regenerate with `cargo run -- crds --out-dir crds` and commit it"
         );
         expected_files.push(name);
     }
-    let mut present: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut present: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     present.sort();
     expected_files.sort();
     assert_eq!(present, expected_files, "crds/ holds files no CRD generates");

@@ -69,9 +69,15 @@ impl AzureError {
     /// A sentence for the condition message: what happened and what to do.
     pub fn advice(&self) -> String {
         let what_to_do = match self.reason() {
-            Reason::InvalidSecret => "Azure rejected the client secret. Check that the Secret holds the secret's Value (shown once when it was created), not its Secret ID.",
-            Reason::SecretExpired => "The client secret has expired. Create a new secret for the application in Entra ID and put its value in the Secret.",
-            Reason::ApplicationNotFound => "No application with this client ID exists in the tenant. Check azure.clientId and azure.tenant, and for a multi-tenant app that it has a service principal in the tenant.",
+            Reason::InvalidSecret => {
+                "Azure rejected the client secret. Check that the Secret holds the secret's Value (shown once when it was created), not its Secret ID."
+            }
+            Reason::SecretExpired => {
+                "The client secret has expired. Create a new secret for the application in Entra ID and put its value in the Secret."
+            }
+            Reason::ApplicationNotFound => {
+                "No application with this client ID exists in the tenant. Check azure.clientId and azure.tenant, and for a multi-tenant app that it has a service principal in the tenant."
+            }
             Reason::ApplicationDisabled => "The application or its service principal is disabled in the tenant.",
             Reason::TenantNotFound => "The tenant was not found in this cloud. Check azure.tenant and azure.cloud.",
             Reason::TenantInvalid => "The tenant identifier is not a valid tenant ID or domain.",

@@ -103,7 +103,9 @@ impl AzureClient {
                     validated_at: jiff::Timestamp::now(),
                 });
             }
-            ValidationMode::Discovery => Validation { tenant_id: Some(self.discover(request.cloud, request.tenant).await?), validated_at: jiff::Timestamp::now() },
+            ValidationMode::Discovery => {
+                Validation { tenant_id: Some(self.discover(request.cloud, request.tenant).await?), validated_at: jiff::Timestamp::now() }
+            }
             ValidationMode::ClientCredentials => {
                 let tenant_id = self.discover(request.cloud, request.tenant).await?;
                 self.request_token(request.cloud, &tenant_id, request.client_id, request.secret).await?;
@@ -131,16 +133,26 @@ impl AzureClient {
         if !answer.status.is_success() {
             return Err(classify(&answer, None));
         }
-        let doc: DiscoveryDocument = answer.body.json().map_err(|_| AzureError::Unexpected { status: answer.status.as_u16(), snippet: "discovery document is not valid JSON".into() })?;
+        let doc: DiscoveryDocument = answer.body.json().map_err(|_| AzureError::Unexpected {
+            status: answer.status.as_u16(),
+            snippet: "discovery document is not valid JSON".into(),
+        })?;
         tenant_from_issuer(&doc, tenant, cloud)
     }
 
     /// Asks for an app-only Graph token with the secret; success proves the secret.
-    pub async fn request_token(&self, cloud: AzureCloud, tenant_id: &str, client_id: &str, secret: &SecretValue) -> Result<AccessToken, AzureError> {
+    pub async fn request_token(
+        &self,
+        cloud: AzureCloud,
+        tenant_id: &str,
+        client_id: &str,
+        secret: &SecretValue,
+    ) -> Result<AccessToken, AzureError> {
         check_tenant_syntax(tenant_id)?;
         let hosts = cloud::hosts(cloud);
         let scope = hosts.graph_scope();
-        let form = [("grant_type", "client_credentials"), ("client_id", client_id), ("scope", scope.as_str()), ("client_secret", secret.expose())];
+        let form =
+            [("grant_type", "client_credentials"), ("client_id", client_id), ("scope", scope.as_str()), ("client_secret", secret.expose())];
         let request = self.upstream.request(Method::POST, hosts.login, &format!("/{tenant_id}/oauth2/v2.0/token")).form(&form);
         let answer = self.upstream.send(request).await?;
         if !answer.status.is_success() {
@@ -152,7 +164,10 @@ impl AzureClient {
             #[serde(default)]
             expires_in: serde_json::Value,
         }
-        let body: TokenBody = answer.body.json().map_err(|_| AzureError::Unexpected { status: answer.status.as_u16(), snippet: "token response is not valid JSON".into() })?;
+        let body: TokenBody = answer
+            .body
+            .json()
+            .map_err(|_| AzureError::Unexpected { status: answer.status.as_u16(), snippet: "token response is not valid JSON".into() })?;
         // v1-style endpoints send expires_in as a string.
         let expires_in = match &body.expires_in {
             serde_json::Value::Number(n) => n.as_u64(),
@@ -179,7 +194,9 @@ fn check_tenant_syntax(tenant: &str) -> Result<(), AzureError> {
     Err(AzureError::Aadsts {
         code: 900023,
         error: "invalid_request".into(),
-        description: format!("Specified tenant identifier '{tenant}' is neither a valid DNS name, nor a valid external domain (checked before calling Azure)."),
+        description: format!(
+            "Specified tenant identifier '{tenant}' is neither a valid DNS name, nor a valid external domain (checked before calling Azure)."
+        ),
     })
 }
 
@@ -232,7 +249,11 @@ mod tests {
     use crate::crd::conditions::Reason;
 
     fn answer(status: u16, body: &str) -> Answer {
-        Answer { status: StatusCode::from_u16(status).unwrap(), headers: Default::default(), body: crate::upstream::bytes_body::Body(body.as_bytes().to_vec()) }
+        Answer {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: Default::default(),
+            body: crate::upstream::bytes_body::Body(body.as_bytes().to_vec()),
+        }
     }
 
     fn aadsts(code: u32, error: &str, text: &str) -> String {
@@ -298,11 +319,23 @@ mod tests {
     #[test]
     fn issuer_must_belong_to_the_cloud() {
         let guid = "72f988bf-86f1-41af-91ab-2d7cd011db47";
-        let doc = |host: &str| DiscoveryDocument { issuer: format!("https://{host}/{guid}/v2.0"), token_endpoint: format!("https://{host}/{guid}/oauth2/v2.0/token") };
+        let doc = |host: &str| DiscoveryDocument {
+            issuer: format!("https://{host}/{guid}/v2.0"),
+            token_endpoint: format!("https://{host}/{guid}/oauth2/v2.0/token"),
+        };
         assert_eq!(tenant_from_issuer(&doc("login.microsoftonline.com"), "contoso.com", AzureCloud::AzurePublic).unwrap(), guid);
-        assert_eq!(tenant_from_issuer(&doc("evil.example"), "contoso.com", AzureCloud::AzurePublic).unwrap_err().reason(), Reason::WrongCloud);
-        assert_eq!(tenant_from_issuer(&doc("login.microsoftonline.com"), "contoso.com", AzureCloud::AzureChina).unwrap_err().reason(), Reason::WrongCloud);
-        let template = DiscoveryDocument { issuer: "https://login.microsoftonline.com/{tenantid}/v2.0".into(), token_endpoint: "https://login.microsoftonline.com/common/oauth2/v2.0/token".into() };
+        assert_eq!(
+            tenant_from_issuer(&doc("evil.example"), "contoso.com", AzureCloud::AzurePublic).unwrap_err().reason(),
+            Reason::WrongCloud
+        );
+        assert_eq!(
+            tenant_from_issuer(&doc("login.microsoftonline.com"), "contoso.com", AzureCloud::AzureChina).unwrap_err().reason(),
+            Reason::WrongCloud
+        );
+        let template = DiscoveryDocument {
+            issuer: "https://login.microsoftonline.com/{tenantid}/v2.0".into(),
+            token_endpoint: "https://login.microsoftonline.com/common/oauth2/v2.0/token".into(),
+        };
         assert!(tenant_from_issuer(&template, "organizations.example", AzureCloud::AzurePublic).is_err());
     }
 }

@@ -56,7 +56,10 @@ impl BrokerError {
 
     /// Transient errors are retried with backoff; permanent ones wait for a change.
     pub fn is_transient(&self) -> bool {
-        matches!(self, BrokerError::Unreachable(_) | BrokerError::Server { .. } | BrokerError::RateLimited { .. } | BrokerError::Unexpected(_))
+        matches!(
+            self,
+            BrokerError::Unreachable(_) | BrokerError::Server { .. } | BrokerError::RateLimited { .. } | BrokerError::Unexpected(_)
+        )
     }
 
     pub fn retry_after(&self) -> Option<Duration> {

@@ -132,23 +132,35 @@ fn error_policy<B: BrokerObject>(broker: Arc<B>, error: &Error, ctx: Arc<Context
     Action::requeue(ctx.next_backoff(broker.as_ref()))
 }
 
-fn brokers_using_secret<B: BrokerObject>(store: &Store<B>, secret: &PartialObjectMeta<Secret>, operator_namespace: &str) -> Vec<ObjectRef<B>> {
+fn brokers_using_secret<B: BrokerObject>(
+    store: &Store<B>,
+    secret: &PartialObjectMeta<Secret>,
+    operator_namespace: &str,
+) -> Vec<ObjectRef<B>> {
     let namespace = secret.namespace().unwrap_or_default();
     store
         .state()
         .iter()
-        .filter(|b| b.credentials_namespace(operator_namespace) == namespace && b.provider().is_some_and(|p| p.credentials_secret() == secret.name_any()))
+        .filter(|b| {
+            b.credentials_namespace(operator_namespace) == namespace
+                && b.provider().is_some_and(|p| p.credentials_secret() == secret.name_any())
+        })
         .map(|b| ObjectRef::from_obj(b.as_ref()))
         .collect()
 }
 
-fn controller<B: BrokerObject>(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) -> impl std::future::Future<Output = ()> {
+fn controller<B: BrokerObject>(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> impl std::future::Future<Output = ()> {
     let client = ctx.client.clone();
     let controller = Controller::new(Api::<B>::all(client.clone()), watcher::Config::default().any_semantic());
     let store = controller.store();
     let operator_namespace = ctx.config.namespace.clone();
     controller
-        .watches(Api::<PartialObjectMeta<Secret>>::all(client), watcher::Config::default(), move |s| brokers_using_secret(&store, &s, &operator_namespace))
+        .watches(Api::<PartialObjectMeta<Secret>>::all(client), watcher::Config::default(), move |s| {
+            brokers_using_secret(&store, &s, &operator_namespace)
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile::<B>, error_policy::<B>, ctx)
         .for_each(|_| future::ready(()))

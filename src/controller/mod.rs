@@ -102,11 +102,20 @@ fn error_policy(conn: Arc<AzureAdConnection>, error: &Error, ctx: Arc<Context>) 
 }
 
 /// Connections in `namespace` whose broker reference matches.
-fn connections_using_broker(store: &Store<AzureAdConnection>, kind: BrokerRefKind, namespace: Option<&str>, name: &str) -> Vec<ObjectRef<AzureAdConnection>> {
+fn connections_using_broker(
+    store: &Store<AzureAdConnection>,
+    kind: BrokerRefKind,
+    namespace: Option<&str>,
+    name: &str,
+) -> Vec<ObjectRef<AzureAdConnection>> {
     store
         .state()
         .iter()
-        .filter(|c| c.spec.broker_ref.kind == kind && c.spec.broker_ref.name == name && (namespace.is_none() || c.namespace().as_deref() == namespace))
+        .filter(|c| {
+            c.spec.broker_ref.kind == kind
+                && c.spec.broker_ref.name == name
+                && (namespace.is_none() || c.namespace().as_deref() == namespace)
+        })
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()
 }
@@ -163,7 +172,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     let store = connections.store();
     let (s1, s2, s3) = (store.clone(), store.clone(), store.clone());
     let operator_namespace = ctx.config.namespace.clone();
-    let secret_mapper = move |secret: PartialObjectMeta<Secret>| connections_using_secret(&secret, &s3, &broker_store, &cluster_broker_store, &operator_namespace);
+    let secret_mapper = move |secret: PartialObjectMeta<Secret>| {
+        connections_using_secret(&secret, &s3, &broker_store, &cluster_broker_store, &operator_namespace)
+    };
     let connection_controller = connections
         .watches(Api::<IdentityBroker>::all(client.clone()), watcher::Config::default(), move |b| {
             connections_using_broker(&s1, BrokerRefKind::IdentityBroker, b.namespace().as_deref(), &b.name_any())

@@ -28,7 +28,11 @@ pub enum Expiry {
     Unknown(String),
     /// The source answered with an error the user must fix (e.g. a malformed annotation).
     Invalid(Problem),
-    Known { expires_at: jiff::Timestamp, source: &'static str, key_id: Option<String> },
+    Known {
+        expires_at: jiff::Timestamp,
+        source: &'static str,
+        key_id: Option<String>,
+    },
 }
 
 /// The broker stage's result.

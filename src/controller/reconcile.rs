@@ -65,7 +65,8 @@ async fn apply(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error>
     }
 
     let (observation, next) = observe(conn, ctx, &previous).await?;
-    let subject = Subject { generation, validation_mode: conn.spec.validation.mode, warn_before: conn.spec.warn_before(), previous: &previous };
+    let subject =
+        Subject { generation, validation_mode: conn.spec.validation.mode, warn_before: conn.spec.warn_before(), previous: &previous };
     let next_status = status::compute(&subject, &observation, now);
     write_status(conn, ctx, &previous, next_status).await?;
     if let BrokerStage::Synced(outcome) = &observation.broker
@@ -96,7 +97,14 @@ async fn observe(conn: &AzureAdConnection, ctx: &Context, previous: &AzureAdConn
     let secret = match secret {
         Ok(secret) => secret,
         Err(problem) => {
-            let observation = Observation { fingerprint, credentials: Err(CredentialsFailure::Secret(problem)), expiry, broker: BrokerStage::NotAttempted, observe_only, drift_corrected: false };
+            let observation = Observation {
+                fingerprint,
+                credentials: Err(CredentialsFailure::Secret(problem)),
+                expiry,
+                broker: BrokerStage::NotAttempted,
+                observe_only,
+                drift_corrected: false,
+            };
             return Ok((observation, Next::Refresh));
         }
     };
@@ -118,7 +126,14 @@ async fn observe(conn: &AzureAdConnection, ctx: &Context, previous: &AzureAdConn
         Err(error) => {
             let next = if error.is_transient() { Next::Retry { min: error.retry_after() } } else { Next::Refresh };
             warn!(reason = error.reason().as_str(), "credentials not confirmed by Azure");
-            let observation = Observation { fingerprint, credentials: Err(CredentialsFailure::Azure(error)), expiry, broker: BrokerStage::NotAttempted, observe_only, drift_corrected: false };
+            let observation = Observation {
+                fingerprint,
+                credentials: Err(CredentialsFailure::Azure(error)),
+                expiry,
+                broker: BrokerStage::NotAttempted,
+                observe_only,
+                drift_corrected: false,
+            };
             return Ok((observation, next));
         }
     };
@@ -126,7 +141,14 @@ async fn observe(conn: &AzureAdConnection, ctx: &Context, previous: &AzureAdConn
     let broker = match resolve::broker(&ctx.client, &ctx.config.namespace, conn).await? {
         Ok(resolved) => ctx.broker_client(&resolved),
         Err(problem) => {
-            let observation = Observation { fingerprint, credentials: Ok(validation), expiry, broker: BrokerStage::Unresolved(problem), observe_only, drift_corrected: false };
+            let observation = Observation {
+                fingerprint,
+                credentials: Ok(validation),
+                expiry,
+                broker: BrokerStage::Unresolved(problem),
+                observe_only,
+                drift_corrected: false,
+            };
             return Ok((observation, Next::Refresh));
         }
     };
@@ -150,11 +172,18 @@ async fn observe(conn: &AzureAdConnection, ctx: &Context, previous: &AzureAdConn
         Ok(outcome) => {
             // Differences although the spec and secret are what was last synced: someone edited
             // the broker object.
-            let unchanged_inputs = previous.observed_generation == conn.meta().generation && previous_broker.synced_fingerprint.as_deref() == Some(fingerprint_ref);
+            let unchanged_inputs = previous.observed_generation == conn.meta().generation
+                && previous_broker.synced_fingerprint.as_deref() == Some(fingerprint_ref);
             let drift = unchanged_inputs && !outcome.differences.is_empty() && previous_broker.id.is_some();
             if drift {
                 let verb = if observe_only { "found" } else { "corrected" };
-                ctx.publish(conn, EventType::Warning, "Drifted", &format!("the broker object was changed outside idp-bridge; {verb}: {}", outcome.differences.join(", "))).await;
+                ctx.publish(
+                    conn,
+                    EventType::Warning,
+                    "Drifted",
+                    &format!("the broker object was changed outside idp-bridge; {verb}: {}", outcome.differences.join(", ")),
+                )
+                .await;
             }
             (BrokerStage::Synced(outcome), Next::Refresh, drift && !observe_only)
         }
@@ -185,7 +214,12 @@ fn schedule_refresh(refresh: Duration, expiry: &Expiry, warn_before: Duration, n
 }
 
 /// Writes status by server-side apply, only when it changed, and publishes transition events.
-async fn write_status(conn: &AzureAdConnection, ctx: &Context, previous: &AzureAdConnectionStatus, next: AzureAdConnectionStatus) -> Result<(), Error> {
+async fn write_status(
+    conn: &AzureAdConnection,
+    ctx: &Context,
+    previous: &AzureAdConnectionStatus,
+    next: AzureAdConnectionStatus,
+) -> Result<(), Error> {
     if &next == previous {
         return Ok(());
     }
@@ -217,7 +251,13 @@ async fn cleanup(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Erro
     let resolved = match resolve::broker(&ctx.client, &ctx.config.namespace, conn).await? {
         Ok(resolved) => resolved,
         Err(Problem { message, .. }) => {
-            ctx.publish(conn, EventType::Warning, "Orphaned", &format!("the broker object could not be deleted and was left in place: {message}")).await;
+            ctx.publish(
+                conn,
+                EventType::Warning,
+                "Orphaned",
+                &format!("the broker object could not be deleted and was left in place: {message}"),
+            )
+            .await;
             return Ok(Action::await_change());
         }
     };
@@ -231,10 +271,17 @@ async fn cleanup(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Erro
             let deleting_since = conn.meta().deletion_timestamp.as_ref().map_or(jiff::Timestamp::now(), |t| t.0);
             let waited = jiff::Timestamp::now().as_second() - deleting_since.as_second();
             if waited >= ctx.config.deletion_timeout.as_secs() as i64 {
-                ctx.publish(conn, EventType::Warning, "Orphaned", &format!("gave up deleting the broker object after {waited}s and left it in place: {error}")).await;
+                ctx.publish(
+                    conn,
+                    EventType::Warning,
+                    "Orphaned",
+                    &format!("gave up deleting the broker object after {waited}s and left it in place: {error}"),
+                )
+                .await;
                 Ok(Action::await_change())
             } else {
-                ctx.publish(conn, EventType::Warning, "DeleteFailed", &format!("deleting the broker object failed; retrying: {error}")).await;
+                ctx.publish(conn, EventType::Warning, "DeleteFailed", &format!("deleting the broker object failed; retrying: {error}"))
+                    .await;
                 Err(Error::Cleanup(error))
             }
         }
@@ -244,15 +291,33 @@ async fn cleanup(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Erro
 impl Context {
     /// The shared client for a resolved broker.
     pub fn broker_client(&self, resolved: &ResolvedBroker) -> Arc<BrokerClient> {
-        let key = BrokerKey { uid: resolved.uid.clone(), generation: resolved.generation, credentials_fingerprint: self.fingerprinter.fingerprint_bytes(format!("{}\0{}", resolved.client_id, resolved.client_secret.expose()).as_bytes()) };
+        let key = BrokerKey {
+            uid: resolved.uid.clone(),
+            generation: resolved.generation,
+            credentials_fingerprint: self
+                .fingerprinter
+                .fingerprint_bytes(format!("{}\0{}", resolved.client_id, resolved.client_secret.expose()).as_bytes()),
+        };
         self.brokers.get_or_insert(key, |upstream| match &resolved.provider {
-            BrokerProvider::Auth0(spec) => BrokerClient::Auth0(Auth0Client::new(upstream.clone(), &spec.domain, &resolved.client_id, resolved.client_secret.clone(), resolved.rate_limit)),
+            BrokerProvider::Auth0(spec) => BrokerClient::Auth0(Auth0Client::new(
+                upstream.clone(),
+                &spec.domain,
+                &resolved.client_id,
+                resolved.client_secret.clone(),
+                resolved.rate_limit,
+            )),
         })
     }
 
     /// Publishes an Event; a failure to publish is logged, never fatal.
     pub async fn publish(&self, conn: &AzureAdConnection, type_: EventType, reason: &str, note: &str) {
-        let event = KubeEvent { type_, reason: reason.to_owned(), note: Some(note.chars().take(1000).collect()), action: "Reconcile".into(), secondary: None };
+        let event = KubeEvent {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
         if let Err(e) = self.recorder.publish(&event, &conn.object_ref(&())).await {
             warn!(error = %e, "publishing event failed");
         }
@@ -276,7 +341,11 @@ mod tests {
     fn refresh_lands_on_the_warning_and_expiry_thresholds() {
         let now = jiff::Timestamp::from_second(1_700_000_000).unwrap();
         let day = 86_400;
-        let expiry = |secs: i64| Expiry::Known { expires_at: jiff::Timestamp::from_second(1_700_000_000 + secs).unwrap(), source: "Annotation", key_id: None };
+        let expiry = |secs: i64| Expiry::Known {
+            expires_at: jiff::Timestamp::from_second(1_700_000_000 + secs).unwrap(),
+            source: "Annotation",
+            key_id: None,
+        };
         // Warning window opens in 100 s.
         let d = schedule_refresh(Duration::from_secs(3600), &expiry(day + 100), Duration::from_secs(day as u64), now);
         assert_eq!(d.as_secs(), 101);

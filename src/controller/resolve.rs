@@ -11,7 +11,10 @@ use k8s_openapi::{
 };
 use kube::{Api, Client, ResourceExt};
 
-use super::{error::Error, observation::{Expiry, Problem}};
+use super::{
+    error::Error,
+    observation::{Expiry, Problem},
+};
 use crate::{
     crd::{
         BrokerProvider, ClusterIdentityBroker, EXPIRES_AT_ANNOTATION, IdentityBroker,
@@ -22,9 +25,17 @@ use crate::{
 };
 
 /// The client secret from a Secret's data, checked for the mistakes people make.
-pub fn secret_from_data(secret_name: &str, key: &str, data: Option<&BTreeMap<String, ByteString>>, mode: ValidationMode) -> Result<SecretValue, Problem> {
-    let bytes = data.and_then(|d| d.get(key)).ok_or_else(|| Problem::new(Reason::SecretKeyNotFound, format!("Secret {secret_name} has no key {key:?}")))?;
-    let text = std::str::from_utf8(&bytes.0).map_err(|_| Problem::new(Reason::SecretNotUtf8, format!("Secret {secret_name} key {key:?} is not UTF-8 text")))?;
+pub fn secret_from_data(
+    secret_name: &str,
+    key: &str,
+    data: Option<&BTreeMap<String, ByteString>>,
+    mode: ValidationMode,
+) -> Result<SecretValue, Problem> {
+    let bytes = data
+        .and_then(|d| d.get(key))
+        .ok_or_else(|| Problem::new(Reason::SecretKeyNotFound, format!("Secret {secret_name} has no key {key:?}")))?;
+    let text = std::str::from_utf8(&bytes.0)
+        .map_err(|_| Problem::new(Reason::SecretNotUtf8, format!("Secret {secret_name} key {key:?} is not UTF-8 text")))?;
     // A trailing newline from `echo` or a file is never part of an Azure secret.
     let text = text.trim();
     if text.is_empty() {
@@ -33,7 +44,9 @@ pub fn secret_from_data(secret_name: &str, key: &str, data: Option<&BTreeMap<Str
     if mode != ValidationMode::None && is_guid(text) {
         return Err(Problem::new(
             Reason::SecretIdInsteadOfValue,
-            format!("Secret {secret_name} key {key:?} holds a GUID: that is the secret's ID, not its value. Copy the Value column shown when the secret was created"),
+            format!(
+                "Secret {secret_name} key {key:?} holds a GUID: that is the secret's ID, not its value. Copy the Value column shown when the secret was created"
+            ),
         ));
     }
     Ok(SecretValue::new(text))
@@ -58,12 +71,18 @@ pub fn expiry_from_annotations(source: ExpirySource, annotations: &BTreeMap<Stri
 }
 
 /// The connection's Secret: the value, or the problem, and the Secret's annotations.
-pub async fn client_secret(client: &Client, conn: &AzureAdConnection) -> Result<(Result<SecretValue, Problem>, BTreeMap<String, String>), Error> {
+pub async fn client_secret(
+    client: &Client,
+    conn: &AzureAdConnection,
+) -> Result<(Result<SecretValue, Problem>, BTreeMap<String, String>), Error> {
     let namespace = conn.namespace().unwrap_or_default();
     let reference = &conn.spec.azure.client_secret_ref;
     let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let Some(secret) = api.get_opt(&reference.name).await.map_err(Error::ReadSecret)? else {
-        return Ok((Err(Problem::new(Reason::SecretNotFound, format!("Secret {namespace}/{} not found", reference.name))), BTreeMap::new()));
+        return Ok((
+            Err(Problem::new(Reason::SecretNotFound, format!("Secret {namespace}/{} not found", reference.name))),
+            BTreeMap::new(),
+        ));
     };
     let value = secret_from_data(&reference.name, &reference.key, secret.data.as_ref(), conn.spec.validation.mode);
     Ok((value, secret.metadata.annotations.unwrap_or_default()))
@@ -102,7 +121,10 @@ pub async fn broker(client: &Client, operator_namespace: &str, conn: &AzureAdCon
                 let ns = Api::<Namespace>::all(client.clone()).get_opt(&namespace).await.map_err(Error::ReadBroker)?;
                 let labels = ns.and_then(|n| n.metadata.labels).unwrap_or_default();
                 if !selector_matches(selector, &labels) {
-                    return Ok(Err(Problem::new(Reason::BrokerNotAllowed, format!("ClusterIdentityBroker {} does not allow namespace {namespace} (allowedNamespaces)", reference.name))));
+                    return Ok(Err(Problem::new(
+                        Reason::BrokerNotAllowed,
+                        format!("ClusterIdentityBroker {} does not allow namespace {namespace} (allowedNamespaces)", reference.name),
+                    )));
                 }
             }
             (b.metadata.clone(), b.spec.provider(), b.spec.rate_limit.clone(), operator_namespace.to_owned())
@@ -133,17 +155,25 @@ pub async fn broker(client: &Client, operator_namespace: &str, conn: &AzureAdCon
 }
 
 /// The operator's management credentials for a broker: (client id or empty, secret or token).
-pub async fn credentials(client: &Client, secret_namespace: &str, provider: &BrokerProvider) -> Result<Result<(String, SecretValue), Problem>, Error> {
+pub async fn credentials(
+    client: &Client,
+    secret_namespace: &str,
+    provider: &BrokerProvider,
+) -> Result<Result<(String, SecretValue), Problem>, Error> {
     let (id_key, secret_key) = match provider {
         BrokerProvider::Auth0(a) => (a.credentials_secret_ref.client_id_key.as_str(), a.credentials_secret_ref.client_secret_key.as_str()),
     };
     let secret_name = provider.credentials_secret();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), secret_namespace);
     let Some(secret) = secrets.get_opt(secret_name).await.map_err(Error::ReadSecret)? else {
-        return Ok(Err(Problem::new(Reason::BrokerCredentialsMissing, format!("broker credentials Secret {secret_namespace}/{secret_name} not found"))));
+        return Ok(Err(Problem::new(
+            Reason::BrokerCredentialsMissing,
+            format!("broker credentials Secret {secret_namespace}/{secret_name} not found"),
+        )));
     };
     let read = |key: &str| {
-        secret_from_data(secret_name, key, secret.data.as_ref(), ValidationMode::None).map_err(|p| Problem::new(Reason::BrokerCredentialsMissing, format!("broker credentials: {}", p.message)))
+        secret_from_data(secret_name, key, secret.data.as_ref(), ValidationMode::None)
+            .map_err(|p| Problem::new(Reason::BrokerCredentialsMissing, format!("broker credentials: {}", p.message)))
     };
     Ok(read(id_key).and_then(|id| Ok((id.expose().to_owned(), read(secret_key)?))))
 }
@@ -188,20 +218,34 @@ mod tests {
         let ok = secret_from_data("s", "client-secret", Some(&data("client-secret", b"abc8Q~real-value\n")), mode).unwrap();
         assert_eq!(ok.expose(), "abc8Q~real-value");
         // Native setups push any value, a GUID included.
-        assert!(secret_from_data("s", "client-secret", Some(&data("client-secret", b"6f5e2a39-0a42-4a4e-9a55-4f2a3cfe2f0b")), ValidationMode::None).is_ok());
+        assert!(
+            secret_from_data(
+                "s",
+                "client-secret",
+                Some(&data("client-secret", b"6f5e2a39-0a42-4a4e-9a55-4f2a3cfe2f0b")),
+                ValidationMode::None
+            )
+            .is_ok()
+        );
     }
 
     #[test]
     fn problem_messages_never_hold_the_value() {
-        let p = secret_from_data("s", "k", Some(&data("k", b"6f5e2a39-0a42-4a4e-9a55-4f2a3cfe2f0b")), ValidationMode::ClientCredentials).unwrap_err();
+        let p = secret_from_data("s", "k", Some(&data("k", b"6f5e2a39-0a42-4a4e-9a55-4f2a3cfe2f0b")), ValidationMode::ClientCredentials)
+            .unwrap_err();
         assert!(!p.message.contains("6f5e2a39"));
     }
 
     #[test]
     fn expiry_annotation() {
         let ann = |v: &str| BTreeMap::from([(EXPIRES_AT_ANNOTATION.to_owned(), v.to_owned())]);
-        assert!(matches!(expiry_from_annotations(ExpirySource::Annotation, &ann("2027-01-31T00:00:00Z")), Expiry::Known { source: "Annotation", .. }));
-        assert!(matches!(expiry_from_annotations(ExpirySource::Auto, &ann("next tuesday")), Expiry::Invalid(p) if p.reason == Reason::InvalidExpiryAnnotation));
+        assert!(matches!(
+            expiry_from_annotations(ExpirySource::Annotation, &ann("2027-01-31T00:00:00Z")),
+            Expiry::Known { source: "Annotation", .. }
+        ));
+        assert!(
+            matches!(expiry_from_annotations(ExpirySource::Auto, &ann("next tuesday")), Expiry::Invalid(p) if p.reason == Reason::InvalidExpiryAnnotation)
+        );
         assert!(matches!(expiry_from_annotations(ExpirySource::Annotation, &BTreeMap::new()), Expiry::Unknown(_)));
         assert_eq!(expiry_from_annotations(ExpirySource::None, &ann("2027-01-31T00:00:00Z")), Expiry::Disabled);
     }
@@ -209,11 +253,18 @@ mod tests {
     #[test]
     fn selectors() {
         let labels = BTreeMap::from([("team".to_owned(), "a".to_owned())]);
-        let sel = |labels: Option<BTreeMap<String, String>>, exprs: Option<Vec<LabelSelectorRequirement>>| LabelSelector { match_labels: labels, match_expressions: exprs };
+        let sel = |labels: Option<BTreeMap<String, String>>, exprs: Option<Vec<LabelSelectorRequirement>>| LabelSelector {
+            match_labels: labels,
+            match_expressions: exprs,
+        };
         assert!(selector_matches(&sel(None, None), &labels));
         assert!(selector_matches(&sel(Some(labels.clone()), None), &labels));
         assert!(!selector_matches(&sel(Some(BTreeMap::from([("team".into(), "b".into())])), None), &labels));
-        let req = |op: &str, values: &[&str]| LabelSelectorRequirement { key: "team".into(), operator: op.into(), values: Some(values.iter().map(|s| s.to_string()).collect()) };
+        let req = |op: &str, values: &[&str]| LabelSelectorRequirement {
+            key: "team".into(),
+            operator: op.into(),
+            values: Some(values.iter().map(|s| s.to_string()).collect()),
+        };
         assert!(selector_matches(&sel(None, Some(vec![req("In", &["a", "b"])])), &labels));
         assert!(!selector_matches(&sel(None, Some(vec![req("NotIn", &["a"])])), &labels));
         assert!(selector_matches(&sel(None, Some(vec![req("Exists", &[])])), &labels));

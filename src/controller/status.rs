@@ -22,9 +22,21 @@ pub struct Subject<'a> {
 fn credentials_condition(subject: &Subject<'_>, observation: &Observation) -> Desired {
     match &observation.credentials {
         Ok(_) => match subject.validation_mode {
-            ValidationMode::ClientCredentials => Desired::new(CREDENTIALS_VALID, Status::True, Reason::Valid, "Azure issued a token for this client secret"),
-            ValidationMode::Discovery => Desired::new(CREDENTIALS_VALID, Status::True, Reason::TenantResolved, "the tenant was resolved; the secret is not checked (validation.mode: Discovery)"),
-            ValidationMode::None => Desired::new(CREDENTIALS_VALID, Status::True, Reason::ValidationSkipped, "not checked against Azure (validation.mode: None)"),
+            ValidationMode::ClientCredentials => {
+                Desired::new(CREDENTIALS_VALID, Status::True, Reason::Valid, "Azure issued a token for this client secret")
+            }
+            ValidationMode::Discovery => Desired::new(
+                CREDENTIALS_VALID,
+                Status::True,
+                Reason::TenantResolved,
+                "the tenant was resolved; the secret is not checked (validation.mode: Discovery)",
+            ),
+            ValidationMode::None => Desired::new(
+                CREDENTIALS_VALID,
+                Status::True,
+                Reason::ValidationSkipped,
+                "not checked against Azure (validation.mode: None)",
+            ),
         },
         Err(failure) => {
             // A transient Azure failure says nothing about the secret: keep a known verdict.
@@ -37,8 +49,18 @@ fn credentials_condition(subject: &Subject<'_>, observation: &Observation) -> De
 fn broker_condition(observation: &Observation) -> Desired {
     match &observation.broker {
         BrokerStage::NotAttempted => {
-            let cause = observation.credentials.as_ref().err().map(CredentialsFailure::reason).map_or("the credentials were not confirmed", Reason::as_str);
-            Desired::new(BROKER_SYNCED, Status::False, Reason::NotPushed, format!("not pushed ({cause}); the broker keeps its previous value"))
+            let cause = observation
+                .credentials
+                .as_ref()
+                .err()
+                .map(CredentialsFailure::reason)
+                .map_or("the credentials were not confirmed", Reason::as_str);
+            Desired::new(
+                BROKER_SYNCED,
+                Status::False,
+                Reason::NotPushed,
+                format!("not pushed ({cause}); the broker keeps its previous value"),
+            )
         }
         BrokerStage::Unresolved(problem) => Desired::new(BROKER_SYNCED, Status::False, problem.reason, problem.message.clone()),
         BrokerStage::Failed(error) => Desired::new(BROKER_SYNCED, Status::False, error.reason(), error.to_string()),
@@ -46,7 +68,12 @@ fn broker_condition(observation: &Observation) -> Desired {
             if outcome.differences.is_empty() {
                 Desired::new(BROKER_SYNCED, Status::True, Reason::InSync, "the broker matches the desired state (ObserveOnly)")
             } else {
-                Desired::new(BROKER_SYNCED, Status::False, Reason::Drifted, format!("ObserveOnly: would change {}", outcome.differences.join(", ")))
+                Desired::new(
+                    BROKER_SYNCED,
+                    Status::False,
+                    Reason::Drifted,
+                    format!("ObserveOnly: would change {}", outcome.differences.join(", ")),
+                )
             }
         }
         BrokerStage::Synced(outcome) => {
@@ -62,7 +89,9 @@ fn broker_condition(observation: &Observation) -> Desired {
 
 fn expiry_condition(expiry: &Expiry, warn_before: std::time::Duration, now: jiff::Timestamp) -> Desired {
     match expiry {
-        Expiry::Disabled => Desired::new(SECRET_EXPIRING, Status::Unknown, Reason::ExpiryUnknown, "expiry tracking is off (expiry.source: None)"),
+        Expiry::Disabled => {
+            Desired::new(SECRET_EXPIRING, Status::Unknown, Reason::ExpiryUnknown, "expiry tracking is off (expiry.source: None)")
+        }
         Expiry::Unknown(message) => Desired::new(SECRET_EXPIRING, Status::Unknown, Reason::ExpiryUnknown, message.clone()),
         Expiry::Invalid(problem) => Desired::new(SECRET_EXPIRING, Status::Unknown, problem.reason, problem.message.clone()),
         Expiry::Known { expires_at, .. } => {
@@ -71,7 +100,12 @@ fn expiry_condition(expiry: &Expiry, warn_before: std::time::Duration, now: jiff
                 Desired::new(SECRET_EXPIRING, Status::True, Reason::SecretExpired, format!("the client secret expired at {expires_at}"))
             } else if left <= warn_before.as_secs() as i64 {
                 let days = left / 86_400;
-                Desired::new(SECRET_EXPIRING, Status::True, Reason::SecretExpiring, format!("the client secret expires at {expires_at}, in {days} days"))
+                Desired::new(
+                    SECRET_EXPIRING,
+                    Status::True,
+                    Reason::SecretExpiring,
+                    format!("the client secret expires at {expires_at}, in {days} days"),
+                )
             } else {
                 Desired::new(SECRET_EXPIRING, Status::False, Reason::SecretValid, format!("the client secret expires at {expires_at}"))
             }
@@ -109,7 +143,9 @@ pub fn compute(subject: &Subject<'_>, observation: &Observation, now: jiff::Time
     let validation = observation.credentials.as_ref().ok();
     let tenant_id = validation.and_then(|v| v.tenant_id.clone()).or_else(|| previous.tenant_id.clone());
     let last_validated_time = match (validation, subject.validation_mode) {
-        (Some(v), ValidationMode::ClientCredentials | ValidationMode::Discovery) => Some(Time(v.validated_at.round(jiff::Unit::Second).unwrap_or(v.validated_at))),
+        (Some(v), ValidationMode::ClientCredentials | ValidationMode::Discovery) => {
+            Some(Time(v.validated_at.round(jiff::Unit::Second).unwrap_or(v.validated_at)))
+        }
         _ => previous.last_validated_time.clone(),
     };
 
@@ -162,7 +198,12 @@ pub fn compute(subject: &Subject<'_>, observation: &Observation, now: jiff::Time
 /// The status of a suspended connection: Ready says so; the rest is left as it was.
 pub fn suspended(previous: &AzureAdConnectionStatus, generation: Option<i64>, now: jiff::Timestamp) -> AzureAdConnectionStatus {
     let mut next = previous.clone();
-    let desired = Desired::new(READY, Status::False, Reason::Suspended, "reconciliation is suspended (spec.suspend): no calls to Azure or the broker");
+    let desired = Desired::new(
+        READY,
+        Status::False,
+        Reason::Suspended,
+        "reconciliation is suspended (spec.suspend): no calls to Azure or the broker",
+    );
     let _ = set_condition(&mut next.conditions, &desired, generation, now);
     next.observed_generation = generation;
     next
@@ -211,7 +252,12 @@ mod tests {
     }
 
     fn subject(previous: &AzureAdConnectionStatus) -> Subject<'_> {
-        Subject { generation: Some(1), validation_mode: ValidationMode::ClientCredentials, warn_before: Duration::from_secs(30 * 86_400), previous }
+        Subject {
+            generation: Some(1),
+            validation_mode: ValidationMode::ClientCredentials,
+            warn_before: Duration::from_secs(30 * 86_400),
+            previous,
+        }
     }
 
     fn valid() -> Result<Validation, CredentialsFailure> {
@@ -219,11 +265,22 @@ mod tests {
     }
 
     fn synced(wrote: bool) -> BrokerStage {
-        BrokerStage::Synced(SyncOutcome { id: Some("con_1".into()), differences: if wrote { vec!["options.client_secret".into()] } else { vec![] }, wrote })
+        BrokerStage::Synced(SyncOutcome {
+            id: Some("con_1".into()),
+            differences: if wrote { vec!["options.client_secret".into()] } else { vec![] },
+            wrote,
+        })
     }
 
     fn observation(credentials: Result<Validation, CredentialsFailure>, broker: BrokerStage) -> Observation {
-        Observation { fingerprint: Some("fp-1".into()), credentials, expiry: Expiry::Unknown("no date".into()), broker, observe_only: false, drift_corrected: false }
+        Observation {
+            fingerprint: Some("fp-1".into()),
+            credentials,
+            expiry: Expiry::Unknown("no date".into()),
+            broker,
+            observe_only: false,
+            drift_corrected: false,
+        }
     }
 
     fn cond<'a>(s: &'a AzureAdConnectionStatus, type_: &str) -> &'a Condition {
@@ -247,7 +304,11 @@ mod tests {
     #[test]
     fn invalid_secret_is_not_pushed_and_keeps_the_synced_fingerprint() {
         let good = compute(&subject(&AzureAdConnectionStatus::default()), &observation(valid(), synced(true)), t(1));
-        let failure = CredentialsFailure::Azure(AzureError::Aadsts { code: 7000215, error: "invalid_client".into(), description: "Invalid client secret provided.".into() });
+        let failure = CredentialsFailure::Azure(AzureError::Aadsts {
+            code: 7000215,
+            error: "invalid_client".into(),
+            description: "Invalid client secret provided.".into(),
+        });
         let mut obs = observation(Err(failure), BrokerStage::NotAttempted);
         obs.fingerprint = Some("fp-2".into());
         let bad = compute(&subject(&good), &obs, t(2));
@@ -272,16 +333,27 @@ mod tests {
         let missing = CredentialsFailure::Secret(Problem::new(Reason::SecretNotFound, "Secret app/x not found"));
         let s = compute(&subject(&AzureAdConnectionStatus::default()), &observation(Err(missing), BrokerStage::NotAttempted), t(1));
         assert_eq!(cond(&s, READY).reason, "SecretNotFound");
-        let s = compute(&subject(&AzureAdConnectionStatus::default()), &observation(valid(), BrokerStage::Failed(BrokerError::Auth("Unauthorized".into()))), t(1));
+        let s = compute(
+            &subject(&AzureAdConnectionStatus::default()),
+            &observation(valid(), BrokerStage::Failed(BrokerError::Auth("Unauthorized".into()))),
+            t(1),
+        );
         assert_eq!(cond(&s, READY).reason, "BrokerAuthFailed");
         assert_eq!(cond(&s, CREDENTIALS_VALID).status, "True");
-        let s = compute(&subject(&AzureAdConnectionStatus::default()), &observation(valid(), BrokerStage::Unresolved(Problem::new(Reason::BrokerTypeMismatch, "x"))), t(1));
+        let s = compute(
+            &subject(&AzureAdConnectionStatus::default()),
+            &observation(valid(), BrokerStage::Unresolved(Problem::new(Reason::BrokerTypeMismatch, "x"))),
+            t(1),
+        );
         assert_eq!(cond(&s, BROKER_SYNCED).reason, "BrokerTypeMismatch");
     }
 
     #[test]
     fn observe_only_reports_drift_without_claiming_a_sync() {
-        let mut obs = observation(valid(), BrokerStage::Synced(SyncOutcome { id: Some("con_1".into()), differences: vec!["options.ext_groups".into()], wrote: false }));
+        let mut obs = observation(
+            valid(),
+            BrokerStage::Synced(SyncOutcome { id: Some("con_1".into()), differences: vec!["options.ext_groups".into()], wrote: false }),
+        );
         obs.observe_only = true;
         let s = compute(&subject(&AzureAdConnectionStatus::default()), &obs, t(1));
         assert_eq!(cond(&s, BROKER_SYNCED).reason, "Drifted");
@@ -316,7 +388,8 @@ mod tests {
         assert!(events.iter().any(|e| e.reason == "Valid"));
         let again = compute(&subject(&first), &observation(valid(), synced(false)), t(2));
         assert!(transitions(&first.conditions, &again.conditions).is_empty());
-        let failure = CredentialsFailure::Azure(AzureError::Aadsts { code: 7000222, error: "invalid_client".into(), description: "expired".into() });
+        let failure =
+            CredentialsFailure::Azure(AzureError::Aadsts { code: 7000222, error: "invalid_client".into(), description: "expired".into() });
         let bad = compute(&subject(&again), &observation(Err(failure), BrokerStage::NotAttempted), t(3));
         let events = transitions(&again.conditions, &bad.conditions);
         assert!(events.iter().all(|e| e.warning));

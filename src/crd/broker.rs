@@ -1,6 +1,9 @@
 //! `IdentityBroker` (namespaced) and `ClusterIdentityBroker`: where a broker's management API is
 //! and how the operator authenticates to it.
 
+// kube's typed `printcolumn(..)` repeats `type_ = ..` keys, which this lint misreads.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};

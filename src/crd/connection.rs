@@ -1,5 +1,8 @@
 //! `AzureAdConnection`: one Entra ID application feeding one broker connection.
 
+// kube's typed `printcolumn(..)` repeats `type_ = ..` keys, which this lint misreads.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;

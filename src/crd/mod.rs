@@ -8,8 +8,8 @@ pub mod duration;
 pub use broker::{BrokerProvider, ClusterIdentityBroker, IdentityBroker};
 pub use connection::AzureAdConnection;
 
-use kube::CustomResourceExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
 
 pub const GROUP: &str = "idpbridge.io";
 /// The finalizer that guards broker-side cleanup.

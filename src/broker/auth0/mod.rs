@@ -104,7 +104,8 @@ impl Auth0Client {
         for attempt in 0..2 {
             let token = self.token().await?;
             self.budget.acquire().await.map_err(|b| BrokerError::RateLimited { retry_after: b.remaining })?;
-            let mut request = self.upstream.request(method.clone(), &self.domain, &format!("/api/v2{path_and_query}")).bearer_auth(token.expose());
+            let mut request =
+                self.upstream.request(method.clone(), &self.domain, &format!("/api/v2{path_and_query}")).bearer_auth(token.expose());
             if let Some(body) = body {
                 request = request.json(body);
             }
@@ -136,7 +137,8 @@ impl Auth0Client {
             StatusCode::NOT_FOUND => BrokerError::NotFound,
             StatusCode::TOO_MANY_REQUESTS => {
                 // Auth0 sends X-RateLimit-Reset; honour Retry-After too, and never less than 1 s.
-                let wait = retry_after(&answer.headers, jiff::Timestamp::now()).unwrap_or(Duration::from_secs(1)).max(Duration::from_secs(1));
+                let wait =
+                    retry_after(&answer.headers, jiff::Timestamp::now()).unwrap_or(Duration::from_secs(1)).max(Duration::from_secs(1));
                 self.budget.block_for(wait).await;
                 BrokerError::RateLimited { retry_after: wait }
             }
@@ -176,7 +178,9 @@ impl Auth0Client {
         if let Some(conn) = &found {
             let strategy = conn.get("strategy").and_then(Value::as_str).unwrap_or_default();
             if strategy != "waad" {
-                return Err(BrokerError::Rejected(format!("Auth0 already has a connection named {name} with strategy {strategy}, not waad")));
+                return Err(BrokerError::Rejected(format!(
+                    "Auth0 already has a connection named {name} with strategy {strategy}, not waad"
+                )));
             }
         }
         Ok(found)

@@ -110,7 +110,12 @@ pub fn create_body(desired: &DesiredConnection) -> Value {
 }
 
 /// How the secret Auth0 holds compares with the desired one.
-fn secret_differs(desired: &DesiredConnection, observed_options: &Map<String, Value>, synced_fingerprint: Option<&str>, fingerprint: &str) -> bool {
+fn secret_differs(
+    desired: &DesiredConnection,
+    observed_options: &Map<String, Value>,
+    synced_fingerprint: Option<&str>,
+    fingerprint: &str,
+) -> bool {
     match observed_options.get("client_secret").and_then(Value::as_str) {
         // Auth0 returns the secret in plaintext today; compare it when it looks real.
         Some(held) if !looks_masked(held) => desired.options.get("client_secret").and_then(Value::as_str) != Some(held),
@@ -178,7 +183,15 @@ mod tests {
     const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
 
     fn creds<'a>(secret: &'a SecretValue, tenant: &'a str, audience: SignInAudience) -> AzureCredentials<'a> {
-        AzureCredentials { cloud: AzureCloud::AzurePublic, tenant, tenant_id: Some(TENANT), client_id: CLIENT, secret, fingerprint: "fp-1", audience }
+        AzureCredentials {
+            cloud: AzureCloud::AzurePublic,
+            tenant,
+            tenant_id: Some(TENANT),
+            client_id: CLIENT,
+            secret,
+            fingerprint: "fp-1",
+            audience,
+        }
     }
 
     fn spec() -> Auth0ConnectionSpec {
@@ -282,7 +295,9 @@ mod tests {
     #[test]
     fn create_body_names_the_strategy() {
         let secret = SecretValue::new("s3cret-value");
-        let d = desired(&Auth0ConnectionSpec { show_as_button: Some(true), ..spec() }, &creds(&secret, TENANT, SignInAudience::SingleTenant)).unwrap();
+        let d =
+            desired(&Auth0ConnectionSpec { show_as_button: Some(true), ..spec() }, &creds(&secret, TENANT, SignInAudience::SingleTenant))
+                .unwrap();
         let body = create_body(&d);
         assert_eq!(body["strategy"], "waad");
         assert_eq!(body["name"], "contoso");
