@@ -59,6 +59,9 @@ pub struct RunArgs {
     /// releases the resource and leaves the broker object behind (with a Warning event).
     #[arg(long, env = "IDP_BRIDGE_DELETION_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     pub deletion_timeout: Duration,
+    /// Watch only these namespaces (comma-separated); empty watches the whole cluster.
+    #[arg(long, env = "IDP_BRIDGE_WATCH_NAMESPACES", value_delimiter = ',')]
+    pub watch_namespaces: Vec<String>,
     /// Connections reconciled at once.
     #[arg(long, env = "IDP_BRIDGE_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
@@ -85,6 +88,8 @@ pub struct Config {
     pub deletion_timeout: Duration,
     pub concurrency: u16,
     pub instance: String,
+    /// Empty: the whole cluster.
+    pub watch_namespaces: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +126,7 @@ impl TryFrom<RunArgs> for Config {
             deletion_timeout: args.deletion_timeout,
             concurrency: args.concurrency,
             instance: args.instance,
+            watch_namespaces: args.watch_namespaces.into_iter().map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).collect(),
         })
     }
 }

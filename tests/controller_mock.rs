@@ -57,6 +57,7 @@ fn context(client: Client) -> Arc<Context> {
         deletion_timeout: Duration::from_secs(600),
         concurrency: 1,
         instance: "test".into(),
+        watch_namespaces: vec![],
     };
     let upstream = Upstream::new(EndpointOverrides::default(), None, Duration::from_secs(1)).unwrap();
     Arc::new(Context::new(client, Arc::new(config), upstream, Fingerprinter::new(vec![7; 32])))

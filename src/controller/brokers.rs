@@ -39,6 +39,10 @@ pub trait BrokerObject: Resource<DynamicType = ()> + Clone + DeserializeOwned + 
     fn credentials_namespace(&self, operator_namespace: &str) -> String;
     fn broker_status(&self) -> Option<&IdentityBrokerStatus>;
     fn api(client: Client, namespace: Option<&str>) -> Api<Self>;
+    /// The Api to watch: one namespace or the whole cluster.
+    fn watch_api(client: Client, namespace: Option<&str>) -> Api<Self>;
+    /// The namespace of every credential Secret of this kind, when it does not vary.
+    fn credentials_namespace_fixed(operator_namespace: &str) -> Option<&str>;
 }
 
 impl BrokerObject for IdentityBroker {
@@ -57,6 +61,12 @@ impl BrokerObject for IdentityBroker {
     fn api(client: Client, namespace: Option<&str>) -> Api<Self> {
         Api::namespaced(client, namespace.unwrap_or_default())
     }
+    fn watch_api(client: Client, namespace: Option<&str>) -> Api<Self> {
+        super::scoped(&client, namespace)
+    }
+    fn credentials_namespace_fixed(_: &str) -> Option<&str> {
+        None
+    }
 }
 
 impl BrokerObject for ClusterIdentityBroker {
@@ -74,6 +84,12 @@ impl BrokerObject for ClusterIdentityBroker {
     }
     fn api(client: Client, _: Option<&str>) -> Api<Self> {
         Api::all(client)
+    }
+    fn watch_api(client: Client, _: Option<&str>) -> Api<Self> {
+        Api::all(client)
+    }
+    fn credentials_namespace_fixed(operator_namespace: &str) -> Option<&str> {
+        Some(operator_namespace)
     }
 }
 
@@ -151,21 +167,30 @@ fn brokers_using_secret<B: BrokerObject>(
 
 fn controller<B: BrokerObject>(
     ctx: Arc<Context>,
+    namespace: Option<&str>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> impl std::future::Future<Output = ()> {
     let client = ctx.client.clone();
-    let controller = Controller::new(Api::<B>::all(client.clone()), watcher::Config::default().any_semantic());
+    let controller = Controller::new(B::watch_api(client.clone(), namespace), watcher::Config::default().any_semantic());
     let store = controller.store();
     let operator_namespace = ctx.config.namespace.clone();
+    let secrets = match B::credentials_namespace_fixed(&operator_namespace).or(namespace) {
+        Some(ns) => Api::<PartialObjectMeta<Secret>>::namespaced(client, ns),
+        None => Api::all(client),
+    };
     controller
-        .watches(Api::<PartialObjectMeta<Secret>>::all(client), watcher::Config::default(), move |s| {
-            brokers_using_secret(&store, &s, &operator_namespace)
-        })
+        .watches(secrets, watcher::Config::default(), move |s| brokers_using_secret(&store, &s, &operator_namespace))
         .graceful_shutdown_on(shutdown)
         .run(reconcile::<B>, error_policy::<B>, ctx)
         .for_each(|_| future::ready(()))
 }
 
-pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static) {
-    future::join(controller::<IdentityBroker>(ctx.clone(), shutdown.clone()), controller::<ClusterIdentityBroker>(ctx, shutdown)).await;
+/// Runs the IdentityBroker status controller per scope and the ClusterIdentityBroker one once.
+pub async fn run(
+    ctx: Arc<Context>,
+    scopes: Vec<Option<String>>,
+    shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
+) {
+    let namespaced = future::join_all(scopes.iter().map(|ns| controller::<IdentityBroker>(ctx.clone(), ns.as_deref(), shutdown.clone())));
+    future::join(namespaced, controller::<ClusterIdentityBroker>(ctx, None, shutdown)).await;
 }

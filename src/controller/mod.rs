@@ -151,7 +151,7 @@ fn connections_using_secret(
     refs
 }
 
-/// A reflector store for `K`, kept current by a background task.
+/// A reflector store for `K`, kept current by the returned future.
 fn reflect<K>(api: Api<K>) -> (Store<K>, impl std::future::Future<Output = ()>)
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
@@ -161,46 +161,79 @@ where
     (reader, stream.for_each(|_| future::ready(())))
 }
 
-/// Runs the connection and broker controllers until `shutdown` resolves.
-pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    let client = ctx.client.clone();
-    let (broker_store, broker_reflector) = reflect(Api::<IdentityBroker>::all(client.clone()));
-    let (cluster_broker_store, cluster_broker_reflector) = reflect(Api::<ClusterIdentityBroker>::all(client.clone()));
-    let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
+/// `Api::namespaced` for a namespace, `Api::all` for the whole cluster.
+pub fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
 
-    let connections = Controller::new(Api::<AzureAdConnection>::all(client.clone()), watcher::Config::default().any_semantic());
+type Shutdown = futures::future::Shared<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>>;
+
+/// The connection controller for one namespace (or all of them).
+async fn run_connections(ctx: Arc<Context>, namespace: Option<String>, cluster_brokers: Store<ClusterIdentityBroker>, shutdown: Shutdown) {
+    let client = ctx.client.clone();
+    let ns = namespace.as_deref();
+    let (broker_store, broker_reflector) = reflect(scoped::<IdentityBroker>(&client, ns));
+    let connections = Controller::new(scoped::<AzureAdConnection>(&client, ns), watcher::Config::default().any_semantic());
     let store = connections.store();
     let (s1, s2, s3) = (store.clone(), store.clone(), store.clone());
     let operator_namespace = ctx.config.namespace.clone();
     let secret_mapper = move |secret: PartialObjectMeta<Secret>| {
-        connections_using_secret(&secret, &s3, &broker_store, &cluster_broker_store, &operator_namespace)
+        connections_using_secret(&secret, &s3, &broker_store, &cluster_brokers, &operator_namespace)
     };
-    let connection_controller = connections
-        .watches(Api::<IdentityBroker>::all(client.clone()), watcher::Config::default(), move |b| {
+    let mut secrets = vec![scoped::<PartialObjectMeta<Secret>>(&client, ns)];
+    if ns.is_some_and(|ns| ns != ctx.config.namespace) {
+        // ClusterIdentityBroker credentials live in the operator's namespace.
+        secrets.push(Api::namespaced(client.clone(), &ctx.config.namespace));
+    }
+    let mut controller = connections
+        .watches(scoped::<IdentityBroker>(&client, ns), watcher::Config::default(), move |b| {
             connections_using_broker(&s1, BrokerRefKind::IdentityBroker, b.namespace().as_deref(), &b.name_any())
         })
         .watches(Api::<ClusterIdentityBroker>::all(client.clone()), watcher::Config::default(), move |b| {
             connections_using_broker(&s2, BrokerRefKind::ClusterIdentityBroker, None, &b.name_any())
-        })
-        .watches(Api::<PartialObjectMeta<Secret>>::all(client.clone()), watcher::Config::default(), secret_mapper)
+        });
+    for api in secrets {
+        let mapper = secret_mapper.clone();
+        controller = controller.watches(api, watcher::Config::default(), mapper);
+    }
+    let controller = controller
         .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
         .graceful_shutdown_on(shutdown.clone())
         .run(reconcile::reconcile, error_policy, ctx.clone())
         .for_each(|result| {
-            if let Err(e) = result {
-                match e {
-                    controller::Error::ReconcilerFailed(..) => {}
-                    other => warn!(error = %other, "controller"),
-                }
+            if let Err(e) = result
+                && !matches!(e, controller::Error::ReconcilerFailed(..))
+            {
+                warn!(error = %e, "controller");
             }
             future::ready(())
         });
-
-    let broker_controllers = brokers::run(ctx.clone(), shutdown.clone());
-    info!("controllers started");
     tokio::select! {
-        _ = future::join(connection_controller, broker_controllers) => {}
+        _ = controller => {}
         _ = broker_reflector => error!("IdentityBroker reflector ended"),
+    }
+}
+
+/// Runs the connection and broker controllers until `shutdown` resolves: for the whole cluster,
+/// or for each namespace in `config.watch_namespaces`.
+pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    let shutdown: Shutdown =
+        futures::future::FutureExt::shared(Box::pin(shutdown) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>);
+    let scopes: Vec<Option<String>> =
+        if ctx.config.watch_namespaces.is_empty() { vec![None] } else { ctx.config.watch_namespaces.iter().cloned().map(Some).collect() };
+    let (cluster_brokers, cluster_broker_reflector) = reflect(Api::<ClusterIdentityBroker>::all(ctx.client.clone()));
+    let connections =
+        future::join_all(scopes.iter().map(|ns| run_connections(ctx.clone(), ns.clone(), cluster_brokers.clone(), shutdown.clone())));
+    let brokers = brokers::run(ctx.clone(), scopes, shutdown.clone());
+    info!(namespaces = ?ctx.config.watch_namespaces, "controllers started");
+    tokio::select! {
+        _ = future::join(connections, brokers) => {}
         _ = cluster_broker_reflector => error!("ClusterIdentityBroker reflector ended"),
     }
     info!("controllers stopped");
