@@ -2,6 +2,6 @@
 //! them into identity brokers.
 
 pub mod crd;
+pub mod devenv;
 pub mod secret;
 pub mod upstream;
-pub mod devenv;

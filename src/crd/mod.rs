@@ -1,15 +1,19 @@
 //! The `idpbridge.io/v1alpha1` API: types, conditions and CRD generation.
 
+// Clippy's `duplicated_attributes` misreads the repeated `type_ = "string"` inside kube's
+// `printcolumn(..)` lists as duplicate attributes.
+#[allow(clippy::duplicated_attributes)]
 pub mod broker;
 pub mod conditions;
+#[allow(clippy::duplicated_attributes)]
 pub mod connection;
 pub mod duration;
 
 pub use broker::{BrokerProvider, ClusterIdentityBroker, IdentityBroker};
 pub use connection::AzureAdConnection;
 
-use kube::CustomResourceExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
 
 pub const GROUP: &str = "idpbridge.io";
 /// The finalizer that guards broker-side cleanup.
