@@ -1,0 +1,33 @@
+//! Shared set-up for the integration tests: one real control plane per test binary, with the
+//! CRDs installed, and one fresh namespace per test.
+#![allow(dead_code)]
+
+use idp_bridge::devenv::control_plane::{ControlPlane, create_namespace, install_crds, unique_name};
+use tokio::sync::OnceCell;
+
+static CONTROL_PLANE: OnceCell<ControlPlane> = OnceCell::const_new();
+
+/// The test binary's control plane, started by the first test that asks, with
+/// `idp_bridge::crd::all()` installed. It is never dropped; its watchdog stops it when the test
+/// process ends.
+pub async fn control_plane() -> &'static ControlPlane {
+    CONTROL_PLANE
+        .get_or_init(|| async {
+            let cp = ControlPlane::start().await.unwrap_or_else(|e| panic!("starting the control plane: {e}"));
+            let client = cp.client().await;
+            if let Err(e) = install_crds(&client, &idp_bridge::crd::all()).await {
+                panic!("installing the CRDs: {e}\n{}", cp.logs_tail(60));
+            }
+            cp
+        })
+        .await
+}
+
+/// An admin client for the current runtime and a new namespace named after `prefix`.
+pub async fn namespace(prefix: &str) -> (kube::Client, String) {
+    let cp = control_plane().await;
+    let client = cp.client().await;
+    let name = unique_name(prefix);
+    create_namespace(&client, &name).await.unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+    (client, name)
+}

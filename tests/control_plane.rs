@@ -1,0 +1,182 @@
+//! The test harness itself: admin and impersonated clients, the kubeconfig file, `stop()`, and
+//! the watchdog that stops the servers when the test process dies without dropping them.
+
+mod common;
+
+use std::io::BufRead as _;
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use idp_bridge::devenv::control_plane::ControlPlane;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ListParams};
+
+const CHILD_ENV: &str = "IDP_BRIDGE_WATCHDOG_CHILD";
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok()).expect("a URL with a port")
+}
+
+fn is_listening(port: u16) -> bool {
+    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
+}
+
+#[tokio::test]
+async fn admin_client_and_kubeconfig_file_work() {
+    let cp = common::control_plane().await;
+    let namespaces: Api<Namespace> = Api::all(cp.client().await);
+    assert!(namespaces.get_opt("default").await.unwrap().is_some());
+
+    let path = cp.kubeconfig_path();
+    assert_eq!(std::fs::metadata(path).unwrap().permissions().mode() & 0o777, 0o600);
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).expect("the kubeconfig parses");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.expect("the kubeconfig loads");
+    assert_eq!(config.cluster_url.to_string().trim_end_matches('/'), cp.server_url());
+    let from_file: Api<Namespace> = Api::all(kube::Client::try_from(config).unwrap());
+    assert!(from_file.get_opt("kube-system").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn impersonated_users_are_subject_to_rbac() {
+    let cp = common::control_plane().await;
+    let client = kube::Client::try_from(cp.impersonating_config("alice", &["dev-team"])).unwrap();
+    let namespaces: Api<Namespace> = Api::all(client);
+    match namespaces.list(&ListParams::default()).await {
+        Err(kube::Error::Api(status)) => {
+            assert!(status.is_forbidden(), "{status:?}");
+            assert!(status.message.contains("\"alice\""), "{}", status.message);
+        }
+        other => panic!("alice has no RBAC grant and must be forbidden, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn stop_ends_both_servers_and_removes_the_temp_dir() {
+    let mut cp = ControlPlane::start().await.expect("a second control plane starts");
+    let dir = cp.dir().to_path_buf();
+    let port = port_of(&cp.server_url());
+    assert!(dir.join("kube-apiserver.log").exists());
+    assert!(is_listening(port));
+
+    let started = Instant::now();
+    cp.stop();
+    eprintln!("stop() took {:.1}s", started.elapsed().as_secs_f64());
+    assert!(!dir.exists(), "{} still exists", dir.display());
+    assert!(!is_listening(port), "the apiserver still listens on {port}");
+    cp.stop(); // idempotent
+}
+
+/// Run by `watchdog_stops_servers_when_the_process_is_killed` in a child process: starts a
+/// control plane, reports it, and dies by SIGKILL without running any destructor.
+#[tokio::test]
+async fn watchdog_child_process() {
+    if std::env::var_os(CHILD_ENV).is_none() {
+        return;
+    }
+    let cp = ControlPlane::start().await.expect("the child's control plane starts");
+    println!("CP_DIR={}", cp.dir().display());
+    println!("CP_URL={}", cp.server_url());
+    use std::io::Write as _;
+    std::io::stdout().flush().unwrap();
+    // SAFETY: raise(3) has no preconditions; SIGKILL ends this process at once.
+    unsafe {
+        libc::raise(libc::SIGKILL);
+    }
+    unreachable!("SIGKILL returned");
+}
+
+#[test]
+fn watchdog_stops_servers_when_the_process_is_killed() {
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["watchdog_child_process", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, "1")
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("the child test runs");
+    let mut dir = None;
+    let mut url = None;
+    for line in output.stdout.lines() {
+        let line = line.unwrap();
+        // libtest may print "test watchdog_child_process ... " before the first line.
+        if let Some((_, d)) = line.split_once("CP_DIR=") {
+            dir = Some(PathBuf::from(d));
+        } else if let Some((_, u)) = line.split_once("CP_URL=") {
+            url = Some(u.to_owned());
+        }
+    }
+    let (dir, url) = match (dir, url) {
+        (Some(d), Some(u)) => (d, u),
+        _ => panic!("the child did not report its control plane ({}):\n{}", output.status, String::from_utf8_lossy(&output.stdout)),
+    };
+    let port = port_of(&url);
+
+    let died = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dir.exists() || is_listening(port) {
+        assert!(Instant::now() < deadline, "30 s after the child died, {} exists or port {port} listens", dir.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("the watchdog cleaned up {:.1}s after the child died", died.elapsed().as_secs_f64());
+}
+
+const FAILURE_CHILD_ENV: &str = "IDP_BRIDGE_START_FAILURE_CHILD";
+
+/// Run by the start-failure tests in a child process (the binary directory is resolved once per
+/// process): `ControlPlane::start` must fail with every `|`-separated text of the env var in its
+/// message and leave no temp dir behind.
+#[tokio::test]
+async fn start_failure_child_process() {
+    let Some(expected) = std::env::var_os(FAILURE_CHILD_ENV) else {
+        return;
+    };
+    let message = ControlPlane::start().await.expect_err("start-up must fail").to_string();
+    eprintln!("the start-up error reads:\n{message}");
+    for text in expected.to_str().unwrap().split('|') {
+        assert!(message.contains(text), "the error does not mention {text:?}");
+    }
+    for dir in message.split_whitespace().filter(|w| w.contains("/idp-bridge-cp-")) {
+        let dir = PathBuf::from(dir.rsplit_once('/').map_or(dir, |(d, _)| d));
+        assert!(!dir.exists(), "{} was left behind", dir.display());
+    }
+}
+
+fn run_failure_child(bin_dir: &std::path::Path, expected: &str) {
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["start_failure_child_process", "--exact", "--nocapture", "--test-threads=1"])
+        .env(FAILURE_CHILD_ENV, expected)
+        .env("IDP_BRIDGE_BIN_DIR", bin_dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the child test runs");
+    assert!(
+        output.status.success(),
+        "the child failed ({}):\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn missing_binaries_fail_with_instructions() {
+    let empty = tempfile::tempdir().unwrap();
+    run_failure_child(empty.path(), "is missing etcd and kube-apiserver|scripts/control-plane-bins.sh");
+}
+
+#[test]
+fn a_crashing_apiserver_fails_start_with_both_log_tails() {
+    let real = idp_bridge::devenv::control_plane::binaries().expect("the real binaries");
+    let fake = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(real.etcd(), fake.path().join("etcd")).unwrap();
+    let apiserver = fake.path().join("kube-apiserver");
+    std::fs::write(&apiserver, "#!/bin/sh\necho 'E0101 fake kube-apiserver: no such flag' >&2\nexit 3\n").unwrap();
+    std::fs::set_permissions(&apiserver, std::fs::Permissions::from_mode(0o755)).unwrap();
+    run_failure_child(
+        fake.path(),
+        "kube-apiserver exited|exit status: 3|fake kube-apiserver: no such flag|etcd.log -----|kube-apiserver.log -----",
+    );
+}
