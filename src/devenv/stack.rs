@@ -1,0 +1,121 @@
+//! The emulated outside world and an in-process operator pointed at it: what the demo and the
+//! end-to-end tests run. The operator is configured exactly as in production, through
+//! `--endpoint-overrides` and `--ca-bundle`; no resource field is involved.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use tokio::{sync::oneshot, task::JoinHandle};
+
+use super::{auth0::Auth0Emulator, azure::AzureEmulator, tls::TestCa};
+use crate::{
+    config::Config,
+    operator::{self, StartError},
+    upstream::EndpointOverrides,
+};
+
+/// Emulated Azure (login and Graph hosts of the public cloud) and any number of Auth0 tenants,
+/// all behind one test CA.
+pub struct Upstreams {
+    pub ca: TestCa,
+    pub azure: AzureEmulator,
+    auth0: BTreeMap<String, Auth0Emulator>,
+    dir: tempfile::TempDir,
+    ca_path: PathBuf,
+}
+
+impl Upstreams {
+    /// Starts the Azure emulator. Must run inside a Tokio runtime.
+    pub fn start() -> std::io::Result<Self> {
+        super::tls::install_crypto_provider();
+        let ca = TestCa::new();
+        let dir = tempfile::Builder::new().prefix("idp-bridge-upstreams").tempdir()?;
+        let ca_path = dir.path().join("ca.pem");
+        ca.write_pem(&ca_path)?;
+        let azure = AzureEmulator::start(&ca)?;
+        Ok(Self { ca, azure, auth0: BTreeMap::new(), dir, ca_path })
+    }
+
+    /// Starts an emulated Auth0 tenant for `domain` (or returns the running one).
+    pub fn auth0(&mut self, domain: &str) -> std::io::Result<Auth0Emulator> {
+        if let Some(existing) = self.auth0.get(domain) {
+            return Ok(existing.clone());
+        }
+        let emulator = Auth0Emulator::start(&self.ca, domain)?;
+        self.auth0.insert(domain.to_owned(), emulator.clone());
+        Ok(emulator)
+    }
+
+    /// Host overrides that send the operator's outbound calls to the emulators.
+    pub fn overrides(&self) -> EndpointOverrides {
+        let mut overrides = EndpointOverrides::default();
+        let azure = self.azure.base_url();
+        let cloud = self.azure.cloud();
+        overrides.insert(&cloud.login_host, azure.clone());
+        overrides.insert(&cloud.graph_host, azure);
+        for (domain, emulator) in &self.auth0 {
+            overrides.insert(domain, emulator.base_url());
+        }
+        overrides
+    }
+
+    /// The CA bundle that makes the emulators' certificates trusted.
+    pub fn ca_path(&self) -> &Path {
+        &self.ca_path
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// An operator configuration for these upstreams: operator namespace `namespace`, watching
+    /// `watch_namespaces` (empty: all).
+    pub fn operator_config(&self, namespace: &str, watch_namespaces: Vec<String>) -> Config {
+        Config {
+            namespace: namespace.to_owned(),
+            fingerprint_key_secret: "idp-bridge-fingerprint-key".into(),
+            endpoint_overrides: self.overrides(),
+            ca_bundle: Some(self.ca_path.clone()),
+            http_timeout: Duration::from_secs(5),
+            deletion_timeout: Duration::from_secs(60),
+            concurrency: 8,
+            instance: "devenv".into(),
+            watch_namespaces,
+        }
+    }
+}
+
+/// An operator running as a task of this process.
+pub struct RunningOperator {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl RunningOperator {
+    /// Builds the operator's context (so start-up errors surface here) and runs it.
+    pub async fn start(client: kube::Client, config: Config) -> Result<Self, StartError> {
+        let ctx = operator::context(client, config).await?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(crate::controller::run(ctx, async {
+            let _ = stopped.await;
+        }));
+        Ok(Self { stop: Some(stop), task })
+    }
+
+    /// Stops it gracefully, as SIGTERM would, and waits until it has.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for RunningOperator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

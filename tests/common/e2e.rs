@@ -1,0 +1,288 @@
+//! One isolated end-to-end environment per test: a namespace on the shared real control plane,
+//! emulated Azure and Auth0 on loopback behind a test CA, and an in-process operator that watches
+//! only that namespace and reaches the emulators through its endpoint overrides.
+
+use std::{
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
+
+use idp_bridge::{
+    crd::{AzureAdConnection, conditions},
+    devenv::{
+        auth0::Auth0Emulator,
+        stack::{RunningOperator, Upstreams},
+    },
+};
+use k8s_openapi::api::core::v1::{Event, Secret};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+};
+use serde_json::{Value, json};
+
+pub const TENANT_ID: &str = "3f2a1c4e-8b7d-4e6a-9c5b-2d1e0f9a8b7c";
+pub const TENANT_DOMAIN: &str = "contoso.onmicrosoft.com";
+pub const CLIENT_ID: &str = "8c2e4b6a-1f3d-4a5b-9e7c-6d8f0a2b4c6e";
+pub const AUTH0_DOMAIN: &str = "acme.eu.auth0.com";
+pub const M2M_CLIENT: &str = "m2m-client";
+pub const M2M_SECRET: &str = "m2m-secret-value";
+const MANAGER: &str = "e2e-test";
+const WAIT: Duration = Duration::from_secs(40);
+
+/// Everything the operator logs in this test process, for the canary checks.
+pub fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = buffer.clone();
+        let make_writer = move || CaptureWriter(writer.clone());
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info,idp_bridge=debug"))
+            .with_writer(make_writer)
+            .with_ansi(false)
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        buffer
+    })
+    .clone()
+}
+
+struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub struct Env {
+    pub client: Client,
+    pub ns: String,
+    pub upstreams: Upstreams,
+    pub auth0: Auth0Emulator,
+    operator: Option<RunningOperator>,
+    canaries: Vec<String>,
+}
+
+impl Env {
+    /// A namespace with an Auth0 IdentityBroker named `auth0`, an emulated tenant with the app
+    /// `CLIENT_ID`, and a running operator.
+    pub async fn new(prefix: &str) -> Env {
+        captured_logs();
+        let (client, ns) = super::namespace(prefix).await;
+        let mut upstreams = Upstreams::start().expect("emulators start");
+        upstreams.azure.add_tenant(TENANT_ID, &[TENANT_DOMAIN]);
+        upstreams.azure.add_app(TENANT_ID, CLIENT_ID);
+        let auth0 = upstreams.auth0(AUTH0_DOMAIN).expect("auth0 emulator starts");
+        auth0.add_m2m_client(
+            M2M_CLIENT,
+            M2M_SECRET,
+            &["read:connections", "create:connections", "update:connections", "delete:connections"],
+        );
+        let mut env = Env { client, ns, upstreams, auth0, operator: None, canaries: Vec::new() };
+        env.put_secret("auth0-management", &[("client-id", M2M_CLIENT), ("client-secret", M2M_SECRET)], &[]).await;
+        env.apply(
+            "IdentityBroker",
+            "auth0",
+            json!({"spec": {"auth0": {"domain": AUTH0_DOMAIN, "credentialsSecretRef": {"name": "auth0-management"}}}}),
+        )
+        .await;
+        env.start_operator().await;
+        env
+    }
+
+    pub async fn start_operator(&mut self) {
+        let config = self.upstreams.operator_config(&self.ns, vec![self.ns.clone()]);
+        self.operator = Some(RunningOperator::start(self.client.clone(), config).await.expect("operator starts"));
+    }
+
+    pub async fn stop_operator(&mut self) {
+        if let Some(op) = self.operator.take() {
+            op.stop().await;
+        }
+    }
+
+    /// A secret value that must never show up anywhere but in the Secret and the broker.
+    pub fn canary(&mut self, label: &str) -> String {
+        let value = format!("Cn{}Q~{label}-{}", rand::random::<u16>() % 10, idp_bridge::devenv::control_plane::unique_name("canary"));
+        self.canaries.push(value.clone());
+        value
+    }
+
+    /// Creates or replaces a Secret's string data (and annotations).
+    pub async fn put_secret(&self, name: &str, data: &[(&str, &str)], annotations: &[(&str, &str)]) {
+        let data: serde_json::Map<String, Value> = data.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
+        let annotations: serde_json::Map<String, Value> = annotations.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
+        let secret =
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "annotations": annotations}, "stringData": data});
+        Api::<Secret>::namespaced(self.client.clone(), &self.ns)
+            .patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&secret))
+            .await
+            .unwrap_or_else(|e| panic!("applying Secret {name}: {e}"));
+    }
+
+    /// A Secret with raw bytes.
+    pub async fn put_secret_bytes(&self, name: &str, key: &str, value: &[u8]) {
+        use base64::Engine as _;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(value);
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": {key: encoded}});
+        Api::<Secret>::namespaced(self.client.clone(), &self.ns)
+            .patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&secret))
+            .await
+            .unwrap_or_else(|e| panic!("applying Secret {name}: {e}"));
+    }
+
+    pub async fn delete_secret(&self, name: &str) {
+        let _ = Api::<Secret>::namespaced(self.client.clone(), &self.ns).delete(name, &DeleteParams::default()).await;
+    }
+
+    /// Server-side applies an idpbridge.io object of `kind` with `body` (spec etc.).
+    pub async fn apply(&self, kind: &str, name: &str, mut body: Value) {
+        body["apiVersion"] = json!("idpbridge.io/v1alpha1");
+        body["kind"] = json!(kind);
+        body["metadata"] = json!({"name": name});
+        let plural = format!("{}s", kind.to_ascii_lowercase());
+        let resource = kube::core::ApiResource {
+            group: "idpbridge.io".into(),
+            version: "v1alpha1".into(),
+            api_version: "idpbridge.io/v1alpha1".into(),
+            kind: kind.into(),
+            plural,
+        };
+        let api: Api<kube::core::DynamicObject> = if kind.starts_with("Cluster") {
+            Api::all_with(self.client.clone(), &resource)
+        } else {
+            Api::namespaced_with(self.client.clone(), &self.ns, &resource)
+        };
+        api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
+            .await
+            .unwrap_or_else(|e| panic!("applying {kind} {name}: {e}"));
+    }
+
+    /// Applies an AzureAdConnection named `name` reading Secret `secret`, with extra spec fields.
+    pub async fn connect(&self, name: &str, secret: &str, extra: Value) {
+        let mut spec = json!({
+            "brokerRef": {"name": "auth0"},
+            "azure": {"tenant": TENANT_DOMAIN, "clientId": CLIENT_ID, "clientSecretRef": {"name": secret}},
+            "auth0": {"name": name},
+        });
+        merge(&mut spec, extra);
+        self.apply("AzureAdConnection", name, json!({ "spec": spec })).await;
+    }
+
+    /// Triggers a reconcile without changing the spec (an annotation does not bump generation),
+    /// as the periodic refresh would.
+    pub async fn poke(&self, name: &str) {
+        let patch = json!({"metadata": {"annotations": {"e2e/poke": idp_bridge::devenv::control_plane::unique_name("p")}}});
+        self.connections().patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("poking the connection");
+    }
+
+    pub fn connections(&self) -> Api<AzureAdConnection> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// Waits until `check` holds for the connection, or panics with its last state.
+    pub async fn wait_for(&self, name: &str, what: &str, check: impl Fn(&AzureAdConnection) -> bool) -> AzureAdConnection {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut last = None;
+        while tokio::time::Instant::now() < deadline {
+            if let Some(conn) = self.connections().get_opt(name).await.expect("reading the connection") {
+                if check(&conn) {
+                    return conn;
+                }
+                last = Some(conn);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("timed out waiting for {name}: {what}; last state: {:#?}", last.map(|c| c.status));
+    }
+
+    /// Waits for condition `type_` with `status` and `reason`.
+    pub async fn wait_condition(&self, name: &str, type_: &str, status: &str, reason: &str) -> AzureAdConnection {
+        self.wait_for(name, &format!("{type_}={status} ({reason})"), |c| condition_is(c, type_, status, reason)).await
+    }
+
+    /// Waits until the status describes the current generation and Ready has `status`.
+    pub async fn wait_ready(&self, name: &str) -> AzureAdConnection {
+        self.wait_for(name, "Ready=True at the current generation", |c| {
+            condition_is(c, conditions::READY, "True", "Ready")
+                && c.status.as_ref().and_then(|s| s.observed_generation) == c.metadata.generation
+        })
+        .await
+    }
+
+    /// The Auth0 connection named `name`, from the emulator.
+    pub fn broker_connection(&self, name: &str) -> Value {
+        self.auth0.connection_by_name(name).unwrap_or_else(|| panic!("Auth0 has no connection {name}"))
+    }
+
+    pub fn broker_secret(&self, name: &str) -> String {
+        self.broker_connection(name)["options"]["client_secret"].as_str().unwrap_or_default().to_owned()
+    }
+
+    pub async fn events(&self) -> Vec<Event> {
+        Api::<Event>::namespaced(self.client.clone(), &self.ns).list(&ListParams::default()).await.expect("listing events").items
+    }
+
+    /// Events about `name` with `reason`.
+    pub async fn events_with_reason(&self, name: &str, reason: &str) -> Vec<Event> {
+        self.events()
+            .await
+            .into_iter()
+            .filter(|e| e.involved_object.name.as_deref() == Some(name) && e.reason.as_deref() == Some(reason))
+            .collect()
+    }
+
+    /// No canary value appears in any log line, event, or connection or broker status.
+    pub async fn assert_no_canary_leaks(&self) {
+        let logs = String::from_utf8_lossy(&captured_logs().lock().unwrap()).into_owned();
+        let events = serde_json::to_string(&self.events().await).unwrap();
+        let connections = serde_json::to_string(&self.connections().list(&ListParams::default()).await.unwrap().items).unwrap();
+        let brokers = serde_json::to_string(
+            &Api::<idp_bridge::crd::IdentityBroker>::namespaced(self.client.clone(), &self.ns)
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items,
+        )
+        .unwrap();
+        assert!(!logs.is_empty(), "the operator logged nothing at all; the capture is broken");
+        for canary in self.canaries.iter().map(String::as_str).chain([M2M_SECRET]) {
+            assert!(!logs.contains(canary), "a secret value leaked into the logs");
+            assert!(!events.contains(canary), "a secret value leaked into an event");
+            assert!(!connections.contains(canary), "a secret value leaked into a connection");
+            assert!(!brokers.contains(canary), "a secret value leaked into a broker");
+        }
+    }
+}
+
+pub fn condition_is(conn: &AzureAdConnection, type_: &str, status: &str, reason: &str) -> bool {
+    conn.status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, type_))
+        .is_some_and(|c| c.status == status && c.reason == reason && c.observed_generation == conn.metadata.generation)
+}
+
+pub fn condition(conn: &AzureAdConnection, type_: &str) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    conn.status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, type_))
+        .cloned()
+        .unwrap_or_else(|| panic!("{} has no {type_} condition", conn.name_any()))
+}
+
+fn merge(target: &mut Value, extra: Value) {
+    match (target, extra) {
+        (Value::Object(t), Value::Object(e)) => {
+            for (k, v) in e {
+                merge(t.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (t, e) => *t = e,
+    }
+}
