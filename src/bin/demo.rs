@@ -1,0 +1,312 @@
+//! The demo: a real kube-apiserver and etcd on loopback, emulated Azure and Auth0, and the operator
+//! reconciling the resources in `examples/`. It shows their status, rotates a secret, shows a bad
+//! secret being refused, and leaves everything running for kubectl until Ctrl-C.
+
+use std::{
+    io::Write as _,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+use idp_bridge::{
+    crd::{AzureAdConnection, EXPIRES_AT_ANNOTATION, conditions},
+    devenv::{
+        control_plane::{ControlPlane, create_namespace, install_crds},
+        stack::{RunningOperator, Upstreams},
+    },
+};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{Patch, PatchParams},
+    core::{ApiResource, DynamicObject, GroupVersionKind},
+};
+use serde_json::{Value, json};
+
+/// The examples the demo applies, embedded so the demo needs nothing but this binary.
+const EXAMPLES: &[(&str, &str)] = &[
+    ("examples/auth0-broker.yaml", include_str!("../../examples/auth0-broker.yaml")),
+    ("examples/auth0-web.yaml", include_str!("../../examples/auth0-web.yaml")),
+    ("examples/auth0-native.yaml", include_str!("../../examples/auth0-native.yaml")),
+];
+const NAMESPACE: &str = "demo";
+const OPERATOR_NAMESPACE: &str = "idp-bridge";
+/// The GUID the emulated tenant `contoso.onmicrosoft.com` resolves to.
+const TENANT_ID: &str = "3f2a1c4e-8b7d-4e6a-9c5b-2d1e0f9a8b7c";
+const MANAGER: &str = "idp-bridge-demo";
+
+#[derive(Parser)]
+#[command(name = "idp-bridge-demo", about = "Runs idp-bridge against a local control plane and emulated Azure and Auth0")]
+struct Args {
+    /// Exit after the walkthrough instead of waiting for Ctrl-C.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+type DemoResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo failed: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn step(text: &str) {
+    println!("\n==> {text}");
+}
+
+async fn run(args: Args) -> DemoResult<()> {
+    step("Starting a local Kubernetes control plane (kube-apiserver + etcd)");
+    let control_plane = ControlPlane::start().await?;
+    let client = control_plane.client().await;
+    install_crds(&client, &idp_bridge::crd::all()).await?;
+    for ns in [NAMESPACE, OPERATOR_NAMESPACE] {
+        create_namespace(&client, ns).await?;
+    }
+    println!("    API server {} ready in {:.1}s; CRDs installed", control_plane.server_url(), control_plane.started_in().as_secs_f64());
+
+    step("Starting emulated Azure (login + Graph) and Auth0, seeded from the examples");
+    let documents = examples()?;
+    let mut upstreams = Upstreams::start()?;
+    seed(&mut upstreams, &documents)?;
+    let log_path = upstreams.dir().join("operator.log");
+    init_logs(log_path.clone())?;
+    println!("    Azure emulator {}; Auth0 emulator for acme.eu.auth0.com", upstreams.azure.base_url());
+
+    step("Starting the operator (endpoint overrides + test CA, exactly as in production)");
+    let config = upstreams.operator_config(OPERATOR_NAMESPACE, vec![]);
+    let operator = RunningOperator::start(client.clone(), config).await?;
+    println!("    operator logs: {}", log_path.display());
+
+    step("Applying examples/auth0-broker.yaml, examples/auth0-web.yaml, examples/auth0-native.yaml");
+    for doc in &documents {
+        apply(&client, doc).await?;
+        println!("    {}/{} applied", doc["kind"].as_str().unwrap_or_default(), doc["metadata"]["name"].as_str().unwrap_or_default());
+    }
+    let connections: Api<AzureAdConnection> = Api::namespaced(client.clone(), NAMESPACE);
+    for name in ["contoso-web", "contoso-native"] {
+        wait_until(&connections, name, |c| ready_status(c) == Some("True")).await?;
+    }
+    step(&format!("kubectl get aadc -n {NAMESPACE}"));
+    print_table(&connections).await?;
+    let auth0 = upstreams.auth0("acme.eu.auth0.com")?;
+    println!("\n    Auth0 now holds:");
+    for conn in auth0.connections() {
+        println!(
+            "      {:<26} strategy={} client_id={} app_id={}",
+            conn["name"].as_str().unwrap_or_default(),
+            conn["strategy"].as_str().unwrap_or_default(),
+            conn["options"]["client_id"].as_str().unwrap_or_default(),
+            conn["options"]["app_id"].as_str().unwrap_or("-")
+        );
+    }
+
+    step("Rotating contoso-web's client secret (a new secret in Entra ID, then the Secret updated)");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
+    let rotated = "Rt42Q~rotated-web-secret-value-0987654321";
+    let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 180);
+    upstreams.azure.add_secret(TENANT_ID, "8c2e4b6a-1f3d-4a5b-9e7c-6d8f0a2b4c6e", rotated, expires);
+    let writes_before = auth0.writes();
+    let started = Instant::now();
+    put_secret(&secrets, "contoso-web-client-secret", rotated, Some(&expires.round(jiff::Unit::Second)?.to_string())).await?;
+    while auth0.connection_by_name("contoso-azure-ad").and_then(|c| c["options"]["client_secret"].as_str().map(|s| s == rotated))
+        != Some(true)
+    {
+        if started.elapsed() > Duration::from_secs(30) {
+            return Err("the broker did not receive the rotated secret within 30s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "    Auth0 received the new value {} ms after the Secret changed, in {} write(s)",
+        started.elapsed().as_millis(),
+        auth0.writes() - writes_before
+    );
+    wait_until(&connections, "contoso-web", |c| ready_status(c) == Some("True") && synced(c)).await?;
+    print_table(&connections).await?;
+
+    step("Pasting the secret's ID instead of its value, then a wrong value: refused, Auth0 keeps the working secret");
+    put_secret(&secrets, "contoso-web-client-secret", "6f5e2a39-0a42-4a4e-9a55-4f2a3cfe2f0b", None).await?;
+    wait_until(&connections, "contoso-web", |c| ready_reason(c) == Some("SecretIdInsteadOfValue")).await?;
+    print_table(&connections).await?;
+    put_secret(&secrets, "contoso-web-client-secret", "Xy11Q~this-is-not-the-secret-value-1234", None).await?;
+    let refused = wait_until(&connections, "contoso-web", |c| ready_reason(c) == Some("InvalidSecret")).await?;
+    print_table(&connections).await?;
+    println!("    Ready message: {}", condition_message(&refused, conditions::READY));
+    let held = auth0.connection_by_name("contoso-azure-ad").and_then(|c| c["options"]["client_secret"].as_str().map(|s| s == rotated));
+    println!("    Auth0 still holds the rotated, working secret: {}", held == Some(true));
+
+    step("Restoring the working value");
+    put_secret(&secrets, "contoso-web-client-secret", rotated, Some(&expires.round(jiff::Unit::Second)?.to_string())).await?;
+    wait_until(&connections, "contoso-web", |c| ready_status(c) == Some("True")).await?;
+    print_table(&connections).await?;
+
+    step("Use it yourself");
+    println!("    export KUBECONFIG={}", control_plane.kubeconfig_path().display());
+    println!("    kubectl get aadc -n {NAMESPACE}            # the table above");
+    println!("    kubectl describe aadc contoso-web -n {NAMESPACE}");
+    println!("    kubectl edit secret contoso-web-client-secret -n {NAMESPACE}   # and watch the status follow");
+    println!("    Against a real cluster and real Azure/Auth0: see \"Running against a cluster\" in README.md.");
+    if args.no_wait {
+        operator.stop().await;
+        return Ok(());
+    }
+    println!("\n    Everything keeps running; press Ctrl-C to stop.");
+    tokio::signal::ctrl_c().await?;
+    operator.stop().await;
+    Ok(())
+}
+
+/// Every YAML document of the embedded examples, as JSON, namespaced into the demo namespace.
+fn examples() -> DemoResult<Vec<Value>> {
+    use serde::Deserialize;
+    let mut docs = Vec::new();
+    for (name, text) in EXAMPLES {
+        for document in serde_yaml::Deserializer::from_str(text) {
+            let mut value = Value::deserialize(document).map_err(|e| format!("{name}: {e}"))?;
+            if value.is_null() {
+                continue;
+            }
+            value["metadata"]["namespace"] = json!(NAMESPACE);
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+fn string_data<'a>(docs: &'a [Value], secret: &str, key: &str) -> Option<&'a str> {
+    docs.iter().find(|d| d["kind"] == "Secret" && d["metadata"]["name"] == secret).and_then(|d| d["stringData"][key].as_str())
+}
+
+/// Registers the examples' applications, secrets and broker credentials with the emulators.
+fn seed(upstreams: &mut Upstreams, docs: &[Value]) -> DemoResult<()> {
+    upstreams.azure.add_tenant(TENANT_ID, &["contoso.onmicrosoft.com"]);
+    for doc in docs {
+        match doc["kind"].as_str() {
+            Some("AzureAdConnection") => {
+                let azure = &doc["spec"]["azure"];
+                let client_id = azure["clientId"].as_str().ok_or("connection without clientId")?;
+                upstreams.azure.add_app(TENANT_ID, client_id);
+                let secret = azure["clientSecretRef"]["name"].as_str().ok_or("connection without clientSecretRef")?;
+                let key = azure["clientSecretRef"]["key"].as_str().unwrap_or("client-secret");
+                let value = string_data(docs, secret, key).ok_or("connection's Secret is not in the examples")?;
+                let expires = docs
+                    .iter()
+                    .find(|d| d["kind"] == "Secret" && d["metadata"]["name"] == secret)
+                    .and_then(|d| d["metadata"]["annotations"][EXPIRES_AT_ANNOTATION].as_str())
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or_else(|| jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 365));
+                upstreams.azure.add_secret(TENANT_ID, client_id, value, expires);
+            }
+            Some("IdentityBroker") => {
+                let auth0 = &doc["spec"]["auth0"];
+                let domain = auth0["domain"].as_str().ok_or("broker without domain")?;
+                let secret = auth0["credentialsSecretRef"]["name"].as_str().ok_or("broker without credentials")?;
+                let id = string_data(docs, secret, "client-id").ok_or("broker credentials without client-id")?;
+                let value = string_data(docs, secret, "client-secret").ok_or("broker credentials without client-secret")?;
+                let emulator = upstreams.auth0(domain)?;
+                emulator.add_m2m_client(id, value, &["read:connections", "create:connections", "update:connections", "delete:connections"]);
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Sends the operator's logs to a file, so the walkthrough stays readable.
+fn init_logs(path: PathBuf) -> DemoResult<()> {
+    let file = std::fs::File::create(path)?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info,kube_runtime=warn,kube_client=warn"))
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
+        .init();
+    Ok(())
+}
+
+async fn apply(client: &Client, doc: &Value) -> DemoResult<()> {
+    let api_version = doc["apiVersion"].as_str().ok_or("document without apiVersion")?;
+    let kind = doc["kind"].as_str().ok_or("document without kind")?;
+    let name = doc["metadata"]["name"].as_str().ok_or("document without name")?;
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let plural = format!("{}s", kind.to_ascii_lowercase());
+    let resource = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), &plural);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, &resource);
+    api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(doc)).await?;
+    Ok(())
+}
+
+async fn put_secret(api: &Api<Secret>, name: &str, value: &str, expires_at: Option<&str>) -> DemoResult<()> {
+    let annotations = expires_at.map_or_else(|| json!({}), |t| json!({ EXPIRES_AT_ANNOTATION: t }));
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "annotations": annotations}, "stringData": {"client-secret": value}});
+    api.patch(name, &PatchParams::apply(&format!("{MANAGER}-rotation")).force(), &Patch::Apply(&secret)).await?;
+    Ok(())
+}
+
+fn condition<'a>(c: &'a AzureAdConnection, type_: &str) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    c.status.as_ref().and_then(|s| conditions::find(&s.conditions, type_)).filter(|cond| cond.observed_generation == c.metadata.generation)
+}
+
+fn ready_status(c: &AzureAdConnection) -> Option<&str> {
+    condition(c, conditions::READY).map(|c| c.status.as_str())
+}
+
+fn ready_reason(c: &AzureAdConnection) -> Option<&str> {
+    condition(c, conditions::READY).map(|c| c.reason.as_str())
+}
+
+fn condition_message(c: &AzureAdConnection, type_: &str) -> String {
+    condition(c, type_).map(|c| c.message.clone()).unwrap_or_default()
+}
+
+fn synced(c: &AzureAdConnection) -> bool {
+    let status = c.status.as_ref();
+    let fingerprint = status.and_then(|s| s.secret.as_ref()).and_then(|s| s.fingerprint.as_ref());
+    fingerprint.is_some() && fingerprint == status.and_then(|s| s.broker.as_ref()).and_then(|b| b.synced_fingerprint.as_ref())
+}
+
+async fn wait_until(api: &Api<AzureAdConnection>, name: &str, check: impl Fn(&AzureAdConnection) -> bool) -> DemoResult<AzureAdConnection> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(conn) = api.get_opt(name).await?
+            && check(&conn)
+        {
+            return Ok(conn);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{name} did not reach the expected state within 60s").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Prints connections the way `kubectl get aadc` does, from the CRD's printer columns.
+async fn print_table(api: &Api<AzureAdConnection>) -> DemoResult<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "    {:<16} {:<8} {:<38} {:<6} {:<24} {:<22} AGE", "NAME", "BROKER", "TENANT", "READY", "REASON", "EXPIRES")?;
+    for c in api.list(&Default::default()).await? {
+        let status = c.status.clone().unwrap_or_default();
+        let ready = conditions::find(&status.conditions, conditions::READY);
+        let expires = status.secret.as_ref().and_then(|s| s.expires_at.as_ref()).map(|t| t.0.to_string()).unwrap_or_default();
+        let age = c.creation_timestamp().map(|t| (jiff::Timestamp::now() - t.0).get_seconds()).unwrap_or_default();
+        writeln!(
+            out,
+            "    {:<16} {:<8} {:<38} {:<6} {:<24} {:<22} {age}s",
+            c.name_any(),
+            c.spec.broker_ref.name,
+            status.tenant_id.as_deref().unwrap_or(""),
+            ready.map_or("", |r| r.status.as_str()),
+            ready.map_or("", |r| r.reason.as_str()),
+            expires,
+        )?;
+    }
+    Ok(())
+}
