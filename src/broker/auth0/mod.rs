@@ -26,8 +26,10 @@ use crate::{
 
 /// Auth0 allows at most 50 client changes per PATCH of `/connections/{id}/clients`.
 const CLIENTS_PER_PATCH: usize = 50;
-/// Refresh a cached token this long before Auth0 says it expires.
+/// Refresh a cached token this long before Auth0 says it expires (at most half its lifetime).
 const TOKEN_EARLY_REFRESH: Duration = Duration::from_secs(300);
+/// The longest token lifetime Auth0 allows (30 days); longer claims are not believed.
+const TOKEN_MAX_TTL: Duration = Duration::from_secs(2_592_000);
 
 #[derive(Debug)]
 pub struct Auth0Client {
@@ -35,6 +37,7 @@ pub struct Auth0Client {
     domain: String,
     client_id: String,
     client_secret: SecretValue,
+    /// The cached token and when to refresh it.
     token: Mutex<Option<(SecretValue, Instant)>>,
     budget: RequestBudget,
 }
@@ -66,8 +69,8 @@ impl Auth0Client {
     /// A Management API token, from cache when it is still good.
     async fn token(&self) -> Result<SecretValue, BrokerError> {
         let mut cached = self.token.lock().await;
-        if let Some((token, expires)) = cached.as_ref()
-            && *expires > Instant::now() + TOKEN_EARLY_REFRESH
+        if let Some((token, refresh_at)) = cached.as_ref()
+            && *refresh_at > Instant::now()
         {
             return Ok(token.clone());
         }
@@ -95,7 +98,9 @@ impl Auth0Client {
         }
         let token: TokenBody = answer.body.json().map_err(|_| BrokerError::Unexpected("token response is not valid JSON".into()))?;
         let value = SecretValue::new(token.access_token);
-        *cached = Some((value.clone(), Instant::now() + Duration::from_secs(token.expires_in)));
+        // A token living less than twice the margin is still reused for half its lifetime.
+        let ttl = Duration::from_secs(token.expires_in).min(TOKEN_MAX_TTL);
+        *cached = Some((value.clone(), Instant::now() + ttl - TOKEN_EARLY_REFRESH.min(ttl / 2)));
         Ok(value)
     }
 
