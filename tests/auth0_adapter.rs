@@ -295,6 +295,26 @@ async fn existing_connection_is_adopted_by_name() {
 }
 
 #[tokio::test]
+async fn a_recorded_id_of_someone_elses_connection_is_ignored() {
+    let env = env();
+    let client = env.client();
+    let foreign = env
+        .auth0
+        .insert_connection(json!({"name": "payroll", "strategy": "waad", "options": {"client_id": "x", "client_secret": "theirs"}}));
+    let creds = env.creds(CANARY);
+    // Status names another connection's id (stale or tampered): it is neither updated nor deleted.
+    let outcome = client.sync(&request(&spec(), &creds, Some(&foreign), None, FULL)).await.unwrap();
+    assert_ne!(outcome.id.as_deref(), Some(foreign.as_str()));
+    assert_eq!(env.auth0.connection(&foreign).unwrap()["options"]["client_secret"], "theirs");
+    client.delete(&spec(), Some(&foreign)).await.unwrap();
+    assert!(env.auth0.connection(&foreign).is_some(), "someone else's connection survives");
+    assert!(env.auth0.connection_by_name(NAME).is_none(), "ours is deleted");
+    // A malformed recorded id falls back to the name too.
+    client.sync(&request(&spec(), &creds, Some("../../clients"), None, FULL)).await.unwrap();
+    assert!(env.auth0.connection_by_name(NAME).is_some());
+}
+
+#[tokio::test]
 async fn same_named_connection_of_another_strategy_is_refused() {
     let env = env();
     let client = env.client();

@@ -174,7 +174,9 @@ impl AzureClient {
             serde_json::Value::String(s) => s.parse().ok(),
             _ => None,
         }
-        .unwrap_or(3599);
+        .unwrap_or(3599)
+        // Entra ID tokens live about an hour; never trust an absurd lifetime.
+        .min(86_400);
         Ok(AccessToken { value: SecretValue::new(body.access_token), expires_at: Instant::now() + Duration::from_secs(expires_in) })
     }
 }

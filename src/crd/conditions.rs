@@ -46,8 +46,6 @@ macro_rules! reasons {
 reasons! {
     /// Ready: everything checked and the broker holds the secret.
     Ready,
-    /// Work has not completed yet (first reconcile).
-    Pending,
     /// `spec.suspend` is true: no calls to Azure or the broker.
     Suspended,
     /// CredentialsValid: Azure issued a token for the secret.

@@ -172,23 +172,21 @@ impl Auth0Client {
         Ok(list.into_iter().find(|c| c.get("name").and_then(Value::as_str) == Some(name)))
     }
 
-    /// The connection this spec manages: by recorded id, else by name (adoption).
-    async fn find(&self, name: &str, known_id: Option<&str>) -> Result<Option<Value>, BrokerError> {
-        if let Some(id) = known_id
+    /// The connection this spec manages: by recorded id, else by name (adoption). A recorded id
+    /// is trusted only when it still names a `waad` connection of this name, so a stale or
+    /// tampered status can never point the operator at someone else's connection.
+    async fn find(&self, name: &str, known_id: Option<&str>) -> Result<Found, BrokerError> {
+        if let Some(id) = known_id.filter(|id| check_id(id).is_ok())
             && let Some(found) = self.get(id).await?
+            && is_ours(&found, name)
         {
-            return Ok(Some(found));
+            return Ok(Found::Ours(found));
         }
-        let found = self.find_by_name(name).await?;
-        if let Some(conn) = &found {
-            let strategy = conn.get("strategy").and_then(Value::as_str).unwrap_or_default();
-            if strategy != "waad" {
-                return Err(BrokerError::Rejected(format!(
-                    "Auth0 already has a connection named {name} with strategy {strategy}, not waad"
-                )));
-            }
-        }
-        Ok(found)
+        Ok(match self.find_by_name(name).await? {
+            None => Found::Missing,
+            Some(conn) if is_ours(&conn, name) => Found::Ours(conn),
+            Some(conn) => Found::Foreign { strategy: conn.get("strategy").and_then(Value::as_str).unwrap_or_default().to_owned() },
+        })
     }
 
     pub async fn sync(&self, request: &SyncRequest<'_>) -> Result<SyncOutcome, BrokerError> {
@@ -199,7 +197,16 @@ impl Auth0Client {
     async fn sync_inner(&self, request: &SyncRequest<'_>) -> Result<SyncOutcome, BrokerError> {
         let spec = request.spec.auth0.as_ref().ok_or_else(|| BrokerError::Unsupported("the connection has no auth0 block".into()))?;
         let desired = plan::desired(spec, &request.azure)?;
-        let observed = self.find(&desired.name, request.known_id).await?;
+        let observed = match self.find(&desired.name, request.known_id).await? {
+            Found::Ours(conn) => Some(conn),
+            Found::Missing => None,
+            Found::Foreign { strategy } => {
+                return Err(BrokerError::Rejected(format!(
+                    "Auth0 already has a connection named {} with strategy {strategy}, not waad",
+                    desired.name
+                )));
+            }
+        };
         let Some(observed) = observed else {
             if request.observe_only {
                 return Ok(SyncOutcome { id: None, differences: vec!["connection (missing)".into()], wrote: false });
@@ -277,18 +284,30 @@ impl Auth0Client {
     /// Deletes the connection; one that is already gone counts as deleted.
     pub async fn delete(&self, spec: &AzureAdConnectionSpec, known_id: Option<&str>) -> Result<(), BrokerError> {
         let Some(auth0) = spec.auth0.as_ref() else { return Ok(()) };
-        let id = match self.find(&auth0.name, known_id).await {
-            Ok(Some(conn)) => connection_id(&conn)?,
-            Ok(None) => return Ok(()),
-            // A same-named connection of another strategy is not ours to delete.
-            Err(BrokerError::Rejected(_)) => return Ok(()),
-            Err(e) => return Err(e),
+        let id = match self.find(&auth0.name, known_id).await? {
+            Found::Ours(conn) => connection_id(&conn)?,
+            // Gone already, or a same-named connection of another strategy that is not ours.
+            Found::Missing | Found::Foreign { .. } => return Ok(()),
         };
         match self.call(Method::DELETE, &format!("/connections/{id}"), None).await {
             Ok(_) | Err(BrokerError::NotFound) => Ok(()),
             Err(e) => Err(e),
         }
     }
+}
+
+/// What a lookup found under the connection's name.
+enum Found {
+    Ours(Value),
+    Missing,
+    /// A connection of that name with another strategy.
+    Foreign {
+        strategy: String,
+    },
+}
+
+fn is_ours(connection: &Value, name: &str) -> bool {
+    connection.get("strategy").and_then(Value::as_str) == Some("waad") && connection.get("name").and_then(Value::as_str) == Some(name)
 }
 
 fn connection_id(connection: &Value) -> Result<String, BrokerError> {
