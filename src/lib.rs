@@ -16,3 +16,9 @@ pub mod operator;
 pub mod secret;
 pub mod telemetry;
 pub mod upstream;
+
+/// Installs ring as rustls' process-wide crypto provider. kube and reqwest are both built on
+/// rustls without choosing one, so every entry point calls this first. Safe to call repeatedly.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -9,7 +9,7 @@ use idp_bridge::{
 #[tokio::main]
 async fn main() -> ExitCode {
     // kube and reqwest both use rustls; pick one crypto provider for the whole process.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    idp_bridge::install_crypto_provider();
     let cli = Cli::parse();
     match cli.command {
         Command::Version => {

@@ -47,7 +47,7 @@ fn not_found(what: &str) -> (StatusCode, Value) {
 }
 
 fn context(client: Client) -> Arc<Context> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    idp_bridge::install_crypto_provider();
     let config = Config {
         namespace: "idp-bridge".into(),
         fingerprint_key_secret: "key".into(),

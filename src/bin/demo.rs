@@ -48,7 +48,7 @@ type DemoResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    idp_bridge::install_crypto_provider();
     let args = Args::parse();
     match run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

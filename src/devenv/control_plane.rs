@@ -197,11 +197,7 @@ fn note(message: &str) {
     let _ = writeln!(io::stderr(), "[idp-bridge] {message}");
 }
 
-/// Installs ring as rustls' process-wide crypto provider (kube and reqwest are built without
-/// one). Safe to call any number of times.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub use crate::install_crypto_provider;
 
 /// PEM material the harness generates.
 struct Pki {

@@ -18,10 +18,7 @@ use url::Url;
 /// Names every emulator certificate is valid for: clients check IP SANs when given an IP URL.
 pub const SERVER_SANS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
-/// Installs ring as rustls' process-wide provider; a no-op if one is already installed.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub use crate::install_crypto_provider;
 
 /// A certificate and its private key, PEM-encoded, issued by a [`TestCa`].
 pub struct IssuedCert {
