@@ -117,6 +117,9 @@ fn spec_with(auth0: Auth0ConnectionSpec) -> AzureAdConnectionSpec {
         validation: ValidationSpec::default(),
         expiry: ExpirySpec::default(),
         auth0: Some(auth0),
+        cloudflare: None,
+        logto: None,
+        unified: None,
         deletion_policy: DeletionPolicy::Delete,
         suspend: false,
         management_policy: ManagementPolicy::Full,
@@ -188,7 +191,7 @@ async fn first_sync_creates_a_waad_connection() {
     let creds = env.creds(CANARY);
     let outcome = client.sync(&request(&spec(), &creds, None, None, FULL)).await.unwrap();
     let id = outcome.id.clone().expect("an id");
-    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["connection (created)".into()], wrote: true });
+    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["connection (created)".into()], wrote: true, scim: None });
     assert!(id.starts_with("con_"), "{id}");
 
     let conn = env.auth0.connection(&id).unwrap();
@@ -226,7 +229,7 @@ async fn steady_state_makes_no_writes() {
     for known_id in [Some(id.as_str()), None] {
         for observe_only in [FULL, OBSERVE] {
             let outcome = client.sync(&request(&spec, &creds, known_id, Some(&creds.fingerprint), observe_only)).await.unwrap();
-            assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec![], wrote: false });
+            assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec![], wrote: false, scim: None });
         }
     }
     assert_eq!(env.auth0.writes(), writes, "steady state writes nothing");
@@ -248,7 +251,7 @@ async fn rotation_patches_once_and_carries_server_fields_back() {
     let writes = env.auth0.writes();
 
     let outcome = client.sync(&request(&spec, &new, Some(&id), Some(&old.fingerprint), FULL)).await.unwrap();
-    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["options.client_secret".into()], wrote: true });
+    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["options.client_secret".into()], wrote: true, scim: None });
     assert_eq!(env.auth0.writes(), writes + 1);
     assert_eq!(env.count(&format!("PATCH /api/v2/connections/{id}")), 1, "exactly one PATCH");
 
@@ -541,7 +544,7 @@ async fn missing_scope_is_an_auth_failure() {
     assert!(env.auth0.connections().is_empty());
     // Observing needs only read access.
     let outcome = client.sync(&request(&spec(), &creds, None, None, OBSERVE)).await.unwrap();
-    assert_eq!(outcome, SyncOutcome { id: None, differences: vec!["connection (missing)".into()], wrote: false });
+    assert_eq!(outcome, SyncOutcome { id: None, differences: vec!["connection (missing)".into()], wrote: false, scim: None });
 }
 
 #[tokio::test]

@@ -6,6 +6,9 @@
 
 pub mod auth0;
 pub mod budget;
+pub mod cloudflare;
+pub mod logto;
+pub mod unified;
 
 use std::{
     collections::HashMap,
@@ -15,6 +18,7 @@ use std::{
 
 use crate::{
     crd::{
+        BrokerProvider,
         conditions::Reason,
         connection::{AzureAdConnectionSpec, AzureCloud, SignInAudience},
     },
@@ -39,6 +43,8 @@ pub enum BrokerError {
     Unsupported(String),
     #[error("the broker object does not exist")]
     NotFound,
+    #[error("the broker already has a conflicting object: {0}")]
+    Conflict(String),
     #[error("the broker gave an unexpected answer: {0}")]
     Unexpected(String),
 }
@@ -51,6 +57,7 @@ impl BrokerError {
             BrokerError::RateLimited { .. } => Reason::BrokerRateLimited,
             BrokerError::Rejected(_) | BrokerError::NotFound => Reason::BrokerRejected,
             BrokerError::Unsupported(_) => Reason::UnsupportedSetting,
+            BrokerError::Conflict(_) => Reason::BrokerConflict,
         }
     }
 
@@ -99,7 +106,7 @@ pub struct SyncRequest<'a> {
 }
 
 /// What a sync found and did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SyncOutcome {
     /// The broker object's id (None only when observing a missing object).
     pub id: Option<String>,
@@ -107,18 +114,48 @@ pub struct SyncOutcome {
     pub differences: Vec<String>,
     /// Whether the broker was written to.
     pub wrote: bool,
+    /// SCIM credentials the broker returned, once, when SCIM was enabled (Cloudflare).
+    pub scim: Option<ScimCredentials>,
+}
+
+/// A SCIM endpoint and its bearer token, to hand to Entra ID's provisioning settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScimCredentials {
+    pub base_url: String,
+    pub secret: SecretValue,
 }
 
 /// A client for one broker account.
 #[derive(Debug)]
 pub enum BrokerClient {
     Auth0(auth0::Auth0Client),
+    Cloudflare(cloudflare::CloudflareClient),
+    Logto(logto::LogtoClient),
+    Unified(unified::UnifiedClient),
 }
 
 impl BrokerClient {
+    /// The client for a broker spec and the operator's credentials for it (`client_id` is empty
+    /// for token-based brokers). `rate` is the spec's request budget.
+    pub fn build(upstream: &Upstream, provider: &BrokerProvider, client_id: &str, secret: SecretValue, rate: Option<(u32, u32)>) -> Self {
+        match provider {
+            BrokerProvider::Auth0(spec) => {
+                BrokerClient::Auth0(auth0::Auth0Client::new(upstream.clone(), &spec.domain, client_id, secret, rate))
+            }
+            BrokerProvider::Cloudflare(spec) => {
+                BrokerClient::Cloudflare(cloudflare::CloudflareClient::new(upstream.clone(), spec, secret, rate))
+            }
+            BrokerProvider::Logto(spec) => BrokerClient::Logto(logto::LogtoClient::new(upstream.clone(), spec, client_id, secret, rate)),
+            BrokerProvider::Unified(spec) => BrokerClient::Unified(unified::UnifiedClient::new(upstream.clone(), spec, secret, rate)),
+        }
+    }
+
     pub async fn sync(&self, request: &SyncRequest<'_>) -> Result<SyncOutcome, BrokerError> {
         match self {
             BrokerClient::Auth0(c) => c.sync(request).await,
+            BrokerClient::Cloudflare(c) => c.sync(request).await,
+            BrokerClient::Logto(c) => c.sync(request).await,
+            BrokerClient::Unified(c) => c.sync(request).await,
         }
     }
 
@@ -126,13 +163,19 @@ impl BrokerClient {
     pub async fn delete(&self, spec: &AzureAdConnectionSpec, known_id: Option<&str>) -> Result<(), BrokerError> {
         match self {
             BrokerClient::Auth0(c) => c.delete(spec, known_id).await,
+            BrokerClient::Cloudflare(c) => c.delete(spec, known_id).await,
+            BrokerClient::Logto(c) => c.delete(spec, known_id).await,
+            BrokerClient::Unified(c) => c.delete(spec, known_id).await,
         }
     }
 
-    /// Proves the operator's management credentials (obtains a token).
+    /// Proves the operator's management credentials.
     pub async fn check(&self) -> Result<(), BrokerError> {
         match self {
             BrokerClient::Auth0(c) => c.check().await,
+            BrokerClient::Cloudflare(c) => c.check().await,
+            BrokerClient::Logto(c) => c.check().await,
+            BrokerClient::Unified(c) => c.check().await,
         }
     }
 }
@@ -189,6 +232,7 @@ impl BrokerError {
             BrokerError::Rejected(m) => BrokerError::Rejected(secret.scrub(&m)),
             BrokerError::Unsupported(m) => BrokerError::Unsupported(secret.scrub(&m)),
             BrokerError::Unexpected(m) => BrokerError::Unexpected(secret.scrub(&m)),
+            BrokerError::Conflict(m) => BrokerError::Conflict(secret.scrub(&m)),
             other => other,
         }
     }

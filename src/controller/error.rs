@@ -13,6 +13,8 @@ pub enum Error {
     ReadBroker(#[source] kube::Error),
     #[error("writing status: {0}")]
     WriteStatus(#[source] kube::Error),
+    #[error("writing the SCIM Secret: {0}")]
+    WriteScimSecret(#[source] kube::Error),
     #[error("deleting the broker object: {0}")]
     Cleanup(#[source] BrokerError),
     #[error("finalizer: {0}")]
@@ -26,6 +28,7 @@ impl Error {
             Error::ReadSecret(_) => "read_secret",
             Error::ReadBroker(_) => "read_broker",
             Error::WriteStatus(_) => "write_status",
+            Error::WriteScimSecret(_) => "write_scim_secret",
             Error::Cleanup(_) => "cleanup",
             Error::Finalizer(_) => "finalizer",
         }

@@ -32,7 +32,7 @@ use tracing::{error, info, warn};
 pub use self::error::Error;
 use crate::{
     azure::AzureClient,
-    broker::BrokerRegistry,
+    broker::{BrokerRegistry, ScimCredentials},
     config::Config,
     crd::{
         ClusterIdentityBroker, IdentityBroker,
@@ -52,6 +52,9 @@ pub struct Context {
     pub config: Arc<Config>,
     /// Consecutive transient failures per object UID, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// SCIM credentials a broker returned (only once) that are not yet stored in their Secret,
+    /// per connection UID: kept until a write succeeds.
+    pending_scim: Mutex<HashMap<String, ScimCredentials>>,
 }
 
 impl Context {
@@ -65,6 +68,7 @@ impl Context {
             recorder,
             config,
             failures: Mutex::new(HashMap::new()),
+            pending_scim: Mutex::new(HashMap::new()),
         }
     }
 

@@ -24,9 +24,9 @@ use super::{
 };
 use crate::{
     azure::ValidationRequest,
-    broker::{AzureCredentials, BrokerClient, BrokerKey, SyncRequest, auth0::Auth0Client},
+    broker::{AzureCredentials, BrokerClient, BrokerKey, SyncRequest},
     crd::{
-        BrokerProvider, FINALIZER,
+        FINALIZER,
         connection::{AzureAdConnection, AzureAdConnectionStatus, DeletionPolicy, ManagementPolicy},
     },
 };
@@ -64,7 +64,17 @@ async fn apply(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error>
         return Ok(Action::await_change());
     }
 
+    // A SCIM token from an earlier reconcile that could not be stored yet goes first.
+    store_pending_scim(conn, ctx).await?;
     let (observation, next) = observe(conn, ctx, &previous).await?;
+    if let BrokerStage::Synced(outcome) = &observation.broker
+        && let Some(scim) = &outcome.scim
+        && let Some(uid) = conn.uid()
+    {
+        ctx.pending_scim.lock().expect("scim lock").insert(uid, scim.clone());
+        store_pending_scim(conn, ctx).await?;
+        ctx.publish(conn, EventType::Normal, "ScimSecretStored", "SCIM was enabled; its base URL and token are in the SCIM Secret").await;
+    }
     let subject =
         Subject { generation, validation_mode: conn.spec.validation.mode, warn_before: conn.spec.warn_before(), previous: &previous };
     let next_status = status::compute(&subject, &observation, now);
@@ -196,6 +206,29 @@ async fn observe(conn: &AzureAdConnection, ctx: &Context, previous: &AzureAdConn
     Ok((Observation { fingerprint, credentials: Ok(validation), expiry, broker: stage, observe_only, drift_corrected }, next))
 }
 
+/// Writes SCIM credentials held for this connection into the Secret its spec names, owned by
+/// the connection so it goes away with it.
+async fn store_pending_scim(conn: &AzureAdConnection, ctx: &Context) -> Result<(), Error> {
+    let Some(uid) = conn.uid() else { return Ok(()) };
+    let Some(scim) = ctx.pending_scim.lock().expect("scim lock").get(&uid).cloned() else { return Ok(()) };
+    let Some(secret_name) = conn.spec.cloudflare.as_ref().and_then(|c| c.scim.as_ref()).map(|s| s.secret_name.clone()) else {
+        ctx.pending_scim.lock().expect("scim lock").remove(&uid);
+        return Ok(());
+    };
+    let owner = conn.controller_owner_ref(&()).expect("a stored connection has a name and uid");
+    let secret = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": secret_name, "ownerReferences": [owner], "labels": {"app.kubernetes.io/managed-by": "idp-bridge"}},
+        "type": "Opaque",
+        "stringData": {"scim-base-url": scim.base_url, "scim-secret": scim.secret.expose()},
+    });
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
+    api.patch(&secret_name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&secret)).await.map_err(Error::WriteScimSecret)?;
+    ctx.pending_scim.lock().expect("scim lock").remove(&uid);
+    Ok(())
+}
+
 /// The next refresh: the interval with ±10% jitter, or sooner when an expiry threshold comes first.
 fn schedule_refresh(refresh: Duration, expiry: &Expiry, warn_before: Duration, now: jiff::Timestamp) -> Duration {
     let jitter = 0.9 + rand::random::<f64>() * 0.2;
@@ -298,14 +331,8 @@ impl Context {
                 .fingerprinter
                 .fingerprint_bytes(format!("{}\0{}", resolved.client_id, resolved.client_secret.expose()).as_bytes()),
         };
-        self.brokers.get_or_insert(key, |upstream| match &resolved.provider {
-            BrokerProvider::Auth0(spec) => BrokerClient::Auth0(Auth0Client::new(
-                upstream.clone(),
-                &spec.domain,
-                &resolved.client_id,
-                resolved.client_secret.clone(),
-                resolved.rate_limit,
-            )),
+        self.brokers.get_or_insert(key, |upstream| {
+            BrokerClient::build(upstream, &resolved.provider, &resolved.client_id, resolved.client_secret.clone(), resolved.rate_limit)
         })
     }
 

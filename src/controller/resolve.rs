@@ -18,6 +18,7 @@ use super::{
 use crate::{
     crd::{
         BrokerProvider, ClusterIdentityBroker, EXPIRES_AT_ANNOTATION, IdentityBroker,
+        broker::CredentialKeys,
         conditions::Reason,
         connection::{AzureAdConnection, BrokerRefKind, ExpirySource, ValidationMode, is_guid},
     },
@@ -133,7 +134,7 @@ pub async fn broker(client: &Client, operator_namespace: &str, conn: &AzureAdCon
     let Some(provider) = provider else {
         return Ok(Err(Problem::new(Reason::BrokerTypeMismatch, format!("broker {} has no provider block", reference.name))));
     };
-    let wanted = if conn.spec.auth0.is_some() { "auth0" } else { "none" };
+    let wanted = conn.spec.broker_type();
     if provider.type_name() != wanted {
         return Ok(Err(Problem::new(
             Reason::BrokerTypeMismatch,
@@ -154,15 +155,13 @@ pub async fn broker(client: &Client, operator_namespace: &str, conn: &AzureAdCon
     }))
 }
 
-/// The operator's management credentials for a broker: (client id or empty, secret or token).
+/// The operator's management credentials for a broker: (client id, secret) for client
+/// credentials, or ("", token) for an API token.
 pub async fn credentials(
     client: &Client,
     secret_namespace: &str,
     provider: &BrokerProvider,
 ) -> Result<Result<(String, SecretValue), Problem>, Error> {
-    let (id_key, secret_key) = match provider {
-        BrokerProvider::Auth0(a) => (a.credentials_secret_ref.client_id_key.as_str(), a.credentials_secret_ref.client_secret_key.as_str()),
-    };
     let secret_name = provider.credentials_secret();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), secret_namespace);
     let Some(secret) = secrets.get_opt(secret_name).await.map_err(Error::ReadSecret)? else {
@@ -175,7 +174,12 @@ pub async fn credentials(
         secret_from_data(secret_name, key, secret.data.as_ref(), ValidationMode::None)
             .map_err(|p| Problem::new(Reason::BrokerCredentialsMissing, format!("broker credentials: {}", p.message)))
     };
-    Ok(read(id_key).and_then(|id| Ok((id.expose().to_owned(), read(secret_key)?))))
+    Ok(match provider.credential_keys() {
+        CredentialKeys::ClientCredentials { id_key, secret_key } => {
+            read(id_key).and_then(|id| Ok((id.expose().to_owned(), read(secret_key)?)))
+        }
+        CredentialKeys::Token { key } => read(key).map(|token| (String::new(), token)),
+    })
 }
 
 /// Label selector matching, as the API server does it.

@@ -269,6 +269,7 @@ mod tests {
             id: Some("con_1".into()),
             differences: if wrote { vec!["options.client_secret".into()] } else { vec![] },
             wrote,
+            scim: None,
         })
     }
 
@@ -352,7 +353,12 @@ mod tests {
     fn observe_only_reports_drift_without_claiming_a_sync() {
         let mut obs = observation(
             valid(),
-            BrokerStage::Synced(SyncOutcome { id: Some("con_1".into()), differences: vec!["options.ext_groups".into()], wrote: false }),
+            BrokerStage::Synced(SyncOutcome {
+                id: Some("con_1".into()),
+                differences: vec!["options.ext_groups".into()],
+                wrote: false,
+                scim: None,
+            }),
         );
         obs.observe_only = true;
         let s = compute(&subject(&AzureAdConnectionStatus::default()), &obs, t(1));

@@ -108,6 +108,9 @@ reasons! {
     BrokerRateLimited,
     /// The broker refused the request as invalid or conflicting.
     BrokerRejected,
+    /// The broker already holds an object this connection may not take over (e.g. Logto allows one
+    /// Microsoft connector per tenant and another connection's is there).
+    BrokerConflict,
     /// The broker cannot express a setting of the connection (e.g. a sign-in audience).
     UnsupportedSetting,
     /// SecretExpiring: the expiry date is not known.

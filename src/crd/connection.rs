@@ -31,7 +31,7 @@ const DNS_NAME_PATTERN: &str = "^([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\\.
     printcolumn(name = "Expires", type_ = "date", json_path = ".status.secret.expiresAt"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
-#[x_kube(validation = Rule::new("[has(self.auth0)].filter(b, b).size() == 1").message("exactly one broker block (auth0) must be set"))]
+#[x_kube(validation = Rule::new("[has(self.auth0), has(self.cloudflare), has(self.logto), has(self.unified)].filter(b, b).size() == 1").message("exactly one broker block (auth0, cloudflare, logto or unified) must be set, matching the broker's type"))]
 #[x_kube(validation = Rule::new("!has(self.auth0) || !(self.azure.signInAudience in ['Organizations', 'Common']) || self.auth0.userIdAttribute == 'sub'").message("Auth0's multi-tenant (common) endpoint needs auth0.userIdAttribute: sub"))]
 #[serde(rename_all = "camelCase")]
 pub struct AzureAdConnectionSpec {
@@ -48,6 +48,17 @@ pub struct AzureAdConnectionSpec {
     /// Settings of the Auth0 enterprise connection (strategy `waad`). Requires an Auth0 broker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth0: Option<Auth0ConnectionSpec>,
+    /// Settings of the Cloudflare Zero Trust Access identity provider (type `azureAD`). Requires a
+    /// Cloudflare broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloudflare: Option<CloudflareConnectionSpec>,
+    /// Settings of Logto's Microsoft social connector (`azuread-universal`). Requires a Logto broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logto: Option<LogtoConnectionSpec>,
+    /// Settings of the Unified.to `microsoft_ad` connection imported with the app's client
+    /// credentials. Requires a Unified.to broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unified: Option<UnifiedConnectionSpec>,
     /// What happens to the broker object when this resource is deleted. `Orphan` (default) keeps
     /// it; `Delete` removes it, which in Auth0 also deletes the connection's users.
     #[serde(default)]
@@ -315,6 +326,127 @@ pub enum Auth0UserIdAttribute {
     Sub,
 }
 
+/// A Cloudflare Zero Trust Access identity provider of type `azureAD`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CloudflareConnectionSpec {
+    /// Name of the identity provider, shown on the Access login page. Cloudflare has no lookup by
+    /// name; the operator records the provider's id in status and adopts an existing provider of
+    /// this name and type when the id is unknown.
+    #[schemars(length(min = 1, max = 255))]
+    pub name: String,
+    /// Load the user's Entra ID groups into Access policies.
+    #[serde(default)]
+    pub support_groups: bool,
+    /// Use PKCE. Sent only when set: current Cloudflare schemas omit it for azureAD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pkce_enabled: Option<bool>,
+    /// Load Entra ID authentication contexts for conditional access.
+    #[serde(default)]
+    pub conditional_access_enabled: bool,
+    /// Extra id_token claims to pass through to Access.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub claims: Vec<String>,
+    /// The claim that holds the user's email.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 255))]
+    pub email_claim_name: Option<String>,
+    /// The OIDC prompt sent to Entra ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<CloudflarePrompt>,
+    /// SCIM provisioning from Entra ID into Cloudflare.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scim: Option<CloudflareScimSpec>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CloudflarePrompt {
+    Login,
+    SelectAccount,
+    None,
+}
+
+/// SCIM provisioning settings of a Cloudflare identity provider.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!self.seatDeprovision || self.userDeprovision").message("scim.seatDeprovision needs scim.userDeprovision"))]
+pub struct CloudflareScimSpec {
+    /// Turn SCIM provisioning on.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Revoke a user's Access and Gateway sessions when Entra ID deprovisions them.
+    #[serde(default)]
+    pub user_deprovision: bool,
+    /// Remove the user's Zero Trust seat on deprovisioning (needs userDeprovision).
+    #[serde(default)]
+    pub seat_deprovision: bool,
+    /// What Cloudflare does when Entra ID updates a user's identity.
+    #[serde(default)]
+    pub identity_update_behavior: ScimIdentityUpdateBehavior,
+    /// Secret, in this namespace, that the operator creates (owned by this connection) to hold the
+    /// SCIM base URL (`scim-base-url`) and token (`scim-secret`). Cloudflare shows the token only
+    /// once, when SCIM is first enabled; enter both in Entra ID's provisioning settings.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ScimIdentityUpdateBehavior {
+    Automatic,
+    Reauth,
+    #[default]
+    NoAction,
+}
+
+/// Logto's Microsoft social connector (`azuread-universal`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LogtoConnectionSpec {
+    /// Database id to create the connector with, which fixes the callback URL to register in
+    /// Entra ID (`{endpoint}/callback/{connectorId}`). Absent: Logto picks one, shown in status.
+    /// Immutable once set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 21))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]+$')").message("connectorId may hold lowercase letters and digits only"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("logto.connectorId is immutable"))]
+    pub connector_id: Option<String>,
+    /// OIDC prompts sent to Entra ID.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4))]
+    pub prompts: Vec<LogtoPrompt>,
+    /// Extra scopes, space-separated, on top of `User.Read`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1000))]
+    pub scopes: Option<String>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogtoPrompt {
+    None,
+    Login,
+    Consent,
+    SelectAccount,
+}
+
+/// A Unified.to `microsoft_ad` connection imported with the app's client credentials.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct UnifiedConnectionSpec {
+    /// Your identifier for the connection (Unified.to's `external_xref`); also how an existing
+    /// connection is found again. Defaults to `<namespace>/<name>` of this resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub external_xref: Option<String>,
+    /// Unified.to permissions granted to the connection, e.g. `hris_employee_read`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub permissions: Vec<String>,
+}
+
 /// Observed state, kstatus-compatible.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -374,6 +506,21 @@ pub struct BrokerObjectStatus {
 }
 
 impl AzureAdConnectionSpec {
+    /// The broker type of the connection's broker block (`auth0`, `cloudflare`, ...).
+    pub fn broker_type(&self) -> &'static str {
+        if self.auth0.is_some() {
+            "auth0"
+        } else if self.cloudflare.is_some() {
+            "cloudflare"
+        } else if self.logto.is_some() {
+            "logto"
+        } else if self.unified.is_some() {
+            "unified"
+        } else {
+            "none"
+        }
+    }
+
     pub fn refresh_interval(&self) -> std::time::Duration {
         duration::parse(&self.validation.refresh_interval).unwrap_or(std::time::Duration::from_secs(3600))
     }

@@ -209,13 +209,13 @@ impl Auth0Client {
         };
         let Some(observed) = observed else {
             if request.observe_only {
-                return Ok(SyncOutcome { id: None, differences: vec!["connection (missing)".into()], wrote: false });
+                return Ok(SyncOutcome { id: None, differences: vec!["connection (missing)".into()], wrote: false, scim: None });
             }
             let answer = self.call(Method::POST, "/connections", Some(&plan::create_body(&desired))).await?;
             let created: Value = answer.body.json().map_err(|_| BrokerError::Unexpected("created connection is not valid JSON".into()))?;
             let id = connection_id(&created)?;
             self.enable_clients(&id, &desired.enabled_clients, request.observe_only).await?;
-            return Ok(SyncOutcome { id: Some(id), differences: vec!["connection (created)".into()], wrote: true });
+            return Ok(SyncOutcome { id: Some(id), differences: vec!["connection (created)".into()], wrote: true, scim: None });
         };
         let id = connection_id(&observed)?;
         let mut differences = plan::diff(&desired, &observed, request.synced_fingerprint, request.azure.fingerprint);
@@ -229,7 +229,7 @@ impl Auth0Client {
             differences.push("enabled_clients".into());
             wrote |= !request.observe_only;
         }
-        Ok(SyncOutcome { id: Some(id), differences, wrote })
+        Ok(SyncOutcome { id: Some(id), differences, wrote, scim: None })
     }
 
     /// Enables the listed clients that are not enabled yet; returns how many were missing.
