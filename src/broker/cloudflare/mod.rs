@@ -1,22 +1,403 @@
-//! Cloudflare Zero Trust Access identity providers (`type: azureAD`). Being written.
+//! Cloudflare Zero Trust Access identity providers (`type: azureAD`).
+//!
+//! `https://api.cloudflare.com/client/v4/{accounts/{account_id}|zones/{zone_id}}/access/identity_providers`
+//! with a static API token. Every answer is wrapped in Cloudflare's envelope
+//! (`{success, errors, messages, result, result_info}`). Providers are found by recorded id, else
+//! by listing (there is no lookup by name) and matching name and type; written with a complete
+//! PUT (full replace, `client_secret` always included since reads never return it); deleted by
+//! id. The planning is pure, in [`plan`].
 
-use super::{BrokerError, SyncOutcome, SyncRequest};
-use crate::{crd::broker::CloudflareBrokerSpec, crd::connection::AzureAdConnectionSpec, secret::SecretValue, upstream::Upstream};
+pub mod plan;
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{BrokerError, SyncOutcome, SyncRequest, budget::RequestBudget};
+use crate::{
+    crd::{broker::CloudflareBrokerSpec, connection::AzureAdConnectionSpec},
+    secret::SecretValue,
+    upstream::{Answer, Upstream, retry_after},
+};
+
+/// The API host; tests and proxies redirect it through the operator-level endpoint overrides.
+pub const HOST: &str = "api.cloudflare.com";
+
+/// The request budget when the broker sets no `rateLimit`: 3 requests/s sustained, bursts of 240.
+///
+/// Cloudflare allows 1,200 requests per 5 minutes per user or token (counted together with the
+/// dashboard), and a request above that blocks the token for 5 minutes. A token bucket with rate
+/// `r` and burst `b` lets at most `b + r·T` requests through in any window of length `T`, so this
+/// budget sends at most 240 + 3·300 = 1,140 in any 5 minutes: under the limit with 60 to spare for
+/// network jitter and for people using the dashboard. A configured `rateLimit` replaces it.
+pub const DEFAULT_RATE: (u32, u32) = (3, 240);
+
+/// Cloudflare's rate-limit window, and the block a 429 starts when it sends no `Retry-After`.
+pub const RATE_WINDOW: Duration = Duration::from_secs(300);
+
+/// The page size used to list providers (the largest Cloudflare accepts).
+const PER_PAGE: usize = 50;
+/// A bound on listing, so a broken `result_info` cannot loop forever (10,000 providers).
+const MAX_PAGES: usize = 200;
+
+/// Cloudflare error codes meaning the credentials were refused, whatever the HTTP status.
+const AUTH_CODES: &[i64] = &[
+    9103,  // Unknown X-Auth-Key or X-Auth-Email
+    9106,  // Missing X-Auth-Key / X-Auth-Email / Authorization headers
+    9109,  // Invalid access token
+    10000, // Authentication error
+    10001, // Unable to authenticate request
+];
 
 #[derive(Debug)]
-pub struct CloudflareClient {}
+pub struct CloudflareClient {
+    upstream: Upstream,
+    /// `/client/v4/{accounts|zones}/{id}/access/identity_providers`, or why the spec gives none.
+    base: Result<String, String>,
+    /// "account 0123…" or "zone 0123…", for messages.
+    scope: String,
+    token: SecretValue,
+    budget: RequestBudget,
+}
+
+/// Cloudflare's response envelope.
+#[derive(Deserialize, Default)]
+struct Envelope {
+    #[serde(default)]
+    success: Option<bool>,
+    #[serde(default)]
+    errors: Vec<ApiMessage>,
+    #[serde(default)]
+    result: Value,
+    #[serde(default)]
+    result_info: Option<ResultInfo>,
+}
+
+#[derive(Deserialize, Default)]
+struct ApiMessage {
+    #[serde(default)]
+    code: Option<i64>,
+    #[serde(default)]
+    message: String,
+}
+
+#[derive(Deserialize, Default)]
+struct ResultInfo {
+    #[serde(default)]
+    total_count: Option<u64>,
+    #[serde(default)]
+    total_pages: Option<u64>,
+}
+
+/// What a lookup found under the provider's name.
+enum Found {
+    Ours(Value),
+    Missing,
+    /// A provider of that name with another type.
+    Foreign {
+        type_: String,
+    },
+}
 
 impl CloudflareClient {
-    pub fn new(_upstream: Upstream, _spec: &CloudflareBrokerSpec, _token: SecretValue, _rate: Option<(u32, u32)>) -> Self {
-        todo!("cloudflare adapter")
+    pub fn new(upstream: Upstream, spec: &CloudflareBrokerSpec, token: SecretValue, rate: Option<(u32, u32)>) -> Self {
+        let (base, scope) = match (&spec.account_id, &spec.zone_id) {
+            (Some(id), None) if is_cloudflare_id(id) => {
+                (Ok(format!("/client/v4/accounts/{id}/access/identity_providers")), format!("account {id}"))
+            }
+            (None, Some(id)) if is_cloudflare_id(id) => {
+                (Ok(format!("/client/v4/zones/{id}/access/identity_providers")), format!("zone {id}"))
+            }
+            (Some(_), Some(_)) | (None, None) => {
+                (Err("the Cloudflare broker must set exactly one of accountId and zoneId".to_owned()), "no account".to_owned())
+            }
+            _ => (Err("the Cloudflare broker's accountId or zoneId is not 32 hexadecimal characters".to_owned()), "no account".to_owned()),
+        };
+        Self { upstream, base, scope, token, budget: RequestBudget::new(Some(rate.unwrap_or(DEFAULT_RATE))) }
     }
-    pub async fn sync(&self, _request: &SyncRequest<'_>) -> Result<SyncOutcome, BrokerError> {
-        todo!()
+
+    fn base(&self) -> Result<&str, BrokerError> {
+        self.base.as_deref().map_err(|e| BrokerError::Rejected(e.clone()))
     }
-    pub async fn delete(&self, _spec: &AzureAdConnectionSpec, _known_id: Option<&str>) -> Result<(), BrokerError> {
-        todo!()
+
+    /// One API call; answers other than 2xx become typed errors.
+    async fn call(&self, method: Method, suffix: &str, body: Option<&Value>) -> Result<Envelope, BrokerError> {
+        let path = format!("{}{suffix}", self.base()?);
+        self.budget.acquire().await.map_err(|b| BrokerError::RateLimited { retry_after: b.remaining })?;
+        let mut request = self.upstream.request(method, HOST, &path).bearer_auth(self.token.expose());
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let answer = self.upstream.send(request).await?;
+        if !answer.status.is_success() {
+            return Err(self.error_from(&answer).await);
+        }
+        let envelope: Envelope = answer
+            .body
+            .json()
+            .map_err(|_| BrokerError::Unexpected(format!("HTTP {} without a Cloudflare response envelope", answer.status)))?;
+        if envelope.success == Some(false) {
+            return Err(BrokerError::Unexpected(self.token.scrub(&format!(
+                "success: false with HTTP {}: {}",
+                answer.status,
+                messages(&envelope)
+            ))));
+        }
+        Ok(envelope)
     }
+
+    async fn error_from(&self, answer: &Answer) -> BrokerError {
+        let envelope: Envelope = answer.body.json().unwrap_or_default();
+        let message = if envelope.errors.is_empty() {
+            let snippet = answer.body.snippet();
+            if snippet.is_empty() { answer.status.canonical_reason().unwrap_or("no message").to_owned() } else { snippet }
+        } else {
+            messages(&envelope)
+        };
+        let message = self.token.scrub(&message);
+        let auth_code = envelope.errors.iter().any(|e| e.code.is_some_and(|c| AUTH_CODES.contains(&c)));
+        match answer.status {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => BrokerError::Auth(message),
+            StatusCode::TOO_MANY_REQUESTS => {
+                // A 429 blocks the token for 5 minutes; without Retry-After assume the whole block.
+                let wait = retry_after(&answer.headers, jiff::Timestamp::now()).unwrap_or(RATE_WINDOW).max(Duration::from_secs(1));
+                self.budget.block_for(wait).await;
+                BrokerError::RateLimited { retry_after: wait }
+            }
+            s if s.is_server_error() => BrokerError::Server { status: s.as_u16(), message },
+            _ if auth_code => BrokerError::Auth(message),
+            StatusCode::NOT_FOUND => BrokerError::NotFound,
+            _ => BrokerError::Rejected(message),
+        }
+    }
+
+    /// A 404 on the collection means the account or zone is unknown (or hidden from the token).
+    fn scope_not_found(&self, error: BrokerError) -> BrokerError {
+        match error {
+            BrokerError::NotFound => BrokerError::Rejected(format!(
+                "Cloudflare does not know {} (or the API token cannot see it); check the broker's accountId or zoneId",
+                self.scope
+            )),
+            other => other,
+        }
+    }
+
+    /// Proves the token with the cheapest read: one provider of the list.
     pub async fn check(&self) -> Result<(), BrokerError> {
-        todo!()
+        self.call(Method::GET, "?per_page=1", None).await.map(drop).map_err(|e| self.scope_not_found(e).scrubbed(&self.token))
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Value>, BrokerError> {
+        check_id(id)?;
+        match self.call(Method::GET, &format!("/{id}"), None).await {
+            Ok(envelope) => Ok(Some(envelope.result).filter(Value::is_object)),
+            Err(BrokerError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Lists the providers page by page until an azureAD one of this name turns up; otherwise
+    /// reports a same-named provider of another type, or none.
+    async fn find_by_name(&self, name: &str) -> Result<Found, BrokerError> {
+        let mut foreign = None;
+        for page in 1..=MAX_PAGES {
+            let envelope =
+                self.call(Method::GET, &format!("?page={page}&per_page={PER_PAGE}"), None).await.map_err(|e| self.scope_not_found(e))?;
+            let Value::Array(providers) = envelope.result else {
+                return Err(BrokerError::Unexpected("the identity provider list is not an array".into()));
+            };
+            let count = providers.len();
+            for provider in providers {
+                if provider.get("name").and_then(Value::as_str) != Some(name) {
+                    continue;
+                }
+                if plan::is_ours(&provider, name) {
+                    return Ok(Found::Ours(provider));
+                }
+                foreign.get_or_insert_with(|| provider.get("type").and_then(Value::as_str).unwrap_or("unknown").to_owned());
+            }
+            let info = envelope.result_info.unwrap_or_default();
+            let seen = (page * PER_PAGE) as u64;
+            let last = count < PER_PAGE
+                || info.total_count.is_some_and(|total| seen >= total)
+                || info.total_pages.is_some_and(|pages| page as u64 >= pages);
+            if last {
+                break;
+            }
+        }
+        Ok(foreign.map_or(Found::Missing, |type_| Found::Foreign { type_ }))
+    }
+
+    /// The provider this spec manages: by recorded id, else by name and type (adoption). A
+    /// recorded id is trusted only while it still names an azureAD provider of this name, so a
+    /// stale or tampered status never points the operator at someone else's provider.
+    async fn find(&self, name: &str, known_id: Option<&str>) -> Result<Found, BrokerError> {
+        if let Some(id) = known_id.filter(|id| check_id(id).is_ok())
+            && let Some(found) = self.get(id).await?
+            && plan::is_ours(&found, name)
+        {
+            return Ok(Found::Ours(found));
+        }
+        self.find_by_name(name).await
+    }
+
+    pub async fn sync(&self, request: &SyncRequest<'_>) -> Result<SyncOutcome, BrokerError> {
+        self.sync_inner(request).await.map_err(|e| e.scrubbed(request.azure.secret).scrubbed(&self.token))
+    }
+
+    async fn sync_inner(&self, request: &SyncRequest<'_>) -> Result<SyncOutcome, BrokerError> {
+        let spec =
+            request.spec.cloudflare.as_ref().ok_or_else(|| BrokerError::Unsupported("the connection has no cloudflare block".into()))?;
+        let desired = plan::desired(spec, &request.azure)?;
+        self.base()?;
+        let observed = match self.find(&desired.name, request.known_id).await? {
+            Found::Ours(provider) => provider,
+            Found::Missing if request.observe_only => {
+                return Ok(SyncOutcome { id: None, differences: vec!["connection (missing)".into()], wrote: false, scim: None });
+            }
+            Found::Missing => {
+                let created = self.call(Method::POST, "", Some(&plan::create_body(&desired))).await?.result;
+                let id = provider_id(&created)?;
+                let scim = plan::scim_credentials(&desired, &created);
+                return Ok(SyncOutcome { id: Some(id), differences: vec!["connection (created)".into()], wrote: true, scim });
+            }
+            Found::Foreign { type_ } => {
+                return Err(BrokerError::Rejected(format!(
+                    "Cloudflare already has an identity provider named {} of type {type_}, not azureAD",
+                    desired.name
+                )));
+            }
+        };
+        let id = provider_id(&observed)?;
+        let differences = plan::diff(&desired, &observed, request.synced_fingerprint, request.azure.fingerprint);
+        if differences.is_empty() || request.observe_only {
+            return Ok(SyncOutcome { id: Some(id), differences, wrote: false, scim: None });
+        }
+        refuse_read_only(&observed, &desired.name, "updated")?;
+        let written = self.call(Method::PUT, &format!("/{id}"), Some(&plan::update_body(&desired, &observed))).await?.result;
+        let scim = plan::scim_credentials(&desired, &written);
+        Ok(SyncOutcome { id: Some(id), differences, wrote: true, scim })
+    }
+
+    /// Deletes the provider; one that is already gone counts as deleted. A provider of the same
+    /// name but another type is not ours and is left alone.
+    pub async fn delete(&self, spec: &AzureAdConnectionSpec, known_id: Option<&str>) -> Result<(), BrokerError> {
+        let Some(cloudflare) = spec.cloudflare.as_ref() else { return Ok(()) };
+        self.delete_inner(&cloudflare.name, known_id).await.map_err(|e| e.scrubbed(&self.token))
+    }
+
+    async fn delete_inner(&self, name: &str, known_id: Option<&str>) -> Result<(), BrokerError> {
+        let provider = match self.find(name, known_id).await? {
+            Found::Ours(provider) => provider,
+            Found::Missing | Found::Foreign { .. } => return Ok(()),
+        };
+        refuse_read_only(&provider, name, "deleted")?;
+        let id = provider_id(&provider)?;
+        match self.call(Method::DELETE, &format!("/{id}"), None).await {
+            Ok(_) | Err(BrokerError::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The errors' messages with their codes, for error text.
+fn messages(envelope: &Envelope) -> String {
+    let parts: Vec<String> = envelope
+        .errors
+        .iter()
+        .map(|e| match e.code {
+            Some(code) => format!("{} (code {code})", e.message),
+            None => e.message.clone(),
+        })
+        .collect();
+    if parts.is_empty() { "no error message".to_owned() } else { parts.join("; ") }
+}
+
+/// A `read_only` provider refuses API changes; say so instead of sending a doomed request.
+fn refuse_read_only(provider: &Value, name: &str, verb: &str) -> Result<(), BrokerError> {
+    if provider.get("read_only").and_then(Value::as_bool) == Some(true) {
+        return Err(BrokerError::Rejected(format!(
+            "the identity provider {name} is read_only in Cloudflare and cannot be {verb} through the API; turn read_only off first"
+        )));
+    }
+    Ok(())
+}
+
+fn provider_id(provider: &Value) -> Result<String, BrokerError> {
+    let id = provider.get("id").and_then(Value::as_str).ok_or_else(|| BrokerError::Unexpected("identity provider without id".into()))?;
+    check_id(id).map_err(|_| BrokerError::Unexpected("Cloudflare returned an identity provider id that is not a UUID".into()))?;
+    Ok(id.to_owned())
+}
+
+/// Ids come back into URL paths; accept only UUIDs (with or without dashes).
+fn check_id(id: &str) -> Result<(), BrokerError> {
+    let hex = id.chars().filter(|c| *c != '-').count();
+    let shape = match id.len() {
+        32 => !id.contains('-'),
+        36 => id.char_indices().all(|(i, c)| (c == '-') == matches!(i, 8 | 13 | 18 | 23)),
+        _ => false,
+    };
+    if shape && hex == 32 && id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(BrokerError::Rejected(format!("{id:?} is not a Cloudflare identity provider id")))
+    }
+}
+
+/// Account and zone ids: 32 hexadecimal characters.
+fn is_cloudflare_id(id: &str) -> bool {
+    id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::budget::RequestBudget;
+    use tokio::time::Instant;
+
+    #[test]
+    fn ids_are_checked_before_they_reach_a_path() {
+        assert!(check_id("f174e90a-fafe-4643-bbbc-4a0ed4fc8415").is_ok());
+        assert!(check_id("f174e90afafe4643bbbc4a0ed4fc8415").is_ok());
+        for bad in [
+            "",
+            "../../zones",
+            "f174e90a-fafe-4643-bbbc-4a0ed4fc841g",
+            "f174e90a-fafe-4643-bbbc4-a0ed4fc8415",
+            "con_abc",
+            "f174e90a/afe-4643-bbbc-4a0ed4fc8415",
+        ] {
+            assert!(check_id(bad).is_err(), "{bad}");
+        }
+        assert!(is_cloudflare_id("023e105f4ecef8ad9ca31a8372d0c353"));
+        assert!(!is_cloudflare_id("023e105f4ecef8ad9ca31a8372d0c35/"));
+    }
+
+    /// The default budget, driven as fast as it allows for 20 minutes, never sends more than
+    /// Cloudflare's 1,200 requests in any 5-minute window.
+    #[tokio::test(start_paused = true)]
+    async fn default_budget_stays_under_cloudflares_window() {
+        let budget = RequestBudget::new(Some(DEFAULT_RATE));
+        let start = Instant::now();
+        let mut sent = Vec::new();
+        while Instant::now() - start < Duration::from_secs(1200) {
+            budget.acquire().await.unwrap();
+            sent.push(Instant::now());
+        }
+        let mut most = 0;
+        let mut first = 0;
+        for (last, at) in sent.iter().enumerate() {
+            while *at - sent[first] >= RATE_WINDOW {
+                first += 1;
+            }
+            most = most.max(last - first + 1);
+        }
+        assert!(most <= 1200, "{most} requests in one window");
+        // And it is not needlessly slow: close to the limit at full load.
+        assert!(most >= 1100, "{most}");
+        let (rps, burst) = DEFAULT_RATE;
+        assert!(u64::from(burst) + u64::from(rps) * RATE_WINDOW.as_secs() <= 1200);
     }
 }
