@@ -3,6 +3,7 @@
 
 pub mod auth0;
 pub mod azure;
+pub mod cloudflare;
 pub mod control_plane;
 pub mod stack;
 pub mod tls;
