@@ -1,0 +1,820 @@
+//! Adapter tests of the Cloudflare broker client (`CloudflareClient::{sync, delete, check}`, with
+//! the planning in `broker::cloudflare::plan`) over real HTTPS against the Cloudflare API emulator.
+//! What Cloudflare holds is read back through the emulator's state accessors and request log.
+//!
+//! One answer the emulator never gives (an error that echoes what it was sent) comes from a small
+//! stub server on the same test CA.
+
+use std::time::Duration;
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use idp_bridge::{
+    broker::{AzureCredentials, BrokerClient, BrokerError, SyncOutcome, SyncRequest, cloudflare::CloudflareClient},
+    crd::{
+        BrokerProvider,
+        broker::{CloudflareBrokerSpec, TokenSecretRef},
+        conditions::Reason,
+        connection::{
+            AzureAdConnectionSpec, AzureCloud, AzureSpec, BrokerRef, BrokerRefKind, CloudflareConnectionSpec, CloudflarePrompt,
+            CloudflareScimSpec, DeletionPolicy, ExpirySpec, ManagementPolicy, ScimIdentityUpdateBehavior, SecretKeyRef, SignInAudience,
+            ValidationMode, ValidationSpec,
+        },
+    },
+    devenv::{
+        cloudflare::{CloudflareEmulator, TEAM},
+        tls::{TestCa, install_crypto_provider, serve_tls},
+    },
+    secret::{Fingerprinter, SecretValue},
+    upstream::{EndpointOverrides, TransportError, Upstream},
+};
+use serde_json::{Value, json};
+use tempfile::NamedTempFile;
+
+const HOST: &str = "api.cloudflare.com";
+const ACCOUNT: &str = "023e105f4ecef8ad9ca31a8372d0c353";
+const OTHER_ACCOUNT: &str = "9a7806061c88ada191ed06f989cc3dac";
+const ZONE: &str = "5a9c2b6e0d0f4c1e8b7a6d5c4b3a2f10";
+const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+const TENANT_DOMAIN: &str = "contoso.onmicrosoft.com";
+const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
+const NAME: &str = "Contoso Entra ID";
+/// The Entra client secret pushed to Cloudflare; no error text may ever contain it.
+const CANARY: &str = "cAn8Q~canary-idp-secret-must-not-leak";
+/// The operator's Cloudflare API token; no error text may contain it either.
+const TOKEN: &str = "cf-token-canary-must-not-leak-0123456789abcdef";
+const ROTATED: &str = "new8Q~rotated-secret-value-0123456789ab";
+const OBSERVE: bool = true;
+const FULL: bool = false;
+
+fn collection(scope: &str) -> String {
+    let kind = if scope == ZONE { "zones" } else { "accounts" };
+    format!("/client/v4/{kind}/{scope}/access/identity_providers")
+}
+
+struct Env {
+    cf: CloudflareEmulator,
+    up: Upstream,
+    _ca_file: NamedTempFile,
+    fingerprints: Fingerprinter,
+}
+
+/// An emulated account and zone, and one token valid for both.
+fn env() -> Env {
+    install_crypto_provider();
+    let ca = TestCa::new();
+    let ca_file = NamedTempFile::new().unwrap();
+    ca.write_pem(ca_file.path()).unwrap();
+    let cf = CloudflareEmulator::start(&ca).unwrap();
+    cf.add_account(ACCOUNT);
+    cf.add_account(OTHER_ACCOUNT);
+    cf.add_zone(ZONE);
+    cf.add_token(TOKEN, &[ACCOUNT, ZONE]);
+    let mut overrides = EndpointOverrides::default();
+    overrides.insert(HOST, cf.base_url());
+    let up = Upstream::new(overrides, Some(ca_file.path()), Duration::from_secs(5)).unwrap();
+    Env { cf, up, _ca_file: ca_file, fingerprints: Fingerprinter::new(b"test-key".to_vec()) }
+}
+
+fn account_spec(account: &str) -> CloudflareBrokerSpec {
+    CloudflareBrokerSpec {
+        account_id: Some(account.into()),
+        zone_id: None,
+        api_token_secret_ref: TokenSecretRef { name: "cloudflare".into(), key: "api-token".into() },
+    }
+}
+
+impl Env {
+    fn client_with(&self, spec: &CloudflareBrokerSpec, token: &str, rate: Option<(u32, u32)>) -> CloudflareClient {
+        CloudflareClient::new(self.up.clone(), spec, SecretValue::new(token), rate)
+    }
+
+    fn client(&self) -> CloudflareClient {
+        self.client_with(&account_spec(ACCOUNT), TOKEN, None)
+    }
+
+    fn creds(&self, secret: &str) -> Creds {
+        let secret = SecretValue::new(secret);
+        Creds { fingerprint: self.fingerprints.fingerprint(&secret), secret }
+    }
+
+    /// Requests so far as "METHOD /path?query".
+    fn log(&self) -> Vec<String> {
+        self.cf.requests().into_iter().map(|(m, p)| format!("{m} {p}")).collect()
+    }
+
+    fn count(&self, prefix: &str) -> usize {
+        self.log().iter().filter(|e| e.starts_with(prefix)).count()
+    }
+
+    fn provider(&self) -> Value {
+        self.cf.provider_by_name(NAME).expect("the provider exists")
+    }
+}
+
+struct Creds {
+    secret: SecretValue,
+    fingerprint: String,
+}
+
+/// A single-tenant connection for Cloudflare, tenant given as a domain (resolved by validation).
+fn spec_with(cloudflare: CloudflareConnectionSpec) -> AzureAdConnectionSpec {
+    AzureAdConnectionSpec {
+        broker_ref: BrokerRef { kind: BrokerRefKind::IdentityBroker, name: "cloudflare".into() },
+        azure: AzureSpec {
+            tenant: TENANT_DOMAIN.into(),
+            cloud: AzureCloud::AzurePublic,
+            client_id: CLIENT.into(),
+            client_secret_ref: SecretKeyRef { name: "contoso-entra".into(), key: "client-secret".into() },
+            sign_in_audience: SignInAudience::SingleTenant,
+        },
+        validation: ValidationSpec::default(),
+        expiry: ExpirySpec::default(),
+        auth0: None,
+        cloudflare: Some(cloudflare),
+        logto: None,
+        unified: None,
+        deletion_policy: DeletionPolicy::Delete,
+        suspend: false,
+        management_policy: ManagementPolicy::Full,
+    }
+}
+
+fn cf_spec() -> CloudflareConnectionSpec {
+    CloudflareConnectionSpec {
+        name: NAME.into(),
+        support_groups: true,
+        claims: vec!["groups".into(), "roles".into()],
+        email_claim_name: Some("preferred_username".into()),
+        prompt: Some(CloudflarePrompt::SelectAccount),
+        ..Default::default()
+    }
+}
+
+fn spec() -> AzureAdConnectionSpec {
+    spec_with(cf_spec())
+}
+
+fn scim_spec() -> AzureAdConnectionSpec {
+    spec_with(CloudflareConnectionSpec {
+        scim: Some(CloudflareScimSpec {
+            enabled: true,
+            user_deprovision: true,
+            seat_deprovision: false,
+            identity_update_behavior: ScimIdentityUpdateBehavior::Reauth,
+            secret_name: "contoso-scim".into(),
+        }),
+        ..cf_spec()
+    })
+}
+
+/// One sync request; the tenant GUID is known unless validation is off.
+fn request<'a>(
+    spec: &'a AzureAdConnectionSpec,
+    creds: &'a Creds,
+    known_id: Option<&'a str>,
+    synced_fingerprint: Option<&'a str>,
+    observe_only: bool,
+) -> SyncRequest<'a> {
+    let tenant_id = (spec.validation.mode != ValidationMode::None).then_some(TENANT);
+    SyncRequest {
+        spec,
+        azure: AzureCredentials {
+            cloud: spec.azure.cloud,
+            tenant: &spec.azure.tenant,
+            tenant_id,
+            client_id: &spec.azure.client_id,
+            secret: &creds.secret,
+            fingerprint: &creds.fingerprint,
+            audience: spec.azure.sign_in_audience,
+        },
+        known_id,
+        synced_fingerprint,
+        observe_only,
+    }
+}
+
+/// The error, after checking that none of its texts shows either canary.
+fn checked(err: BrokerError) -> BrokerError {
+    for text in [err.to_string(), format!("{err:?}")] {
+        assert!(!text.contains(CANARY) && !text.contains(TOKEN), "a secret leaked into {text:?}");
+    }
+    err
+}
+
+fn expect_err<T: std::fmt::Debug>(result: Result<T, BrokerError>) -> BrokerError {
+    match result {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => checked(e),
+    }
+}
+
+/// Creates the provider through a first sync; returns its id.
+async fn created(env: &Env, client: &CloudflareClient, spec: &AzureAdConnectionSpec, creds: &Creds) -> String {
+    let outcome = client.sync(&request(spec, creds, None, None, FULL)).await.unwrap();
+    assert!(outcome.wrote, "{outcome:?}");
+    let id = outcome.id.expect("an id");
+    let name = &spec.cloudflare.as_ref().expect("a cloudflare block").name;
+    assert_eq!(env.cf.provider_by_name(name).expect("created")["id"], id.as_str());
+    id
+}
+
+#[tokio::test]
+async fn first_sync_creates_an_azure_ad_provider() {
+    let env = env();
+    let client = env.client();
+    let creds = env.creds(CANARY);
+    let outcome = client.sync(&request(&spec(), &creds, None, None, FULL)).await.unwrap();
+    let id = outcome.id.clone().expect("an id");
+    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["connection (created)".into()], wrote: true, scim: None });
+
+    let stored = env.cf.provider(&id).unwrap();
+    assert_eq!((stored["name"].as_str(), stored["type"].as_str()), (Some(NAME), Some("azureAD")));
+    let config = &stored["config"];
+    assert_eq!(config["client_id"], CLIENT);
+    assert_eq!(config["directory_id"], TENANT, "the resolved tenant GUID, not the domain");
+    assert_eq!(env.cf.client_secret(&id).as_deref(), Some(CANARY));
+    assert_eq!((&config["support_groups"], &config["conditional_access_enabled"]), (&json!(true), &json!(false)));
+    assert_eq!(config["claims"], json!(["groups", "roles"]));
+    assert_eq!(config["email_claim_name"], "preferred_username");
+    assert_eq!(config["prompt"], "select_account");
+    assert!(config.get("pkce_enabled").is_none(), "pkce_enabled is sent only when set");
+    assert_eq!(config["redirect_url"], format!("https://{TEAM}.cloudflareaccess.com/cdn-cgi/access/callback"));
+    assert_eq!(config["azure_cloud"], "default");
+    assert_eq!(stored["scim_config"]["enabled"], false);
+    assert!(stored.get("read_only").is_none(), "read_only is never sent");
+    assert_eq!(env.cf.providers().len(), 1);
+    assert_eq!(env.cf.writes(), 1);
+    let base = collection(ACCOUNT);
+    assert_eq!(env.log(), [format!("GET {base}?page=1&per_page=50"), format!("POST {base}")]);
+
+    // With PKCE set, it is sent.
+    let pkce = spec_with(CloudflareConnectionSpec { name: "with pkce".into(), pkce_enabled: Some(true), ..Default::default() });
+    let outcome = client.sync(&request(&pkce, &creds, None, None, FULL)).await.unwrap();
+    assert_eq!(env.cf.provider(outcome.id.as_deref().unwrap()).unwrap()["config"]["pkce_enabled"], true);
+}
+
+#[tokio::test]
+async fn steady_state_makes_no_writes() {
+    let env = env();
+    let client = env.client();
+    let (spec, creds) = (spec(), env.creds(CANARY));
+    let id = created(&env, &client, &spec, &creds).await;
+    let writes = env.cf.writes();
+    let seen = env.log().len();
+    for known_id in [Some(id.as_str()), None] {
+        for observe_only in [FULL, OBSERVE] {
+            let outcome = client.sync(&request(&spec, &creds, known_id, Some(&creds.fingerprint), observe_only)).await.unwrap();
+            assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec![], wrote: false, scim: None });
+        }
+    }
+    assert_eq!(env.cf.writes(), writes, "steady state writes nothing");
+    let later = &env.log()[seen..];
+    assert!(later.iter().all(|r| r.starts_with("GET ")), "{later:?}");
+    // Found by id: one read each; found by name: one list each.
+    assert_eq!(later.len(), 4, "{later:?}");
+    assert_eq!(env.count(&format!("GET {}/{id}", collection(ACCOUNT))), 2);
+}
+
+#[tokio::test]
+async fn rotation_puts_once_with_the_complete_config() {
+    let env = env();
+    let client = env.client();
+    let spec = spec();
+    let (old, new) = (env.creds(CANARY), env.creds(ROTATED));
+    let id = created(&env, &client, &spec, &old).await;
+    // Set in the dashboard, not owned by the operator: survives the full replace.
+    env.cf.edit_provider(&id, |p| p["config"]["azure_cloud"] = json!("default-edited"));
+    let before = env.provider();
+    let writes = env.cf.writes();
+
+    let outcome = client.sync(&request(&spec, &new, Some(&id), Some(&old.fingerprint), FULL)).await.unwrap();
+    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["config.client_secret".into()], wrote: true, scim: None });
+    assert_eq!(env.cf.writes(), writes + 1);
+    assert_eq!(env.count(&format!("PUT {}/{id}", collection(ACCOUNT))), 1, "exactly one PUT");
+    assert_eq!(env.count("PUT "), 1);
+
+    let after = env.provider();
+    assert_eq!(env.cf.client_secret(&id).as_deref(), Some(ROTATED));
+    let mut expected = before.clone();
+    expected["config"]["client_secret"] = json!(ROTATED);
+    assert_eq!(after, expected, "everything else is as it was: the PUT carried the complete config");
+
+    // Settled: the next sync changes nothing.
+    let outcome = client.sync(&request(&spec, &new, Some(&id), Some(&new.fingerprint), FULL)).await.unwrap();
+    assert_eq!((outcome.differences.len(), outcome.wrote), (0, false), "{outcome:?}");
+    assert_eq!(env.cf.writes(), writes + 1);
+}
+
+#[tokio::test]
+async fn drift_is_corrected_in_full_mode_and_only_reported_when_observing() {
+    let env = env();
+    let client = env.client();
+    let (spec, creds) = (spec(), env.creds(CANARY));
+    let id = created(&env, &client, &spec, &creds).await;
+    env.cf.edit_provider(&id, |p| {
+        p["config"]["support_groups"] = json!(false);
+        p["config"]["claims"] = json!(["evil-claim"]);
+        p["scim_config"]["identity_update_behavior"] = json!("automatic");
+    });
+    let drifted = env.provider();
+    let writes = env.cf.writes();
+
+    let outcome = client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), OBSERVE)).await.unwrap();
+    assert_eq!(outcome.differences, ["config.support_groups", "config.claims", "scim_config.identity_update_behavior"]);
+    assert!(!outcome.wrote);
+    let shown = format!("{outcome:?}");
+    for value in ["evil-claim", CANARY, "automatic"] {
+        assert!(!shown.contains(value), "differences name fields, never values: {shown}");
+    }
+    assert_eq!(env.cf.writes(), writes, "observing writes nothing");
+    assert_eq!(env.provider(), drifted);
+
+    let outcome = client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await.unwrap();
+    assert!(outcome.wrote);
+    assert_eq!(env.cf.writes(), writes + 1);
+    let fixed = env.provider();
+    assert_eq!((&fixed["config"]["support_groups"], &fixed["config"]["claims"]), (&json!(true), &json!(["groups", "roles"])));
+    assert_eq!(fixed["scim_config"]["identity_update_behavior"], "no_action");
+    assert_eq!(env.cf.client_secret(&id).as_deref(), Some(CANARY), "the secret is resent with the correction");
+
+    let outcome = client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), OBSERVE)).await.unwrap();
+    assert!(outcome.differences.is_empty(), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn existing_provider_is_adopted_by_listing_every_page() {
+    let env = env();
+    let client = env.client();
+    for i in 0..120 {
+        env.cf.insert_provider(ACCOUNT, json!({"name": format!("other-{i:03}"), "type": "onetimepin"}));
+    }
+    let id = env.cf.insert_provider(
+        ACCOUNT,
+        json!({
+            "name": NAME,
+            "type": "azureAD",
+            "config": {"client_id": CLIENT, "client_secret": "made-by-hand", "directory_id": TENANT, "support_groups": true, "azure_cloud": "default"},
+            "scim_config": {"enabled": false},
+        }),
+    );
+    let creds = env.creds(CANARY);
+    // Status was lost: no recorded id, no synced fingerprint.
+    let outcome = client.sync(&request(&spec(), &creds, None, None, FULL)).await.unwrap();
+    assert_eq!(outcome.id.as_deref(), Some(id.as_str()), "found by name");
+    assert!(outcome.wrote && outcome.differences.contains(&"config.client_secret".to_owned()), "{outcome:?}");
+    assert!(outcome.differences.contains(&"config.claims".to_owned()), "{outcome:?}");
+    assert_eq!(env.cf.providers().len(), 121, "not duplicated");
+    assert_eq!(env.count("POST "), 0);
+    let base = collection(ACCOUNT);
+    for page in 1..=3 {
+        assert_eq!(env.count(&format!("GET {base}?page={page}&per_page=50")), 1, "page {page}: {:?}", env.log());
+    }
+    assert_eq!(env.cf.client_secret(&id).as_deref(), Some(CANARY));
+
+    // A stale recorded id falls back to the name as well.
+    let outcome =
+        client.sync(&request(&spec(), &creds, Some("00000000-0000-4000-8000-000000000000"), Some(&creds.fingerprint), FULL)).await.unwrap();
+    assert_eq!((outcome.id.as_deref(), outcome.wrote), (Some(id.as_str()), false));
+}
+
+#[tokio::test]
+async fn a_recorded_id_of_someone_elses_provider_is_ignored() {
+    let env = env();
+    let client = env.client();
+    let foreign = env.cf.insert_provider(
+        ACCOUNT,
+        json!({"name": "Payroll", "type": "azureAD", "config": {"client_id": "x", "client_secret": "theirs", "directory_id": TENANT}}),
+    );
+    let creds = env.creds(CANARY);
+    // Status names another provider's id (stale or tampered): it is neither updated nor deleted.
+    let outcome = client.sync(&request(&spec(), &creds, Some(&foreign), None, FULL)).await.unwrap();
+    assert_ne!(outcome.id.as_deref(), Some(foreign.as_str()));
+    assert_eq!(env.cf.client_secret(&foreign).as_deref(), Some("theirs"));
+    client.delete(&spec(), Some(&foreign)).await.unwrap();
+    assert!(env.cf.provider(&foreign).is_some(), "someone else's provider survives");
+    assert!(env.cf.provider_by_name(NAME).is_none(), "ours is deleted");
+    // A malformed recorded id never reaches a path; the name is used.
+    client.sync(&request(&spec(), &creds, Some("../../../zones"), None, FULL)).await.unwrap();
+    assert!(env.log().iter().all(|r| !r.contains("..")), "{:?}", env.log());
+    assert!(env.cf.provider_by_name(NAME).is_some());
+}
+
+#[tokio::test]
+async fn same_named_provider_of_another_type_is_refused() {
+    let env = env();
+    let client = env.client();
+    let other = env.cf.insert_provider(ACCOUNT, json!({"name": NAME, "type": "oidc", "config": {"client_id": "x"}}));
+    let creds = env.creds(CANARY);
+    for observe_only in [FULL, OBSERVE] {
+        let err = expect_err(client.sync(&request(&spec(), &creds, None, None, observe_only)).await);
+        assert!(matches!(err, BrokerError::Rejected(ref m) if m.contains("oidc") && m.contains(NAME)), "{err:?}");
+        assert_eq!(err.reason(), Reason::BrokerRejected);
+        assert!(!err.is_transient());
+    }
+    // Its id recorded in status changes nothing.
+    let err = expect_err(client.sync(&request(&spec(), &creds, Some(&other), None, FULL)).await);
+    assert!(matches!(err, BrokerError::Rejected(_)), "{err:?}");
+    assert_eq!(env.cf.writes(), 0);
+    // Deleting leaves it alone.
+    client.delete(&spec(), None).await.unwrap();
+    client.delete(&spec(), Some(&other)).await.unwrap();
+    assert!(env.cf.provider(&other).is_some());
+    assert_eq!(env.cf.writes(), 0);
+    assert_eq!(env.count("DELETE "), 0);
+}
+
+#[tokio::test]
+async fn zone_level_providers_work_the_same() {
+    let env = env();
+    let zone = CloudflareBrokerSpec { account_id: None, zone_id: Some(ZONE.into()), ..account_spec(ACCOUNT) };
+    let client = env.client_with(&zone, TOKEN, None);
+    client.check().await.unwrap();
+    let (spec, creds) = (spec(), env.creds(CANARY));
+    let id = created(&env, &client, &spec, &creds).await;
+    let base = collection(ZONE);
+    assert!(env.log().iter().all(|r| r.contains(&base)), "{:?}", env.log());
+    let outcome = client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await.unwrap();
+    assert_eq!((outcome.wrote, outcome.differences.len()), (false, 0));
+    let new = env.creds(ROTATED);
+    client.sync(&request(&spec, &new, Some(&id), Some(&creds.fingerprint), FULL)).await.unwrap();
+    assert_eq!(env.cf.client_secret(&id).as_deref(), Some(ROTATED));
+
+    // The account does not see the zone's provider: it would create its own.
+    let account = env.client();
+    let outcome = account.sync(&request(&spec, &new, Some(&id), Some(&new.fingerprint), OBSERVE)).await.unwrap();
+    assert_eq!(outcome.differences, ["connection (missing)"]);
+    client.delete(&spec, Some(&id)).await.unwrap();
+    assert!(env.cf.providers().is_empty());
+}
+
+#[tokio::test]
+async fn scim_credentials_come_back_once_when_scim_is_first_enabled() {
+    let env = env();
+    let client = env.client();
+    let creds = env.creds(CANARY);
+
+    // Enabled at creation.
+    let spec = scim_spec();
+    let outcome = client.sync(&request(&spec, &creds, None, None, FULL)).await.unwrap();
+    let id = outcome.id.clone().unwrap();
+    let scim = outcome.scim.clone().expect("SCIM credentials on the enabling write");
+    let stored = env.cf.provider(&id).unwrap();
+    assert_eq!(scim.base_url, format!("https://{TEAM}.cloudflareaccess.com/populations/{id}/scim/v2"));
+    assert_eq!(Some(scim.secret.expose()), stored["scim_config"]["secret"].as_str());
+    assert_eq!(stored["scim_config"]["user_deprovision"], true);
+    assert_eq!(stored["scim_config"]["identity_update_behavior"], "reauth");
+    assert!(!format!("{outcome:?}").contains(scim.secret.expose()), "the outcome never prints the token");
+    // Later syncs, with or without a write, do not see it again.
+    let outcome = client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await.unwrap();
+    assert_eq!((outcome.wrote, outcome.scim), (false, None));
+    let new = env.creds(ROTATED);
+    let outcome = client.sync(&request(&spec, &new, Some(&id), Some(&creds.fingerprint), FULL)).await.unwrap();
+    assert_eq!((outcome.wrote, outcome.scim), (true, None));
+
+    // Enabled by an update of a provider made without SCIM.
+    let plain = spec_with(CloudflareConnectionSpec { name: "Later SCIM".into(), ..cf_spec() });
+    let later = created(&env, &client, &plain, &creds).await;
+    let enabled = spec_with(CloudflareConnectionSpec { name: "Later SCIM".into(), ..scim_spec().cloudflare.unwrap() });
+    let outcome = client.sync(&request(&enabled, &creds, Some(&later), Some(&creds.fingerprint), FULL)).await.unwrap();
+    assert!(outcome.differences.contains(&"scim_config.enabled".to_owned()), "{outcome:?}");
+    let scim = outcome.scim.expect("SCIM credentials on the enabling PUT");
+    assert_eq!(scim.base_url, format!("https://{TEAM}.cloudflareaccess.com/populations/{later}/scim/v2"));
+    assert_eq!(Some(scim.secret.expose()), env.cf.provider(&later).unwrap()["scim_config"]["secret"].as_str());
+    // Off and on again: Cloudflare shows the token redacted, so nothing comes back.
+    for spec in [&plain, &enabled] {
+        let outcome = client.sync(&request(spec, &creds, Some(&later), Some(&creds.fingerprint), FULL)).await.unwrap();
+        assert_eq!((outcome.wrote, outcome.scim), (true, None));
+    }
+    assert!(env.log().iter().all(|r| !r.contains(scim.secret.expose())));
+}
+
+#[tokio::test]
+async fn invalid_or_unscoped_tokens_are_auth_failures() {
+    let env = env();
+    env.cf.add_token("other-account-token", &[OTHER_ACCOUNT]);
+    let creds = env.creds(CANARY);
+    for token in [format!("{TOKEN}-revoked"), "other-account-token".to_owned()] {
+        let client = env.client_with(&account_spec(ACCOUNT), &token, None);
+        let err = expect_err(client.check().await);
+        assert!(matches!(err, BrokerError::Auth(ref m) if m.contains("Authentication error") && m.contains("10000")), "{err:?}");
+        assert_eq!(err.reason(), Reason::BrokerAuthFailed);
+        assert!(!err.is_transient());
+        let err = expect_err(client.sync(&request(&spec(), &creds, None, None, FULL)).await);
+        assert_eq!(err.reason(), Reason::BrokerAuthFailed, "{err}");
+        let err = expect_err(client.delete(&spec(), Some("00000000-0000-4000-8000-000000000000")).await);
+        assert_eq!(err.reason(), Reason::BrokerAuthFailed, "{err}");
+    }
+    assert_eq!(env.cf.writes(), 0);
+    assert!(env.cf.providers().is_empty());
+}
+
+#[tokio::test]
+async fn unknown_account_is_refused_with_a_clear_reason() {
+    let env = env();
+    let unknown = "ffffffffffffffffffffffffffffffff";
+    env.cf.add_token("wide-token", &[unknown, ACCOUNT]);
+    let client = env.client_with(&account_spec(unknown), "wide-token", None);
+    let creds = env.creds(CANARY);
+    for err in [
+        expect_err(client.check().await),
+        expect_err(client.sync(&request(&spec(), &creds, None, None, FULL)).await),
+        expect_err(client.sync(&request(&spec(), &creds, Some("00000000-0000-4000-8000-000000000000"), None, OBSERVE)).await),
+        expect_err(client.delete(&spec(), None).await),
+    ] {
+        assert!(
+            matches!(err, BrokerError::Rejected(ref m) if m.contains(&format!("account {unknown}")) && m.contains("accountId")),
+            "{err:?}"
+        );
+        assert_eq!(err.reason(), Reason::BrokerRejected);
+        assert!(!err.is_transient());
+    }
+    assert_eq!(env.cf.writes(), 0);
+}
+
+#[tokio::test]
+async fn a_429_blocks_the_token_and_nothing_reaches_cloudflare_meanwhile() {
+    let env = env();
+    let client = env.client();
+    let (spec, creds) = (spec(), env.creds(CANARY));
+    let id = created(&env, &client, &spec, &creds).await;
+    env.cf.rate_limit_next(1);
+    let err = expect_err(client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await);
+    assert!(matches!(err, BrokerError::RateLimited { .. }), "{err:?}");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(300)), "Cloudflare blocks for 5 minutes");
+    assert_eq!(err.reason(), Reason::BrokerRateLimited);
+    assert!(err.is_transient());
+
+    // Blocked: every further call fails at once, and Cloudflare hears nothing.
+    let seen = env.log().len();
+    let rotated = env.creds(ROTATED);
+    for err in [
+        expect_err(client.sync(&request(&spec, &rotated, Some(&id), Some(&creds.fingerprint), FULL)).await),
+        expect_err(client.delete(&spec, Some(&id)).await),
+        expect_err(client.check().await),
+    ] {
+        let wait = err.retry_after().expect("a wait");
+        assert!(wait <= Duration::from_secs(300) && wait >= Duration::from_secs(290), "{wait:?}");
+        assert_eq!(err.reason(), Reason::BrokerRateLimited);
+    }
+    assert_eq!(env.log().len(), seen, "no request while blocked: {:?}", &env.log()[seen..]);
+    assert_eq!(env.cf.client_secret(&id).as_deref(), Some(CANARY));
+}
+
+#[tokio::test]
+async fn exceeding_the_emulated_budget_blocks_for_five_minutes() {
+    let env = env();
+    env.cf.set_rate_limit(3);
+    // No rateLimit on the broker: the default budget would allow a burst of these.
+    let client = env.client();
+    let (spec, creds) = (spec(), env.creds(CANARY));
+    let id = created(&env, &client, &spec, &creds).await; // 2 requests
+    client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await.unwrap(); // 3
+    let err = expect_err(client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await);
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(300)), "{err:?}");
+    assert_eq!(env.cf.rate_limited(), 1);
+    let seen = env.log().len();
+    expect_err(client.check().await);
+    assert_eq!(env.log().len(), seen, "the client holds back");
+    // Another client of the same token (e.g. after a restart) is refused by Cloudflare's block.
+    let err = expect_err(env.client().check().await);
+    let wait = err.retry_after().expect("a wait");
+    assert!(wait > Duration::from_secs(290) && wait <= Duration::from_secs(300), "{wait:?}");
+}
+
+#[tokio::test]
+async fn a_configured_budget_never_exceeds_cloudflares_window() {
+    let env = env();
+    // Scaled down: 12 requests per 1-second window. A budget of 8/s with bursts of 2 sends at most
+    // 2 + 8 = 10 in any second.
+    env.cf.set_rate_window(Duration::from_secs(1));
+    env.cf.set_rate_limit(12);
+    env.cf.set_block_duration(Duration::from_secs(60));
+    let client = env.client_with(&account_spec(ACCOUNT), TOKEN, Some((8, 2)));
+    let (spec, creds) = (spec(), env.creds(CANARY));
+    let id = created(&env, &client, &spec, &creds).await;
+    for _ in 0..32 {
+        client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await.unwrap();
+    }
+    assert_eq!(env.cf.rate_limited(), 0, "no 429 in {} requests", env.log().len());
+    assert!(env.log().len() >= 34);
+
+    // The control: without that budget the same traffic trips the limit.
+    let eager = env.client_with(&account_spec(ACCOUNT), TOKEN, Some((1000, 1000)));
+    let mut failures = 0;
+    for _ in 0..30 {
+        if eager.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await.is_err() {
+            failures += 1;
+        }
+    }
+    assert!(env.cf.rate_limited() >= 1 && failures >= 1, "the emulator enforces its window");
+}
+
+#[tokio::test]
+async fn server_errors_are_transient() {
+    let env = env();
+    let client = env.client();
+    let (spec, creds) = (spec(), env.creds(CANARY));
+    let id = created(&env, &client, &spec, &creds).await;
+    for status in [503, 500, 502] {
+        env.cf.fail_next(1, status);
+        let err = expect_err(client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await);
+        assert!(matches!(err, BrokerError::Server { status: s, .. } if s == status), "{err:?}");
+        assert_eq!(err.reason(), Reason::BrokerUnreachable);
+        assert!(err.is_transient() && err.retry_after().is_none());
+    }
+    // Not blocked afterwards.
+    client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await.unwrap();
+    client.check().await.unwrap();
+}
+
+#[tokio::test]
+async fn shut_down_api_is_unreachable() {
+    let env = env();
+    let client = env.client();
+    let (spec, creds) = (spec(), env.creds(CANARY));
+    let id = created(&env, &client, &spec, &creds).await;
+    env.cf.shutdown();
+    // The listener closes once the server task is dropped, on the runtime's next turn.
+    tokio::task::yield_now().await;
+    let err = expect_err(env.client().check().await);
+    assert!(matches!(err, BrokerError::Unreachable(TransportError::Connect(_))), "{err:?}");
+    assert_eq!(err.reason(), Reason::BrokerUnreachable);
+    assert!(err.is_transient());
+    for result in [
+        client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await.map(drop),
+        client.delete(&spec, Some(&id)).await,
+    ] {
+        let err = expect_err(result);
+        assert!(matches!(err, BrokerError::Unreachable(_)), "{err:?}");
+        assert_eq!(err.reason(), Reason::BrokerUnreachable);
+    }
+}
+
+#[tokio::test]
+async fn delete_removes_the_provider_and_treats_missing_as_done() {
+    let env = env();
+    let client = env.client();
+    let (spec, creds) = (spec(), env.creds(CANARY));
+    let keep = env.cf.insert_provider(ACCOUNT, json!({"name": "Unrelated", "type": "azureAD", "config": {"client_id": CLIENT}}));
+    let base = collection(ACCOUNT);
+
+    // By recorded id.
+    let id = created(&env, &client, &spec, &creds).await;
+    let writes = env.cf.writes();
+    client.delete(&spec, Some(&id)).await.unwrap();
+    assert!(env.cf.provider(&id).is_none());
+    assert_eq!(env.cf.writes(), writes + 1);
+    // Already gone (the recorded id answers 404, and nothing has the name): done, no DELETE.
+    client.delete(&spec, Some(&id)).await.unwrap();
+    client.delete(&spec, None).await.unwrap();
+    assert_eq!(env.count(&format!("DELETE {base}/{id}")), 1);
+
+    // By name, when no id was recorded.
+    let id = created(&env, &client, &spec, &creds).await;
+    client.delete(&spec, None).await.unwrap();
+    assert!(env.cf.provider(&id).is_none());
+
+    // Through the broker-neutral enum, and for a connection without a cloudflare block.
+    let id = created(&env, &client, &spec, &creds).await;
+    let broker = BrokerClient::build(&env.up, &BrokerProvider::Cloudflare(account_spec(ACCOUNT)), "", SecretValue::new(TOKEN), None);
+    broker.check().await.unwrap();
+    broker.delete(&spec, Some(&id)).await.unwrap();
+    assert!(env.cf.provider(&id).is_none());
+    let mut no_block = spec.clone();
+    no_block.cloudflare = None;
+    let before = env.log().len();
+    broker.delete(&no_block, None).await.unwrap();
+    assert_eq!(env.log().len(), before, "nothing to delete, nothing asked");
+
+    assert!(env.cf.provider(&keep).is_some(), "other providers are untouched");
+    assert_eq!(env.cf.providers().len(), 1);
+}
+
+#[tokio::test]
+async fn a_read_only_provider_is_reported_not_written() {
+    let env = env();
+    let client = env.client();
+    let id = env.cf.insert_provider(
+        ACCOUNT,
+        json!({"name": NAME, "type": "azureAD", "read_only": true, "config": {"client_id": CLIENT, "client_secret": "x", "directory_id": TENANT}}),
+    );
+    let creds = env.creds(CANARY);
+    let outcome = client.sync(&request(&spec(), &creds, Some(&id), None, OBSERVE)).await.unwrap();
+    assert!(outcome.differences.contains(&"config.client_secret".to_owned()) && !outcome.wrote, "{outcome:?}");
+    let err = expect_err(client.sync(&request(&spec(), &creds, Some(&id), None, FULL)).await);
+    assert!(matches!(err, BrokerError::Rejected(ref m) if m.contains("read_only")), "{err:?}");
+    let err = expect_err(client.delete(&spec(), Some(&id)).await);
+    assert!(matches!(err, BrokerError::Rejected(ref m) if m.contains("read_only")), "{err:?}");
+    assert_eq!((env.count("PUT "), env.count("DELETE ")), (0, 0));
+    assert_eq!(env.cf.client_secret(&id).as_deref(), Some("x"));
+}
+
+#[tokio::test]
+async fn settings_an_azure_ad_provider_cannot_express_fail_before_any_request() {
+    let env = env();
+    let client = env.client();
+    let creds = env.creds(CANARY);
+    let mut specs = Vec::new();
+    for audience in [SignInAudience::Organizations, SignInAudience::Common, SignInAudience::Consumers] {
+        let mut s = spec();
+        s.azure.sign_in_audience = audience;
+        specs.push(s);
+    }
+    let mut unresolved = spec();
+    unresolved.validation.mode = ValidationMode::None;
+    specs.push(unresolved);
+    let mut government = spec();
+    government.azure.cloud = AzureCloud::AzureUSGovernment;
+    specs.push(government);
+    let mut no_block = spec();
+    no_block.cloudflare = None;
+    specs.push(no_block);
+    for spec in &specs {
+        for observe_only in [FULL, OBSERVE] {
+            let err = expect_err(client.sync(&request(spec, &creds, None, None, observe_only)).await);
+            assert!(matches!(err, BrokerError::Unsupported(_)), "{err:?}");
+            assert_eq!(err.reason(), Reason::UnsupportedSetting);
+            assert!(!err.is_transient() && err.retry_after().is_none());
+        }
+    }
+    let audience = expect_err(client.sync(&request(&specs[0], &creds, None, None, FULL)).await);
+    assert!(audience.to_string().contains("one directory"), "{audience}");
+    assert!(env.cf.requests().is_empty(), "{:?}", env.log());
+
+    // With validation off, a tenant written as a GUID is still the directory id.
+    let mut guid = spec();
+    guid.validation.mode = ValidationMode::None;
+    guid.azure.tenant = TENANT.to_uppercase();
+    created(&env, &client, &guid, &creds).await;
+    assert_eq!(env.provider()["config"]["directory_id"], TENANT);
+}
+
+/// An API whose errors echo what they were sent: the request body, and the Authorization header.
+fn echo_router() -> Router {
+    fn failure(status: StatusCode, message: String) -> Response {
+        (status, Json(json!({"success": false, "errors": [{"code": 12130, "message": message}], "messages": [], "result": null})))
+            .into_response()
+    }
+    async fn list(headers: HeaderMap, uri: axum::http::Uri) -> Response {
+        if uri.query() == Some("per_page=1") {
+            let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+            return failure(StatusCode::FORBIDDEN, format!("token not allowed: {auth}"));
+        }
+        Json(json!({"success": true, "errors": [], "messages": [], "result": [], "result_info": {"page": 1, "per_page": 50, "count": 0, "total_count": 0}})).into_response()
+    }
+    async fn create(body: Bytes) -> Response {
+        let text = String::from_utf8_lossy(&body).into_owned();
+        let status = if text.contains("server-error") { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::BAD_REQUEST };
+        failure(status, format!("could not accept {text}"))
+    }
+    let path = format!("/client/v4/accounts/{ACCOUNT}/access/identity_providers");
+    Router::new().route(&path, get(list).post(create))
+}
+
+#[tokio::test]
+async fn errors_never_show_a_secret() {
+    // From the emulator: every kind of failure, with the canaries as the secrets in play.
+    let env = env();
+    let creds = env.creds(CANARY);
+    let mut errors = vec![expect_err(env.client_with(&account_spec(ACCOUNT), &format!("{TOKEN}-x"), None).check().await)];
+    let client = env.client();
+    let id = created(&env, &client, &spec(), &creds).await;
+    env.cf.fail_next(1, 500);
+    errors.push(expect_err(client.sync(&request(&spec(), &creds, Some(&id), None, FULL)).await));
+    errors.push(expect_err(env.client_with(&account_spec("ffffffffffffffffffffffffffffffff"), TOKEN, None).check().await));
+    env.cf.rate_limit_next(1);
+    errors.push(expect_err(client.sync(&request(&spec(), &creds, Some(&id), None, FULL)).await));
+    env.cf.shutdown();
+    tokio::task::yield_now().await;
+    errors.push(expect_err(env.client().check().await));
+    let reasons: Vec<Reason> = errors.iter().map(BrokerError::reason).collect();
+    assert_eq!(
+        reasons,
+        [Reason::BrokerAuthFailed, Reason::BrokerUnreachable, Reason::BrokerRejected, Reason::BrokerRateLimited, Reason::BrokerUnreachable]
+    );
+
+    // From an API that echoes what it was sent: the values are scrubbed, the message kept.
+    install_crypto_provider();
+    let ca = TestCa::new();
+    let ca_file = NamedTempFile::new().unwrap();
+    ca.write_pem(ca_file.path()).unwrap();
+    let server = serve_tls(echo_router(), &ca).await.unwrap();
+    let mut overrides = EndpointOverrides::default();
+    overrides.insert(HOST, server.base_url());
+    let up = Upstream::new(overrides, Some(ca_file.path()), Duration::from_secs(5)).unwrap();
+    let client = CloudflareClient::new(up, &account_spec(ACCOUNT), SecretValue::new(TOKEN), None);
+
+    let err = expect_err(client.check().await);
+    assert!(matches!(err, BrokerError::Auth(ref m) if m.contains("Bearer [redacted]")), "{err:?}");
+    let err = expect_err(client.sync(&request(&spec(), &creds, None, None, FULL)).await);
+    assert!(matches!(err, BrokerError::Rejected(ref m) if m.contains("[redacted]") && m.contains("12130")), "{err:?}");
+    let loud = spec_with(CloudflareConnectionSpec { name: "server-error".into(), ..cf_spec() });
+    let err = expect_err(client.sync(&request(&loud, &creds, None, None, FULL)).await);
+    assert!(matches!(err, BrokerError::Server { status: 500, ref message } if message.contains("[redacted]")), "{err:?}");
+}
