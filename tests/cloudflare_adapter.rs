@@ -755,6 +755,42 @@ async fn settings_an_azure_ad_provider_cannot_express_fail_before_any_request() 
     assert_eq!(env.provider()["config"]["directory_id"], TENANT);
 }
 
+/// An API that pages by 2 whatever it is asked, with our provider fifth of five.
+fn small_pages_router() -> Router {
+    async fn list(uri: axum::http::Uri) -> Response {
+        let page: usize = url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+            .find(|(k, _)| k == "page")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(1);
+        let all: Vec<Value> = (0..5)
+            .map(|i| {
+                let name = if i == 4 { NAME.to_owned() } else { format!("other-{i}") };
+                json!({"id": format!("00000000-0000-4000-8000-00000000000{i}"), "name": name, "type": "azureAD", "config": {}})
+            })
+            .collect();
+        let slice: Vec<Value> = all.iter().skip((page - 1) * 2).take(2).cloned().collect();
+        let info = json!({"page": page, "per_page": 2, "count": slice.len(), "total_count": all.len()});
+        Json(json!({"success": true, "errors": [], "messages": [], "result": slice, "result_info": info})).into_response()
+    }
+    Router::new().route(&collection(ACCOUNT), get(list))
+}
+
+#[tokio::test]
+async fn listing_follows_the_page_size_cloudflare_reports() {
+    install_crypto_provider();
+    let ca = TestCa::new();
+    let ca_file = NamedTempFile::new().unwrap();
+    ca.write_pem(ca_file.path()).unwrap();
+    let server = serve_tls(small_pages_router(), &ca).await.unwrap();
+    let mut overrides = EndpointOverrides::default();
+    overrides.insert(HOST, server.base_url());
+    let up = Upstream::new(overrides, Some(ca_file.path()), Duration::from_secs(5)).unwrap();
+    let client = CloudflareClient::new(up, &account_spec(ACCOUNT), SecretValue::new(TOKEN), None);
+    let creds = Creds { secret: SecretValue::new(CANARY), fingerprint: "fp".into() };
+    let outcome = client.sync(&request(&spec(), &creds, None, None, OBSERVE)).await.unwrap();
+    assert_eq!(outcome.id.as_deref(), Some("00000000-0000-4000-8000-000000000004"), "found on the third page of two");
+}
+
 /// An API whose errors echo what they were sent: the request body, and the Authorization header.
 fn echo_router() -> Router {
     fn failure(status: StatusCode, message: String) -> Response {

@@ -86,6 +86,8 @@ struct ApiMessage {
 #[derive(Deserialize, Default)]
 struct ResultInfo {
     #[serde(default)]
+    per_page: Option<u64>,
+    #[serde(default)]
     total_count: Option<u64>,
     #[serde(default)]
     total_pages: Option<u64>,
@@ -218,10 +220,12 @@ impl CloudflareClient {
                 }
                 foreign.get_or_insert_with(|| provider.get("type").and_then(Value::as_str).unwrap_or("unknown").to_owned());
             }
+            // Cloudflare may use a smaller page than asked for; its result_info says which.
             let info = envelope.result_info.unwrap_or_default();
-            let seen = (page * PER_PAGE) as u64;
-            let last = count < PER_PAGE
-                || info.total_count.is_some_and(|total| seen >= total)
+            let per_page = info.per_page.filter(|p| *p > 0).unwrap_or(PER_PAGE as u64);
+            let last = count == 0
+                || (count as u64) < per_page
+                || info.total_count.is_some_and(|total| page as u64 * per_page >= total)
                 || info.total_pages.is_some_and(|pages| page as u64 >= pages);
             if last {
                 break;
