@@ -29,7 +29,7 @@ use url::Url;
 
 use super::{
     azure::bearer,
-    lock, random_alnum,
+    lock, query_pairs, query_value, random_alnum,
     tls::{ServerHandle, TestCa, spawn_tls},
 };
 
@@ -664,14 +664,6 @@ fn new_connection_id() -> String {
 
 fn decode_cursor(cursor: &str) -> Option<String> {
     String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).ok()?).ok()
-}
-
-fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
-    url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect()
-}
-
-fn query_value<'a>(query: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
 fn query_int(query: &[(String, String)], key: &str, min: usize, max: usize) -> Result<Option<usize>, Response> {

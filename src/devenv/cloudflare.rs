@@ -50,7 +50,7 @@ use url::Url;
 
 use super::{
     azure::bearer,
-    lock, random_alnum,
+    lock, query_pairs, query_value, random_alnum,
     tls::{ServerHandle, TestCa, spawn_tls},
 };
 
@@ -649,14 +649,6 @@ fn parse_object(body: &[u8]) -> Result<Map<String, Value>, Response> {
 
 fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
-}
-
-fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
-    url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect()
-}
-
-fn query_value<'a>(query: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
 fn query_int(query: &[(String, String)], key: &str, min: usize, max: usize) -> Result<Option<usize>, Response> {

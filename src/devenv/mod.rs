@@ -20,3 +20,13 @@ fn random_alnum(n: usize) -> String {
     use rand::{Rng, distr::Alphanumeric};
     rand::rng().sample_iter(Alphanumeric).take(n).map(char::from).collect()
 }
+
+/// A query string's decoded pairs, in order.
+fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect()
+}
+
+/// The first value of `key` in decoded query pairs.
+fn query_value<'a>(query: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
