@@ -31,6 +31,8 @@ const TOKEN_EARLY_REFRESH: Duration = Duration::from_secs(300);
 const TOKEN_MAX_TTL: Duration = Duration::from_secs(86_400);
 /// The Management API permission the M2M role must hold; the only predefined one.
 const MANAGEMENT_SCOPE: &str = "all";
+/// Longest error text kept (characters), after scrubbing.
+const MAX_MESSAGE: usize = 600;
 
 #[derive(Debug)]
 pub struct LogtoClient {
@@ -167,23 +169,24 @@ impl LogtoClient {
         unreachable!("the loop returns on its second attempt")
     }
 
+    /// The error an answer means. The text is neither scrubbed nor bounded yet: [`Self::finish`]
+    /// does both, in that order, so a secret can never be cut into an unrecognisable prefix.
     async fn error_from(&self, answer: &Answer) -> BrokerError {
         let body: ApiErrorBody = answer.body.json().unwrap_or_default();
-        let mut message = [&body.message, &body.error_description, &body.error]
+        // The OAuth description is the precise one on the token endpoint; elsewhere Logto's message.
+        let mut message = [&body.error_description, &body.message, &body.error]
             .into_iter()
             .flatten()
             .find(|m| !m.trim().is_empty())
             .cloned()
-            .unwrap_or_else(|| answer.body.snippet());
+            .unwrap_or_else(|| String::from_utf8_lossy(&answer.body.0).lines().next().unwrap_or_default().to_owned());
         if let Some(details) = body.details.as_deref().filter(|d| !d.trim().is_empty()) {
-            let details: String = details.lines().collect::<Vec<_>>().join("; ").chars().take(400).collect();
-            message = format!("{message} [{details}]");
+            message = format!("{message} [{}]", details.lines().collect::<Vec<_>>().join("; "));
         }
         let code = body.code.clone().or_else(|| body.error.clone()).unwrap_or_default();
         if !code.is_empty() {
             message = format!("{message} ({code})");
         }
-        let message = self.app_secret.scrub(&message);
         match answer.status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => BrokerError::Auth(message),
             StatusCode::NOT_FOUND => BrokerError::NotFound,
@@ -210,7 +213,28 @@ impl LogtoClient {
 
     /// Proves the operator's management credentials.
     pub async fn check(&self) -> Result<(), BrokerError> {
-        self.token().await.map(drop)
+        self.token().await.map(drop).map_err(|e| self.finish(e, None))
+    }
+
+    /// Every error leaves through here: the M2M secret and the connection's secret are removed from
+    /// its text, and only then is the text cut to a readable length.
+    fn finish(&self, error: BrokerError, secret: Option<&SecretValue>) -> BrokerError {
+        let error = error.scrubbed(&self.app_secret);
+        let error = match secret {
+            Some(secret) => error.scrubbed(secret),
+            None => error,
+        };
+        let bound =
+            |m: String| if m.chars().count() > MAX_MESSAGE { format!("{}…", m.chars().take(MAX_MESSAGE).collect::<String>()) } else { m };
+        match error {
+            BrokerError::Auth(m) => BrokerError::Auth(bound(m)),
+            BrokerError::Server { status, message } => BrokerError::Server { status, message: bound(message) },
+            BrokerError::Rejected(m) => BrokerError::Rejected(bound(m)),
+            BrokerError::Unsupported(m) => BrokerError::Unsupported(bound(m)),
+            BrokerError::Unexpected(m) => BrokerError::Unexpected(bound(m)),
+            BrokerError::Conflict(m) => BrokerError::Conflict(bound(m)),
+            other => other,
+        }
     }
 
     async fn get(&self, id: &str) -> Result<Option<Value>, BrokerError> {
@@ -285,7 +309,7 @@ impl LogtoClient {
 
     pub async fn sync(&self, request: &SyncRequest<'_>) -> Result<SyncOutcome, BrokerError> {
         let secret = request.azure.secret;
-        self.sync_inner(request).await.map_err(|e| e.scrubbed(secret).scrubbed(&self.app_secret))
+        self.sync_inner(request).await.map_err(|e| self.finish(e, Some(secret)))
     }
 
     async fn sync_inner(&self, request: &SyncRequest<'_>) -> Result<SyncOutcome, BrokerError> {
@@ -322,6 +346,10 @@ impl LogtoClient {
     /// Deletes the connector; one that is already gone counts as deleted. A connector that is not
     /// this application's `azuread-universal` is left alone.
     pub async fn delete(&self, spec: &AzureAdConnectionSpec, known_id: Option<&str>) -> Result<(), BrokerError> {
+        self.delete_inner(spec, known_id).await.map_err(|e| self.finish(e, None))
+    }
+
+    async fn delete_inner(&self, spec: &AzureAdConnectionSpec, known_id: Option<&str>) -> Result<(), BrokerError> {
         let Some(logto) = spec.logto.as_ref() else { return Ok(()) };
         let fixed = logto.connector_id.as_deref().filter(|id| check_id(id).is_ok());
         let id = match self.find(fixed, known_id, &spec.azure.client_id).await? {
