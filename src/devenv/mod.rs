@@ -6,6 +6,7 @@ pub mod azure;
 pub mod control_plane;
 pub mod stack;
 pub mod tls;
+pub mod unified;
 
 use std::sync::{Mutex, MutexGuard};
 
