@@ -621,6 +621,44 @@ mod tests {
     }
 
     #[test]
+    fn put_replaces_everything_and_patch_replaces_auth_wholesale() {
+        let mut st = state();
+        let mut body = Value::Object(import());
+        body["external_xref"] = json!("x");
+        body["is_paused"] = json!(true);
+        let created: Value = serde_json::from_slice(&response_body(st.create(body.to_string().as_bytes()))).unwrap();
+        let id = created["id"].as_str().unwrap().to_owned();
+        assert_eq!(created["auth"]["client_secret"], MASK, "the answer to a write is masked too");
+
+        // PATCH: other top-level fields stay; an `auth` without the secret is a broken import.
+        let patch = json!({"permissions": ["hris_group_read"], "auth": {"client_id": "c2", "token_url": "https://login.microsoftonline.com/t/oauth2/v2.0/token"}});
+        assert_eq!(st.update(&id, patch.to_string().as_bytes(), true).unwrap_err().status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let patch = json!({"permissions": ["hris_group_read"]});
+        st.update(&id, patch.to_string().as_bytes(), true).unwrap();
+        let stored = st.find(&id).unwrap().clone();
+        assert_eq!(
+            (&stored["external_xref"], &stored["permissions"], &stored["auth"]["client_secret"]),
+            (&json!("x"), &json!(["hris_group_read"]), &json!("s"))
+        );
+
+        // PUT: what is not sent is gone, read-only fields stay.
+        st.update(&id, Value::Object(import()).to_string().as_bytes(), false).unwrap();
+        let stored = st.find(&id).unwrap().clone();
+        assert!(stored.get("external_xref").is_none());
+        assert_eq!((&stored["is_paused"], &stored["created_at"], &stored["id"]), (&json!(false), &created["created_at"], &json!(id)));
+        let mut other = Value::Object(import());
+        other["integration_type"] = json!("bamboohr");
+        st.integrations.insert("bamboohr".into());
+        assert_eq!(st.update(&id, other.to_string().as_bytes(), false).unwrap_err().status(), StatusCode::UNPROCESSABLE_ENTITY);
+    }
+
+    fn response_body(reply: Reply) -> Vec<u8> {
+        let response = reply.unwrap_or_else(|e| panic!("an error answer: {}", e.status()));
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(axum::body::to_bytes(response.into_body(), usize::MAX)).unwrap().to_vec()
+    }
+
+    #[test]
     fn ids_look_like_unified_ids() {
         let id = new_id();
         assert_eq!(id.len(), 24);
