@@ -437,7 +437,9 @@ pub enum LogtoPrompt {
 #[serde(rename_all = "camelCase")]
 pub struct UnifiedConnectionSpec {
     /// Your identifier for the connection (Unified.to's `external_xref`); also how an existing
-    /// connection is found again. Defaults to `<namespace>/<name>` of this resource.
+    /// connection is found again. Defaults to `idp-bridge:<azure.tenant>:<azure.clientId>`
+    /// (lowercased); set it when two resources feed the same application to one workspace.
+    /// Changing it later makes a new connection and leaves the old one in place.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255))]
     pub external_xref: Option<String>,

@@ -8,6 +8,7 @@ pub mod control_plane;
 pub mod logto;
 pub mod stack;
 pub mod tls;
+pub mod unified;
 
 use std::sync::{Mutex, MutexGuard};
 
