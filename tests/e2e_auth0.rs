@@ -368,3 +368,49 @@ async fn expiry_annotation_drives_secret_expiring() {
     env.wait_condition("contoso", SECRET_EXPIRING, "Unknown", "InvalidExpiryAnnotation").await;
     env.assert_no_canary_leaks().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_expiry_and_an_expiry_during_the_test() {
+    let mut env = Env::new("e2e-graph").await;
+    env.upstreams.azure.set_graph_read_all(TENANT_ID, CLIENT_ID, true);
+    let value = env.canary("ten-days");
+    let in_ten_days = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(240)).round(jiff::Unit::Second).unwrap();
+    let key_id = env.upstreams.azure.add_secret(TENANT_ID, CLIENT_ID, &value, in_ten_days);
+    env.put_secret("web", &[("client-secret", &value)], &[]).await;
+    env.connect("contoso", "web", json!({})).await;
+    let conn = env.wait_condition("contoso", SECRET_EXPIRING, "True", "SecretExpiring").await;
+    let secret = conn.status.as_ref().unwrap().secret.clone().unwrap();
+    assert_eq!(secret.expires_at.unwrap().0.as_second(), in_ten_days.as_second());
+    assert_eq!(secret.expiry_source.as_deref(), Some("Graph"));
+    assert_eq!(secret.key_id.as_deref(), Some(key_id.as_str()));
+    assert!(condition_is(&conn, READY, "True", "Ready"));
+    assert_eq!(env.events_with_reason("contoso", "SecretExpiring").await.len(), 1, "one Warning when entering the window");
+
+    // A secret that expires a few seconds from now: Ready flips at that moment, on its own.
+    let short = env.canary("short");
+    let soon = (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(5)).round(jiff::Unit::Second).unwrap();
+    env.upstreams.azure.add_secret(TENANT_ID, CLIENT_ID, &short, soon);
+    env.put_secret("web", &[("client-secret", &short)], &[]).await;
+    env.wait_for("contoso", "the short-lived secret synced", |c| {
+        condition_is(c, READY, "True", "Ready")
+            && c.status.as_ref().and_then(|s| s.secret.as_ref()).and_then(|s| s.expires_at.as_ref()).map(|t| t.0.as_second())
+                == Some(soon.as_second())
+    })
+    .await;
+    let conn = env.wait_condition("contoso", READY, "False", "SecretExpired").await;
+    let flipped = jiff::Timestamp::now();
+    assert!(flipped >= soon && flipped.as_second() - soon.as_second() <= 3, "flipped at {flipped}, expiry {soon}");
+    assert!(condition_is(&conn, SECRET_EXPIRING, "True", "SecretExpired"));
+    assert_eq!(env.events_with_reason("contoso", "SecretExpired").await.len(), 1, "one Warning at expiry");
+
+    // Without Application.Read.All, expiry.source Graph names the missing permission.
+    env.upstreams.azure.set_graph_read_all(TENANT_ID, CLIENT_ID, false);
+    let other = env.canary("other");
+    env.upstreams.azure.add_secret(TENANT_ID, CLIENT_ID, &other, in_ten_days);
+    env.put_secret("web2", &[("client-secret", &other)], &[]).await;
+    env.connect("strict", "web2", json!({"expiry": {"source": "Graph"}})).await;
+    let conn = env.wait_condition("strict", SECRET_EXPIRING, "Unknown", "GraphPermissionMissing").await;
+    assert!(condition(&conn, SECRET_EXPIRING).message.contains("Application.Read.All"));
+    assert!(condition_is(&conn, READY, "True", "Ready"), "missing expiry data does not make the connection unready");
+    env.assert_no_canary_leaks().await;
+}

@@ -26,8 +26,9 @@ use crate::{
     azure::ValidationRequest,
     broker::{AzureCredentials, BrokerClient, BrokerKey, SyncRequest, auth0::Auth0Client},
     crd::{
-        BrokerProvider, FINALIZER,
-        connection::{AzureAdConnection, AzureAdConnectionStatus, DeletionPolicy, ManagementPolicy},
+        BrokerProvider, EXPIRES_AT_ANNOTATION, FINALIZER,
+        conditions::Reason,
+        connection::{AzureAdConnection, AzureAdConnectionStatus, DeletionPolicy, ExpirySource, ManagementPolicy, ValidationMode},
     },
 };
 
@@ -109,19 +110,16 @@ async fn observe(conn: &AzureAdConnection, ctx: &Context, previous: &AzureAdConn
         }
     };
     let fingerprint_ref = fingerprint.as_deref().unwrap_or_default();
-    let validation = ctx
-        .azure
-        .validate(&ValidationRequest {
-            cloud: spec.azure.cloud,
-            tenant: &spec.azure.tenant,
-            client_id: &spec.azure.client_id,
-            secret: &secret,
-            fingerprint: fingerprint_ref,
-            mode: spec.validation.mode,
-            ttl: spec.refresh_interval(),
-        })
-        .await;
-    let validation = match validation {
+    let validation_request = ValidationRequest {
+        cloud: spec.azure.cloud,
+        tenant: &spec.azure.tenant,
+        client_id: &spec.azure.client_id,
+        secret: &secret,
+        fingerprint: fingerprint_ref,
+        mode: spec.validation.mode,
+        ttl: spec.refresh_interval(),
+    };
+    let validation = match ctx.azure.validate(&validation_request).await {
         Ok(v) => v,
         Err(error) => {
             let next = if error.is_transient() { Next::Retry { min: error.retry_after() } } else { Next::Refresh };
@@ -137,6 +135,7 @@ async fn observe(conn: &AzureAdConnection, ctx: &Context, previous: &AzureAdConn
             return Ok((observation, next));
         }
     };
+    let expiry = graph_expiry(ctx, conn, &validation_request, validation.tenant_id.as_deref(), expiry).await;
 
     let broker = match resolve::broker(&ctx.client, &ctx.config.namespace, conn).await? {
         Ok(resolved) => ctx.broker_client(&resolved),
@@ -194,6 +193,51 @@ async fn observe(conn: &AzureAdConnection, ctx: &Context, previous: &AzureAdConn
         }
     };
     Ok((Observation { fingerprint, credentials: Ok(validation), expiry, broker: stage, observe_only, drift_corrected }, next))
+}
+
+/// The expiry per `expiry.source`, once the credentials are valid: Graph for `Graph` and `Auto`
+/// (Auto falls back to the annotation's `from_annotation`), the annotation otherwise.
+async fn graph_expiry(
+    ctx: &Context,
+    conn: &AzureAdConnection,
+    request: &ValidationRequest<'_>,
+    tenant_id: Option<&str>,
+    from_annotation: Expiry,
+) -> Expiry {
+    let source = conn.spec.expiry.source;
+    if !matches!(source, ExpirySource::Graph | ExpirySource::Auto) {
+        return from_annotation;
+    }
+    let lookup = match (request.mode, tenant_id) {
+        (ValidationMode::ClientCredentials, Some(tenant_id)) => ctx.azure.secret_expiry(request, tenant_id).await,
+        _ if source == ExpirySource::Auto => return from_annotation,
+        _ => {
+            return Expiry::Unknown(
+                "expiry.source Graph needs validation.mode ClientCredentials (the lookup uses the validated secret)".into(),
+            );
+        }
+    };
+    match lookup {
+        Ok(found) => Expiry::Known {
+            expires_at: found.expires_at,
+            source: "Graph",
+            key_id: Some(found.key_id),
+            note: (found.same_hint > 1).then(|| {
+                format!(
+                    "{} of the application's secrets share this one's first three characters; the earliest expiry is used",
+                    found.same_hint
+                )
+            }),
+        },
+        Err(error) if source == ExpirySource::Auto => match from_annotation {
+            Expiry::Unknown(_) => Expiry::Unknown(format!("{error}; and the Secret has no {EXPIRES_AT_ANNOTATION} annotation")),
+            other => other,
+        },
+        Err(error) => match error.reason() {
+            Reason::GraphUnreachable => Expiry::Unknown(error.to_string()),
+            reason => Expiry::Invalid(Problem::new(reason, error.to_string())),
+        },
+    }
 }
 
 /// The next refresh: the interval with ±10% jitter, or sooner when an expiry threshold comes first.
@@ -345,6 +389,7 @@ mod tests {
             expires_at: jiff::Timestamp::from_second(1_700_000_000 + secs).unwrap(),
             source: "Annotation",
             key_id: None,
+            note: None,
         };
         // Warning window opens in 100 s.
         let d = schedule_refresh(Duration::from_secs(3600), &expiry(day + 100), Duration::from_secs(day as u64), now);
