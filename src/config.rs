@@ -24,6 +24,10 @@ pub enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// Check a tenant, client ID and secret against Azure and print the secret's expiry. Exit
+    /// codes: 0 valid, 1 invalid (Azure rejected it, or unusable input), 2 usage error,
+    /// 3 Azure unreachable or throttling.
+    Check(crate::check::CheckArgs),
     /// Print the version.
     Version,
 }

@@ -8,6 +8,7 @@
 
 pub mod azure;
 pub mod broker;
+pub mod check;
 pub mod config;
 pub mod controller;
 pub mod crd;
