@@ -35,6 +35,8 @@ use crate::{
 /// Field manager of every status write.
 pub const MANAGER: &str = "idp-bridge";
 
+/// Every log line of a reconcile carries the connection's namespace and name (the span fields).
+#[tracing::instrument(skip_all, fields(namespace = %conn.namespace().unwrap_or_default(), name = %conn.name_any()))]
 pub async fn reconcile(conn: Arc<AzureAdConnection>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api: Api<AzureAdConnection> = Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
     finalizer(&api, FINALIZER, conn, |event| async {
