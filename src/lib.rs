@@ -13,6 +13,8 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod devenv;
+pub mod http;
+pub mod metrics;
 pub mod operator;
 pub mod secret;
 pub mod telemetry;

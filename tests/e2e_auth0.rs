@@ -414,3 +414,75 @@ async fn graph_expiry_and_an_expiry_during_the_test() {
     assert!(condition_is(&conn, READY, "True", "Ready"), "missing expiry data does not make the connection unready");
     env.assert_no_canary_leaks().await;
 }
+
+/// The value of the first sample whose line starts with `prefix`.
+fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_probes_are_served_and_cleaned_up() {
+    let mut env = Env::new("e2e-metrics").await;
+    assert_eq!(env.http_get("/healthz").await, (200, "ok".to_owned()));
+    let first = env.canary("first");
+    let expires = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 90)).round(jiff::Unit::Second).unwrap();
+    env.upstreams.azure.add_secret(TENANT_ID, CLIENT_ID, &first, in_a_year());
+    env.put_secret("web", &[("client-secret", &first)], &[("idpbridge.io/expires-at", &expires.to_string())]).await;
+    env.connect("contoso", "web", json!({})).await;
+    env.wait_ready("contoso").await;
+    assert_eq!(env.http_get("/readyz").await.0, 200);
+
+    // Rotate once, to feed the Secret-change-to-synced histogram.
+    let second = env.canary("second");
+    env.upstreams.azure.add_secret(TENANT_ID, CLIENT_ID, &second, in_a_year());
+    env.put_secret("web", &[("client-secret", &second)], &[("idpbridge.io/expires-at", &expires.to_string())]).await;
+    for _ in 0..100 {
+        if env.broker_secret("contoso") == second {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.wait_ready("contoso").await;
+
+    let (status, metrics) = env.http_get("/metrics").await;
+    assert_eq!(status, 200);
+    let ns = env.ns.clone();
+    let expiry = format!(
+        "idpbridge_client_secret_expiry_timestamp_seconds{{namespace=\"{ns}\",name=\"contoso\",client_id=\"{CLIENT_ID}\",tenant_id=\"{TENANT_ID}\"}}"
+    );
+    assert_eq!(sample(&metrics, &expiry), Some(expires.as_second() as f64), "{metrics}");
+    assert_eq!(sample(&metrics, &format!("idpbridge_connection_ready{{namespace=\"{ns}\",name=\"contoso\",broker=\"auth0\"}}")), Some(1.0));
+    assert!(sample(&metrics, "idpbridge_reconcile_total{result=\"success\"}").unwrap() >= 1.0);
+    assert!(sample(&metrics, "idpbridge_reconcile_duration_seconds_count{result=\"success\"}").unwrap() >= 1.0);
+    assert!(
+        sample(&metrics, "idpbridge_upstream_requests_total{upstream=\"azure\",operation=\"POST token\",status=\"200\"}").unwrap() >= 2.0
+    );
+    assert!(
+        sample(&metrics, "idpbridge_upstream_requests_total{upstream=\"azure\",operation=\"GET openid-configuration\",status=\"200\"}")
+            .is_some()
+    );
+    assert!(
+        sample(&metrics, "idpbridge_upstream_requests_total{upstream=\"auth0\",operation=\"PATCH connections/{id}\",status=\"200\"}")
+            .unwrap()
+            >= 1.0
+    );
+    assert!(sample(&metrics, "idpbridge_upstream_request_duration_seconds_count{upstream=\"auth0\"").is_some());
+    let rotations = sample(&metrics, "idpbridge_secret_rotation_sync_duration_seconds_count").unwrap();
+    assert!(rotations >= 1.0, "{metrics}");
+    assert!(
+        sample(&metrics, "idpbridge_secret_rotation_sync_duration_seconds_bucket{le=\"1.0\"}").unwrap() >= 1.0,
+        "synced within a second"
+    );
+
+    // A failing connection reports 0; deleting a connection removes its series.
+    env.put_secret("web", &[("client-secret", "Wr0Q~not-the-value-at-all-000000")], &[]).await;
+    env.wait_condition("contoso", READY, "False", "InvalidSecret").await;
+    let metrics = env.http_get("/metrics").await.1;
+    assert_eq!(sample(&metrics, &format!("idpbridge_connection_ready{{namespace=\"{ns}\",name=\"contoso\",broker=\"auth0\"}}")), Some(0.0));
+    assert!(sample(&metrics, &expiry).is_none(), "no expiry series once the date is unknown");
+    env.connections().delete("contoso", &DeleteParams::default()).await.unwrap();
+    wait_gone(&env, "contoso").await;
+    let metrics = env.http_get("/metrics").await.1;
+    assert!(!metrics.contains("name=\"contoso\""), "series of a deleted connection are removed:\n{metrics}");
+    env.assert_no_canary_leaks().await;
+}

@@ -76,7 +76,10 @@ struct CacheEntry {
 
 /// The Azure client: one per operator, shared by every reconcile.
 pub struct AzureClient {
+    /// For the login host (label `azure`).
     upstream: Upstream,
+    /// For Microsoft Graph (label `graph`).
+    graph: Upstream,
     cache: Mutex<HashMap<CacheKey, CacheEntry>>,
     /// App-only Graph tokens obtained while validating, reused for expiry lookups.
     tokens: Mutex<HashMap<CacheKey, AccessToken>>,
@@ -101,7 +104,13 @@ struct AadstsBody {
 
 impl AzureClient {
     pub fn new(upstream: Upstream) -> Self {
-        Self { upstream, cache: Mutex::new(HashMap::new()), tokens: Mutex::new(HashMap::new()), expiries: Mutex::new(HashMap::new()) }
+        Self {
+            graph: upstream.with_label("graph"),
+            upstream: upstream.with_label("azure"),
+            cache: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
+            expiries: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Validates per `request.mode`, from cache when a success is still fresh.
@@ -166,7 +175,7 @@ impl AzureClient {
             return Err(GraphError::ApplicationNotFound);
         }
         let path = format!("/v1.0/applications(appId='{}')?$select=id,appId,passwordCredentials", request.client_id);
-        let answer = self.upstream.send(self.upstream.request(Method::GET, hosts.graph, &path).bearer_auth(token.value.expose())).await?;
+        let answer = self.graph.send(self.graph.request(Method::GET, hosts.graph, &path).bearer_auth(token.value.expose())).await?;
         let credentials = match answer.status {
             s if s.is_success() => {
                 #[derive(Deserialize)]

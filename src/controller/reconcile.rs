@@ -15,6 +15,8 @@ use kube::{
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::metrics::{ConnectionLabels, ExpiryLabels};
+
 use super::{
     Context,
     error::Error,
@@ -38,15 +40,18 @@ pub const MANAGER: &str = "idp-bridge";
 /// Every log line of a reconcile carries the connection's namespace and name (the span fields).
 #[tracing::instrument(skip_all, fields(namespace = %conn.namespace().unwrap_or_default(), name = %conn.name_any()))]
 pub async fn reconcile(conn: Arc<AzureAdConnection>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
     let api: Api<AzureAdConnection> = Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
-    finalizer(&api, FINALIZER, conn, |event| async {
+    let result = finalizer(&api, FINALIZER, conn, |event| async {
         match event {
             Finalizer::Apply(conn) => apply(&conn, &ctx).await,
             Finalizer::Cleanup(conn) => cleanup(&conn, &ctx).await,
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconciled(if result.is_ok() { "success" } else { "error" }, started.elapsed());
+    result
 }
 
 /// How the reconcile ended, for scheduling the next one.
@@ -62,7 +67,9 @@ async fn apply(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error>
     let generation = conn.meta().generation;
     let now = jiff::Timestamp::now();
     if conn.spec.suspend {
-        write_status(conn, ctx, &previous, status::suspended(&previous, generation, now)).await?;
+        let next = status::suspended(&previous, generation, now);
+        record_series(conn, ctx, &next);
+        write_status(conn, ctx, &previous, next).await?;
         ctx.reset_backoff(conn);
         return Ok(Action::await_change());
     }
@@ -71,6 +78,8 @@ async fn apply(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error>
     let subject =
         Subject { generation, validation_mode: conn.spec.validation.mode, warn_before: conn.spec.warn_before(), previous: &previous };
     let next_status = status::compute(&subject, &observation, now);
+    record_series(conn, ctx, &next_status);
+    record_rotation(conn, ctx, &previous, &observation);
     write_status(conn, ctx, &previous, next_status).await?;
     if let BrokerStage::Synced(outcome) = &observation.broker
         && outcome.wrote
@@ -195,6 +204,34 @@ async fn observe(conn: &AzureAdConnection, ctx: &Context, previous: &AzureAdConn
         }
     };
     Ok((Observation { fingerprint, credentials: Ok(validation), expiry, broker: stage, observe_only, drift_corrected }, next))
+}
+
+/// The connection's ready and expiry gauges, from the status about to be written.
+fn record_series(conn: &AzureAdConnection, ctx: &Context, status: &AzureAdConnectionStatus) {
+    let Some(uid) = conn.uid() else { return };
+    let (namespace, name) = (conn.namespace().unwrap_or_default(), conn.name_any());
+    let ready = crate::crd::conditions::find(&status.conditions, crate::crd::conditions::READY).is_some_and(|c| c.status == "True");
+    let ready_labels = ConnectionLabels { namespace: namespace.clone(), name: name.clone(), broker: conn.spec.broker_ref.name.clone() };
+    let expiry = status.secret.as_ref().and_then(|s| s.expires_at.as_ref()).map(|at| {
+        let tenant_id = status.tenant_id.clone().unwrap_or_else(|| conn.spec.azure.tenant.clone());
+        (ExpiryLabels { namespace, name, client_id: conn.spec.azure.client_id.clone(), tenant_id }, at.0.as_second() as f64)
+    });
+    ctx.metrics.connection(&uid, ready_labels, ready, expiry);
+}
+
+/// Observes the Secret-change-to-broker latency once the broker holds a rotated secret; a change
+/// that will not be pushed (rejected, unchanged, observe-only) just ends the measurement.
+fn record_rotation(conn: &AzureAdConnection, ctx: &Context, previous: &AzureAdConnectionStatus, observation: &Observation) {
+    let key = format!("{}/{}", conn.namespace().unwrap_or_default(), conn.name_any());
+    let previously_synced = previous.broker.as_ref().and_then(|b| b.synced_fingerprint.as_deref());
+    match (&observation.broker, &observation.credentials) {
+        (BrokerStage::Synced(outcome), _) if outcome.wrote && observation.fingerprint.as_deref() != previously_synced => {
+            ctx.metrics.secret_synced(&key)
+        }
+        (BrokerStage::Failed(e), _) if e.is_transient() => {}
+        (_, Err(failure)) if failure.is_transient() => {}
+        _ => ctx.metrics.secret_change_settled(&key),
+    }
 }
 
 /// The expiry per `expiry.source`, once the credentials are valid: Graph for `Graph` and `Auto`
@@ -346,7 +383,7 @@ impl Context {
         };
         self.brokers.get_or_insert(key, |upstream| match &resolved.provider {
             BrokerProvider::Auth0(spec) => BrokerClient::Auth0(Auth0Client::new(
-                upstream.clone(),
+                upstream.with_label("auth0"),
                 &spec.domain,
                 &resolved.client_id,
                 resolved.client_secret.clone(),
