@@ -24,6 +24,10 @@ pub enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// Check a tenant, client ID and secret against Azure and print the secret's expiry. Exit
+    /// codes: 0 valid, 1 invalid (Azure rejected it, or unusable input), 2 usage error,
+    /// 3 Azure unreachable or throttling.
+    Check(crate::check::CheckArgs),
     /// Print the version.
     Version,
 }
@@ -68,6 +72,9 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "IDP_BRIDGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    #[arg(long, env = "IDP_BRIDGE_HTTP_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub http_address: std::net::SocketAddr,
     /// Name reported on Events (the pod name in a cluster).
     #[arg(long, env = "POD_NAME", default_value = "idp-bridge")]
     pub instance: String,
@@ -90,6 +97,8 @@ pub struct Config {
     pub instance: String,
     /// Empty: the whole cluster.
     pub watch_namespaces: Vec<String>,
+    /// Where /metrics, /healthz and /readyz are served; None serves nothing.
+    pub http_address: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +136,7 @@ impl TryFrom<RunArgs> for Config {
             concurrency: args.concurrency,
             instance: args.instance,
             watch_namespaces: args.watch_namespaces.into_iter().map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).collect(),
+            http_address: Some(args.http_address),
         })
     }
 }

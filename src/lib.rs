@@ -8,10 +8,13 @@
 
 pub mod azure;
 pub mod broker;
+pub mod check;
 pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod devenv;
+pub mod http;
+pub mod metrics;
 pub mod operator;
 pub mod secret;
 pub mod telemetry;

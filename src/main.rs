@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use idp_bridge::{
+    check,
     config::{Cli, Command, Config},
     crd, operator, telemetry,
 };
@@ -17,6 +18,19 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Crds { out_dir } => print_crds(out_dir.as_deref()),
+        Command::Check(args) => match check::run(&args).await {
+            Ok((report, code)) => {
+                match args.output {
+                    check::OutputFormat::Text => print!("{}", check::render(&report)),
+                    check::OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report).expect("report serializes")),
+                }
+                ExitCode::from(code)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(check::exit::INVALID)
+            }
+        },
         Command::Run(args) => {
             telemetry::init(args.log_format);
             let config = match Config::try_from(args) {

@@ -14,6 +14,8 @@ use crate::{
     config::Config,
     controller::{self, Context},
     crd::AzureAdConnection,
+    http,
+    metrics::Metrics,
     secret::Fingerprinter,
     upstream::{ClientBuildError, Upstream},
 };
@@ -27,7 +29,9 @@ pub enum StartError {
     #[error("fingerprint key Secret {namespace}/{name} has no usable `key` entry (at least 32 bytes)")]
     FingerprintKeyInvalid { namespace: String, name: String },
     #[error(transparent)]
-    Http(#[from] ClientBuildError),
+    HttpClient(#[from] ClientBuildError),
+    #[error("serving HTTP on {address}: {source}")]
+    Http { address: std::net::SocketAddr, source: std::io::Error },
 }
 
 const KEY_ENTRY: &str = "key";
@@ -66,16 +70,31 @@ pub async fn context(client: Client, config: Config) -> Result<Arc<Context>, Sta
         info!(overrides = %config.endpoint_overrides, "outbound endpoint overrides are active");
     }
     let key = fingerprint_key(&client, &config).await?;
-    Ok(Arc::new(Context::new(client, Arc::new(config), upstream, Fingerprinter::new(key))))
+    Ok(Arc::new(Context::new(client, Arc::new(config), upstream, Fingerprinter::new(key), Arc::new(Metrics::new()))))
 }
 
-/// Runs the controllers until `shutdown` resolves.
+/// Serves /metrics, /healthz and /readyz for `ctx` if the configuration asks for it; returns the
+/// bound address.
+pub async fn serve_http(
+    ctx: &Context,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Option<std::net::SocketAddr>, StartError> {
+    let Some(address) = ctx.config.http_address else { return Ok(None) };
+    let endpoints = http::Endpoints { metrics: ctx.metrics.clone(), ready: ctx.caches_synced.clone() };
+    let bound = http::serve(address, endpoints, shutdown).await.map_err(|source| StartError::Http { address, source })?;
+    info!(address = %bound, "serving /metrics, /healthz and /readyz");
+    Ok(Some(bound))
+}
+
+/// Runs the controllers and the HTTP endpoints until `shutdown` resolves.
 pub async fn run(
     client: Client,
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), StartError> {
     let ctx = context(client, config).await?;
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    serve_http(&ctx, shutdown.clone()).await?;
     controller::run(ctx, shutdown).await;
     Ok(())
 }

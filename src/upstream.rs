@@ -4,10 +4,18 @@
 //! never pass a URL. An operator-level [`EndpointOverrides`] table may redirect a host to another
 //! base URL (emulators in tests, an egress proxy in air-gapped clusters). Resources can't touch it.
 
-use std::{collections::BTreeMap, path::Path, str::FromStr, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    str::FromStr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use reqwest::{Method, StatusCode, header::HeaderMap};
 use url::Url;
+
+use crate::metrics::Metrics;
 
 /// Host -> base URL replacements, set by flag or environment only.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -145,6 +153,9 @@ pub struct Upstream {
     client: reqwest::Client,
     overrides: EndpointOverrides,
     timeout: Duration,
+    /// The `upstream` label of this client's request metrics (azure, graph, auth0, ...).
+    label: &'static str,
+    metrics: Option<Arc<Metrics>>,
 }
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -167,7 +178,18 @@ impl Upstream {
             }
             builder = builder.tls_certs_merge(certs);
         }
-        Ok(Self { client: builder.build()?, overrides, timeout })
+        Ok(Self { client: builder.build()?, overrides, timeout, label: "other", metrics: None })
+    }
+
+    /// Counts requests in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The same client (one connection pool), reporting its requests as `label`.
+    pub fn with_label(&self, label: &'static str) -> Self {
+        Self { label, ..self.clone() }
     }
 
     pub fn url(&self, host: &str, path_and_query: &str) -> Url {
@@ -180,7 +202,19 @@ impl Upstream {
 
     /// Sends a request and reads the whole answer; only transport failures are errors.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Answer, TransportError> {
-        let response = request.send().await.map_err(|e| TransportError::from_reqwest(e, self.timeout))?;
+        let request = request.build().map_err(|e| TransportError::from_reqwest(e, self.timeout))?;
+        let operation = crate::metrics::operation(request.method().as_str(), request.url().path());
+        let started = Instant::now();
+        let answer = self.execute(request).await;
+        if let Some(metrics) = &self.metrics {
+            let status = answer.as_ref().map_or_else(|_| "error".to_owned(), |a| a.status.as_u16().to_string());
+            metrics.upstream_request(self.label, &operation, &status, started.elapsed());
+        }
+        answer
+    }
+
+    async fn execute(&self, request: reqwest::Request) -> Result<Answer, TransportError> {
+        let response = self.client.execute(request).await.map_err(|e| TransportError::from_reqwest(e, self.timeout))?;
         let status = response.status();
         let headers = response.headers().clone();
         let body = response.bytes().await.map_err(|e| TransportError::from_reqwest(e, self.timeout))?;

@@ -650,3 +650,66 @@ async fn no_error_ever_shows_the_secret() {
         }
     }
 }
+
+/// A ClientCredentials request for the canary secret, as the controller builds it.
+fn graph_request<'a>(secret: &'a SecretValue, fingerprint: &'a str) -> ValidationRequest<'a> {
+    ValidationRequest {
+        cloud: AzureCloud::AzurePublic,
+        tenant: DOMAIN,
+        client_id: CLIENT,
+        secret,
+        fingerprint,
+        mode: ValidationMode::ClientCredentials,
+        ttl: HOUR,
+    }
+}
+
+#[tokio::test]
+async fn graph_expiry_matches_the_held_secret_by_hint() {
+    let env = env();
+    let secret = SecretValue::new(CANARY);
+    let fingerprint = env.fingerprints.fingerprint(&secret);
+    let request = graph_request(&secret, &fingerprint);
+    env.client.validate(&request).await.unwrap();
+
+    // Without Application.Read.All: a specific error naming the permission.
+    let err = env.client.secret_expiry(&request, TENANT).await.unwrap_err();
+    assert_eq!(err.reason(), Reason::GraphPermissionMissing);
+    assert!(err.to_string().contains("Application.Read.All"));
+
+    env.emu.set_graph_read_all(TENANT, CLIENT, true);
+    let tokens = env.emu.token_requests();
+    let found = env.client.secret_expiry(&request, TENANT).await.unwrap();
+    assert_eq!(found.key_id, env.key_id);
+    assert_eq!(found.same_hint, 1);
+    assert!(found.expires_at > Timestamp::now() + SignedDuration::from_hours(24 * 179));
+    assert_eq!(env.emu.token_requests(), tokens, "the validation's token is reused");
+
+    // Cached for the refresh interval.
+    let graph = env.emu.graph_requests();
+    env.client.secret_expiry(&request, TENANT).await.unwrap();
+    assert_eq!(env.emu.graph_requests(), graph);
+}
+
+#[tokio::test]
+async fn graph_expiry_with_shared_hints_and_foreign_values() {
+    let env = env();
+    env.emu.set_graph_read_all(TENANT, CLIENT, true);
+    // A second secret with the same first three characters that expires sooner.
+    let sooner = Timestamp::now() + SignedDuration::from_hours(24 * 10);
+    let sooner_key = env.emu.add_secret(TENANT, CLIENT, &format!("{}-another", &CANARY[..3]), sooner);
+    let secret = SecretValue::new(CANARY);
+    let fingerprint = env.fingerprints.fingerprint(&secret);
+    let request = graph_request(&secret, &fingerprint);
+    env.client.validate(&request).await.unwrap();
+    let found = env.client.secret_expiry(&request, TENANT).await.unwrap();
+    assert_eq!((found.same_hint, found.key_id.as_str()), (2, sooner_key.as_str()));
+    assert_eq!(found.expires_at.as_second(), sooner.as_second());
+
+    // A value whose hint matches nothing (Azure accepted it, say, for another app's reasons).
+    let stranger = SecretValue::new("zzz-not-one-of-these");
+    let fingerprint = env.fingerprints.fingerprint(&stranger);
+    let err = env.fresh_client().secret_expiry(&graph_request(&stranger, &fingerprint), TENANT).await.unwrap_err();
+    assert!(matches!(err.reason(), Reason::SecretNotInApplication | Reason::GraphError), "{err}");
+    assert!(!err.to_string().contains("zzz-not"));
+}

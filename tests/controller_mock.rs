@@ -58,9 +58,10 @@ fn context(client: Client) -> Arc<Context> {
         concurrency: 1,
         instance: "test".into(),
         watch_namespaces: vec![],
+        http_address: None,
     };
     let upstream = Upstream::new(EndpointOverrides::default(), None, Duration::from_secs(1)).unwrap();
-    Arc::new(Context::new(client, Arc::new(config), upstream, Fingerprinter::new(vec![7; 32])))
+    Arc::new(Context::new(client, Arc::new(config), upstream, Fingerprinter::new(vec![7; 32]), Default::default()))
 }
 
 fn connection(finalizers: &[&str], deletion_policy: &str, deleting: bool) -> AzureAdConnection {

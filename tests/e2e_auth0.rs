@@ -368,3 +368,121 @@ async fn expiry_annotation_drives_secret_expiring() {
     env.wait_condition("contoso", SECRET_EXPIRING, "Unknown", "InvalidExpiryAnnotation").await;
     env.assert_no_canary_leaks().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_expiry_and_an_expiry_during_the_test() {
+    let mut env = Env::new("e2e-graph").await;
+    env.upstreams.azure.set_graph_read_all(TENANT_ID, CLIENT_ID, true);
+    let value = env.canary("ten-days");
+    let in_ten_days = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(240)).round(jiff::Unit::Second).unwrap();
+    let key_id = env.upstreams.azure.add_secret(TENANT_ID, CLIENT_ID, &value, in_ten_days);
+    env.put_secret("web", &[("client-secret", &value)], &[]).await;
+    env.connect("contoso", "web", json!({})).await;
+    let conn = env.wait_condition("contoso", SECRET_EXPIRING, "True", "SecretExpiring").await;
+    let secret = conn.status.as_ref().unwrap().secret.clone().unwrap();
+    assert_eq!(secret.expires_at.unwrap().0.as_second(), in_ten_days.as_second());
+    assert_eq!(secret.expiry_source.as_deref(), Some("Graph"));
+    assert_eq!(secret.key_id.as_deref(), Some(key_id.as_str()));
+    assert!(condition_is(&conn, READY, "True", "Ready"));
+    assert_eq!(env.events_with_reason("contoso", "SecretExpiring").await.len(), 1, "one Warning when entering the window");
+
+    // A secret that expires a few seconds from now: Ready flips at that moment, on its own.
+    let short = env.canary("short");
+    let soon = (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(5)).round(jiff::Unit::Second).unwrap();
+    env.upstreams.azure.add_secret(TENANT_ID, CLIENT_ID, &short, soon);
+    env.put_secret("web", &[("client-secret", &short)], &[]).await;
+    env.wait_for("contoso", "the short-lived secret synced", |c| {
+        condition_is(c, READY, "True", "Ready")
+            && c.status.as_ref().and_then(|s| s.secret.as_ref()).and_then(|s| s.expires_at.as_ref()).map(|t| t.0.as_second())
+                == Some(soon.as_second())
+    })
+    .await;
+    let conn = env.wait_condition("contoso", READY, "False", "SecretExpired").await;
+    let flipped = jiff::Timestamp::now();
+    assert!(flipped >= soon && flipped.as_second() - soon.as_second() <= 3, "flipped at {flipped}, expiry {soon}");
+    assert!(condition_is(&conn, SECRET_EXPIRING, "True", "SecretExpired"));
+    assert_eq!(env.events_with_reason("contoso", "SecretExpired").await.len(), 1, "one Warning at expiry");
+
+    // Without Application.Read.All, expiry.source Graph names the missing permission.
+    env.upstreams.azure.set_graph_read_all(TENANT_ID, CLIENT_ID, false);
+    let other = env.canary("other");
+    env.upstreams.azure.add_secret(TENANT_ID, CLIENT_ID, &other, in_ten_days);
+    env.put_secret("web2", &[("client-secret", &other)], &[]).await;
+    env.connect("strict", "web2", json!({"expiry": {"source": "Graph"}})).await;
+    let conn = env.wait_condition("strict", SECRET_EXPIRING, "Unknown", "GraphPermissionMissing").await;
+    assert!(condition(&conn, SECRET_EXPIRING).message.contains("Application.Read.All"));
+    assert!(condition_is(&conn, READY, "True", "Ready"), "missing expiry data does not make the connection unready");
+    env.assert_no_canary_leaks().await;
+}
+
+/// The value of the first sample whose line starts with `prefix`.
+fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_probes_are_served_and_cleaned_up() {
+    let mut env = Env::new("e2e-metrics").await;
+    assert_eq!(env.http_get("/healthz").await, (200, "ok".to_owned()));
+    let first = env.canary("first");
+    let expires = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 90)).round(jiff::Unit::Second).unwrap();
+    env.upstreams.azure.add_secret(TENANT_ID, CLIENT_ID, &first, in_a_year());
+    env.put_secret("web", &[("client-secret", &first)], &[("idpbridge.io/expires-at", &expires.to_string())]).await;
+    env.connect("contoso", "web", json!({})).await;
+    env.wait_ready("contoso").await;
+    assert_eq!(env.http_get("/readyz").await.0, 200);
+
+    // Rotate once, to feed the Secret-change-to-synced histogram.
+    let second = env.canary("second");
+    env.upstreams.azure.add_secret(TENANT_ID, CLIENT_ID, &second, in_a_year());
+    env.put_secret("web", &[("client-secret", &second)], &[("idpbridge.io/expires-at", &expires.to_string())]).await;
+    for _ in 0..100 {
+        if env.broker_secret("contoso") == second {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.wait_ready("contoso").await;
+
+    let (status, metrics) = env.http_get("/metrics").await;
+    assert_eq!(status, 200);
+    let ns = env.ns.clone();
+    let expiry = format!(
+        "idpbridge_client_secret_expiry_timestamp_seconds{{namespace=\"{ns}\",name=\"contoso\",client_id=\"{CLIENT_ID}\",tenant_id=\"{TENANT_ID}\"}}"
+    );
+    assert_eq!(sample(&metrics, &expiry), Some(expires.as_second() as f64), "{metrics}");
+    assert_eq!(sample(&metrics, &format!("idpbridge_connection_ready{{namespace=\"{ns}\",name=\"contoso\",broker=\"auth0\"}}")), Some(1.0));
+    assert!(sample(&metrics, "idpbridge_reconcile_total{result=\"success\"}").unwrap() >= 1.0);
+    assert!(sample(&metrics, "idpbridge_reconcile_duration_seconds_count{result=\"success\"}").unwrap() >= 1.0);
+    assert!(
+        sample(&metrics, "idpbridge_upstream_requests_total{upstream=\"azure\",operation=\"POST token\",status=\"200\"}").unwrap() >= 2.0
+    );
+    assert!(
+        sample(&metrics, "idpbridge_upstream_requests_total{upstream=\"azure\",operation=\"GET openid-configuration\",status=\"200\"}")
+            .is_some()
+    );
+    assert!(
+        sample(&metrics, "idpbridge_upstream_requests_total{upstream=\"auth0\",operation=\"PATCH connections/{id}\",status=\"200\"}")
+            .unwrap()
+            >= 1.0
+    );
+    assert!(sample(&metrics, "idpbridge_upstream_request_duration_seconds_count{upstream=\"auth0\"").is_some());
+    let rotations = sample(&metrics, "idpbridge_secret_rotation_sync_duration_seconds_count").unwrap();
+    assert!(rotations >= 1.0, "{metrics}");
+    assert!(
+        sample(&metrics, "idpbridge_secret_rotation_sync_duration_seconds_bucket{le=\"1.0\"}").unwrap() >= 1.0,
+        "synced within a second"
+    );
+
+    // A failing connection reports 0; deleting a connection removes its series.
+    env.put_secret("web", &[("client-secret", "Wr0Q~not-the-value-at-all-000000")], &[]).await;
+    env.wait_condition("contoso", READY, "False", "InvalidSecret").await;
+    let metrics = env.http_get("/metrics").await.1;
+    assert_eq!(sample(&metrics, &format!("idpbridge_connection_ready{{namespace=\"{ns}\",name=\"contoso\",broker=\"auth0\"}}")), Some(0.0));
+    assert!(sample(&metrics, &expiry).is_none(), "no expiry series once the date is unknown");
+    env.connections().delete("contoso", &DeleteParams::default()).await.unwrap();
+    wait_gone(&env, "contoso").await;
+    let metrics = env.http_get("/metrics").await.1;
+    assert!(!metrics.contains("name=\"contoso\""), "series of a deleted connection are removed:\n{metrics}");
+    env.assert_no_canary_leaks().await;
+}

@@ -4,6 +4,7 @@
 
 pub mod cloud;
 pub mod error;
+pub mod graph;
 
 use std::{
     collections::HashMap,
@@ -14,7 +15,10 @@ use std::{
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
-pub use self::error::AzureError;
+pub use self::{
+    error::AzureError,
+    graph::{GraphError, SecretExpiry},
+};
 use crate::{
     crd::connection::{AzureCloud, ValidationMode, is_dns_name, is_guid},
     secret::SecretValue,
@@ -53,6 +57,18 @@ struct CacheKey {
     mode: ValidationMode,
 }
 
+impl CacheKey {
+    fn of(request: &ValidationRequest<'_>) -> Self {
+        Self {
+            cloud: request.cloud,
+            tenant: request.tenant.to_ascii_lowercase(),
+            client_id: request.client_id.to_ascii_lowercase(),
+            fingerprint: request.fingerprint.to_owned(),
+            mode: request.mode,
+        }
+    }
+}
+
 struct CacheEntry {
     validation: Validation,
     expires: Instant,
@@ -60,8 +76,15 @@ struct CacheEntry {
 
 /// The Azure client: one per operator, shared by every reconcile.
 pub struct AzureClient {
+    /// For the login host (label `azure`).
     upstream: Upstream,
+    /// For Microsoft Graph (label `graph`).
+    graph: Upstream,
     cache: Mutex<HashMap<CacheKey, CacheEntry>>,
+    /// App-only Graph tokens obtained while validating, reused for expiry lookups.
+    tokens: Mutex<HashMap<CacheKey, AccessToken>>,
+    /// Expiry lookups, trusted as long as validations.
+    expiries: Mutex<HashMap<CacheKey, (SecretExpiry, Instant)>>,
 }
 
 #[derive(Deserialize)]
@@ -81,18 +104,18 @@ struct AadstsBody {
 
 impl AzureClient {
     pub fn new(upstream: Upstream) -> Self {
-        Self { upstream, cache: Mutex::new(HashMap::new()) }
+        Self {
+            graph: upstream.with_label("graph"),
+            upstream: upstream.with_label("azure"),
+            cache: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
+            expiries: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Validates per `request.mode`, from cache when a success is still fresh.
     pub async fn validate(&self, request: &ValidationRequest<'_>) -> Result<Validation, AzureError> {
-        let key = CacheKey {
-            cloud: request.cloud,
-            tenant: request.tenant.to_ascii_lowercase(),
-            client_id: request.client_id.to_ascii_lowercase(),
-            fingerprint: request.fingerprint.to_owned(),
-            mode: request.mode,
-        };
+        let key = CacheKey::of(request);
         if let Some(hit) = self.cached(&key) {
             return Ok(hit);
         }
@@ -108,7 +131,11 @@ impl AzureClient {
             }
             ValidationMode::ClientCredentials => {
                 let tenant_id = self.discover(request.cloud, request.tenant).await?;
-                self.request_token(request.cloud, &tenant_id, request.client_id, request.secret).await?;
+                let token = self.request_token(request.cloud, &tenant_id, request.client_id, request.secret).await?;
+                let mut tokens = self.tokens.lock().expect("token lock");
+                let now = Instant::now();
+                tokens.retain(|_, t| t.expires_at > now);
+                tokens.insert(key.clone(), token);
                 Validation { tenant_id: Some(tenant_id), validated_at: jiff::Timestamp::now() }
             }
         };
@@ -117,6 +144,68 @@ impl AzureClient {
         cache.retain(|_, e| e.expires > now);
         cache.insert(key, CacheEntry { validation: validation.clone(), expires: now + request.ttl });
         Ok(validation)
+    }
+
+    /// When the held secret expires, from the application's credentials in Microsoft Graph.
+    /// Needs a successful ClientCredentials validation of the same request first (its token);
+    /// results are cached for `request.ttl`.
+    pub async fn secret_expiry(&self, request: &ValidationRequest<'_>, tenant_id: &str) -> Result<SecretExpiry, GraphError> {
+        let key = CacheKey::of(request);
+        let now = Instant::now();
+        if let Some((hit, until)) = self.expiries.lock().expect("expiry lock").get(&key)
+            && *until > now
+        {
+            return Ok(hit.clone());
+        }
+        let cached_token =
+            self.tokens.lock().expect("token lock").get(&key).filter(|t| t.expires_at > now + Duration::from_secs(60)).cloned();
+        let token = match cached_token {
+            Some(token) => token,
+            None => {
+                let token = self
+                    .request_token(request.cloud, tenant_id, request.client_id, request.secret)
+                    .await
+                    .map_err(|e| GraphError::Token(e.to_string()))?;
+                self.tokens.lock().expect("token lock").insert(key.clone(), token.clone());
+                token
+            }
+        };
+        let hosts = cloud::hosts(request.cloud);
+        if !is_guid(request.client_id) {
+            return Err(GraphError::ApplicationNotFound);
+        }
+        let path = format!("/v1.0/applications(appId='{}')?$select=id,appId,passwordCredentials", request.client_id);
+        let answer = self.graph.send(self.graph.request(Method::GET, hosts.graph, &path).bearer_auth(token.value.expose())).await?;
+        let credentials = match answer.status {
+            s if s.is_success() => {
+                #[derive(Deserialize)]
+                #[serde(rename_all = "camelCase")]
+                struct Application {
+                    #[serde(default)]
+                    password_credentials: Vec<graph::PasswordCredential>,
+                }
+                let app: Application = answer
+                    .body
+                    .json()
+                    .map_err(|_| GraphError::Unexpected { status: s.as_u16(), message: "application is not valid JSON".into() })?;
+                app.password_credentials
+            }
+            StatusCode::FORBIDDEN => return Err(GraphError::PermissionMissing),
+            StatusCode::NOT_FOUND => return Err(GraphError::ApplicationNotFound),
+            StatusCode::TOO_MANY_REQUESTS => return Err(GraphError::Throttled),
+            s if s.is_server_error() => return Err(GraphError::Unexpected { status: s.as_u16(), message: answer.body.snippet() }),
+            s => {
+                if s == StatusCode::UNAUTHORIZED {
+                    self.tokens.lock().expect("token lock").remove(&key);
+                }
+                return Err(GraphError::Unexpected { status: s.as_u16(), message: request.secret.scrub(&answer.body.snippet()) });
+            }
+        };
+        let expiry = graph::match_secret(&credentials, request.secret)?;
+        let mut expiries = self.expiries.lock().expect("expiry lock");
+        expiries.retain(|_, (_, until)| *until > now);
+        expiries.insert(key, (expiry.clone(), now + request.ttl));
+        Ok(expiry)
     }
 
     fn cached(&self, key: &CacheKey) -> Option<Validation> {

@@ -138,6 +138,7 @@ impl BrokerClient {
     /// The client for a broker spec and the operator's credentials for it (`client_id` is empty
     /// for token-based brokers). `rate` is the spec's request budget.
     pub fn build(upstream: &Upstream, provider: &BrokerProvider, client_id: &str, secret: SecretValue, rate: Option<(u32, u32)>) -> Self {
+        let upstream = &upstream.with_label(provider.type_name());
         match provider {
             BrokerProvider::Auth0(spec) => {
                 BrokerClient::Auth0(auth0::Auth0Client::new(upstream.clone(), &spec.domain, client_id, secret, rate))

@@ -116,6 +116,7 @@ async fn check<B: BrokerObject>(broker: &B, ctx: &Context) -> Result<Desired, Er
     })
 }
 
+#[tracing::instrument(skip_all, fields(kind = B::kind(&()).as_ref(), namespace = %broker.namespace().unwrap_or_default(), name = %broker.name_any()))]
 async fn reconcile<B: BrokerObject>(broker: Arc<B>, ctx: Arc<Context>) -> Result<Action, Error> {
     if broker.meta().deletion_timestamp.is_some() {
         ctx.brokers.forget(broker.meta().uid.as_deref().unwrap_or_default());

@@ -10,7 +10,10 @@ pub mod status;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -38,6 +41,7 @@ use crate::{
         ClusterIdentityBroker, IdentityBroker,
         connection::{AzureAdConnection, BrokerRefKind},
     },
+    metrics::Metrics,
     secret::Fingerprinter,
     upstream::Upstream,
 };
@@ -45,6 +49,9 @@ use crate::{
 /// Everything a reconcile needs, built once at start-up.
 pub struct Context {
     pub client: Client,
+    pub metrics: Arc<Metrics>,
+    /// True once the controllers' caches have synced (the `/readyz` answer).
+    pub caches_synced: Arc<AtomicBool>,
     pub azure: AzureClient,
     pub brokers: BrokerRegistry,
     pub fingerprinter: Fingerprinter,
@@ -58,9 +65,12 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, config: Arc<Config>, upstream: Upstream, fingerprinter: Fingerprinter) -> Self {
+    pub fn new(client: Client, config: Arc<Config>, upstream: Upstream, fingerprinter: Fingerprinter, metrics: Arc<Metrics>) -> Self {
+        let upstream = upstream.with_metrics(metrics.clone());
         let recorder = Recorder::new(client.clone(), Reporter { controller: "idp-bridge".into(), instance: Some(config.instance.clone()) });
         Self {
+            metrics,
+            caches_synced: Arc::new(AtomicBool::new(false)),
             azure: AzureClient::new(upstream.clone()),
             brokers: BrokerRegistry::new(upstream),
             client,
@@ -89,6 +99,9 @@ impl Context {
 
     fn forget<K: Resource>(&self, obj: &K) {
         self.reset_backoff(obj);
+        if let Some(uid) = obj.meta().uid.as_deref() {
+            self.metrics.forget_connection(uid);
+        }
     }
 }
 
@@ -124,8 +137,23 @@ fn connections_using_broker(
         .collect()
 }
 
-/// Maps a changed Secret to the connections that read it, directly or through their broker.
-fn connections_using_secret(
+/// Connections that read a changed Secret as their client secret.
+fn connections_reading_secret(
+    secret: &PartialObjectMeta<Secret>,
+    connections: &Store<AzureAdConnection>,
+) -> Vec<ObjectRef<AzureAdConnection>> {
+    let namespace = secret.namespace();
+    let name = secret.name_any();
+    connections
+        .state()
+        .iter()
+        .filter(|c| c.namespace() == namespace && c.spec.azure.client_secret_ref.name == name)
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
+}
+
+/// Connections whose broker authenticates with a changed Secret.
+fn connections_using_broker_secret(
     secret: &PartialObjectMeta<Secret>,
     connections: &Store<AzureAdConnection>,
     brokers: &Store<IdentityBroker>,
@@ -134,12 +162,7 @@ fn connections_using_secret(
 ) -> Vec<ObjectRef<AzureAdConnection>> {
     let namespace = secret.namespace().unwrap_or_default();
     let name = secret.name_any();
-    let mut refs: Vec<_> = connections
-        .state()
-        .iter()
-        .filter(|c| c.namespace().as_deref() == Some(namespace.as_str()) && c.spec.azure.client_secret_ref.name == name)
-        .map(|c| ObjectRef::from_obj(c.as_ref()))
-        .collect();
+    let mut refs = Vec::new();
     for broker in brokers.state().iter().filter(|b| b.namespace().as_deref() == Some(namespace.as_str())) {
         if broker.spec.provider().is_some_and(|p| p.credentials_secret() == name) {
             refs.extend(connections_using_broker(connections, BrokerRefKind::IdentityBroker, Some(&namespace), &broker.name_any()));
@@ -165,6 +188,13 @@ where
     (reader, stream.for_each(|_| future::ready(())))
 }
 
+/// Resolves once `store` has received its first complete list. Polled again every second: a
+/// store's readiness signal wakes only its latest waiter. (The connection controller's own store
+/// is left to the controller for that reason; the broker stores listed here are the operator's.)
+async fn ready_poll<K: Resource<DynamicType = ()> + Clone + 'static>(store: Store<K>) {
+    while tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await.is_err() {}
+}
+
 /// `Api::namespaced` for a namespace, `Api::all` for the whole cluster.
 pub fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
@@ -183,12 +213,20 @@ async fn run_connections(ctx: Arc<Context>, namespace: Option<String>, cluster_b
     let client = ctx.client.clone();
     let ns = namespace.as_deref();
     let (broker_store, broker_reflector) = reflect(scoped::<IdentityBroker>(&client, ns));
+    let brokers_synced = broker_store.clone();
     let connections = Controller::new(scoped::<AzureAdConnection>(&client, ns), watcher::Config::default().any_semantic());
     let store = connections.store();
     let (s1, s2, s3) = (store.clone(), store.clone(), store.clone());
     let operator_namespace = ctx.config.namespace.clone();
+    let metrics = ctx.metrics.clone();
     let secret_mapper = move |secret: PartialObjectMeta<Secret>| {
-        connections_using_secret(&secret, &s3, &broker_store, &cluster_brokers, &operator_namespace)
+        let direct = connections_reading_secret(&secret, &s3);
+        for conn in &direct {
+            metrics.secret_changed(format!("{}/{}", conn.namespace.as_deref().unwrap_or_default(), conn.name));
+        }
+        let mut refs = connections_using_broker_secret(&secret, &s3, &broker_store, &cluster_brokers, &operator_namespace);
+        refs.extend(direct);
+        refs
     };
     let mut secrets = vec![scoped::<PartialObjectMeta<Secret>>(&client, ns)];
     if ns.is_some_and(|ns| ns != ctx.config.namespace) {
@@ -206,6 +244,14 @@ async fn run_connections(ctx: Arc<Context>, namespace: Option<String>, cluster_b
         let mapper = secret_mapper.clone();
         controller = controller.watches(api, watcher::Config::default(), mapper);
     }
+    let synced = {
+        let (brokers, flag) = (brokers_synced, ctx.caches_synced.clone());
+        async move {
+            ready_poll(brokers).await;
+            flag.store(true, Ordering::SeqCst);
+        }
+    };
+    tokio::spawn(synced);
     let controller = controller
         .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
         .graceful_shutdown_on(shutdown.clone())

@@ -32,6 +32,8 @@ pub enum Expiry {
         expires_at: jiff::Timestamp,
         source: &'static str,
         key_id: Option<String>,
+        /// Anything the user should know about how the date was found.
+        note: Option<String>,
     },
 }
 

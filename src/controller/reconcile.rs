@@ -15,6 +15,8 @@ use kube::{
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::metrics::{ConnectionLabels, ExpiryLabels};
+
 use super::{
     Context,
     error::Error,
@@ -26,24 +28,30 @@ use crate::{
     azure::ValidationRequest,
     broker::{AzureCredentials, BrokerClient, BrokerKey, SyncRequest},
     crd::{
-        FINALIZER,
-        connection::{AzureAdConnection, AzureAdConnectionStatus, DeletionPolicy, ManagementPolicy},
+        EXPIRES_AT_ANNOTATION, FINALIZER,
+        conditions::Reason,
+        connection::{AzureAdConnection, AzureAdConnectionStatus, DeletionPolicy, ExpirySource, ManagementPolicy, ValidationMode},
     },
 };
 
 /// Field manager of every status write.
 pub const MANAGER: &str = "idp-bridge";
 
+/// Every log line of a reconcile carries the connection's namespace and name (the span fields).
+#[tracing::instrument(skip_all, fields(namespace = %conn.namespace().unwrap_or_default(), name = %conn.name_any()))]
 pub async fn reconcile(conn: Arc<AzureAdConnection>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
     let api: Api<AzureAdConnection> = Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
-    finalizer(&api, FINALIZER, conn, |event| async {
+    let result = finalizer(&api, FINALIZER, conn, |event| async {
         match event {
             Finalizer::Apply(conn) => apply(&conn, &ctx).await,
             Finalizer::Cleanup(conn) => cleanup(&conn, &ctx).await,
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconciled(if result.is_ok() { "success" } else { "error" }, started.elapsed());
+    result
 }
 
 /// How the reconcile ended, for scheduling the next one.
@@ -59,7 +67,9 @@ async fn apply(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error>
     let generation = conn.meta().generation;
     let now = jiff::Timestamp::now();
     if conn.spec.suspend {
-        write_status(conn, ctx, &previous, status::suspended(&previous, generation, now)).await?;
+        let next = status::suspended(&previous, generation, now);
+        record_series(conn, ctx, &next);
+        write_status(conn, ctx, &previous, next).await?;
         ctx.reset_backoff(conn);
         return Ok(Action::await_change());
     }
@@ -78,6 +88,8 @@ async fn apply(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error>
     let subject =
         Subject { generation, validation_mode: conn.spec.validation.mode, warn_before: conn.spec.warn_before(), previous: &previous };
     let next_status = status::compute(&subject, &observation, now);
+    record_series(conn, ctx, &next_status);
+    record_rotation(conn, ctx, &previous, &observation);
     write_status(conn, ctx, &previous, next_status).await?;
     if let BrokerStage::Synced(outcome) = &observation.broker
         && outcome.wrote
@@ -119,19 +131,16 @@ async fn observe(conn: &AzureAdConnection, ctx: &Context, previous: &AzureAdConn
         }
     };
     let fingerprint_ref = fingerprint.as_deref().unwrap_or_default();
-    let validation = ctx
-        .azure
-        .validate(&ValidationRequest {
-            cloud: spec.azure.cloud,
-            tenant: &spec.azure.tenant,
-            client_id: &spec.azure.client_id,
-            secret: &secret,
-            fingerprint: fingerprint_ref,
-            mode: spec.validation.mode,
-            ttl: spec.refresh_interval(),
-        })
-        .await;
-    let validation = match validation {
+    let validation_request = ValidationRequest {
+        cloud: spec.azure.cloud,
+        tenant: &spec.azure.tenant,
+        client_id: &spec.azure.client_id,
+        secret: &secret,
+        fingerprint: fingerprint_ref,
+        mode: spec.validation.mode,
+        ttl: spec.refresh_interval(),
+    };
+    let validation = match ctx.azure.validate(&validation_request).await {
         Ok(v) => v,
         Err(error) => {
             let next = if error.is_transient() { Next::Retry { min: error.retry_after() } } else { Next::Refresh };
@@ -147,6 +156,7 @@ async fn observe(conn: &AzureAdConnection, ctx: &Context, previous: &AzureAdConn
             return Ok((observation, next));
         }
     };
+    let expiry = graph_expiry(ctx, conn, &validation_request, validation.tenant_id.as_deref(), expiry).await;
 
     let broker = match resolve::broker(&ctx.client, &ctx.config.namespace, conn).await? {
         Ok(resolved) => ctx.broker_client(&resolved),
@@ -227,6 +237,79 @@ async fn store_pending_scim(conn: &AzureAdConnection, ctx: &Context) -> Result<(
     api.patch(&secret_name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&secret)).await.map_err(Error::WriteScimSecret)?;
     ctx.pending_scim.lock().expect("scim lock").remove(&uid);
     Ok(())
+}
+
+/// The connection's ready and expiry gauges, from the status about to be written.
+fn record_series(conn: &AzureAdConnection, ctx: &Context, status: &AzureAdConnectionStatus) {
+    let Some(uid) = conn.uid() else { return };
+    let (namespace, name) = (conn.namespace().unwrap_or_default(), conn.name_any());
+    let ready = crate::crd::conditions::find(&status.conditions, crate::crd::conditions::READY).is_some_and(|c| c.status == "True");
+    let ready_labels = ConnectionLabels { namespace: namespace.clone(), name: name.clone(), broker: conn.spec.broker_ref.name.clone() };
+    let expiry = status.secret.as_ref().and_then(|s| s.expires_at.as_ref()).map(|at| {
+        let tenant_id = status.tenant_id.clone().unwrap_or_else(|| conn.spec.azure.tenant.clone());
+        (ExpiryLabels { namespace, name, client_id: conn.spec.azure.client_id.clone(), tenant_id }, at.0.as_second() as f64)
+    });
+    ctx.metrics.connection(&uid, ready_labels, ready, expiry);
+}
+
+/// Observes the Secret-change-to-broker latency once the broker holds a rotated secret; a change
+/// that will not be pushed (rejected, unchanged, observe-only) just ends the measurement.
+fn record_rotation(conn: &AzureAdConnection, ctx: &Context, previous: &AzureAdConnectionStatus, observation: &Observation) {
+    let key = format!("{}/{}", conn.namespace().unwrap_or_default(), conn.name_any());
+    let previously_synced = previous.broker.as_ref().and_then(|b| b.synced_fingerprint.as_deref());
+    match (&observation.broker, &observation.credentials) {
+        (BrokerStage::Synced(outcome), _) if outcome.wrote && observation.fingerprint.as_deref() != previously_synced => {
+            ctx.metrics.secret_synced(&key)
+        }
+        (BrokerStage::Failed(e), _) if e.is_transient() => {}
+        (_, Err(failure)) if failure.is_transient() => {}
+        _ => ctx.metrics.secret_change_settled(&key),
+    }
+}
+
+/// The expiry per `expiry.source`, once the credentials are valid: Graph for `Graph` and `Auto`
+/// (Auto falls back to the annotation's `from_annotation`), the annotation otherwise.
+async fn graph_expiry(
+    ctx: &Context,
+    conn: &AzureAdConnection,
+    request: &ValidationRequest<'_>,
+    tenant_id: Option<&str>,
+    from_annotation: Expiry,
+) -> Expiry {
+    let source = conn.spec.expiry.source;
+    if !matches!(source, ExpirySource::Graph | ExpirySource::Auto) {
+        return from_annotation;
+    }
+    let lookup = match (request.mode, tenant_id) {
+        (ValidationMode::ClientCredentials, Some(tenant_id)) => ctx.azure.secret_expiry(request, tenant_id).await,
+        _ if source == ExpirySource::Auto => return from_annotation,
+        _ => {
+            return Expiry::Unknown(
+                "expiry.source Graph needs validation.mode ClientCredentials (the lookup uses the validated secret)".into(),
+            );
+        }
+    };
+    match lookup {
+        Ok(found) => Expiry::Known {
+            expires_at: found.expires_at,
+            source: "Graph",
+            key_id: Some(found.key_id),
+            note: (found.same_hint > 1).then(|| {
+                format!(
+                    "{} of the application's secrets share this one's first three characters; the earliest expiry is used",
+                    found.same_hint
+                )
+            }),
+        },
+        Err(error) if source == ExpirySource::Auto => match from_annotation {
+            Expiry::Unknown(_) => Expiry::Unknown(format!("{error}; and the Secret has no {EXPIRES_AT_ANNOTATION} annotation")),
+            other => other,
+        },
+        Err(error) => match error.reason() {
+            Reason::GraphUnreachable => Expiry::Unknown(error.to_string()),
+            reason => Expiry::Invalid(Problem::new(reason, error.to_string())),
+        },
+    }
 }
 
 /// The next refresh: the interval with ±10% jitter, or sooner when an expiry threshold comes first.
@@ -372,6 +455,7 @@ mod tests {
             expires_at: jiff::Timestamp::from_second(1_700_000_000 + secs).unwrap(),
             source: "Annotation",
             key_id: None,
+            note: None,
         };
         // Warning window opens in 100 s.
         let d = schedule_refresh(Duration::from_secs(3600), &expiry(day + 100), Duration::from_secs(day as u64), now);

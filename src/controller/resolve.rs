@@ -57,11 +57,11 @@ pub fn secret_from_data(
 pub fn expiry_from_annotations(source: ExpirySource, annotations: &BTreeMap<String, String>) -> Expiry {
     match source {
         ExpirySource::None => Expiry::Disabled,
-        ExpirySource::Graph => Expiry::Unknown("expiry.source Graph: no expiry date was read from Microsoft Graph".into()),
+        ExpirySource::Graph => Expiry::Unknown("Microsoft Graph is asked for the expiry once Azure accepts the secret".into()),
         ExpirySource::Annotation | ExpirySource::Auto => match annotations.get(EXPIRES_AT_ANNOTATION) {
             None => Expiry::Unknown(format!("no expiry date known: set the {EXPIRES_AT_ANNOTATION} annotation (RFC 3339) on the Secret")),
             Some(text) => match text.trim().parse::<jiff::Timestamp>() {
-                Ok(expires_at) => Expiry::Known { expires_at, source: "Annotation", key_id: None },
+                Ok(expires_at) => Expiry::Known { expires_at, source: "Annotation", key_id: None, note: None },
                 Err(_) => Expiry::Invalid(Problem::new(
                     Reason::InvalidExpiryAnnotation,
                     format!("annotation {EXPIRES_AT_ANNOTATION} is {text:?}, not an RFC 3339 time such as 2027-01-31T00:00:00Z"),

@@ -94,20 +94,27 @@ fn expiry_condition(expiry: &Expiry, warn_before: std::time::Duration, now: jiff
         }
         Expiry::Unknown(message) => Desired::new(SECRET_EXPIRING, Status::Unknown, Reason::ExpiryUnknown, message.clone()),
         Expiry::Invalid(problem) => Desired::new(SECRET_EXPIRING, Status::Unknown, problem.reason, problem.message.clone()),
-        Expiry::Known { expires_at, .. } => {
+        Expiry::Known { expires_at, source, note, .. } => {
             let left = expires_at.as_second() - now.as_second();
+            let suffix = format!(" (from {source}{})", note.as_deref().map(|n| format!("; {n}")).unwrap_or_default());
             if left <= 0 {
-                Desired::new(SECRET_EXPIRING, Status::True, Reason::SecretExpired, format!("the client secret expired at {expires_at}"))
-            } else if left <= warn_before.as_secs() as i64 {
-                let days = left / 86_400;
                 Desired::new(
                     SECRET_EXPIRING,
                     Status::True,
-                    Reason::SecretExpiring,
-                    format!("the client secret expires at {expires_at}, in {days} days"),
+                    Reason::SecretExpired,
+                    format!("the client secret expired at {expires_at}{suffix}"),
                 )
+            } else if left <= warn_before.as_secs() as i64 {
+                let days = left / 86_400;
+                let message = format!("the client secret expires at {expires_at}, in {days} days{suffix}");
+                Desired::new(SECRET_EXPIRING, Status::True, Reason::SecretExpiring, message)
             } else {
-                Desired::new(SECRET_EXPIRING, Status::False, Reason::SecretValid, format!("the client secret expires at {expires_at}"))
+                Desired::new(
+                    SECRET_EXPIRING,
+                    Status::False,
+                    Reason::SecretValid,
+                    format!("the client secret expires at {expires_at}{suffix}"),
+                )
             }
         }
     }
@@ -155,7 +162,7 @@ pub fn compute(subject: &Subject<'_>, observation: &Observation, now: jiff::Time
             s.fingerprint.clone_from(&observation.fingerprint);
         }
         match &observation.expiry {
-            Expiry::Known { expires_at, source, key_id } => {
+            Expiry::Known { expires_at, source, key_id, .. } => {
                 s.expires_at = Some(Time(*expires_at));
                 s.expiry_source = Some((*source).to_owned());
                 s.key_id.clone_from(key_id);
@@ -372,7 +379,7 @@ mod tests {
     fn expiry_windows() {
         let day = 86_400;
         let warn = Duration::from_secs(30 * day as u64);
-        let known = |at: i64| Expiry::Known { expires_at: t(at), source: "Annotation", key_id: None };
+        let known = |at: i64| Expiry::Known { expires_at: t(at), source: "Annotation", key_id: None, note: None };
         assert_eq!(expiry_condition(&known(60 * day), warn, t(0)).status, Status::False);
         let soon = expiry_condition(&known(10 * day), warn, t(0));
         assert_eq!((soon.status, soon.reason), (Status::True, Reason::SecretExpiring));

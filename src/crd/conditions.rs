@@ -121,6 +121,14 @@ reasons! {
     SecretValid,
     /// The Secret's `idpbridge.io/expires-at` annotation is not an RFC 3339 time.
     InvalidExpiryAnnotation,
+    /// Microsoft Graph refused to read the application: Application.Read.All is missing.
+    GraphPermissionMissing,
+    /// No client secret of the application has the held value's first three characters.
+    SecretNotInApplication,
+    /// Microsoft Graph could not be reached or throttled the request.
+    GraphUnreachable,
+    /// Microsoft Graph answered in a way the operator does not understand.
+    GraphError,
 }
 
 /// What a status should say for one condition type.

@@ -84,6 +84,7 @@ impl Upstreams {
             concurrency: 8,
             instance: "devenv".into(),
             watch_namespaces,
+            http_address: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
         }
     }
 }
@@ -92,6 +93,7 @@ impl Upstreams {
 pub struct RunningOperator {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    http: Option<std::net::SocketAddr>,
 }
 
 impl RunningOperator {
@@ -99,10 +101,17 @@ impl RunningOperator {
     pub async fn start(client: kube::Client, config: Config) -> Result<Self, StartError> {
         let ctx = operator::context(client, config).await?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(crate::controller::run(ctx, async {
+        let shutdown = futures::FutureExt::shared(Box::pin(async {
             let _ = stopped.await;
         }));
-        Ok(Self { stop: Some(stop), task })
+        let http = operator::serve_http(&ctx, shutdown.clone()).await?;
+        let task = tokio::spawn(crate::controller::run(ctx, shutdown));
+        Ok(Self { stop: Some(stop), task, http })
+    }
+
+    /// Where its /metrics, /healthz and /readyz are served.
+    pub fn http_address(&self) -> Option<std::net::SocketAddr> {
+        self.http
     }
 
     /// Stops it gracefully, as SIGTERM would, and waits until it has.

@@ -107,6 +107,13 @@ impl Env {
         }
     }
 
+    /// GET `path` on the running operator's HTTP server: (status, body).
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        let address = self.operator.as_ref().and_then(|o| o.http_address()).expect("the operator serves HTTP");
+        let response = reqwest::get(format!("http://{address}{path}")).await.expect("the operator answers HTTP");
+        (response.status().as_u16(), response.text().await.unwrap_or_default())
+    }
+
     /// A secret value that must never show up anywhere but in the Secret and the broker.
     pub fn canary(&mut self, label: &str) -> String {
         let value = format!("Cn{}Q~{label}-{}", rand::random::<u16>() % 10, idp_bridge::devenv::control_plane::unique_name("canary"));
@@ -252,11 +259,13 @@ impl Env {
         )
         .unwrap();
         assert!(!logs.is_empty(), "the operator logged nothing at all; the capture is broken");
+        let metrics = if self.operator.is_some() { self.http_get("/metrics").await.1 } else { String::new() };
         for canary in self.canaries.iter().map(String::as_str).chain([M2M_SECRET]) {
             assert!(!logs.contains(canary), "a secret value leaked into the logs");
             assert!(!events.contains(canary), "a secret value leaked into an event");
             assert!(!connections.contains(canary), "a secret value leaked into a connection");
             assert!(!brokers.contains(canary), "a secret value leaked into a broker");
+            assert!(!metrics.contains(canary), "a secret value leaked into the metrics");
         }
     }
 }

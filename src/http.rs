@@ -1,0 +1,54 @@
+//! The operator's HTTP endpoints: `/metrics` (Prometheus), `/healthz` (the process is alive) and
+//! `/readyz` (caches synced).
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use axum::{Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get};
+use tokio::net::TcpListener;
+
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+pub struct Endpoints {
+    pub metrics: Arc<Metrics>,
+    /// Set once the controllers' caches have synced.
+    pub ready: Arc<AtomicBool>,
+}
+
+pub fn router(endpoints: Endpoints) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(endpoints)
+}
+
+async fn metrics(State(endpoints): State<Endpoints>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], endpoints.metrics.encode())
+}
+
+async fn readyz(State(endpoints): State<Endpoints>) -> impl IntoResponse {
+    if endpoints.ready.load(Ordering::SeqCst) { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "caches not synced") }
+}
+
+/// Binds `address` and serves until `shutdown` resolves; returns the bound address at once.
+pub async fn serve(
+    address: SocketAddr,
+    endpoints: Endpoints,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(address).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router(endpoints)).with_graceful_shutdown(shutdown).await {
+            tracing::error!(error = %e, "the HTTP server stopped");
+        }
+    });
+    Ok(bound)
+}

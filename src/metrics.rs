@@ -1,0 +1,272 @@
+//! Prometheus metrics. Series of a connection are keyed by its UID, so a deleted connection or a
+//! changed label value (a new tenant, say) never leaves a stale series behind.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExpiryLabels {
+    pub namespace: String,
+    pub name: String,
+    pub client_id: String,
+    pub tenant_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    pub namespace: String,
+    pub name: String,
+    pub broker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: String,
+    pub operation: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamOperationLabels {
+    pub upstream: String,
+    pub operation: String,
+}
+
+/// The series one connection currently has, to remove or relabel them.
+#[derive(Default)]
+struct ConnectionSeries {
+    ready: Option<ConnectionLabels>,
+    expiry: Option<ExpiryLabels>,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    expiry: Family<ExpiryLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    ready: Family<ConnectionLabels, Gauge>,
+    reconciles: Family<ResultLabels, Counter>,
+    reconcile_seconds: Family<ResultLabels, Histogram>,
+    upstream_requests: Family<UpstreamLabels, Counter>,
+    upstream_seconds: Family<UpstreamOperationLabels, Histogram>,
+    rotation_seconds: Histogram,
+    series: Mutex<HashMap<String, ConnectionSeries>>,
+    /// When a Secret change was first seen for a connection (`namespace/name`), until its
+    /// broker holds the new value.
+    secret_changes: Mutex<HashMap<String, Instant>>,
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0].into_iter()
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("idpbridge");
+        let expiry = Family::default();
+        registry.register("client_secret_expiry_timestamp_seconds", "When the held client secret expires (UNIX seconds)", expiry.clone());
+        let ready = Family::default();
+        registry.register("connection_ready", "1 when the connection is Ready, else 0", ready.clone());
+        let reconciles = Family::default();
+        registry.register("reconcile", "Reconciles of connections by result", reconciles.clone());
+        let reconcile_seconds = Family::<ResultLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
+        registry.register("reconcile_duration_seconds", "Duration of connection reconciles", reconcile_seconds.clone());
+        let upstream_requests = Family::default();
+        registry.register(
+            "upstream_requests",
+            "HTTP requests to Azure, Graph and brokers by upstream, operation and status",
+            upstream_requests.clone(),
+        );
+        let upstream_seconds = Family::<UpstreamOperationLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
+        registry.register(
+            "upstream_request_duration_seconds",
+            "Duration of HTTP requests to Azure, Graph and brokers",
+            upstream_seconds.clone(),
+        );
+        let rotation_seconds = Histogram::new(latency_buckets());
+        registry.register(
+            "secret_rotation_sync_duration_seconds",
+            "Time from a Secret change being observed to the broker holding the new value",
+            rotation_seconds.clone(),
+        );
+        Self {
+            registry,
+            expiry,
+            ready,
+            reconciles,
+            reconcile_seconds,
+            upstream_requests,
+            upstream_seconds,
+            rotation_seconds,
+            series: Mutex::new(HashMap::new()),
+            secret_changes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    pub fn reconciled(&self, result: &str, took: Duration) {
+        let labels = ResultLabels { result: result.to_owned() };
+        self.reconciles.get_or_create(&labels).inc();
+        self.reconcile_seconds.get_or_create(&labels).observe(took.as_secs_f64());
+    }
+
+    pub fn upstream_request(&self, upstream: &str, operation: &str, status: &str, took: Duration) {
+        let labels = UpstreamLabels { upstream: upstream.to_owned(), operation: operation.to_owned(), status: status.to_owned() };
+        self.upstream_requests.get_or_create(&labels).inc();
+        self.upstream_seconds
+            .get_or_create(&UpstreamOperationLabels { upstream: upstream.to_owned(), operation: operation.to_owned() })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Sets a connection's series, replacing any with other label values.
+    pub fn connection(&self, uid: &str, ready_labels: ConnectionLabels, ready: bool, expiry: Option<(ExpiryLabels, f64)>) {
+        let mut series = self.series.lock().expect("series lock");
+        let entry = series.entry(uid.to_owned()).or_default();
+        if let Some(old) = entry.ready.replace(ready_labels.clone())
+            && old != ready_labels
+        {
+            self.ready.remove(&old);
+        }
+        self.ready.get_or_create(&ready_labels).set(i64::from(ready));
+        let new_expiry_labels = expiry.as_ref().map(|(l, _)| l.clone());
+        if let Some(old) = entry.expiry.take()
+            && Some(&old) != new_expiry_labels.as_ref()
+        {
+            self.expiry.remove(&old);
+        }
+        if let Some((labels, at)) = expiry {
+            self.expiry.get_or_create(&labels).set(at);
+            entry.expiry = Some(labels);
+        }
+    }
+
+    /// Removes every series of a deleted connection.
+    pub fn forget_connection(&self, uid: &str) {
+        if let Some(entry) = self.series.lock().expect("series lock").remove(uid) {
+            if let Some(labels) = entry.ready {
+                self.ready.remove(&labels);
+            }
+            if let Some(labels) = entry.expiry {
+                self.expiry.remove(&labels);
+            }
+        }
+    }
+
+    /// A Secret the connection `key` (`namespace/name`) reads changed; keeps the first sighting.
+    pub fn secret_changed(&self, key: String) {
+        self.secret_changes.lock().expect("changes lock").entry(key).or_insert_with(Instant::now);
+    }
+
+    /// The broker now holds the connection's current secret: observe the latency, if a change
+    /// was pending.
+    pub fn secret_synced(&self, key: &str) {
+        if let Some(seen) = self.secret_changes.lock().expect("changes lock").remove(key) {
+            self.rotation_seconds.observe(seen.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Nothing to sync after a Secret change (it failed validation, or the value is the same).
+    pub fn secret_change_settled(&self, key: &str) {
+        self.secret_changes.lock().expect("changes lock").remove(key);
+    }
+}
+
+/// A bounded operation label for an upstream request: method plus the API resource the path
+/// names (never ids, tenants or names, which would explode the series count).
+pub fn operation(method: &str, path: &str) -> String {
+    const RESOURCES: &[&str] =
+        &["openid-configuration", "token", "applications", "connections", "clients", "identity_providers", "connectors", "connection"];
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).map(|s| s.split('(').next().unwrap_or(s)).collect();
+    match segments.iter().rposition(|s| RESOURCES.contains(s)) {
+        Some(i) if i + 1 < segments.len() && !RESOURCES.contains(&segments[i + 1]) => format!("{method} {}/{{id}}", segments[i]),
+        Some(i) => format!("{method} {}", segments[i]),
+        None => format!("{method} other"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operations_have_bounded_names() {
+        assert_eq!(operation("GET", "/contoso.com/v2.0/.well-known/openid-configuration"), "GET openid-configuration");
+        assert_eq!(operation("POST", "/3f2a/oauth2/v2.0/token"), "POST token");
+        assert_eq!(operation("GET", "/v1.0/applications(appId='8c2e')"), "GET applications");
+        assert_eq!(operation("PATCH", "/api/v2/connections/con_abc"), "PATCH connections/{id}");
+        assert_eq!(operation("PATCH", "/api/v2/connections/con_abc/clients"), "PATCH clients");
+        assert_eq!(operation("GET", "/api/v2/connections"), "GET connections");
+        assert_eq!(operation("GET", "/whatever/else"), "GET other");
+    }
+
+    fn labels(tenant: &str) -> (ConnectionLabels, ExpiryLabels) {
+        (
+            ConnectionLabels { namespace: "ns".into(), name: "web".into(), broker: "auth0".into() },
+            ExpiryLabels { namespace: "ns".into(), name: "web".into(), client_id: "c".into(), tenant_id: tenant.into() },
+        )
+    }
+
+    #[test]
+    fn relabelled_and_deleted_connections_leave_no_stale_series() {
+        let m = Metrics::new();
+        let (ready, expiry) = labels("t1");
+        m.connection("uid", ready.clone(), true, Some((expiry, 100.0)));
+        assert!(m.encode().contains("tenant_id=\"t1\""));
+        let (ready, expiry) = labels("t2");
+        m.connection("uid", ready, true, Some((expiry, 200.0)));
+        let text = m.encode();
+        assert!(!text.contains("tenant_id=\"t1\"") && text.contains("tenant_id=\"t2\""), "{text}");
+        m.forget_connection("uid");
+        let text = m.encode();
+        assert!(!text.contains("name=\"web\""), "{text}");
+    }
+
+    #[test]
+    fn exposition_names() {
+        let m = Metrics::new();
+        m.reconciled("success", Duration::from_millis(5));
+        m.upstream_request("auth0", "GET connections", "200", Duration::from_millis(3));
+        m.secret_changed("ns/web".into());
+        m.secret_synced("ns/web");
+        let text = m.encode();
+        for name in [
+            "idpbridge_reconcile_total{result=\"success\"} 1",
+            "idpbridge_reconcile_duration_seconds_count",
+            "idpbridge_upstream_requests_total{upstream=\"auth0\",operation=\"GET connections\",status=\"200\"} 1",
+            "idpbridge_upstream_request_duration_seconds_bucket",
+            "idpbridge_secret_rotation_sync_duration_seconds_count 1",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}
