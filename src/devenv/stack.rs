@@ -10,7 +10,10 @@ use std::{
 
 use tokio::{sync::oneshot, task::JoinHandle};
 
-use super::{auth0::Auth0Emulator, azure::AzureEmulator, tls::TestCa};
+use super::{
+    auth0::Auth0Emulator, azure::AzureEmulator, cloudflare::CloudflareEmulator, logto::LogtoEmulator, tls::TestCa, unified::UnifiedEmulator,
+};
+use crate::crd::broker::UnifiedRegion;
 use crate::{
     config::Config,
     operator::{self, StartError},
@@ -23,6 +26,9 @@ pub struct Upstreams {
     pub ca: TestCa,
     pub azure: AzureEmulator,
     auth0: BTreeMap<String, Auth0Emulator>,
+    logto: BTreeMap<String, LogtoEmulator>,
+    cloudflare: Option<CloudflareEmulator>,
+    unified: Option<UnifiedEmulator>,
     dir: tempfile::TempDir,
     ca_path: PathBuf,
 }
@@ -36,7 +42,7 @@ impl Upstreams {
         let ca_path = dir.path().join("ca.pem");
         ca.write_pem(&ca_path)?;
         let azure = AzureEmulator::start(&ca)?;
-        Ok(Self { ca, azure, auth0: BTreeMap::new(), dir, ca_path })
+        Ok(Self { ca, azure, auth0: BTreeMap::new(), logto: BTreeMap::new(), cloudflare: None, unified: None, dir, ca_path })
     }
 
     /// Starts an emulated Auth0 tenant for `domain` (or returns the running one).
@@ -49,6 +55,33 @@ impl Upstreams {
         Ok(emulator)
     }
 
+    /// Starts emulated Cloudflare (`api.cloudflare.com`), or returns the running one.
+    pub fn cloudflare(&mut self) -> std::io::Result<CloudflareEmulator> {
+        if self.cloudflare.is_none() {
+            self.cloudflare = Some(CloudflareEmulator::start(&self.ca)?);
+        }
+        Ok(self.cloudflare.clone().expect("just started"))
+    }
+
+    /// Starts an emulated Logto tenant at `host` (the endpoint's host) with the Management API
+    /// resource indicator `resource`, or returns the running one.
+    pub fn logto(&mut self, host: &str, resource: &str) -> std::io::Result<LogtoEmulator> {
+        if let Some(existing) = self.logto.get(host) {
+            return Ok(existing.clone());
+        }
+        let emulator = LogtoEmulator::start(&self.ca, resource)?;
+        self.logto.insert(host.to_owned(), emulator.clone());
+        Ok(emulator)
+    }
+
+    /// Starts emulated Unified.to, serving every region's host, or returns the running one.
+    pub fn unified(&mut self) -> std::io::Result<UnifiedEmulator> {
+        if self.unified.is_none() {
+            self.unified = Some(UnifiedEmulator::start(&self.ca)?);
+        }
+        Ok(self.unified.clone().expect("just started"))
+    }
+
     /// Host overrides that send the operator's outbound calls to the emulators.
     pub fn overrides(&self) -> EndpointOverrides {
         let mut overrides = EndpointOverrides::default();
@@ -58,6 +91,17 @@ impl Upstreams {
         overrides.insert(&cloud.graph_host, azure);
         for (domain, emulator) in &self.auth0 {
             overrides.insert(domain, emulator.base_url());
+        }
+        for (host, emulator) in &self.logto {
+            overrides.insert(host, emulator.base_url());
+        }
+        if let Some(cloudflare) = &self.cloudflare {
+            overrides.insert("api.cloudflare.com", cloudflare.base_url());
+        }
+        if let Some(unified) = &self.unified {
+            for region in [UnifiedRegion::Us, UnifiedRegion::Eu, UnifiedRegion::Au] {
+                overrides.insert(region.host(), unified.base_url());
+            }
         }
         overrides
     }

@@ -73,6 +73,13 @@ impl Env {
     /// A namespace with an Auth0 IdentityBroker named `auth0`, an emulated tenant with the app
     /// `CLIENT_ID`, and a running operator.
     pub async fn new(prefix: &str) -> Env {
+        let mut env = Env::without_operator(prefix).await;
+        env.start_operator().await;
+        env
+    }
+
+    /// The same environment, with the operator not started yet (to add emulators first).
+    pub async fn without_operator(prefix: &str) -> Env {
         captured_logs();
         let (client, ns) = super::namespace(prefix).await;
         let mut upstreams = Upstreams::start().expect("emulators start");
@@ -84,7 +91,7 @@ impl Env {
             M2M_SECRET,
             &["read:connections", "create:connections", "update:connections", "delete:connections"],
         );
-        let mut env = Env { client, ns, upstreams, auth0, operator: None, canaries: Vec::new() };
+        let env = Env { client, ns, upstreams, auth0, operator: None, canaries: Vec::new() };
         env.put_secret("auth0-management", &[("client-id", M2M_CLIENT), ("client-secret", M2M_SECRET)], &[]).await;
         env.apply(
             "IdentityBroker",
@@ -92,7 +99,6 @@ impl Env {
             json!({"spec": {"auth0": {"domain": AUTH0_DOMAIN, "credentialsSecretRef": {"name": "auth0-management"}}}}),
         )
         .await;
-        env.start_operator().await;
         env
     }
 
@@ -169,6 +175,18 @@ impl Env {
         api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
             .await
             .unwrap_or_else(|e| panic!("applying {kind} {name}: {e}"));
+    }
+
+    /// Applies an AzureAdConnection using IdentityBroker `broker` with the broker block `block`
+    /// (e.g. `{"cloudflare": {...}}`), reading Secret `secret`, with extra spec fields.
+    pub async fn connect_to(&self, name: &str, broker: &str, block: Value, secret: &str, extra: Value) {
+        let mut spec = json!({
+            "brokerRef": {"name": broker},
+            "azure": {"tenant": TENANT_DOMAIN, "clientId": CLIENT_ID, "clientSecretRef": {"name": secret}},
+        });
+        merge(&mut spec, block);
+        merge(&mut spec, extra);
+        self.apply("AzureAdConnection", name, json!({ "spec": spec })).await;
     }
 
     /// Applies an AzureAdConnection named `name` reading Secret `secret`, with extra spec fields.
