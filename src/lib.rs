@@ -4,7 +4,8 @@
 //! Layout: `crd` (the API), `config` (flags, parsed once), `controller` (watch and reconcile:
 //! resolve -> validate -> plan/apply -> status), `azure` and `broker::*` (one module per external
 //! API), `upstream` (the single outbound HTTP client), `secret` (redaction and fingerprints),
-//! `devenv` (emulators and a local control plane for the demo and tests).
+//! `leader` (leader election on a Lease), `devenv` (emulators and a local control plane for the
+//! demo and tests).
 
 pub mod azure;
 pub mod broker;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod devenv;
+pub mod leader;
 pub mod operator;
 pub mod secret;
 pub mod telemetry;
