@@ -1,5 +1,5 @@
 //! Start-up of the controller: build the shared clients once, load the fingerprint key, check
-//! the CRDs are installed, then run until shutdown.
+//! the CRDs are installed, then run until shutdown (under leader election when enabled).
 
 use std::sync::Arc;
 
@@ -14,6 +14,7 @@ use crate::{
     config::Config,
     controller::{self, Context},
     crd::AzureAdConnection,
+    leader::{LeaderElection, SettingsError},
     secret::Fingerprinter,
     upstream::{ClientBuildError, Upstream},
 };
@@ -28,6 +29,8 @@ pub enum StartError {
     FingerprintKeyInvalid { namespace: String, name: String },
     #[error(transparent)]
     Http(#[from] ClientBuildError),
+    #[error("leader election: {0}")]
+    LeaderElection(#[from] SettingsError),
 }
 
 const KEY_ENTRY: &str = "key";
@@ -69,13 +72,34 @@ pub async fn context(client: Client, config: Config) -> Result<Arc<Context>, Sta
     Ok(Arc::new(Context::new(client, Arc::new(config), upstream, Fingerprinter::new(key))))
 }
 
-/// Runs the controllers until `shutdown` resolves.
+/// The leader election the configuration asks for (`None` when it is disabled): the Lease in
+/// the operator's namespace, with a unique identity for this process.
+pub fn leader_election(client: &Client, config: &Config) -> Result<Option<LeaderElection>, StartError> {
+    let Some(election) = &config.leader_election else { return Ok(None) };
+    Ok(Some(LeaderElection::new(client.clone(), election.settings(&config.namespace, &config.instance))?))
+}
+
+/// Runs the controllers until `shutdown` resolves: directly, or under `election` only while this
+/// process leads (then the Lease is released on shutdown).
+pub async fn run_controllers(
+    ctx: Arc<Context>,
+    election: Option<LeaderElection>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    match election {
+        Some(election) => election.run(shutdown, move |stop| controller::run(ctx.clone(), stop)).await,
+        None => controller::run(ctx, shutdown).await,
+    }
+}
+
+/// Runs the controllers until `shutdown` resolves, under leader election when it is enabled.
 pub async fn run(
     client: Client,
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), StartError> {
+    let election = leader_election(&client, &config)?;
     let ctx = context(client, config).await?;
-    controller::run(ctx, shutdown).await;
+    run_controllers(ctx, election, shutdown).await;
     Ok(())
 }

@@ -58,6 +58,7 @@ fn context(client: Client) -> Arc<Context> {
         concurrency: 1,
         instance: "test".into(),
         watch_namespaces: vec![],
+        leader_election: None,
     };
     let upstream = Upstream::new(EndpointOverrides::default(), None, Duration::from_secs(1)).unwrap();
     Arc::new(Context::new(client, Arc::new(config), upstream, Fingerprinter::new(vec![7; 32])))
