@@ -3,9 +3,9 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum, builder::BoolishValueParser};
 
-use crate::{crd::duration, upstream::EndpointOverrides};
+use crate::{crd::duration, leader, upstream::EndpointOverrides};
 
 #[derive(Parser, Debug)]
 #[command(name = "idp-bridge", version, about = "Validates Entra ID client secrets and pushes them into identity brokers")]
@@ -76,8 +76,37 @@ pub struct RunArgs {
     #[arg(long, env = "IDP_BRIDGE_HTTP_ADDRESS", default_value = "0.0.0.0:8080")]
     pub http_address: std::net::SocketAddr,
     /// Name reported on Events (the pod name in a cluster).
+    /// Name reported on Events (the pod name in a cluster); with a random suffix, also the
+    /// identity in the leader election.
     #[arg(long, env = "POD_NAME", default_value = "idp-bridge")]
     pub instance: String,
+    /// Reconcile only while holding the leader Lease (in --namespace), so that of several replicas
+    /// exactly one works and a standby takes over when it dies. `--leader-election=false` runs
+    /// without the Lease (a single replica only).
+    #[arg(
+        long,
+        env = "IDP_BRIDGE_LEADER_ELECTION",
+        default_value_t = true,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        action = ArgAction::Set,
+        value_parser = BoolishValueParser::new(),
+    )]
+    pub leader_election: bool,
+    /// Name of the leader Lease in --namespace.
+    #[arg(long, env = "IDP_BRIDGE_LEADER_ELECTION_LEASE", default_value = leader::DEFAULT_LEASE_NAME)]
+    pub leader_election_lease: String,
+    /// How long a standby waits, after it last saw the Lease renewed, before taking over.
+    #[arg(long, env = "IDP_BRIDGE_LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub leader_election_lease_duration: Duration,
+    /// How long the leader keeps working without a successful renewal; shorter than the lease
+    /// duration.
+    #[arg(long, env = "IDP_BRIDGE_LEADER_ELECTION_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    pub leader_election_renew_deadline: Duration,
+    /// Interval between renewals of the leader and between attempts of a standby.
+    #[arg(long, env = "IDP_BRIDGE_LEADER_ELECTION_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    pub leader_election_retry_period: Duration,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -99,6 +128,42 @@ pub struct Config {
     pub watch_namespaces: Vec<String>,
     /// Where /metrics, /healthz and /readyz are served; None serves nothing.
     pub http_address: Option<std::net::SocketAddr>,
+    /// `None`: no leader election, this process always reconciles.
+    pub leader_election: Option<LeaderElectionConfig>,
+}
+
+/// The leader Lease (in the operator's namespace) and its timings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderElectionConfig {
+    pub lease_name: String,
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+}
+
+impl Default for LeaderElectionConfig {
+    fn default() -> Self {
+        Self {
+            lease_name: leader::DEFAULT_LEASE_NAME.to_owned(),
+            lease_duration: leader::DEFAULT_LEASE_DURATION,
+            renew_deadline: leader::DEFAULT_RENEW_DEADLINE,
+            retry_period: leader::DEFAULT_RETRY_PERIOD,
+        }
+    }
+}
+
+impl LeaderElectionConfig {
+    /// The settings of one process: the Lease in `namespace`, a unique identity for `instance`.
+    pub fn settings(&self, namespace: &str, instance: &str) -> leader::LeaseSettings {
+        leader::LeaseSettings {
+            namespace: namespace.to_owned(),
+            name: self.lease_name.clone(),
+            identity: leader::unique_identity(instance),
+            lease_duration: self.lease_duration,
+            renew_deadline: self.renew_deadline,
+            retry_period: self.retry_period,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +174,10 @@ pub enum ConfigError {
     Concurrency,
     #[error("--namespace must not be empty")]
     Namespace,
+    #[error("--leader-election-lease must not be empty")]
+    LeaseName,
+    #[error("leader election: {0}")]
+    LeaderElection(#[from] leader::SettingsError),
 }
 
 impl TryFrom<RunArgs> for Config {
@@ -126,6 +195,25 @@ impl TryFrom<RunArgs> for Config {
         if args.namespace.trim().is_empty() {
             return Err(ConfigError::Namespace);
         }
+        let leader_election = if args.leader_election {
+            let lease_name = args.leader_election_lease.trim().to_owned();
+            if lease_name.is_empty() {
+                return Err(ConfigError::LeaseName);
+            }
+            leader::validate_timing(
+                args.leader_election_lease_duration,
+                args.leader_election_renew_deadline,
+                args.leader_election_retry_period,
+            )?;
+            Some(LeaderElectionConfig {
+                lease_name,
+                lease_duration: args.leader_election_lease_duration,
+                renew_deadline: args.leader_election_renew_deadline,
+                retry_period: args.leader_election_retry_period,
+            })
+        } else {
+            None
+        };
         Ok(Config {
             namespace: args.namespace,
             fingerprint_key_secret: args.fingerprint_key_secret,
@@ -137,6 +225,7 @@ impl TryFrom<RunArgs> for Config {
             instance: args.instance,
             watch_namespaces: args.watch_namespaces.into_iter().map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).collect(),
             http_address: Some(args.http_address),
+            leader_election,
         })
     }
 }
@@ -156,6 +245,50 @@ mod tests {
         assert_eq!(config.http_timeout, Duration::from_secs(15));
         assert_eq!(config.deletion_timeout, Duration::from_secs(600));
         assert!(config.endpoint_overrides.is_empty());
+        assert_eq!(config.leader_election, Some(LeaderElectionConfig::default()));
+    }
+
+    #[test]
+    fn leader_election_flags() {
+        let config = |args: &[&str]| {
+            let Command::Run(args) = parse(args).unwrap().command else { panic!() };
+            Config::try_from(args)
+        };
+        assert_eq!(config(&["run", "--leader-election=false"]).unwrap().leader_election, None);
+        assert_eq!(config(&["run", "--leader-election"]).unwrap().leader_election, Some(LeaderElectionConfig::default()));
+        let custom = config(&[
+            "run",
+            "--leader-election-lease",
+            "other",
+            "--leader-election-lease-duration",
+            "3s",
+            "--leader-election-renew-deadline",
+            "2s",
+            "--leader-election-retry-period",
+            "500ms",
+        ])
+        .unwrap()
+        .leader_election
+        .unwrap();
+        assert_eq!(
+            custom,
+            LeaderElectionConfig {
+                lease_name: "other".into(),
+                lease_duration: Duration::from_secs(3),
+                renew_deadline: Duration::from_secs(2),
+                retry_period: Duration::from_millis(500),
+            }
+        );
+        let settings = custom.settings("ops", "pod-1");
+        assert!(settings.identity.starts_with("pod-1-") && settings.identity.len() > "pod-1-".len());
+        assert_ne!(settings.identity, custom.settings("ops", "pod-1").identity, "identities are unique per process");
+        assert!(matches!(
+            config(&["run", "--leader-election-renew-deadline", "20s"]),
+            Err(ConfigError::LeaderElection(leader::SettingsError::RenewDeadline { .. }))
+        ));
+        assert!(matches!(config(&["run", "--leader-election-lease", " "]), Err(ConfigError::LeaseName)));
+        // Disabled: its timings are not checked.
+        assert!(config(&["run", "--leader-election=false", "--leader-election-renew-deadline", "20s"]).is_ok());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The operator's HTTP endpoints: `/metrics` (Prometheus), `/healthz` (the process is alive) and
-//! `/readyz` (caches synced).
+//! `/readyz` (caches synced, and leader or standby known).
 
 use std::{
     net::SocketAddr,
@@ -10,15 +10,33 @@ use std::{
 };
 
 use axum::{Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get};
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch};
 
-use crate::metrics::Metrics;
+use crate::{leader::LeaderState, metrics::Metrics};
 
 #[derive(Clone)]
 pub struct Endpoints {
     pub metrics: Arc<Metrics>,
     /// Set once the controllers' caches have synced.
-    pub ready: Arc<AtomicBool>,
+    pub caches_synced: Arc<AtomicBool>,
+    /// The leader-election state, when there is an election.
+    pub leader: Option<watch::Receiver<LeaderState>>,
+}
+
+impl Endpoints {
+    /// Ready: a leader (or a process without election) whose caches synced, or a standby that
+    /// knows who leads.
+    fn ready(&self) -> bool {
+        let synced = self.caches_synced.load(Ordering::SeqCst);
+        match &self.leader {
+            None => synced,
+            Some(state) => match &*state.borrow() {
+                LeaderState::Leader => synced,
+                LeaderState::Standby { .. } => true,
+                LeaderState::Unknown => false,
+            },
+        }
+    }
 }
 
 pub fn router(endpoints: Endpoints) -> Router {
@@ -34,7 +52,11 @@ async fn metrics(State(endpoints): State<Endpoints>) -> impl IntoResponse {
 }
 
 async fn readyz(State(endpoints): State<Endpoints>) -> impl IntoResponse {
-    if endpoints.ready.load(Ordering::SeqCst) { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "caches not synced") }
+    if endpoints.ready() {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: caches not synced or leadership unknown")
+    }
 }
 
 /// Binds `address` and serves until `shutdown` resolves; returns the bound address at once.

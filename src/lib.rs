@@ -4,7 +4,8 @@
 //! Layout: `crd` (the API), `config` (flags, parsed once), `controller` (watch and reconcile:
 //! resolve -> validate -> plan/apply -> status), `azure` and `broker::*` (one module per external
 //! API), `upstream` (the single outbound HTTP client), `secret` (redaction and fingerprints),
-//! `devenv` (emulators and a local control plane for the demo and tests).
+//! `leader` (leader election on a Lease), `devenv` (emulators and a local control plane for the
+//! demo and tests).
 
 pub mod azure;
 pub mod broker;
@@ -14,6 +15,7 @@ pub mod controller;
 pub mod crd;
 pub mod devenv;
 pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod operator;
 pub mod secret;

@@ -1,5 +1,5 @@
 //! Start-up of the controller: build the shared clients once, load the fingerprint key, check
-//! the CRDs are installed, then run until shutdown.
+//! the CRDs are installed, then run until shutdown (under leader election when enabled).
 
 use std::sync::Arc;
 
@@ -15,6 +15,7 @@ use crate::{
     controller::{self, Context},
     crd::AzureAdConnection,
     http,
+    leader::{LeaderElection, SettingsError},
     metrics::Metrics,
     secret::Fingerprinter,
     upstream::{ClientBuildError, Upstream},
@@ -32,6 +33,8 @@ pub enum StartError {
     HttpClient(#[from] ClientBuildError),
     #[error("serving HTTP on {address}: {source}")]
     Http { address: std::net::SocketAddr, source: std::io::Error },
+    #[error("leader election: {0}")]
+    LeaderElection(#[from] SettingsError),
 }
 
 const KEY_ENTRY: &str = "key";
@@ -77,24 +80,51 @@ pub async fn context(client: Client, config: Config) -> Result<Arc<Context>, Sta
 /// bound address.
 pub async fn serve_http(
     ctx: &Context,
+    election: Option<&LeaderElection>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Option<std::net::SocketAddr>, StartError> {
     let Some(address) = ctx.config.http_address else { return Ok(None) };
-    let endpoints = http::Endpoints { metrics: ctx.metrics.clone(), ready: ctx.caches_synced.clone() };
+    let endpoints = http::Endpoints {
+        metrics: ctx.metrics.clone(),
+        caches_synced: ctx.caches_synced.clone(),
+        leader: election.map(LeaderElection::state),
+    };
     let bound = http::serve(address, endpoints, shutdown).await.map_err(|source| StartError::Http { address, source })?;
     info!(address = %bound, "serving /metrics, /healthz and /readyz");
     Ok(Some(bound))
 }
 
-/// Runs the controllers and the HTTP endpoints until `shutdown` resolves.
+/// The leader election the configuration asks for (`None` when it is disabled): the Lease in
+/// the operator's namespace, with a unique identity for this process.
+pub fn leader_election(client: &Client, config: &Config) -> Result<Option<LeaderElection>, StartError> {
+    let Some(election) = &config.leader_election else { return Ok(None) };
+    Ok(Some(LeaderElection::new(client.clone(), election.settings(&config.namespace, &config.instance))?))
+}
+
+/// Runs the controllers until `shutdown` resolves: directly, or under `election` only while this
+/// process leads (then the Lease is released on shutdown).
+pub async fn run_controllers(
+    ctx: Arc<Context>,
+    election: Option<LeaderElection>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    match election {
+        Some(election) => election.run(shutdown, move |stop| controller::run(ctx.clone(), stop)).await,
+        None => controller::run(ctx, shutdown).await,
+    }
+}
+
+/// Runs the controllers and the HTTP endpoints until `shutdown` resolves, the controllers under
+/// leader election when it is enabled.
 pub async fn run(
     client: Client,
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), StartError> {
+    let election = leader_election(&client, &config)?;
     let ctx = context(client, config).await?;
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
-    serve_http(&ctx, shutdown.clone()).await?;
-    controller::run(ctx, shutdown).await;
+    serve_http(&ctx, election.as_ref(), shutdown.clone()).await?;
+    run_controllers(ctx, election, shutdown).await;
     Ok(())
 }

@@ -59,6 +59,7 @@ fn context(client: Client) -> Arc<Context> {
         instance: "test".into(),
         watch_namespaces: vec![],
         http_address: None,
+        leader_election: None,
     };
     let upstream = Upstream::new(EndpointOverrides::default(), None, Duration::from_secs(1)).unwrap();
     Arc::new(Context::new(client, Arc::new(config), upstream, Fingerprinter::new(vec![7; 32]), Default::default()))

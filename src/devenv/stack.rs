@@ -8,14 +8,18 @@ use std::{
     time::Duration,
 };
 
-use tokio::{sync::oneshot, task::JoinHandle};
+use tokio::{
+    sync::{oneshot, watch},
+    task::JoinHandle,
+};
 
 use super::{
     auth0::Auth0Emulator, azure::AzureEmulator, cloudflare::CloudflareEmulator, logto::LogtoEmulator, tls::TestCa, unified::UnifiedEmulator,
 };
 use crate::crd::broker::UnifiedRegion;
 use crate::{
-    config::Config,
+    config::{Config, LeaderElectionConfig},
+    leader::{LeaderElection, LeaderState},
     operator::{self, StartError},
     upstream::EndpointOverrides,
 };
@@ -129,6 +133,8 @@ impl Upstreams {
             instance: "devenv".into(),
             watch_namespaces,
             http_address: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+            // The Lease lives in `namespace`: a test's own namespace keeps its election private.
+            leader_election: Some(LeaderElectionConfig::default()),
         }
     }
 }
@@ -138,24 +144,40 @@ pub struct RunningOperator {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
     http: Option<std::net::SocketAddr>,
+    identity: Option<String>,
+    leader: Option<watch::Receiver<LeaderState>>,
 }
 
 impl RunningOperator {
-    /// Builds the operator's context (so start-up errors surface here) and runs it.
+    /// Builds the operator's context (so start-up errors surface here) and runs it, under leader
+    /// election when the configuration enables it: then it reconciles only while it leads.
     pub async fn start(client: kube::Client, config: Config) -> Result<Self, StartError> {
+        let election = operator::leader_election(&client, &config)?;
+        let identity = election.as_ref().map(|e| e.identity().to_owned());
+        let leader = election.as_ref().map(LeaderElection::state);
         let ctx = operator::context(client, config).await?;
         let (stop, stopped) = oneshot::channel::<()>();
         let shutdown = futures::FutureExt::shared(Box::pin(async {
             let _ = stopped.await;
         }));
-        let http = operator::serve_http(&ctx, shutdown.clone()).await?;
-        let task = tokio::spawn(crate::controller::run(ctx, shutdown));
-        Ok(Self { stop: Some(stop), task, http })
+        let http = operator::serve_http(&ctx, election.as_ref(), shutdown.clone()).await?;
+        let task = tokio::spawn(operator::run_controllers(ctx, election, shutdown));
+        Ok(Self { stop: Some(stop), task, http, identity, leader })
     }
 
     /// Where its /metrics, /healthz and /readyz are served.
     pub fn http_address(&self) -> Option<std::net::SocketAddr> {
         self.http
+    }
+
+    /// Its identity in the leader election (`None` without leader election).
+    pub fn identity(&self) -> Option<&str> {
+        self.identity.as_deref()
+    }
+
+    /// Its leader-election state (`None` without leader election).
+    pub fn leader_state(&self) -> Option<watch::Receiver<LeaderState>> {
+        self.leader.clone()
     }
 
     /// Stops it gracefully, as SIGTERM would, and waits until it has.

@@ -107,6 +107,19 @@ impl Env {
         self.operator = Some(RunningOperator::start(self.client.clone(), config).await.expect("operator starts"));
     }
 
+    /// The operator `new` started (panics after `stop_operator`).
+    pub fn operator(&self) -> &RunningOperator {
+        self.operator.as_ref().expect("the operator is running")
+    }
+
+    /// Another replica of the operator, as a second pod would run it: same namespace, emulators
+    /// and leader Lease, its own identity and `instance` name (reported on its Events).
+    pub async fn start_replica(&self, instance: &str) -> RunningOperator {
+        let mut config = self.upstreams.operator_config(&self.ns, vec![self.ns.clone()]);
+        config.instance = instance.to_owned();
+        RunningOperator::start(self.client.clone(), config).await.expect("the replica starts")
+    }
+
     pub async fn stop_operator(&mut self) {
         if let Some(op) = self.operator.take() {
             op.stop().await;
