@@ -141,7 +141,21 @@ async fn invalid_connections_are_rejected_with_clear_messages() {
             "clientId must be the application (client) ID",
         ),
         ("clientId too short", vec![Set("/spec/azure/clientId", json!("12345"))], "clientId must be the application (client) ID"),
-        ("no broker block", vec![Remove("/spec/auth0")], "exactly one broker block (auth0) must be set"),
+        ("no broker block", vec![Remove("/spec/auth0")], "exactly one broker block (auth0, cloudflare, logto or unified) must be set"),
+        ("two broker blocks", vec![Set("/spec/cloudflare", json!({"name": "Contoso"}))], "exactly one broker block"),
+        (
+            "SCIM seat deprovisioning without user deprovisioning",
+            vec![
+                Remove("/spec/auth0"),
+                Set("/spec/cloudflare", json!({"name": "C", "scim": {"enabled": true, "seatDeprovision": true, "secretName": "s"}})),
+            ],
+            "scim.seatDeprovision needs scim.userDeprovision",
+        ),
+        (
+            "logto connectorId with capitals",
+            vec![Remove("/spec/auth0"), Set("/spec/logto", json!({"connectorId": "Contoso"}))],
+            "connectorId may hold lowercase letters and digits only",
+        ),
         ("auth0 name with underscore", vec![Set("/spec/auth0/name", json!("contoso_azure"))], "name may hold letters, digits and hyphens"),
         ("refreshInterval below 1m", vec![Set("/spec/validation/refreshInterval", json!("10s"))], refresh),
         ("refreshInterval in days", vec![Set("/spec/validation/refreshInterval", json!("30d"))], refresh),
@@ -213,8 +227,50 @@ async fn brokers_are_validated() {
         assert_rejected(
             &format!("{kind} without a provider"),
             create(api, &no_provider).await,
-            "exactly one broker type (auth0) must be set",
+            "exactly one broker type (auth0, cloudflare, logto or unified) must be set",
         );
+
+        let mut two_providers = broker(kind, &unique_name("broker"));
+        set(&mut two_providers, "/spec/unified", json!({"apiTokenSecretRef": {"name": "t"}}));
+        assert_rejected(&format!("{kind} with two providers"), create(api, &two_providers).await, "exactly one broker type");
+
+        let cloudflare = |body: Value| {
+            let mut doc = broker(kind, &unique_name("broker"));
+            remove(&mut doc, "/spec/auth0");
+            set(&mut doc, "/spec/cloudflare", body);
+            doc
+        };
+        let both = cloudflare(
+            json!({"accountId": "0123456789abcdef0123456789abcdef", "zoneId": "0123456789abcdef0123456789abcdef", "apiTokenSecretRef": {"name": "t"}}),
+        );
+        assert_rejected(
+            &format!("{kind} Cloudflare with account and zone"),
+            create(api, &both).await,
+            "set exactly one of accountId and zoneId",
+        );
+        let bad_id = cloudflare(json!({"accountId": "not-hex", "apiTokenSecretRef": {"name": "t"}}));
+        assert_rejected(
+            &format!("{kind} Cloudflare with a bad account id"),
+            create(api, &bad_id).await,
+            "accountId is 32 lowercase hex characters",
+        );
+        let good = create(api, &cloudflare(json!({"zoneId": "0123456789abcdef0123456789abcdef", "apiTokenSecretRef": {"name": "t"}})))
+            .await
+            .expect("a zone-level Cloudflare broker is accepted");
+        assert_eq!(good.data.pointer("/spec/cloudflare/apiTokenSecretRef/key"), Some(&json!("api-token")));
+
+        let mut logto = broker(kind, &unique_name("broker"));
+        remove(&mut logto, "/spec/auth0");
+        set(&mut logto, "/spec/logto", json!({"endpoint": "https://auth.example.com/api", "credentialsSecretRef": {"name": "m2m"}}));
+        assert_rejected(&format!("{kind} Logto endpoint with a path"), create(api, &logto).await, "endpoint must be https://HOST[:PORT]");
+        set(&mut logto, "/spec/logto/endpoint", json!("https://auth.example.com:8443"));
+        let created = create(api, &logto).await.expect("a Logto broker is accepted");
+        assert_eq!(created.data.pointer("/spec/logto/resource"), Some(&json!("https://default.logto.app/api")));
+
+        let mut unified = broker(kind, &unique_name("broker"));
+        remove(&mut unified, "/spec/auth0");
+        set(&mut unified, "/spec/unified", json!({"region": "mars", "apiTokenSecretRef": {"name": "t"}}));
+        assert_rejected(&format!("{kind} Unified.to in an unknown region"), create(api, &unified).await, "Unsupported value: \"mars\"");
 
         let mut url_domain = broker(kind, &unique_name("broker"));
         set(&mut url_domain, "/spec/auth0/domain", json!("https://x.auth0.com"));

@@ -136,8 +136,10 @@ async fn bad_input_gets_specific_reasons_and_recovers() {
     env.apply("ClusterIdentityBroker", &format!("{}-locked", env.ns), json!({"spec": {"auth0": {"domain": AUTH0_DOMAIN, "credentialsSecretRef": {"name": "auth0-management"}}, "allowedNamespaces": {"matchLabels": {"idp-bridge/allowed": "true"}}}})).await;
     env.connect("not-allowed", "good", json!({"brokerRef": {"kind": "ClusterIdentityBroker", "name": format!("{}-locked", env.ns)}})).await;
     env.wait_condition("not-allowed", READY, "False", "BrokerNotAllowed").await;
+    env.connect_to("wrong-type", "auth0", json!({"cloudflare": {"name": "Contoso"}}), "good", json!({})).await;
+    env.wait_condition("wrong-type", READY, "False", "BrokerTypeMismatch").await;
 
-    let names = ["missing-key", "empty", "binary", "secret-id", "unknown-tenant", "unknown-app", "no-broker", "not-allowed"];
+    let names = ["missing-key", "empty", "binary", "secret-id", "unknown-tenant", "unknown-app", "no-broker", "not-allowed", "wrong-type"];
     for name in names {
         assert!(env.auth0.connection_by_name(name).is_none(), "{name} must not reach the broker");
         assert!(

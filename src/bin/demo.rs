@@ -29,7 +29,12 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("examples/auth0-broker.yaml", include_str!("../../examples/auth0-broker.yaml")),
     ("examples/auth0-web.yaml", include_str!("../../examples/auth0-web.yaml")),
     ("examples/auth0-native.yaml", include_str!("../../examples/auth0-native.yaml")),
+    ("examples/cloudflare.yaml", include_str!("../../examples/cloudflare.yaml")),
+    ("examples/logto.yaml", include_str!("../../examples/logto.yaml")),
+    ("examples/unified.yaml", include_str!("../../examples/unified.yaml")),
 ];
+/// The connections the examples define, one or more per broker.
+const CONNECTIONS: &[&str] = &["contoso-web", "contoso-native", "contoso-access", "contoso-logto", "contoso-unified"];
 const NAMESPACE: &str = "demo";
 const OPERATOR_NAMESPACE: &str = "idp-bridge";
 /// The GUID the emulated tenant `contoso.onmicrosoft.com` resolves to.
@@ -73,40 +78,75 @@ async fn run(args: Args) -> DemoResult<()> {
     }
     println!("    API server {} ready in {:.1}s; CRDs installed", control_plane.server_url(), control_plane.started_in().as_secs_f64());
 
-    step("Starting emulated Azure (login + Graph) and Auth0, seeded from the examples");
+    step("Starting emulated Azure (login + Graph), Auth0, Cloudflare Access, Logto and Unified.to, seeded from the examples");
     let documents = examples()?;
     let mut upstreams = Upstreams::start()?;
     seed(&mut upstreams, &documents)?;
     let log_path = upstreams.dir().join("operator.log");
     init_logs(log_path.clone())?;
-    println!("    Azure emulator {}; Auth0 emulator for acme.eu.auth0.com", upstreams.azure.base_url());
+    println!(
+        "    Azure emulator {}; broker emulators for acme.eu.auth0.com, api.cloudflare.com, auth.example.com, api.unified.to",
+        upstreams.azure.base_url()
+    );
 
     step("Starting the operator (endpoint overrides + test CA, exactly as in production)");
     let config = upstreams.operator_config(OPERATOR_NAMESPACE, vec![]);
     let operator = RunningOperator::start(client.clone(), config).await?;
     println!("    operator logs: {}", log_path.display());
 
-    step("Applying examples/auth0-broker.yaml, examples/auth0-web.yaml, examples/auth0-native.yaml");
+    step(&format!("Applying {}", EXAMPLES.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")));
     for doc in &documents {
         apply(&client, doc).await?;
         println!("    {}/{} applied", doc["kind"].as_str().unwrap_or_default(), doc["metadata"]["name"].as_str().unwrap_or_default());
     }
     let connections: Api<AzureAdConnection> = Api::namespaced(client.clone(), NAMESPACE);
-    for name in ["contoso-web", "contoso-native"] {
+    for name in CONNECTIONS {
         wait_until(&connections, name, |c| ready_status(c) == Some("True")).await?;
     }
     step(&format!("kubectl get aadc -n {NAMESPACE}"));
     print_table(&connections).await?;
     let auth0 = upstreams.auth0("acme.eu.auth0.com")?;
-    println!("\n    Auth0 now holds:");
+    println!("\n    The brokers now hold:");
     for conn in auth0.connections() {
         println!(
-            "      {:<26} strategy={} client_id={} app_id={}",
+            "      Auth0 connection       {:<26} strategy={} client_id={} app_id={}",
             conn["name"].as_str().unwrap_or_default(),
             conn["strategy"].as_str().unwrap_or_default(),
             conn["options"]["client_id"].as_str().unwrap_or_default(),
             conn["options"]["app_id"].as_str().unwrap_or("-")
         );
+    }
+    for idp in upstreams.cloudflare()?.providers() {
+        println!(
+            "      Cloudflare IdP         {:<26} type={} client_id={} directory_id={} scim={}",
+            idp["name"].as_str().unwrap_or_default(),
+            idp["type"].as_str().unwrap_or_default(),
+            idp["config"]["client_id"].as_str().unwrap_or_default(),
+            idp["config"]["directory_id"].as_str().unwrap_or_default(),
+            idp["scim_config"]["enabled"]
+        );
+    }
+    for connector in upstreams.logto("auth.example.com", "https://default.logto.app/api")?.connectors() {
+        println!(
+            "      Logto connector        {:<26} factory={} clientId={} tenantId={}",
+            connector["id"].as_str().unwrap_or_default(),
+            connector["connectorId"].as_str().unwrap_or_default(),
+            connector["config"]["clientId"].as_str().unwrap_or_default(),
+            connector["config"]["tenantId"].as_str().unwrap_or_default()
+        );
+    }
+    for connection in upstreams.unified()?.connections() {
+        println!(
+            "      Unified.to connection  {:<26} integration={} client_id={}",
+            connection["external_xref"].as_str().unwrap_or_default(),
+            connection["integration_type"].as_str().unwrap_or_default(),
+            connection["auth"]["client_id"].as_str().unwrap_or_default()
+        );
+    }
+    let scim: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
+    if let Some(secret) = scim.get_opt("contoso-access-scim").await? {
+        let keys: Vec<String> = secret.data.unwrap_or_default().into_keys().collect();
+        println!("    Secret contoso-access-scim (SCIM for Entra ID provisioning) holds: {}", keys.join(", "));
     }
 
     step("Rotating contoso-web's client secret (a new secret in Entra ID, then the Secret updated)");
@@ -206,17 +246,45 @@ fn seed(upstreams: &mut Upstreams, docs: &[Value]) -> DemoResult<()> {
                     .unwrap_or_else(|| jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 365));
                 upstreams.azure.add_secret(TENANT_ID, client_id, value, expires);
             }
-            Some("IdentityBroker") => {
-                let auth0 = &doc["spec"]["auth0"];
-                let domain = auth0["domain"].as_str().ok_or("broker without domain")?;
-                let secret = auth0["credentialsSecretRef"]["name"].as_str().ok_or("broker without credentials")?;
-                let id = string_data(docs, secret, "client-id").ok_or("broker credentials without client-id")?;
-                let value = string_data(docs, secret, "client-secret").ok_or("broker credentials without client-secret")?;
-                let emulator = upstreams.auth0(domain)?;
-                emulator.add_m2m_client(id, value, &["read:connections", "create:connections", "update:connections", "delete:connections"]);
-            }
+            Some("IdentityBroker") => seed_broker(upstreams, docs, &doc["spec"])?,
             _ => {}
         }
+    }
+    Ok(())
+}
+
+/// Registers a broker's credentials with its emulator.
+fn seed_broker(upstreams: &mut Upstreams, docs: &[Value], spec: &Value) -> DemoResult<()> {
+    let client_credentials = |block: &Value| -> DemoResult<(&str, &str)> {
+        let secret = block["credentialsSecretRef"]["name"].as_str().ok_or("broker without credentials")?;
+        let id = string_data(docs, secret, "client-id").ok_or("broker credentials without client-id")?;
+        let value = string_data(docs, secret, "client-secret").ok_or("broker credentials without client-secret")?;
+        Ok((id, value))
+    };
+    let token = |block: &Value| -> DemoResult<&str> {
+        let secret = block["apiTokenSecretRef"]["name"].as_str().ok_or("broker without a token Secret")?;
+        Ok(string_data(docs, secret, "api-token").ok_or("broker token Secret without api-token")?)
+    };
+    if let Some(auth0) = spec.get("auth0") {
+        let domain = auth0["domain"].as_str().ok_or("broker without domain")?;
+        let (id, value) = client_credentials(auth0)?;
+        let scopes = ["read:connections", "create:connections", "update:connections", "delete:connections"];
+        upstreams.auth0(domain)?.add_m2m_client(id, value, &scopes);
+    } else if let Some(cloudflare) = spec.get("cloudflare") {
+        let account = cloudflare["accountId"].as_str().ok_or("the demo's Cloudflare broker uses an accountId")?;
+        let emulator = upstreams.cloudflare()?;
+        emulator.add_account(account);
+        emulator.add_token(token(cloudflare)?, &[account]);
+    } else if let Some(logto) = spec.get("logto") {
+        let endpoint = url::Url::parse(logto["endpoint"].as_str().ok_or("broker without endpoint")?)?;
+        let resource = logto["resource"].as_str().unwrap_or("https://default.logto.app/api");
+        let (id, value) = client_credentials(logto)?;
+        upstreams.logto(endpoint.host_str().ok_or("endpoint without host")?, resource)?.add_m2m_app(id, value);
+    } else if let Some(unified) = spec.get("unified") {
+        let emulator = upstreams.unified()?;
+        emulator.add_token(token(unified)?);
+        // The one manual step in the Unified.to dashboard.
+        emulator.activate_integration("microsoft_ad");
     }
     Ok(())
 }
@@ -291,7 +359,7 @@ async fn wait_until(api: &Api<AzureAdConnection>, name: &str, check: impl Fn(&Az
 /// Prints connections the way `kubectl get aadc` does, from the CRD's printer columns.
 async fn print_table(api: &Api<AzureAdConnection>) -> DemoResult<()> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "    {:<16} {:<8} {:<38} {:<6} {:<24} {:<22} AGE", "NAME", "BROKER", "TENANT", "READY", "REASON", "EXPIRES")?;
+    writeln!(out, "    {:<16} {:<10} {:<38} {:<6} {:<24} {:<22} AGE", "NAME", "BROKER", "TENANT", "READY", "REASON", "EXPIRES")?;
     for c in api.list(&Default::default()).await? {
         let status = c.status.clone().unwrap_or_default();
         let ready = conditions::find(&status.conditions, conditions::READY);
@@ -299,7 +367,7 @@ async fn print_table(api: &Api<AzureAdConnection>) -> DemoResult<()> {
         let age = c.creation_timestamp().map(|t| (jiff::Timestamp::now() - t.0).get_seconds()).unwrap_or_default();
         writeln!(
             out,
-            "    {:<16} {:<8} {:<38} {:<6} {:<24} {:<22} {age}s",
+            "    {:<16} {:<10} {:<38} {:<6} {:<24} {:<22} {age}s",
             c.name_any(),
             c.spec.broker_ref.name,
             status.tenant_id.as_deref().unwrap_or(""),
