@@ -238,3 +238,27 @@ impl BrokerError {
         }
     }
 }
+
+/// Ids that come back from a broker go into URL paths: accept only an id alphabet (letters,
+/// digits, `_`, `-`) of at most `max_len` characters.
+pub(crate) fn check_id(id: &str, max_len: usize, what: &str) -> Result<(), BrokerError> {
+    if !id.is_empty() && id.len() <= max_len && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        Ok(())
+    } else {
+        Err(BrokerError::Rejected(format!("{:?} is not {what}", id.chars().take(max_len + 12).collect::<String>())))
+    }
+}
+
+/// The checked `id` field of a broker object.
+pub(crate) fn object_id(object: &serde_json::Value, max_len: usize, what: &str) -> Result<String, BrokerError> {
+    let id = object.get("id").and_then(serde_json::Value::as_str).ok_or_else(|| BrokerError::Unexpected(format!("{what} without id")))?;
+    check_id(id, max_len, what)?;
+    Ok(id.to_owned())
+}
+
+/// When to fetch a new management token: `TOKEN_EARLY_REFRESH` before it expires, but never
+/// earlier than half its lifetime, so short-lived tokens are still reused.
+pub(crate) fn token_refresh_at(lifetime: Duration) -> std::time::Instant {
+    const TOKEN_EARLY_REFRESH: Duration = Duration::from_secs(300);
+    std::time::Instant::now() + lifetime - TOKEN_EARLY_REFRESH.min(lifetime / 2)
+}

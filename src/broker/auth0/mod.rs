@@ -26,8 +26,6 @@ use crate::{
 
 /// Auth0 allows at most 50 client changes per PATCH of `/connections/{id}/clients`.
 const CLIENTS_PER_PATCH: usize = 50;
-/// Refresh a cached token this long before Auth0 says it expires (at most half its lifetime).
-const TOKEN_EARLY_REFRESH: Duration = Duration::from_secs(300);
 /// The longest token lifetime Auth0 allows (30 days); longer claims are not believed.
 const TOKEN_MAX_TTL: Duration = Duration::from_secs(2_592_000);
 
@@ -100,7 +98,7 @@ impl Auth0Client {
         let value = SecretValue::new(token.access_token);
         // A token living less than twice the margin is still reused for half its lifetime.
         let ttl = Duration::from_secs(token.expires_in).min(TOKEN_MAX_TTL);
-        *cached = Some((value.clone(), Instant::now() + ttl - TOKEN_EARLY_REFRESH.min(ttl / 2)));
+        *cached = Some((value.clone(), super::token_refresh_at(ttl)));
         Ok(value)
     }
 
@@ -310,17 +308,11 @@ fn is_ours(connection: &Value, name: &str) -> bool {
     connection.get("strategy").and_then(Value::as_str) == Some("waad") && connection.get("name").and_then(Value::as_str) == Some(name)
 }
 
-fn connection_id(connection: &Value) -> Result<String, BrokerError> {
-    let id = connection.get("id").and_then(Value::as_str).ok_or_else(|| BrokerError::Unexpected("connection without id".into()))?;
-    check_id(id)?;
-    Ok(id.to_owned())
+/// Ids come back into URL paths; accept only an id alphabet.
+fn check_id(id: &str) -> Result<(), BrokerError> {
+    super::check_id(id, 64, "an Auth0 connection id")
 }
 
-/// Ids come back into URL paths; accept only Auth0's id alphabet.
-fn check_id(id: &str) -> Result<(), BrokerError> {
-    if !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-        Ok(())
-    } else {
-        Err(BrokerError::Rejected(format!("{id:?} is not an Auth0 connection id")))
-    }
+fn connection_id(connection: &Value) -> Result<String, BrokerError> {
+    super::object_id(connection, 64, "an Auth0 connection id")
 }

@@ -25,8 +25,6 @@ use crate::{
     upstream::{Answer, Upstream, retry_after},
 };
 
-/// Refresh a cached token this long before Logto says it expires (at most half its lifetime).
-const TOKEN_EARLY_REFRESH: Duration = Duration::from_secs(300);
 /// Longer token lifetimes are not believed (Logto's default is one hour).
 const TOKEN_MAX_TTL: Duration = Duration::from_secs(86_400);
 /// The Management API permission the M2M role must hold; the only predefined one.
@@ -138,7 +136,7 @@ impl LogtoClient {
         let value = SecretValue::new(token.access_token);
         // A token living less than twice the margin is still reused for half its lifetime.
         let ttl = Duration::from_secs(token.expires_in).min(TOKEN_MAX_TTL);
-        *cached = Some((value.clone(), Instant::now() + ttl - TOKEN_EARLY_REFRESH.min(ttl / 2)));
+        *cached = Some((value.clone(), super::token_refresh_at(ttl)));
         Ok(value)
     }
 
@@ -381,25 +379,18 @@ fn endpoint_host(endpoint: &str) -> Result<String, String> {
     })
 }
 
-fn connector_id(connector: &Value) -> Result<String, BrokerError> {
-    let id = connector.get("id").and_then(Value::as_str).ok_or_else(|| BrokerError::Unexpected("connector without id".into()))?;
-    check_id(id)?;
-    Ok(id.to_owned())
-}
-
-/// Ids come back into URL paths; accept only Logto's id alphabet (generated ids are 21 lowercase
-/// letters and digits; client-chosen ones may be up to 128 characters).
-fn check_id(id: &str) -> Result<(), BrokerError> {
-    if !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-        Ok(())
-    } else {
-        Err(BrokerError::Rejected(format!("{:?} is not a Logto connector id", id.chars().take(140).collect::<String>())))
-    }
-}
-
 /// A value from the broker, for a message: at most 64 characters, `(none)` when empty.
 fn shown(value: &str) -> String {
     if value.is_empty() { "(none)".into() } else { value.chars().take(64).collect() }
+}
+
+/// Ids come back into URL paths; accept only an id alphabet.
+fn check_id(id: &str) -> Result<(), BrokerError> {
+    super::check_id(id, 128, "a Logto connector id")
+}
+
+fn connector_id(connector: &Value) -> Result<String, BrokerError> {
+    super::object_id(connector, 128, "a Logto connector id")
 }
 
 #[cfg(test)]

@@ -182,19 +182,13 @@ impl UnifiedClient {
     }
 }
 
-fn connection_id(connection: &Value) -> Result<String, BrokerError> {
-    let id = connection.get("id").and_then(Value::as_str).ok_or_else(|| BrokerError::Unexpected("connection without id".into()))?;
-    check_id(id)?;
-    Ok(id.to_owned())
-}
-
 /// Ids come back into URL paths; accept only an id alphabet.
 fn check_id(id: &str) -> Result<(), BrokerError> {
-    if !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-        Ok(())
-    } else {
-        Err(BrokerError::Rejected(format!("{id:?} is not a Unified.to connection id")))
-    }
+    super::check_id(id, 64, "a Unified.to connection id")
+}
+
+fn connection_id(connection: &Value) -> Result<String, BrokerError> {
+    super::object_id(connection, 64, "a Unified.to connection id")
 }
 
 #[cfg(test)]
