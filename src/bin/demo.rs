@@ -245,6 +245,8 @@ fn seed(upstreams: &mut Upstreams, docs: &[Value]) -> DemoResult<()> {
                     .and_then(|t| t.parse().ok())
                     .unwrap_or_else(|| jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 365));
                 upstreams.azure.add_secret(TENANT_ID, client_id, value, expires);
+                // The app may read its own registration, so expiry comes from Microsoft Graph.
+                upstreams.azure.set_graph_read_all(TENANT_ID, client_id, true);
             }
             Some("IdentityBroker") => seed_broker(upstreams, docs, &doc["spec"])?,
             _ => {}
