@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The idp-bridge operator image: a static-enough Rust binary on distroless, running as UID 65532.
+# The idp-bridge operator image: the release binary on distroless (glibc), running as UID 65532.
 #
 #   docker build -t ghcr.io/idp-bridge/idp-bridge:0.1.0 .
 #
