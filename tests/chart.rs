@@ -18,8 +18,10 @@ use std::{
     time::Duration,
 };
 
+use clap::Parser as _;
 use common::e2e::{AUTH0_DOMAIN, CLIENT_ID, M2M_CLIENT, M2M_SECRET, TENANT_DOMAIN, TENANT_ID};
 use idp_bridge::{
+    config::{Cli, Command as CliCommand, Config, RunArgs},
     crd::{AzureAdConnection, ClusterIdentityBroker, IdentityBroker, conditions},
     devenv::{
         control_plane::{self, ControlPlane, create_namespace, install_crds, unique_name},
@@ -236,6 +238,59 @@ fn full_values(watch: &[&str]) -> Value {
     })
 }
 
+/// The container's args as the binary's own command-line parser reads them.
+fn parse_run_args(args: &[String]) -> RunArgs {
+    let cli = Cli::try_parse_from(std::iter::once("idp-bridge".to_owned()).chain(args.iter().cloned()))
+        .unwrap_or_else(|e| panic!("idp-bridge rejects the chart's args {args:?}:\n{e}"));
+    match cli.command {
+        CliCommand::Run(run) => run,
+        other => panic!("the chart runs `idp-bridge run`, not {other:?}"),
+    }
+}
+
+fn container_args(deployment: &Value) -> Vec<String> {
+    let args = &deployment["spec"]["template"]["spec"]["containers"][0]["args"];
+    args.as_array().expect("the container has args").iter().map(|a| a.as_str().expect("string args").to_owned()).collect()
+}
+
+/// The operator configuration the chart's installed Deployment gives the binary: its args through
+/// the real command-line parser, POD_NAMESPACE from the downward API, and the CA bundle volume as
+/// if mounted (`local_ca_bundle` holds the same PEM as the Secret or ConfigMap). Only the HTTP
+/// address differs: a free loopback port instead of the pod's :8080.
+fn chart_config(deployment: &Deployment, namespace: &str, local_ca_bundle: &Path) -> Config {
+    let mut run = parse_run_args(&container_args(&serde_json::to_value(deployment).unwrap()));
+    run.namespace = namespace.to_owned();
+    assert_eq!(run.ca_bundle.as_deref(), Some(Path::new("/etc/idp-bridge/ca-bundle/ca.crt")), "the chart mounts the CA bundle");
+    run.ca_bundle = Some(local_ca_bundle.to_owned());
+    run.http_address = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    Config::try_from(run).unwrap_or_else(|e| panic!("the chart's args do not make a valid configuration: {e}"))
+}
+
+/// Values that send the operator to the emulators the way an air-gapped install sends it to a
+/// proxy: `endpointOverrides` and a CA bundle from the Secret or ConfigMap `egress-ca`.
+fn emulator_values(upstreams: &Upstreams, ca_from: &str) -> Value {
+    let overrides: serde_json::Map<String, Value> = upstreams
+        .overrides()
+        .to_string()
+        .split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(h, u)| (h.to_owned(), json!(u)))
+        .collect();
+    let ca_bundle = if ca_from == "Secret" { json!({"secretName": "egress-ca"}) } else { json!({"configMapName": "egress-ca"}) };
+    json!({"endpointOverrides": overrides, "caBundle": ca_bundle})
+}
+
+/// The Secret or ConfigMap `egress-ca` holding the emulators' CA under `ca.crt`.
+async fn put_ca_bundle(client: &Client, namespace: &str, upstreams: &Upstreams, kind: &str) {
+    let pem = std::fs::read_to_string(upstreams.ca_path()).expect("the test CA");
+    let object = if kind == "Secret" {
+        secret("egress-ca", &[("ca.crt", &pem)])
+    } else {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "egress-ca"}, "data": {"ca.crt": pem}})
+    };
+    apply(client, Some(namespace), object).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests without a cluster
 
@@ -319,6 +374,9 @@ fn lint_and_template_pass_with_default_and_full_values() {
     }
     let args: Vec<&str> = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
     assert_eq!(args[0], "run");
+    let run = parse_run_args(&container_args(deployment));
+    assert!(run.leader_election && run.watch_namespaces.is_empty() && run.ca_bundle.is_none());
+    Config::try_from(run).expect("the default args make a valid configuration");
     for expected in
         ["--leader-election=true", "--http-address=0.0.0.0:8080", "--log-format=text", "--leader-election-lease=idp-bridge-leader"]
     {
@@ -366,6 +424,13 @@ fn lint_and_template_pass_with_default_and_full_values() {
     let container = &pod["spec"]["containers"][0];
     assert_eq!(container["image"], format!("registry.internal/idp-bridge:{}", env!("CARGO_PKG_VERSION")));
     let args: Vec<&str> = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let run = parse_run_args(&container_args(deployment));
+    assert_eq!(run.watch_namespaces, ["team-a", "team-b"]);
+    assert_eq!(run.log_format, idp_bridge::config::LogFormat::Json);
+    assert_eq!(
+        run.endpoint_overrides.to_string(),
+        "acme.eu.auth0.com=https://egress.internal:8443/auth0,login.microsoftonline.com=https://egress.internal:8443/login"
+    );
     for expected in [
         "--watch-namespaces=team-a,team-b",
         "--endpoint-overrides=acme.eu.auth0.com=https://egress.internal:8443/auth0,login.microsoftonline.com=https://egress.internal:8443/login",
@@ -706,7 +771,13 @@ async fn helm_install_then_the_operator_reconciles_as_the_chart_service_account(
     for name in [ns, team] {
         create_namespace(&admin, name).await.unwrap();
     }
-    let install = helm_ok(Some(cp.kubeconfig_path()), &["install", "idp-bridge", &chart(), "--namespace", ns]);
+    // Emulated Azure and Auth0, reached through endpointOverrides and a CA bundle Secret, as an
+    // air-gapped install reaches them through a proxy.
+    let mut upstreams = upstreams();
+    put_ca_bundle(&admin, ns, &upstreams, "Secret").await;
+    let values = values_file(&emulator_values(&upstreams, "Secret"));
+    let install =
+        helm_ok(Some(cp.kubeconfig_path()), &["install", "idp-bridge", &chart(), "--namespace", ns, "--values", path_str(&values)]);
     assert!(install.contains("STATUS: deployed"), "{install}");
     assert!(install.contains("kubectl get aadc -A"), "NOTES.txt tells what to do next:\n{install}");
 
@@ -742,9 +813,8 @@ async fn helm_install_then_the_operator_reconciles_as_the_chart_service_account(
     let original = idp_bridge::crd::all().into_iter().find(|c| c.spec.names.kind == "AzureAdConnection").unwrap();
     crds.patch(&crd_name, &PatchParams::apply("kubectl").force(), &Patch::Apply(&original)).await.expect("re-applying the chart's CRD");
 
-    // The world: Azure and Auth0, a namespaced broker in team-a, a ClusterIdentityBroker whose
-    // credentials live in the operator's namespace and that allows team-a by label.
-    let mut upstreams = upstreams();
+    // The world: a namespaced broker in team-a, a ClusterIdentityBroker whose credentials live in
+    // the operator's namespace and that allows team-a by label.
     let value = "Kx8Q~chart-install-client-secret-value";
     upstreams.azure.add_secret(TENANT_ID, CLIENT_ID, value, in_a_year());
     let management = secret("auth0-management", &[("client-id", M2M_CLIENT), ("client-secret", M2M_SECRET)]);
@@ -765,12 +835,14 @@ async fn helm_install_then_the_operator_reconciles_as_the_chart_service_account(
     let via_cluster = json!({"kind": "ClusterIdentityBroker", "name": "shared-auth0"});
     apply(&admin, Some(team), connection("shared", via_cluster, "web-secret", json!({"auth0": {"name": "shared"}}))).await;
 
-    // The operator, out of cluster, as the chart's ServiceAccount, configured as the chart
-    // configures it: operator namespace = release namespace, the whole cluster, leader election.
-    let sa_config = service_account_config(&cp, ns, name);
-    let sa = Client::try_from(sa_config).unwrap();
-    let operator =
-        RunningOperator::start(sa.clone(), upstreams.operator_config(ns, vec![])).await.expect("the operator starts with the chart's RBAC");
+    // The operator, out of cluster, as the chart's ServiceAccount, configured by the installed
+    // Deployment's args: operator namespace = release namespace, the whole cluster, leader
+    // election, the endpoint overrides and the CA bundle.
+    let deployment = Api::<Deployment>::namespaced(admin.clone(), ns).get(name).await.unwrap();
+    let config = chart_config(&deployment, ns, upstreams.ca_path());
+    assert!(config.watch_namespaces.is_empty() && config.leader_election.is_some());
+    let sa = Client::try_from(service_account_config(&cp, ns, name)).unwrap();
+    let operator = RunningOperator::start(sa.clone(), config.clone()).await.expect("the operator starts with the chart's RBAC");
 
     let conn = wait_ready(&admin, team, "web").await;
     assert_eq!(ready_condition(&conn).reason, "Ready");
@@ -827,7 +899,7 @@ async fn helm_install_then_the_operator_reconciles_as_the_chart_service_account(
     Api::<AzureAdConnection>::namespaced(admin.clone(), team).patch("web", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     let stale = Api::<AzureAdConnection>::namespaced(admin.clone(), team).get("web").await.unwrap();
     assert_eq!(kstatus(&stale), ("InProgress", "AzureAdConnection generation is 2, but latest observed generation is 1".to_owned()));
-    let operator = RunningOperator::start(sa, upstreams.operator_config(ns, vec![])).await.unwrap();
+    let operator = RunningOperator::start(sa, config).await.unwrap();
     wait_ready(&admin, team, "web").await;
     assert_eq!(auth0.connection_by_name("web").unwrap()["display_name"], "Web, renamed");
     operator.stop().await;
@@ -842,8 +914,13 @@ async fn watch_namespaces_mode_runs_with_namespaced_roles() {
     for name in [&ns, &team_a, &team_b, &other] {
         create_namespace(&admin, name).await.unwrap();
     }
+    let mut upstreams = upstreams();
+    let cloudflare = upstreams.cloudflare().unwrap();
+    put_ca_bundle(&admin, &ns, &upstreams, "ConfigMap").await;
+    let mut values = emulator_values(&upstreams, "ConfigMap");
+    values["watchNamespaces"] = json!([team_a, team_b]);
+    let values = values_file(&values);
     let release = "scoped";
-    let values = values_file(&json!({"watchNamespaces": [team_a, team_b]}));
     helm_ok(Some(cp.kubeconfig_path()), &["install", release, &chart(), "--namespace", &ns, "--values", path_str(&values)]);
     let name = "scoped-idp-bridge";
     for watched in [&team_a, &team_b] {
@@ -853,8 +930,6 @@ async fn watch_namespaces_mode_runs_with_namespaced_roles() {
     }
     assert!(Api::<Role>::namespaced(admin.clone(), &other).get_opt(name).await.unwrap().is_none());
 
-    let mut upstreams = upstreams();
-    let cloudflare = upstreams.cloudflare().unwrap();
     cloudflare.add_account(CF_ACCOUNT);
     cloudflare.add_token(CF_TOKEN, &[CF_ACCOUNT]);
     let value = "Zq7R~chart-scoped-client-secret-value";
@@ -884,7 +959,9 @@ async fn watch_namespaces_mode_runs_with_namespaced_roles() {
     apply(&admin, Some(&other), connection("web", json!({"name": "auth0"}), "web-secret", json!({"auth0": {"name": "other-web"}}))).await;
 
     let sa = Client::try_from(service_account_config(cp, &ns, name)).unwrap();
-    let config = upstreams.operator_config(&ns, vec![team_a.clone(), team_b.clone()]);
+    let deployment = Api::<Deployment>::namespaced(admin.clone(), &ns).get(name).await.unwrap();
+    let config = chart_config(&deployment, &ns, upstreams.ca_path());
+    assert_eq!(config.watch_namespaces, [team_a.clone(), team_b.clone()]);
     let operator = RunningOperator::start(sa.clone(), config).await.expect("the operator starts with namespaced Roles");
     wait_ready(&admin, &team_a, "web").await;
     wait_ready(&admin, &team_a, "access").await;
