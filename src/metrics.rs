@@ -187,12 +187,11 @@ impl Metrics {
         self.secret_changes.lock().expect("changes lock").entry(key).or_insert_with(Instant::now);
     }
 
-    /// The broker now holds the connection's current secret: observe the latency, if a change
-    /// was pending.
-    pub fn secret_synced(&self, key: &str) {
-        if let Some(seen) = self.secret_changes.lock().expect("changes lock").remove(key) {
-            self.rotation_seconds.observe(seen.elapsed().as_secs_f64());
-        }
+    /// The broker now holds the connection's rotated secret: observe the latency from the first
+    /// sighting of the change, or from `observed_at` when the watch event has not arrived yet.
+    pub fn secret_synced(&self, key: &str, observed_at: Instant) {
+        let seen = self.secret_changes.lock().expect("changes lock").remove(key).map_or(observed_at, |seen| seen.min(observed_at));
+        self.rotation_seconds.observe(seen.elapsed().as_secs_f64());
     }
 
     /// Nothing to sync after a Secret change (it failed validation, or the value is the same).
@@ -257,7 +256,7 @@ mod tests {
         m.reconciled("success", Duration::from_millis(5));
         m.upstream_request("auth0", "GET connections", "200", Duration::from_millis(3));
         m.secret_changed("ns/web".into());
-        m.secret_synced("ns/web");
+        m.secret_synced("ns/web", Instant::now());
         let text = m.encode();
         for name in [
             "idpbridge_reconcile_total{result=\"success\"} 1",

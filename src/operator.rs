@@ -25,6 +25,10 @@ use crate::{
 pub enum StartError {
     #[error("the idpbridge.io CRDs are not installed (apply crds/ first): {0}")]
     CrdsMissing(#[source] kube::Error),
+    #[error(
+        "the operator's identity may not list azureadconnections{scope} (check its RBAC: the Helm chart's ClusterRole, or Roles with watchNamespaces): {source}"
+    )]
+    Forbidden { scope: String, source: kube::Error },
     #[error("reading or creating the fingerprint key Secret {namespace}/{name}: {source}")]
     FingerprintKey { namespace: String, name: String, source: kube::Error },
     #[error("fingerprint key Secret {namespace}/{name} has no usable `key` entry (at least 32 bytes)")]
@@ -65,9 +69,24 @@ async fn fingerprint_key(client: &Client, config: &Config) -> Result<Vec<u8>, St
     })
 }
 
+/// Checks that the CRDs are served by listing one connection where the operator will watch:
+/// the whole cluster, or the first watched namespace (with namespaced RBAC a cluster-wide list
+/// is forbidden).
+async fn crds_installed(client: &Client, config: &Config) -> Result<(), StartError> {
+    let (api, scope) = match config.watch_namespaces.first() {
+        Some(ns) => (Api::<AzureAdConnection>::namespaced(client.clone(), ns), format!(" in namespace {ns}")),
+        None => (Api::<AzureAdConnection>::all(client.clone()), " cluster-wide".to_owned()),
+    };
+    match api.list(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_forbidden() => Err(StartError::Forbidden { scope, source: kube::Error::Api(status) }),
+        Err(e) => Err(StartError::CrdsMissing(e)),
+    }
+}
+
 /// Builds the shared context.
 pub async fn context(client: Client, config: Config) -> Result<Arc<Context>, StartError> {
-    Api::<AzureAdConnection>::all(client.clone()).list(&ListParams::default().limit(1)).await.map_err(StartError::CrdsMissing)?;
+    crds_installed(&client, &config).await?;
     let upstream = Upstream::new(config.endpoint_overrides.clone(), config.ca_bundle.as_deref(), config.http_timeout)?;
     if !config.endpoint_overrides.is_empty() {
         info!(overrides = %config.endpoint_overrides, "outbound endpoint overrides are active");

@@ -20,3 +20,23 @@ fn committed_crds_match_the_rust_types() {
     expected_files.sort();
     assert_eq!(present, expected_files, "crds/ holds files no CRD generates");
 }
+
+/// The Helm chart ships the same CRDs in charts/idp-bridge/crds/ (Helm installs them on first
+/// install and never touches them again).
+#[test]
+fn chart_crds_equal_the_committed_crds() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let files = |dir: &std::path::Path| {
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    };
+    let (top, chart) = (root.join("crds"), root.join("charts/idp-bridge/crds"));
+    let fix = "run `cp crds/*.yaml charts/idp-bridge/crds/` (after `cargo run -- crds --out-dir crds`) and commit both";
+    assert_eq!(files(&chart), files(&top), "charts/idp-bridge/crds/ holds other files than crds/; {fix}");
+    for name in files(&top) {
+        let (a, b) = (std::fs::read(top.join(&name)).unwrap(), std::fs::read(chart.join(&name)).unwrap());
+        assert!(a == b, "charts/idp-bridge/crds/{name} differs from crds/{name}; {fix}");
+    }
+}

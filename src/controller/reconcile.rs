@@ -1,7 +1,10 @@
 //! The reconcile: resolve -> validate -> plan/apply to the broker -> status. Each stage is a
 //! small function; the decisions live in pure code (`status`, `broker::*::plan`).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use kube::{
     Api, Resource, ResourceExt,
@@ -63,6 +66,7 @@ enum Next {
 }
 
 async fn apply(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error> {
+    let started = Instant::now();
     let previous = conn.status.clone().unwrap_or_default();
     let generation = conn.meta().generation;
     let now = jiff::Timestamp::now();
@@ -89,7 +93,7 @@ async fn apply(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error>
         Subject { generation, validation_mode: conn.spec.validation.mode, warn_before: conn.spec.warn_before(), previous: &previous };
     let next_status = status::compute(&subject, &observation, now);
     record_series(conn, ctx, &next_status);
-    record_rotation(conn, ctx, &previous, &observation);
+    record_rotation(conn, ctx, &previous, &observation, started);
     write_status(conn, ctx, &previous, next_status).await?;
     if let BrokerStage::Synced(outcome) = &observation.broker
         && outcome.wrote
@@ -254,12 +258,20 @@ fn record_series(conn: &AzureAdConnection, ctx: &Context, status: &AzureAdConnec
 
 /// Observes the Secret-change-to-broker latency once the broker holds a rotated secret; a change
 /// that will not be pushed (rejected, unchanged, observe-only) just ends the measurement.
-fn record_rotation(conn: &AzureAdConnection, ctx: &Context, previous: &AzureAdConnectionStatus, observation: &Observation) {
+fn record_rotation(
+    conn: &AzureAdConnection,
+    ctx: &Context,
+    previous: &AzureAdConnectionStatus,
+    observation: &Observation,
+    started: Instant,
+) {
     let key = format!("{}/{}", conn.namespace().unwrap_or_default(), conn.name_any());
     let previously_synced = previous.broker.as_ref().and_then(|b| b.synced_fingerprint.as_deref());
     match (&observation.broker, &observation.credentials) {
+        // This reconcile may have read the new value before the Secret's watch event arrived:
+        // then the change was first observed when the reconcile started.
         (BrokerStage::Synced(outcome), _) if outcome.wrote && observation.fingerprint.as_deref() != previously_synced => {
-            ctx.metrics.secret_synced(&key)
+            ctx.metrics.secret_synced(&key, started)
         }
         (BrokerStage::Failed(e), _) if e.is_transient() => {}
         (_, Err(failure)) if failure.is_transient() => {}

@@ -129,7 +129,8 @@ impl Env {
     /// GET `path` on the running operator's HTTP server: (status, body).
     pub async fn http_get(&self, path: &str) -> (u16, String) {
         let address = self.operator.as_ref().and_then(|o| o.http_address()).expect("the operator serves HTTP");
-        let response = reqwest::get(format!("http://{address}{path}")).await.expect("the operator answers HTTP");
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("an HTTP client");
+        let response = client.get(format!("http://{address}{path}")).send().await.expect("the operator answers HTTP");
         (response.status().as_u16(), response.text().await.unwrap_or_default())
     }
 
