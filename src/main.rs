@@ -53,7 +53,7 @@ fn print_crds(out_dir: Option<&std::path::Path>) -> ExitCode {
     for definition in crd::all() {
         let yaml = crd::to_yaml(&definition);
         match out_dir {
-            None => print!("---\n{yaml}"),
+            None => print!("{yaml}"),
             Some(dir) => {
                 let path = dir.join(crd::file_name(&definition));
                 if let Err(e) = std::fs::write(&path, yaml) {
