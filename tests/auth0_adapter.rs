@@ -5,6 +5,10 @@
 //! One answer the emulator never gives (an error that echoes what it was sent) comes from a small
 //! stub server on the same test CA.
 
+mod common;
+
+use common::adapter::{self, CLIENT, Creds, TENANT, TENANT_DOMAIN, request};
+
 use std::{collections::BTreeSet, time::Duration};
 
 use axum::{
@@ -15,13 +19,10 @@ use axum::{
     routing::{get, post},
 };
 use idp_bridge::{
-    broker::{AzureCredentials, BrokerClient, BrokerError, SyncOutcome, SyncRequest, auth0::Auth0Client},
+    broker::{BrokerClient, BrokerError, SyncOutcome, auth0::Auth0Client},
     crd::{
         conditions::Reason,
-        connection::{
-            Auth0ConnectionSpec, Auth0IdentityApi, Auth0UserIdAttribute, AzureAdConnectionSpec, AzureCloud, AzureSpec, BrokerRef,
-            BrokerRefKind, DeletionPolicy, ExpirySpec, ManagementPolicy, SecretKeyRef, SignInAudience, ValidationMode, ValidationSpec,
-        },
+        connection::{Auth0ConnectionSpec, Auth0IdentityApi, Auth0UserIdAttribute, AzureAdConnectionSpec, SignInAudience, ValidationMode},
     },
     devenv::{
         auth0::Auth0Emulator,
@@ -34,9 +35,6 @@ use serde_json::{Value, json};
 use tempfile::NamedTempFile;
 
 const DOMAIN: &str = "acme.auth0.com";
-const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
-const TENANT_DOMAIN: &str = "contoso.onmicrosoft.com";
-const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
 const NAME: &str = "contoso-entra";
 const DISPLAY: &str = "Contoso staff";
 /// The Entra client secret pushed to Auth0; no error text may ever contain it.
@@ -80,8 +78,7 @@ impl Env {
     }
 
     fn creds(&self, secret: &str) -> Creds {
-        let secret = SecretValue::new(secret);
-        Creds { fingerprint: self.fingerprints.fingerprint(&secret), secret }
+        Creds::new(&self.fingerprints, secret)
     }
 
     /// Requests so far as "METHOD /path".
@@ -98,32 +95,9 @@ impl Env {
     }
 }
 
-struct Creds {
-    secret: SecretValue,
-    fingerprint: String,
-}
-
 /// A single-tenant connection for Auth0, tenant given as a domain.
 fn spec_with(auth0: Auth0ConnectionSpec) -> AzureAdConnectionSpec {
-    AzureAdConnectionSpec {
-        broker_ref: BrokerRef { kind: BrokerRefKind::IdentityBroker, name: "acme".into() },
-        azure: AzureSpec {
-            tenant: TENANT_DOMAIN.into(),
-            cloud: AzureCloud::AzurePublic,
-            client_id: CLIENT.into(),
-            client_secret_ref: SecretKeyRef { name: "contoso-entra".into(), key: "client-secret".into() },
-            sign_in_audience: SignInAudience::SingleTenant,
-        },
-        validation: ValidationSpec::default(),
-        expiry: ExpirySpec::default(),
-        auth0: Some(auth0),
-        cloudflare: None,
-        logto: None,
-        unified: None,
-        deletion_policy: DeletionPolicy::Delete,
-        suspend: false,
-        management_policy: ManagementPolicy::Full,
-    }
+    adapter::connection_spec("acme", |spec| spec.auth0 = Some(auth0))
 }
 
 fn auth0_spec() -> Auth0ConnectionSpec {
@@ -132,32 +106,6 @@ fn auth0_spec() -> Auth0ConnectionSpec {
 
 fn spec() -> AzureAdConnectionSpec {
     spec_with(auth0_spec())
-}
-
-/// One sync request; the Azure side comes from `spec` and the validated `creds`.
-fn request<'a>(
-    spec: &'a AzureAdConnectionSpec,
-    creds: &'a Creds,
-    known_id: Option<&'a str>,
-    synced_fingerprint: Option<&'a str>,
-    observe_only: bool,
-) -> SyncRequest<'a> {
-    let tenant_id = (spec.validation.mode != ValidationMode::None).then_some(TENANT);
-    SyncRequest {
-        spec,
-        azure: AzureCredentials {
-            cloud: spec.azure.cloud,
-            tenant: &spec.azure.tenant,
-            tenant_id,
-            client_id: &spec.azure.client_id,
-            secret: &creds.secret,
-            fingerprint: &creds.fingerprint,
-            audience: spec.azure.sign_in_audience,
-        },
-        known_id,
-        synced_fingerprint,
-        observe_only,
-    }
 }
 
 /// The error, after checking that none of its texts shows either canary.

@@ -5,6 +5,10 @@
 //! One answer the emulator never gives (an error that echoes what it was sent) comes from a small
 //! stub server on the same test CA.
 
+mod common;
+
+use common::adapter::{self, CLIENT, Creds, TENANT, request};
+
 use std::time::Duration;
 
 use axum::{
@@ -15,15 +19,14 @@ use axum::{
     routing::get,
 };
 use idp_bridge::{
-    broker::{AzureCredentials, BrokerClient, BrokerError, SyncOutcome, SyncRequest, cloudflare::CloudflareClient},
+    broker::{BrokerClient, BrokerError, SyncOutcome, cloudflare::CloudflareClient},
     crd::{
         BrokerProvider,
         broker::{CloudflareBrokerSpec, TokenSecretRef},
         conditions::Reason,
         connection::{
-            AzureAdConnectionSpec, AzureCloud, AzureSpec, BrokerRef, BrokerRefKind, CloudflareConnectionSpec, CloudflarePrompt,
-            CloudflareScimSpec, DeletionPolicy, ExpirySpec, ManagementPolicy, ScimIdentityUpdateBehavior, SecretKeyRef, SignInAudience,
-            ValidationMode, ValidationSpec,
+            AzureAdConnectionSpec, AzureCloud, CloudflareConnectionSpec, CloudflarePrompt, CloudflareScimSpec, ScimIdentityUpdateBehavior,
+            SignInAudience, ValidationMode,
         },
     },
     devenv::{
@@ -40,9 +43,6 @@ const HOST: &str = "api.cloudflare.com";
 const ACCOUNT: &str = "023e105f4ecef8ad9ca31a8372d0c353";
 const OTHER_ACCOUNT: &str = "9a7806061c88ada191ed06f989cc3dac";
 const ZONE: &str = "5a9c2b6e0d0f4c1e8b7a6d5c4b3a2f10";
-const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
-const TENANT_DOMAIN: &str = "contoso.onmicrosoft.com";
-const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
 const NAME: &str = "Contoso Entra ID";
 /// The Entra client secret pushed to Cloudflare; no error text may ever contain it.
 const CANARY: &str = "cAn8Q~canary-idp-secret-must-not-leak";
@@ -99,8 +99,7 @@ impl Env {
     }
 
     fn creds(&self, secret: &str) -> Creds {
-        let secret = SecretValue::new(secret);
-        Creds { fingerprint: self.fingerprints.fingerprint(&secret), secret }
+        Creds::new(&self.fingerprints, secret)
     }
 
     /// Requests so far as "METHOD /path?query".
@@ -117,32 +116,9 @@ impl Env {
     }
 }
 
-struct Creds {
-    secret: SecretValue,
-    fingerprint: String,
-}
-
 /// A single-tenant connection for Cloudflare, tenant given as a domain (resolved by validation).
 fn spec_with(cloudflare: CloudflareConnectionSpec) -> AzureAdConnectionSpec {
-    AzureAdConnectionSpec {
-        broker_ref: BrokerRef { kind: BrokerRefKind::IdentityBroker, name: "cloudflare".into() },
-        azure: AzureSpec {
-            tenant: TENANT_DOMAIN.into(),
-            cloud: AzureCloud::AzurePublic,
-            client_id: CLIENT.into(),
-            client_secret_ref: SecretKeyRef { name: "contoso-entra".into(), key: "client-secret".into() },
-            sign_in_audience: SignInAudience::SingleTenant,
-        },
-        validation: ValidationSpec::default(),
-        expiry: ExpirySpec::default(),
-        auth0: None,
-        cloudflare: Some(cloudflare),
-        logto: None,
-        unified: None,
-        deletion_policy: DeletionPolicy::Delete,
-        suspend: false,
-        management_policy: ManagementPolicy::Full,
-    }
+    adapter::connection_spec("cloudflare", |spec| spec.cloudflare = Some(cloudflare))
 }
 
 fn cf_spec() -> CloudflareConnectionSpec {
@@ -171,32 +147,6 @@ fn scim_spec() -> AzureAdConnectionSpec {
         }),
         ..cf_spec()
     })
-}
-
-/// One sync request; the tenant GUID is known unless validation is off.
-fn request<'a>(
-    spec: &'a AzureAdConnectionSpec,
-    creds: &'a Creds,
-    known_id: Option<&'a str>,
-    synced_fingerprint: Option<&'a str>,
-    observe_only: bool,
-) -> SyncRequest<'a> {
-    let tenant_id = (spec.validation.mode != ValidationMode::None).then_some(TENANT);
-    SyncRequest {
-        spec,
-        azure: AzureCredentials {
-            cloud: spec.azure.cloud,
-            tenant: &spec.azure.tenant,
-            tenant_id,
-            client_id: &spec.azure.client_id,
-            secret: &creds.secret,
-            fingerprint: &creds.fingerprint,
-            audience: spec.azure.sign_in_audience,
-        },
-        known_id,
-        synced_fingerprint,
-        observe_only,
-    }
 }
 
 /// The error, after checking that none of its texts shows either canary.

@@ -7,6 +7,10 @@
 //! Answers the emulator never gives (errors that echo what they were sent, a create that loses a
 //! race) come from a small stub server on the same test CA.
 
+mod common;
+
+use common::adapter::{self, CLIENT, Creds, TENANT, TENANT_DOMAIN, request};
+
 use std::time::Duration;
 
 use axum::{
@@ -17,15 +21,12 @@ use axum::{
     routing::{get, post},
 };
 use idp_bridge::{
-    broker::{AzureCredentials, BrokerClient, BrokerError, SyncOutcome, SyncRequest, logto::LogtoClient},
+    broker::{BrokerClient, BrokerError, SyncOutcome, logto::LogtoClient},
     crd::{
         BrokerProvider,
         broker::{ClientCredentialsSecretRef, LogtoBrokerSpec},
         conditions::Reason,
-        connection::{
-            AzureAdConnectionSpec, AzureCloud, AzureSpec, BrokerRef, BrokerRefKind, DeletionPolicy, ExpirySpec, LogtoConnectionSpec,
-            LogtoPrompt, ManagementPolicy, SecretKeyRef, SignInAudience, ValidationMode, ValidationSpec,
-        },
+        connection::{AzureAdConnectionSpec, AzureCloud, LogtoConnectionSpec, LogtoPrompt, SignInAudience, ValidationMode},
     },
     devenv::{
         logto::LogtoEmulator,
@@ -41,9 +42,6 @@ use tempfile::NamedTempFile;
 const ENDPOINT: &str = "https://auth.example.com:8443";
 const HOST: &str = "auth.example.com:8443";
 const RESOURCE: &str = "https://default.logto.app/api";
-const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
-const TENANT_DOMAIN: &str = "contoso.onmicrosoft.com";
-const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
 const OTHER_CLIENT: &str = "99999999-8888-7777-6666-555555555555";
 const FACTORY: &str = "azuread-universal";
 const LIST: &str = "GET /api/connectors?target=azuread";
@@ -104,8 +102,7 @@ impl Env {
     }
 
     fn creds(&self, secret: &str) -> Creds {
-        let secret = SecretValue::new(secret);
-        Creds { fingerprint: self.fingerprints.fingerprint(&secret), secret }
+        Creds::new(&self.fingerprints, secret)
     }
 
     /// Requests so far as "METHOD /path?query".
@@ -130,32 +127,9 @@ impl Env {
     }
 }
 
-struct Creds {
-    secret: SecretValue,
-    fingerprint: String,
-}
-
 /// A single-tenant connection for Logto, tenant given as a domain (resolved to `TENANT`).
 fn spec_with(logto: LogtoConnectionSpec) -> AzureAdConnectionSpec {
-    AzureAdConnectionSpec {
-        broker_ref: BrokerRef { kind: BrokerRefKind::IdentityBroker, name: "logto".into() },
-        azure: AzureSpec {
-            tenant: TENANT_DOMAIN.into(),
-            cloud: AzureCloud::AzurePublic,
-            client_id: CLIENT.into(),
-            client_secret_ref: SecretKeyRef { name: "contoso-entra".into(), key: "client-secret".into() },
-            sign_in_audience: SignInAudience::SingleTenant,
-        },
-        validation: ValidationSpec::default(),
-        expiry: ExpirySpec::default(),
-        auth0: None,
-        cloudflare: None,
-        logto: Some(logto),
-        unified: None,
-        deletion_policy: DeletionPolicy::Delete,
-        suspend: false,
-        management_policy: ManagementPolicy::Full,
-    }
+    adapter::connection_spec("logto", |spec| spec.logto = Some(logto))
 }
 
 fn spec() -> AzureAdConnectionSpec {
@@ -164,32 +138,6 @@ fn spec() -> AzureAdConnectionSpec {
 
 fn fixed(id: &str) -> AzureAdConnectionSpec {
     spec_with(LogtoConnectionSpec { connector_id: Some(id.into()), ..Default::default() })
-}
-
-/// One sync request; the Azure side comes from `spec` and the validated `creds`.
-fn request<'a>(
-    spec: &'a AzureAdConnectionSpec,
-    creds: &'a Creds,
-    known_id: Option<&'a str>,
-    synced_fingerprint: Option<&'a str>,
-    observe_only: bool,
-) -> SyncRequest<'a> {
-    let tenant_id = (spec.validation.mode != ValidationMode::None).then_some(TENANT);
-    SyncRequest {
-        spec,
-        azure: AzureCredentials {
-            cloud: spec.azure.cloud,
-            tenant: &spec.azure.tenant,
-            tenant_id,
-            client_id: &spec.azure.client_id,
-            secret: &creds.secret,
-            fingerprint: &creds.fingerprint,
-            audience: spec.azure.sign_in_audience,
-        },
-        known_id,
-        synced_fingerprint,
-        observe_only,
-    }
 }
 
 /// The error, after checking that none of its texts shows either canary.

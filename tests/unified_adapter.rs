@@ -6,6 +6,10 @@
 //! One answer the emulator never gives (an error that echoes what it was sent) comes from a small
 //! stub server on the same test CA.
 
+mod common;
+
+use common::adapter::{self, CLIENT, Creds, TENANT, TENANT_DOMAIN, request};
+
 use std::time::Duration;
 
 use axum::{
@@ -16,14 +20,11 @@ use axum::{
     routing::get,
 };
 use idp_bridge::{
-    broker::{AzureCredentials, BrokerClient, BrokerError, SyncOutcome, SyncRequest, unified::UnifiedClient},
+    broker::{BrokerClient, BrokerError, SyncOutcome, unified::UnifiedClient},
     crd::{
         broker::{TokenSecretRef, UnifiedBrokerSpec, UnifiedRegion},
         conditions::Reason,
-        connection::{
-            AzureAdConnectionSpec, AzureCloud, AzureSpec, BrokerRef, BrokerRefKind, DeletionPolicy, ExpirySpec, ManagementPolicy,
-            SecretKeyRef, SignInAudience, UnifiedConnectionSpec, ValidationMode, ValidationSpec,
-        },
+        connection::{AzureAdConnectionSpec, AzureCloud, SignInAudience, UnifiedConnectionSpec, ValidationMode},
     },
     devenv::{
         tls::{TestCa, install_crypto_provider, serve_tls},
@@ -35,9 +36,6 @@ use idp_bridge::{
 use serde_json::{Value, json};
 use tempfile::NamedTempFile;
 
-const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
-const TENANT_DOMAIN: &str = "contoso.onmicrosoft.com";
-const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
 /// The default external_xref of the spec below.
 const XREF: &str = "idp-bridge:contoso.onmicrosoft.com:11111111-2222-3333-4444-555555555555";
 /// The Entra client secret pushed to Unified.to; no error text may ever contain it.
@@ -86,8 +84,7 @@ impl Env {
     }
 
     fn creds(&self, secret: &str) -> Creds {
-        let secret = SecretValue::new(secret);
-        Creds { fingerprint: self.fingerprints.fingerprint(&secret), secret }
+        Creds::new(&self.fingerprints, secret)
     }
 
     /// Requests so far as "METHOD /path?query".
@@ -112,63 +109,13 @@ impl Env {
     }
 }
 
-struct Creds {
-    secret: SecretValue,
-    fingerprint: String,
-}
-
 /// A single-tenant app for Unified.to, tenant given as a domain.
 fn spec_with(unified: UnifiedConnectionSpec) -> AzureAdConnectionSpec {
-    AzureAdConnectionSpec {
-        broker_ref: BrokerRef { kind: BrokerRefKind::IdentityBroker, name: "unified".into() },
-        azure: AzureSpec {
-            tenant: TENANT_DOMAIN.into(),
-            cloud: AzureCloud::AzurePublic,
-            client_id: CLIENT.into(),
-            client_secret_ref: SecretKeyRef { name: "contoso-entra".into(), key: "client-secret".into() },
-            sign_in_audience: SignInAudience::SingleTenant,
-        },
-        validation: ValidationSpec::default(),
-        expiry: ExpirySpec::default(),
-        auth0: None,
-        cloudflare: None,
-        logto: None,
-        unified: Some(unified),
-        deletion_policy: DeletionPolicy::Delete,
-        suspend: false,
-        management_policy: ManagementPolicy::Full,
-    }
+    adapter::connection_spec("unified", |spec| spec.unified = Some(unified))
 }
 
 fn spec() -> AzureAdConnectionSpec {
     spec_with(UnifiedConnectionSpec { external_xref: None, permissions: PERMISSIONS.iter().map(|p| p.to_string()).collect() })
-}
-
-/// One sync request; the Azure side comes from `spec` and the validated `creds` (discovery
-/// resolved the tenant GUID unless validation is off).
-fn request<'a>(
-    spec: &'a AzureAdConnectionSpec,
-    creds: &'a Creds,
-    known_id: Option<&'a str>,
-    synced_fingerprint: Option<&'a str>,
-    observe_only: bool,
-) -> SyncRequest<'a> {
-    let tenant_id = (spec.validation.mode != ValidationMode::None).then_some(TENANT);
-    SyncRequest {
-        spec,
-        azure: AzureCredentials {
-            cloud: spec.azure.cloud,
-            tenant: &spec.azure.tenant,
-            tenant_id,
-            client_id: &spec.azure.client_id,
-            secret: &creds.secret,
-            fingerprint: &creds.fingerprint,
-            audience: spec.azure.sign_in_audience,
-        },
-        known_id,
-        synced_fingerprint,
-        observe_only,
-    }
 }
 
 /// The error, after checking that none of its texts shows either canary.

@@ -31,4 +31,5 @@ pub async fn namespace(prefix: &str) -> (kube::Client, String) {
     create_namespace(&client, &name).await.unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
     (client, name)
 }
+pub mod adapter;
 pub mod e2e;

@@ -1,0 +1,80 @@
+//! What the broker adapter tests share: the Azure side of a connection and a sync request.
+
+use idp_bridge::{
+    broker::{AzureCredentials, SyncRequest},
+    crd::connection::{
+        AzureAdConnectionSpec, AzureCloud, AzureSpec, BrokerRef, BrokerRefKind, DeletionPolicy, ExpirySpec, ManagementPolicy, SecretKeyRef,
+        SignInAudience, ValidationMode, ValidationSpec,
+    },
+    secret::{Fingerprinter, SecretValue},
+};
+
+pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+pub const TENANT_DOMAIN: &str = "contoso.onmicrosoft.com";
+pub const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
+
+/// A validated client secret and its fingerprint.
+pub struct Creds {
+    pub secret: SecretValue,
+    pub fingerprint: String,
+}
+
+impl Creds {
+    pub fn new(fingerprints: &Fingerprinter, secret: &str) -> Self {
+        let secret = SecretValue::new(secret);
+        Creds { fingerprint: fingerprints.fingerprint(&secret), secret }
+    }
+}
+
+/// A single-tenant connection (tenant given as a domain) to broker `broker`, Delete policy;
+/// `block` sets its broker block.
+pub fn connection_spec(broker: &str, block: impl FnOnce(&mut AzureAdConnectionSpec)) -> AzureAdConnectionSpec {
+    let mut spec = AzureAdConnectionSpec {
+        broker_ref: BrokerRef { kind: BrokerRefKind::IdentityBroker, name: broker.into() },
+        azure: AzureSpec {
+            tenant: TENANT_DOMAIN.into(),
+            cloud: AzureCloud::AzurePublic,
+            client_id: CLIENT.into(),
+            client_secret_ref: SecretKeyRef { name: "contoso-entra".into(), key: "client-secret".into() },
+            sign_in_audience: SignInAudience::SingleTenant,
+        },
+        validation: ValidationSpec::default(),
+        expiry: ExpirySpec::default(),
+        auth0: None,
+        cloudflare: None,
+        logto: None,
+        unified: None,
+        deletion_policy: DeletionPolicy::Delete,
+        suspend: false,
+        management_policy: ManagementPolicy::Full,
+    };
+    block(&mut spec);
+    spec
+}
+
+/// One sync request; the Azure side comes from `spec` and the validated `creds` (the tenant
+/// resolves to `TENANT` unless validation is off).
+pub fn request<'a>(
+    spec: &'a AzureAdConnectionSpec,
+    creds: &'a Creds,
+    known_id: Option<&'a str>,
+    synced_fingerprint: Option<&'a str>,
+    observe_only: bool,
+) -> SyncRequest<'a> {
+    let tenant_id = (spec.validation.mode != ValidationMode::None).then_some(TENANT);
+    SyncRequest {
+        spec,
+        azure: AzureCredentials {
+            cloud: spec.azure.cloud,
+            tenant: &spec.azure.tenant,
+            tenant_id,
+            client_id: &spec.azure.client_id,
+            secret: &creds.secret,
+            fingerprint: &creds.fingerprint,
+            audience: spec.azure.sign_in_audience,
+        },
+        known_id,
+        synced_fingerprint,
+        observe_only,
+    }
+}
