@@ -68,7 +68,7 @@ async fn create_rotate_and_reject_a_bad_secret() {
     settle().await;
     assert_eq!(env.auth0.writes(), writes + 1, "a rotation is one broker write");
     assert_eq!(env.broker_connection("contoso")["display_name"], "Contoso", "PATCH keeps the display name");
-    assert_eq!(env.events_with_reason("contoso", "BrokerUpdated").await.len(), 1);
+    assert_eq!(env.wait_events("contoso", "BrokerUpdated", 1).await.len(), 1);
 
     // A wrong value: not pushed, the broker keeps the working one, a Warning event says why.
     let wrong = env.canary("wrong");
@@ -78,7 +78,7 @@ async fn create_rotate_and_reject_a_bad_secret() {
     assert!(condition_is(&conn, BROKER_SYNCED, "False", "NotPushed"));
     assert!(condition(&conn, READY).message.contains("Value"), "the message says what to do");
     assert_eq!(env.broker_secret("contoso"), second);
-    assert!(!env.events_with_reason("contoso", "InvalidSecret").await.is_empty());
+    assert!(!env.wait_events("contoso", "InvalidSecret", 1).await.is_empty());
     // No retry storm: a permanent error waits for a change.
     let tokens = env.upstreams.azure.token_requests_for(CLIENT_ID);
     settle().await;
@@ -213,7 +213,7 @@ async fn observe_only_and_suspend_write_nothing() {
     }
     assert_eq!(env.broker_connection("watched")["options"]["ext_groups"], false, "Full corrects drift");
     assert_eq!(env.auth0.writes(), writes + 1);
-    assert_eq!(env.events_with_reason("watched", "Drifted").await.len(), 1, "a Warning event names the drift");
+    assert_eq!(env.wait_events("watched", "Drifted", 1).await.len(), 1, "a Warning event names the drift");
 
     // Back to ObserveOnly, edit again: reported, not corrected.
     env.connect("watched", "web", json!({"managementPolicy": "ObserveOnly"})).await;
@@ -267,7 +267,7 @@ async fn deletion_policies_and_a_vanished_broker() {
     brokers.delete("auth0", &DeleteParams::default()).await.unwrap();
     env.connections().delete("stranded", &DeleteParams::default()).await.unwrap();
     wait_gone(&env, "stranded").await;
-    assert_eq!(env.events_with_reason("stranded", "Orphaned").await.len(), 1);
+    assert_eq!(env.wait_events("stranded", "Orphaned", 1).await.len(), 1);
     env.assert_no_canary_leaks().await;
 }
 
@@ -386,7 +386,7 @@ async fn graph_expiry_and_an_expiry_during_the_test() {
     assert_eq!(secret.expiry_source.as_deref(), Some("Graph"));
     assert_eq!(secret.key_id.as_deref(), Some(key_id.as_str()));
     assert!(condition_is(&conn, READY, "True", "Ready"));
-    assert_eq!(env.events_with_reason("contoso", "SecretExpiring").await.len(), 1, "one Warning when entering the window");
+    assert_eq!(env.wait_events("contoso", "SecretExpiring", 1).await.len(), 1, "one Warning when entering the window");
 
     // A secret that expires a few seconds from now: Ready flips at that moment, on its own.
     let short = env.canary("short");
@@ -403,7 +403,7 @@ async fn graph_expiry_and_an_expiry_during_the_test() {
     let flipped = jiff::Timestamp::now();
     assert!(flipped >= soon && flipped.as_second() - soon.as_second() <= 3, "flipped at {flipped}, expiry {soon}");
     assert!(condition_is(&conn, SECRET_EXPIRING, "True", "SecretExpired"));
-    assert_eq!(env.events_with_reason("contoso", "SecretExpired").await.len(), 1, "one Warning at expiry");
+    assert_eq!(env.wait_events("contoso", "SecretExpired", 1).await.len(), 1, "one Warning at expiry");
 
     // Without Application.Read.All, expiry.source Graph names the missing permission.
     env.upstreams.azure.set_graph_read_all(TENANT_ID, CLIENT_ID, false);

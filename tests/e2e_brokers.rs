@@ -103,7 +103,7 @@ async fn scenarios(env: &mut Env, broker: &Broker) {
     (broker.drift)();
     env.poke("contoso").await;
     wait_until("the drift is corrected", || !(broker.drifted)()).await;
-    assert!(!env.events_with_reason("contoso", "Drifted").await.is_empty());
+    assert!(!env.wait_events("contoso", "Drifted", 1).await.is_empty());
 
     // Orphan keeps the object; a new connection adopts it without a duplicate; Delete removes it.
     env.connections().delete("contoso", &DeleteParams::default()).await.unwrap();
@@ -219,7 +219,7 @@ async fn cloudflare_scim_secret_is_written_once() {
     assert!(!data["scim-secret"].0.is_empty());
     let owner = &scim.metadata.owner_references.unwrap()[0];
     assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("AzureAdConnection", "scim"));
-    assert_eq!(env.events_with_reason("scim", "ScimSecretStored").await.len(), 1);
+    assert_eq!(env.wait_events("scim", "ScimSecretStored", 1).await.len(), 1);
     // The SCIM token is never in logs, events or status.
     let token = String::from_utf8(data["scim-secret"].0.clone()).unwrap();
     let logs = String::from_utf8_lossy(&common::e2e::captured_logs().lock().unwrap()).into_owned();

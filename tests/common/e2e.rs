@@ -277,6 +277,19 @@ impl Env {
             .collect()
     }
 
+    /// The events about `name` with `reason`, once at least `count` exist (events are published
+    /// right after the status write they describe), or after 10 s.
+    pub async fn wait_events(&self, name: &str, reason: &str, count: usize) -> Vec<Event> {
+        for _ in 0..100 {
+            let events = self.events_with_reason(name, reason).await;
+            if events.len() >= count {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.events_with_reason(name, reason).await
+    }
+
     /// No canary value appears in any log line, event, or connection or broker status.
     pub async fn assert_no_canary_leaks(&self) {
         let logs = String::from_utf8_lossy(&captured_logs().lock().unwrap()).into_owned();
