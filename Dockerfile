@@ -9,6 +9,10 @@ FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# The workspace names devenv/ as a member, so its manifest and sources must be present; the root
+# package is the only default member, and only it is built.
+COPY devenv/Cargo.toml ./devenv/Cargo.toml
+COPY devenv/src ./devenv/src
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin idp-bridge \

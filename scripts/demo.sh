@@ -10,5 +10,5 @@ bash scripts/control-plane-bins.sh >"$bins_file"
 IDP_BRIDGE_BIN_DIR=$(tail -n 1 "$bins_file")
 export IDP_BRIDGE_BIN_DIR
 echo "[demo] building the operator (the first build takes a few minutes)" >&2
-cargo build --locked --quiet --bin idp-bridge-demo
+cargo build --locked --quiet -p idp-bridge-devenv --bin idp-bridge-demo
 exec target/debug/idp-bridge-demo "$@"

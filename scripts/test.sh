@@ -20,9 +20,9 @@ IDP_BRIDGE_BIN_DIR=$(tail -n 1 "$bins_file")
 rm -f "$bins_file"
 export IDP_BRIDGE_BIN_DIR
 stage "cargo fmt --check" cargo fmt --all -- --check
-stage "cargo clippy" cargo clippy --locked --all-targets -- -D warnings
-stage "cargo build (tests)" cargo test --locked --no-run
-stage "cargo test" cargo test --locked
+stage "cargo clippy" cargo clippy --locked --workspace --all-targets -- -D warnings
+stage "cargo build (tests)" cargo test --locked --workspace --no-run
+stage "cargo test" cargo test --locked --workspace
 
 echo
 echo "Stage timings:"

@@ -4,8 +4,9 @@
 //! Layout: `crd` (the API), `config` (flags, parsed once), `controller` (watch and reconcile:
 //! resolve -> validate -> plan/apply -> status), `azure` and `broker::*` (one module per external
 //! API), `upstream` (the single outbound HTTP client), `secret` (redaction and fingerprints),
-//! `leader` (leader election on a Lease), `devenv` (emulators and a local control plane for the
-//! demo and tests).
+//! `leader` (leader election on a Lease). The emulators and the local control plane used by the
+//! demo and the tests live in the `idp-bridge-devenv` workspace member, never in this crate.
+#![forbid(unsafe_code)]
 
 pub mod azure;
 pub mod broker;
@@ -13,7 +14,6 @@ pub mod check;
 pub mod config;
 pub mod controller;
 pub mod crd;
-pub mod devenv;
 pub mod http;
 pub mod leader;
 pub mod metrics;

@@ -3,8 +3,6 @@
 //! milliseconds that no two candidates lead, or run their work, at the same time. The measured
 //! takeover times are printed.
 
-mod common;
-
 use std::{
     io::Write as _,
     net::SocketAddr,
@@ -15,11 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::e2e::{CLIENT_ID, Env, TENANT_ID};
-use idp_bridge::{
-    devenv::stack::RunningOperator,
-    leader::{LeaderElection, LeaderState, LeaseSettings},
-};
+use crate::common::e2e::{CLIENT_ID, Env, TENANT_ID};
+use idp_bridge::leader::{LeaderElection, LeaderState, LeaseSettings};
+use idp_bridge_devenv::stack::RunningOperator;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
 use serde_json::json;
@@ -187,7 +183,7 @@ async fn lease(client: &Client, namespace: &str) -> Lease {
 }
 
 async fn new_client() -> Client {
-    common::control_plane().await.client().await
+    crate::common::control_plane().await.client().await
 }
 
 /// Starts `a`, waits until it leads, then starts `b` and waits until it stands by.
@@ -201,7 +197,7 @@ async fn leader_and_standby(ns: &str) -> (Candidate, Candidate) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_one_of_two_leads() {
-    let (client, ns) = common::namespace("le-one").await;
+    let (client, ns) = crate::common::namespace("le-one").await;
     let a = Candidate::start(new_client().await, settings(&ns, "a"));
     let b = Candidate::start(new_client().await, settings(&ns, "b"));
     assert!(a.identity.starts_with("a-") && b.identity.starts_with("b-"));
@@ -233,7 +229,7 @@ async fn exactly_one_of_two_leads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_from_a_crashed_leader() {
-    let (client, ns) = common::namespace("le-crash").await;
+    let (client, ns) = crate::common::namespace("le-crash").await;
     let (a, b) = leader_and_standby(&ns).await;
     let monitor = Monitor::watch(&[&a, &b]);
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -258,7 +254,7 @@ async fn a_standby_takes_over_from_a_crashed_leader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_stop_hands_over_at_once() {
-    let (client, ns) = common::namespace("le-release").await;
+    let (client, ns) = crate::common::namespace("le-release").await;
     let (a, b) = leader_and_standby(&ns).await;
     let monitor = Monitor::watch(&[&a, &b]);
     let b_state = b.state.clone();
@@ -328,8 +324,8 @@ impl Drop for Partition {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_leader_steps_down_before_anyone_takes_over() {
-    let (_, ns) = common::namespace("le-partition").await;
-    let cp = common::control_plane().await;
+    let (_, ns) = crate::common::namespace("le-partition").await;
+    let cp = crate::common::control_plane().await;
     let server: url::Url = cp.server_url().parse().unwrap();
     let target = SocketAddr::new(server.host_str().unwrap().parse().unwrap(), server.port().unwrap());
     let partition = Partition::to(target).await;

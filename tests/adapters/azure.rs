@@ -22,12 +22,12 @@ use idp_bridge::{
         conditions::Reason,
         connection::{AzureCloud, ValidationMode},
     },
-    devenv::{
-        azure::{AzureCloud as EmulatedCloud, AzureEmulator},
-        tls::{TestCa, install_crypto_provider, serve_tls},
-    },
     secret::{Fingerprinter, SecretValue},
     upstream::{EndpointOverrides, TransportError, Upstream},
+};
+use idp_bridge_devenv::{
+    azure::{AzureCloud as EmulatedCloud, AzureEmulator},
+    tls::{TestCa, install_crypto_provider, serve_tls},
 };
 use jiff::{SignedDuration, Timestamp};
 use serde_json::json;

@@ -2,13 +2,11 @@
 
 use std::time::Duration;
 
-use idp_bridge::{
-    devenv::{
-        auth0::Auth0Emulator,
-        azure::{AzureCloud, AzureEmulator},
-        tls::{TestCa, install_crypto_provider},
-    },
-    upstream::{Answer, EndpointOverrides, TransportError, Upstream, retry_after},
+use idp_bridge::upstream::{Answer, EndpointOverrides, TransportError, Upstream, retry_after};
+use idp_bridge_devenv::{
+    auth0::Auth0Emulator,
+    azure::{AzureCloud, AzureEmulator},
+    tls::{TestCa, install_crypto_provider},
 };
 use jiff::{SignedDuration, Timestamp};
 use reqwest::{Method, StatusCode};

@@ -172,7 +172,7 @@ fn locate_binaries() -> Result<BinDir, String> {
     if let Some(dir) = std::env::var_os(BIN_DIR_ENV).filter(|d| !d.is_empty()) {
         return BinDir { dir: PathBuf::from(dir) }.check().map_err(|e| format!("{BIN_DIR_ENV}: {e}"));
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/control-plane-bins.sh");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/control-plane-bins.sh");
     let output = Command::new("bash")
         .arg(&script)
         .stdin(Stdio::null())
@@ -197,7 +197,7 @@ fn note(message: &str) {
     let _ = writeln!(io::stderr(), "[idp-bridge] {message}");
 }
 
-pub use crate::install_crypto_provider;
+pub use idp_bridge::install_crypto_provider;
 
 /// PEM material the harness generates.
 struct Pki {

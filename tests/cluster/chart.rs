@@ -8,8 +8,6 @@
 //!
 //! helm comes from the harness's bin dir (`scripts/control-plane-bins.sh`); a missing helm fails.
 
-mod common;
-
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
@@ -18,15 +16,15 @@ use std::{
     time::Duration,
 };
 
+use crate::common::e2e::{AUTH0_DOMAIN, CLIENT_ID, M2M_CLIENT, M2M_SECRET, TENANT_DOMAIN, TENANT_ID};
 use clap::Parser as _;
-use common::e2e::{AUTH0_DOMAIN, CLIENT_ID, M2M_CLIENT, M2M_SECRET, TENANT_DOMAIN, TENANT_ID};
 use idp_bridge::{
     config::{Cli, Command as CliCommand, Config, RunArgs},
     crd::{AzureAdConnection, ClusterIdentityBroker, IdentityBroker, conditions},
-    devenv::{
-        control_plane::{self, ControlPlane, create_namespace, install_crds, unique_name},
-        stack::{RunningOperator, Upstreams},
-    },
+};
+use idp_bridge_devenv::{
+    control_plane::{self, ControlPlane, create_namespace, install_crds, unique_name},
+    stack::{RunningOperator, Upstreams},
 };
 use k8s_openapi::{
     api::{
@@ -580,7 +578,7 @@ async fn dry_run_apply(client: &Client, docs: &[Value], release_namespace: &str)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rendered_manifests_pass_a_server_side_dry_run() {
-    let cp = common::control_plane().await;
+    let cp = crate::common::control_plane().await;
     let client = cp.client().await;
     install_crds(&client, &monitoring_crds()).await.expect("the monitoring CRDs install");
     let release_ns = unique_name("chart-dry-run");
@@ -907,7 +905,7 @@ async fn helm_install_then_the_operator_reconciles_as_the_chart_service_account(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_namespaces_mode_runs_with_namespaced_roles() {
-    let cp = common::control_plane().await;
+    let cp = crate::common::control_plane().await;
     let admin = cp.client().await;
     let ns = unique_name("chart-op");
     let (team_a, team_b, other) = (unique_name("chart-team-a"), unique_name("chart-team-b"), unique_name("chart-other"));
@@ -989,7 +987,7 @@ async fn watch_namespaces_mode_runs_with_namespaced_roles() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_upgrade_changes_the_deployment_and_uninstall_removes_the_release() {
-    let cp = common::control_plane().await;
+    let cp = crate::common::control_plane().await;
     let admin = cp.client().await;
     let kubeconfig = Some(cp.kubeconfig_path());
     let ns = unique_name("chart-upgrade");

@@ -9,12 +9,10 @@ use std::{
 };
 
 use clap::Parser;
-use idp_bridge::{
-    crd::{AzureAdConnection, EXPIRES_AT_ANNOTATION, conditions},
-    devenv::{
-        control_plane::{ControlPlane, create_namespace, install_crds},
-        stack::{RunningOperator, Upstreams},
-    },
+use idp_bridge::crd::{AzureAdConnection, EXPIRES_AT_ANNOTATION, conditions};
+use idp_bridge_devenv::{
+    control_plane::{ControlPlane, create_namespace, install_crds},
+    stack::{RunningOperator, Upstreams},
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
@@ -26,12 +24,12 @@ use serde_json::{Value, json};
 
 /// The examples the demo applies, embedded so the demo needs nothing but this binary.
 const EXAMPLES: &[(&str, &str)] = &[
-    ("examples/auth0-broker.yaml", include_str!("../../examples/auth0-broker.yaml")),
-    ("examples/auth0-web.yaml", include_str!("../../examples/auth0-web.yaml")),
-    ("examples/auth0-native.yaml", include_str!("../../examples/auth0-native.yaml")),
-    ("examples/cloudflare.yaml", include_str!("../../examples/cloudflare.yaml")),
-    ("examples/logto.yaml", include_str!("../../examples/logto.yaml")),
-    ("examples/unified.yaml", include_str!("../../examples/unified.yaml")),
+    ("examples/auth0-broker.yaml", include_str!("../../../examples/auth0-broker.yaml")),
+    ("examples/auth0-web.yaml", include_str!("../../../examples/auth0-web.yaml")),
+    ("examples/auth0-native.yaml", include_str!("../../../examples/auth0-native.yaml")),
+    ("examples/cloudflare.yaml", include_str!("../../../examples/cloudflare.yaml")),
+    ("examples/logto.yaml", include_str!("../../../examples/logto.yaml")),
+    ("examples/unified.yaml", include_str!("../../../examples/unified.yaml")),
 ];
 /// The connections the examples define, one or more per broker.
 const CONNECTIONS: &[&str] = &["contoso-web", "contoso-native", "contoso-access", "contoso-logto", "contoso-unified"];

@@ -1,8 +1,6 @@
 //! The test harness itself: admin and impersonated clients, the kubeconfig file, `stop()`, and
 //! the watchdog that stops the servers when the test process dies without dropping them.
 
-mod common;
-
 use std::io::BufRead as _;
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt as _;
@@ -10,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use idp_bridge::devenv::control_plane::ControlPlane;
+use idp_bridge_devenv::control_plane::ControlPlane;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams};
 
@@ -26,7 +24,7 @@ fn is_listening(port: u16) -> bool {
 
 #[tokio::test]
 async fn admin_client_and_kubeconfig_file_work() {
-    let cp = common::control_plane().await;
+    let cp = crate::common::control_plane().await;
     let namespaces: Api<Namespace> = Api::all(cp.client().await);
     assert!(namespaces.get_opt("default").await.unwrap().is_some());
 
@@ -41,7 +39,7 @@ async fn admin_client_and_kubeconfig_file_work() {
 
 #[tokio::test]
 async fn impersonated_users_are_subject_to_rbac() {
-    let cp = common::control_plane().await;
+    let cp = crate::common::control_plane().await;
     let client = kube::Client::try_from(cp.impersonating_config("alice", &["dev-team"])).unwrap();
     let namespaces: Api<Namespace> = Api::all(client);
     match namespaces.list(&ListParams::default()).await {
@@ -169,7 +167,7 @@ fn missing_binaries_fail_with_instructions() {
 
 #[test]
 fn a_crashing_apiserver_fails_start_with_both_log_tails() {
-    let real = idp_bridge::devenv::control_plane::binaries().expect("the real binaries");
+    let real = idp_bridge_devenv::control_plane::binaries().expect("the real binaries");
     let fake = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(real.etcd(), fake.path().join("etcd")).unwrap();
     let apiserver = fake.path().join("kube-apiserver");

@@ -18,7 +18,7 @@ use url::Url;
 /// Names every emulator certificate is valid for: clients check IP SANs when given an IP URL.
 pub const SERVER_SANS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
-pub use crate::install_crypto_provider;
+pub use idp_bridge::install_crypto_provider;
 
 /// A certificate and its private key, PEM-encoded, issued by a [`TestCa`].
 pub struct IssuedCert {

@@ -1,10 +1,8 @@
 //! The CRDs' schemas, defaults, CEL rules, status subresource and printer columns, checked on a
-//! real kube-apiserver (see `idp_bridge::devenv::control_plane`).
-
-mod common;
+//! real kube-apiserver (see `idp_bridge_devenv::control_plane`).
 
 use idp_bridge::crd::{AzureAdConnection, ClusterIdentityBroker, IdentityBroker};
-use idp_bridge::devenv::control_plane::{FIELD_MANAGER, unique_name};
+use idp_bridge_devenv::control_plane::{FIELD_MANAGER, unique_name};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
@@ -88,7 +86,7 @@ fn assert_rejected<T: std::fmt::Debug>(case: &str, result: Result<T, kube::Error
 
 #[tokio::test]
 async fn valid_connection_is_accepted_and_defaulted() {
-    let (client, ns) = common::namespace("crd-valid").await;
+    let (client, ns) = crate::common::namespace("crd-valid").await;
     create(&dynamic_api::<AzureAdConnection>(&client, Some(&ns)), &connection("contoso")).await.expect("a valid connection is accepted");
 
     // Read back through the typed API: the stored object deserializes into the Rust type.
@@ -126,7 +124,7 @@ enum Change {
 #[tokio::test]
 async fn invalid_connections_are_rejected_with_clear_messages() {
     use Change::{Remove, Set};
-    let (client, ns) = common::namespace("crd-invalid").await;
+    let (client, ns) = crate::common::namespace("crd-invalid").await;
     let api = dynamic_api::<AzureAdConnection>(&client, Some(&ns));
 
     let tenant = "tenant must be a tenant ID (GUID) or a domain name";
@@ -194,7 +192,7 @@ async fn invalid_connections_are_rejected_with_clear_messages() {
 
 #[tokio::test]
 async fn auth0_name_is_immutable_and_display_name_is_not() {
-    let (client, ns) = common::namespace("crd-immutable").await;
+    let (client, ns) = crate::common::namespace("crd-immutable").await;
     let api = dynamic_api::<AzureAdConnection>(&client, Some(&ns));
     create(&api, &connection("contoso")).await.expect("created");
 
@@ -211,7 +209,7 @@ async fn auth0_name_is_immutable_and_display_name_is_not() {
 
 #[tokio::test]
 async fn brokers_are_validated() {
-    let (client, ns) = common::namespace("crd-brokers").await;
+    let (client, ns) = crate::common::namespace("crd-brokers").await;
     let apis = [
         ("IdentityBroker", dynamic_api::<IdentityBroker>(&client, Some(&ns))),
         ("ClusterIdentityBroker", dynamic_api::<ClusterIdentityBroker>(&client, None)),
@@ -320,7 +318,7 @@ fn every_spec_property_has_a_description() {
 
 #[tokio::test]
 async fn status_subresource_and_printer_columns_work() {
-    let (client, ns) = common::namespace("crd-status").await;
+    let (client, ns) = crate::common::namespace("crd-status").await;
     let api: Api<AzureAdConnection> = Api::namespaced(client.clone(), &ns);
     create(&dynamic_api::<AzureAdConnection>(&client, Some(&ns)), &connection("contoso")).await.expect("created");
 

@@ -6,7 +6,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use idp_bridge::devenv::{azure::AzureEmulator, tls::TestCa};
+use idp_bridge_devenv::{azure::AzureEmulator, tls::TestCa};
 
 const TENANT: &str = "3f2a1c4e-8b7d-4e6a-9c5b-2d1e0f9a8b7c";
 const CLIENT: &str = "8c2e4b6a-1f3d-4a5b-9e7c-6d8f0a2b4c6e";

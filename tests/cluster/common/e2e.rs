@@ -7,17 +7,15 @@ use std::{
     time::Duration,
 };
 
-use idp_bridge::{
-    crd::{AzureAdConnection, conditions},
-    devenv::{
-        auth0::Auth0Emulator,
-        stack::{RunningOperator, Upstreams},
-    },
+use idp_bridge::crd::{AzureAdConnection, conditions};
+use idp_bridge_devenv::{
+    auth0::Auth0Emulator,
+    stack::{RunningOperator, Upstreams},
 };
 use k8s_openapi::api::core::v1::{Event, Secret};
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{ListParams, Patch, PatchParams},
 };
 use serde_json::{Value, json};
 
@@ -136,7 +134,7 @@ impl Env {
 
     /// A secret value that must never show up anywhere but in the Secret and the broker.
     pub fn canary(&mut self, label: &str) -> String {
-        let value = format!("Cn{}Q~{label}-{}", rand::random::<u16>() % 10, idp_bridge::devenv::control_plane::unique_name("canary"));
+        let value = format!("Cn{}Q~{label}-{}", rand::random::<u16>() % 10, idp_bridge_devenv::control_plane::unique_name("canary"));
         self.canaries.push(value.clone());
         value
     }
@@ -162,10 +160,6 @@ impl Env {
             .patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&secret))
             .await
             .unwrap_or_else(|e| panic!("applying Secret {name}: {e}"));
-    }
-
-    pub async fn delete_secret(&self, name: &str) {
-        let _ = Api::<Secret>::namespaced(self.client.clone(), &self.ns).delete(name, &DeleteParams::default()).await;
     }
 
     /// Server-side applies an idpbridge.io object of `kind` with `body` (spec etc.).
@@ -217,7 +211,7 @@ impl Env {
     /// Triggers a reconcile without changing the spec (an annotation does not bump generation),
     /// as the periodic refresh would.
     pub async fn poke(&self, name: &str) {
-        let patch = json!({"metadata": {"annotations": {"e2e/poke": idp_bridge::devenv::control_plane::unique_name("p")}}});
+        let patch = json!({"metadata": {"annotations": {"e2e/poke": idp_bridge_devenv::control_plane::unique_name("p")}}});
         self.connections().patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("poking the connection");
     }
 

@@ -5,9 +5,7 @@
 //! One answer the emulator never gives (an error that echoes what it was sent) comes from a small
 //! stub server on the same test CA.
 
-mod common;
-
-use common::adapter::{self, CLIENT, Creds, TENANT, request};
+use crate::common::{self, CLIENT, Creds, TENANT, request};
 
 use std::time::Duration;
 
@@ -29,12 +27,12 @@ use idp_bridge::{
             SignInAudience, ValidationMode,
         },
     },
-    devenv::{
-        cloudflare::{CloudflareEmulator, TEAM},
-        tls::{TestCa, install_crypto_provider, serve_tls},
-    },
     secret::{Fingerprinter, SecretValue},
     upstream::{EndpointOverrides, TransportError, Upstream},
+};
+use idp_bridge_devenv::{
+    cloudflare::{CloudflareEmulator, TEAM},
+    tls::{TestCa, install_crypto_provider, serve_tls},
 };
 use serde_json::{Value, json};
 use tempfile::NamedTempFile;
@@ -118,7 +116,7 @@ impl Env {
 
 /// A single-tenant connection for Cloudflare, tenant given as a domain (resolved by validation).
 fn spec_with(cloudflare: CloudflareConnectionSpec) -> AzureAdConnectionSpec {
-    adapter::connection_spec("cloudflare", |spec| spec.cloudflare = Some(cloudflare))
+    common::connection_spec("cloudflare", |spec| spec.cloudflare = Some(cloudflare))
 }
 
 fn cf_spec() -> CloudflareConnectionSpec {

@@ -6,9 +6,7 @@
 //! One answer the emulator never gives (an error that echoes what it was sent) comes from a small
 //! stub server on the same test CA.
 
-mod common;
-
-use common::adapter::{self, CLIENT, Creds, TENANT, TENANT_DOMAIN, request};
+use crate::common::{self, CLIENT, Creds, TENANT, TENANT_DOMAIN, request};
 
 use std::time::Duration;
 
@@ -26,12 +24,12 @@ use idp_bridge::{
         conditions::Reason,
         connection::{AzureAdConnectionSpec, AzureCloud, SignInAudience, UnifiedConnectionSpec, ValidationMode},
     },
-    devenv::{
-        tls::{TestCa, install_crypto_provider, serve_tls},
-        unified::{SecretReads, UnifiedEmulator},
-    },
     secret::{Fingerprinter, SecretValue},
     upstream::{EndpointOverrides, TransportError, Upstream},
+};
+use idp_bridge_devenv::{
+    tls::{TestCa, install_crypto_provider, serve_tls},
+    unified::{SecretReads, UnifiedEmulator},
 };
 use serde_json::{Value, json};
 use tempfile::NamedTempFile;
@@ -111,7 +109,7 @@ impl Env {
 
 /// A single-tenant app for Unified.to, tenant given as a domain.
 fn spec_with(unified: UnifiedConnectionSpec) -> AzureAdConnectionSpec {
-    adapter::connection_spec("unified", |spec| spec.unified = Some(unified))
+    common::connection_spec("unified", |spec| spec.unified = Some(unified))
 }
 
 fn spec() -> AzureAdConnectionSpec {

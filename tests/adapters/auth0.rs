@@ -5,9 +5,7 @@
 //! One answer the emulator never gives (an error that echoes what it was sent) comes from a small
 //! stub server on the same test CA.
 
-mod common;
-
-use common::adapter::{self, CLIENT, Creds, TENANT, TENANT_DOMAIN, request};
+use crate::common::{self, CLIENT, Creds, TENANT, TENANT_DOMAIN, request};
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -24,12 +22,12 @@ use idp_bridge::{
         conditions::Reason,
         connection::{Auth0ConnectionSpec, Auth0IdentityApi, Auth0UserIdAttribute, AzureAdConnectionSpec, SignInAudience, ValidationMode},
     },
-    devenv::{
-        auth0::Auth0Emulator,
-        tls::{TestCa, install_crypto_provider, serve_tls},
-    },
     secret::{Fingerprinter, SecretValue},
     upstream::{EndpointOverrides, TransportError, Upstream},
+};
+use idp_bridge_devenv::{
+    auth0::Auth0Emulator,
+    tls::{TestCa, install_crypto_provider, serve_tls},
 };
 use serde_json::{Value, json};
 use tempfile::NamedTempFile;
@@ -97,7 +95,7 @@ impl Env {
 
 /// A single-tenant connection for Auth0, tenant given as a domain.
 fn spec_with(auth0: Auth0ConnectionSpec) -> AzureAdConnectionSpec {
-    adapter::connection_spec("acme", |spec| spec.auth0 = Some(auth0))
+    common::connection_spec("acme", |spec| spec.auth0 = Some(auth0))
 }
 
 fn auth0_spec() -> Auth0ConnectionSpec {

@@ -16,8 +16,8 @@ use tokio::{
 use super::{
     auth0::Auth0Emulator, azure::AzureEmulator, cloudflare::CloudflareEmulator, logto::LogtoEmulator, tls::TestCa, unified::UnifiedEmulator,
 };
-use crate::crd::broker::UnifiedRegion;
-use crate::{
+use idp_bridge::crd::broker::UnifiedRegion;
+use idp_bridge::{
     config::{Config, LeaderElectionConfig},
     leader::{LeaderElection, LeaderState},
     operator::{self, StartError},

@@ -3,11 +3,9 @@
 //! limiting reported, deletion under both policies with adoption in between; plus each broker's
 //! own rules (Cloudflare SCIM, Logto's one-connector rule, Unified.to regions).
 
-mod common;
-
 use std::time::Duration;
 
-use common::e2e::{CLIENT_ID, Env, TENANT_ID, condition, condition_is};
+use crate::common::e2e::{CLIENT_ID, Env, TENANT_ID, condition, condition_is};
 use idp_bridge::crd::conditions::*;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::DeleteParams;
@@ -222,14 +220,14 @@ async fn cloudflare_scim_secret_is_written_once() {
     assert_eq!(env.wait_events("scim", "ScimSecretStored", 1).await.len(), 1);
     // The SCIM token is never in logs, events or status.
     let token = String::from_utf8(data["scim-secret"].0.clone()).unwrap();
-    let logs = String::from_utf8_lossy(&common::e2e::captured_logs().lock().unwrap()).into_owned();
+    let logs = String::from_utf8_lossy(&crate::common::e2e::captured_logs().lock().unwrap()).into_owned();
     assert!(!logs.contains(&token));
     let conn = serde_json::to_string(&env.connections().get("scim").await.unwrap()).unwrap();
     assert!(!conn.contains(&token));
     env.assert_no_canary_leaks().await;
 }
 
-fn logto_connector(logto: &idp_bridge::devenv::logto::LogtoEmulator) -> Option<Value> {
+fn logto_connector(logto: &idp_bridge_devenv::logto::LogtoEmulator) -> Option<Value> {
     logto.connectors().into_iter().find(|c| c["connectorId"] == "azuread-universal")
 }
 

@@ -2,11 +2,9 @@
 //! watching one namespace per test, validates secrets against emulated Azure and syncs emulated
 //! Auth0. Every test ends with the canary check: no secret value in logs, events or status.
 
-mod common;
-
 use std::time::Duration;
 
-use common::e2e::{AUTH0_DOMAIN, CLIENT_ID, Env, M2M_CLIENT, M2M_SECRET, TENANT_ID, condition, condition_is};
+use crate::common::e2e::{AUTH0_DOMAIN, CLIENT_ID, Env, M2M_CLIENT, M2M_SECRET, TENANT_ID, condition, condition_is};
 use idp_bridge::crd::{FINALIZER, conditions::*};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;

@@ -7,9 +7,7 @@
 //! Answers the emulator never gives (errors that echo what they were sent, a create that loses a
 //! race) come from a small stub server on the same test CA.
 
-mod common;
-
-use common::adapter::{self, CLIENT, Creds, TENANT, TENANT_DOMAIN, request};
+use crate::common::{self, CLIENT, Creds, TENANT, TENANT_DOMAIN, request};
 
 use std::time::Duration;
 
@@ -28,12 +26,12 @@ use idp_bridge::{
         conditions::Reason,
         connection::{AzureAdConnectionSpec, AzureCloud, LogtoConnectionSpec, LogtoPrompt, SignInAudience, ValidationMode},
     },
-    devenv::{
-        logto::LogtoEmulator,
-        tls::{TestCa, install_crypto_provider, serve_tls},
-    },
     secret::{Fingerprinter, SecretValue},
     upstream::{EndpointOverrides, TransportError, Upstream},
+};
+use idp_bridge_devenv::{
+    logto::LogtoEmulator,
+    tls::{TestCa, install_crypto_provider, serve_tls},
 };
 use serde_json::{Value, json};
 use tempfile::NamedTempFile;
@@ -129,7 +127,7 @@ impl Env {
 
 /// A single-tenant connection for Logto, tenant given as a domain (resolved to `TENANT`).
 fn spec_with(logto: LogtoConnectionSpec) -> AzureAdConnectionSpec {
-    adapter::connection_spec("logto", |spec| spec.logto = Some(logto))
+    common::connection_spec("logto", |spec| spec.logto = Some(logto))
 }
 
 fn spec() -> AzureAdConnectionSpec {
@@ -656,7 +654,7 @@ async fn a_connection_without_a_logto_block_is_unsupported() {
 }
 
 /// A stub tenant on a fresh CA; returns the server (stops on drop), an Upstream to it, the CA file.
-async fn stub(router: Router) -> (idp_bridge::devenv::tls::ServerHandle, Upstream, NamedTempFile) {
+async fn stub(router: Router) -> (idp_bridge_devenv::tls::ServerHandle, Upstream, NamedTempFile) {
     install_crypto_provider();
     let ca = TestCa::new();
     let ca_file = NamedTempFile::new().unwrap();

@@ -1,8 +1,7 @@
 //! Shared set-up for the integration tests: one real control plane per test binary, with the
 //! CRDs installed, and one fresh namespace per test.
-#![allow(dead_code)]
 
-use idp_bridge::devenv::control_plane::{ControlPlane, create_namespace, install_crds, unique_name};
+use idp_bridge_devenv::control_plane::{ControlPlane, create_namespace, install_crds, unique_name};
 use tokio::sync::OnceCell;
 
 static CONTROL_PLANE: OnceCell<ControlPlane> = OnceCell::const_new();
@@ -31,5 +30,4 @@ pub async fn namespace(prefix: &str) -> (kube::Client, String) {
     create_namespace(&client, &name).await.unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
     (client, name)
 }
-pub mod adapter;
 pub mod e2e;

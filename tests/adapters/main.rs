@@ -1,0 +1,11 @@
+//! Tier 2: the Azure and broker clients, and the `check` CLI, over HTTPS against the emulators.
+
+mod common;
+
+mod auth0;
+mod azure;
+mod check_cli;
+mod cloudflare;
+mod emulators;
+mod logto;
+mod unified;
