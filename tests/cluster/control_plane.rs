@@ -88,8 +88,7 @@ async fn watchdog_child_process() {
 
 #[test]
 fn watchdog_stops_servers_when_the_process_is_killed() {
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args(["watchdog_child_process", "--exact", "--nocapture", "--test-threads=1"])
+    let output = child_test("watchdog_child_process")
         .env(CHILD_ENV, "1")
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
@@ -142,16 +141,24 @@ async fn start_failure_child_process() {
     }
 }
 
+/// This test binary re-run to execute exactly the test `name` of this module. libtest names a
+/// test by its module path within the binary, so `--exact` needs the qualified name.
+fn child_test(name: &str) -> Command {
+    let module = module_path!().split_once("::").map_or(module_path!(), |(_, m)| m);
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command.args([&format!("{module}::{name}"), "--exact", "--nocapture", "--test-threads=1"]);
+    command
+}
+
 fn run_failure_child(bin_dir: &std::path::Path, expected: &str) {
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args(["start_failure_child_process", "--exact", "--nocapture", "--test-threads=1"])
+    let output = child_test("start_failure_child_process")
         .env(FAILURE_CHILD_ENV, expected)
         .env("IDP_BRIDGE_BIN_DIR", bin_dir)
         .stdin(Stdio::null())
         .output()
         .expect("the child test runs");
     assert!(
-        output.status.success(),
+        output.status.success() && String::from_utf8_lossy(&output.stdout).contains("1 passed"),
         "the child failed ({}):\n{}\n{}",
         output.status,
         String::from_utf8_lossy(&output.stdout),
