@@ -5,6 +5,7 @@ pub mod auth0;
 pub mod azure;
 pub mod cloudflare;
 pub mod control_plane;
+pub mod kit;
 pub mod logto;
 pub mod stack;
 pub mod tls;
