@@ -26,19 +26,20 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{Path, RawQuery, Request, State as AxState},
-    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    http::{HeaderMap, Method, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Map, Value, json};
-use url::Url;
 
 use super::{
+    Reply,
     azure::{basic_credentials, bearer},
-    lock, random_alnum,
-    tls::{ServerHandle, TestCa, spawn_tls},
+    kit::{Emulator, Fault, KitBuilder, RequestMatch},
+    lock, random_alnum, reply,
+    tls::TestCa,
 };
 
 /// Logto resources default to `access_token_ttl` 3600 s.
@@ -48,28 +49,18 @@ const ALL: &str = "all";
 const PROMPTS: [&str; 4] = ["none", "login", "consent", "select_account"];
 
 /// A running emulator; clones share the state and the server, which stops with the last clone.
-#[derive(Clone)]
-pub struct LogtoEmulator {
-    state: Shared,
-    server: Arc<ServerHandle>,
-}
+pub type LogtoEmulator = Emulator<LogtoState>;
 
-type Shared = Arc<Mutex<State>>;
-type Reply = Result<Response, Response>;
+type Shared = Arc<Mutex<LogtoState>>;
 
-struct State {
+/// The emulated tenant: M2M apps, the tokens issued to them, connector rows.
+pub struct LogtoState {
     resource: String,
     apps: HashMap<String, M2mApp>,
     token_ttl_secs: i64,
     tokens: HashMap<String, Issued>,
     /// Database rows, in creation order.
     connectors: Vec<Value>,
-    /// (requests left, Retry-After seconds) for /api requests.
-    rate_limited: (usize, u64),
-    failures: (usize, StatusCode),
-    token_requests: usize,
-    writes: usize,
-    requests: Vec<(String, String)>,
 }
 
 struct M2mApp {
@@ -106,29 +97,16 @@ impl LogtoEmulator {
     /// Starts an emulator whose Management API has the resource indicator `resource` (e.g.
     /// `https://default.logto.app/api`). Needs a Tokio runtime context.
     pub fn start(ca: &TestCa, resource: &str) -> std::io::Result<Self> {
-        let state = Arc::new(Mutex::new(State {
+        let state = Arc::new(Mutex::new(LogtoState {
             resource: resource.to_owned(),
             apps: HashMap::new(),
             token_ttl_secs: DEFAULT_TOKEN_TTL_SECS,
             tokens: HashMap::new(),
             connectors: Vec::new(),
-            rate_limited: (0, 0),
-            failures: (0, StatusCode::SERVICE_UNAVAILABLE),
-            token_requests: 0,
-            writes: 0,
-            requests: Vec::new(),
         }));
-        let server = spawn_tls(router(state.clone()), ca)?;
-        Ok(Self { state, server: Arc::new(server) })
-    }
-
-    pub fn base_url(&self) -> Url {
-        self.server.base_url()
-    }
-
-    /// Stops the server now (to test unreachable endpoints); state stays readable.
-    pub fn shutdown(&self) {
-        self.server.shutdown();
+        let kit = KitBuilder::new("logto", error_body);
+        let app = kit.wrap(router(state.clone()));
+        Ok(Emulator::new(state, kit.serve(app, ca)?))
     }
 
     /// A machine-to-machine app whose M2M role grants the Management API permission `all`.
@@ -139,58 +117,52 @@ impl LogtoEmulator {
     /// A machine-to-machine app granted exactly `scopes` on the Management API (none: no role).
     pub fn add_m2m_app_with_scopes(&self, id: &str, secret: &str, scopes: &[&str]) {
         let app = M2mApp { secret: secret.to_owned(), scopes: scopes.iter().map(|s| s.to_string()).collect() };
-        lock(&self.state).apps.insert(id.to_owned(), app);
+        self.state().apps.insert(id.to_owned(), app);
     }
 
     /// Lifetime of tokens issued from now on (`expires_in`).
     pub fn set_token_ttl(&self, secs: u64) {
-        lock(&self.state).token_ttl_secs = i64::try_from(secs).unwrap_or(i64::MAX);
+        self.state().token_ttl_secs = i64::try_from(secs).unwrap_or(i64::MAX);
     }
 
     /// Invalidates every issued token, as if the signing keys had rotated.
     pub fn revoke_tokens(&self) {
-        lock(&self.state).tokens.clear();
+        self.state().tokens.clear();
     }
 
-    /// Token requests so far (successful or not).
+    /// Token requests so far (answered or not).
     pub fn token_requests(&self) -> usize {
-        lock(&self.state).token_requests
+        self.kit().log().count(&RequestMatch::any().method(Method::POST).path("/oidc/token"))
     }
 
     /// Successful POST/PATCH/DELETE requests under /api.
     pub fn writes(&self) -> usize {
-        lock(&self.state).writes
+        self.kit().log().succeeded(&api().writes())
     }
 
     /// Every request so far as (method, path with query), in order.
     pub fn requests(&self) -> Vec<(String, String)> {
-        lock(&self.state).requests.clone()
-    }
-
-    /// The next `n` requests of any kind get `status` (meant for 5xx).
-    pub fn fail_next(&self, n: usize, status: u16) {
-        let status = StatusCode::from_u16(status).expect("valid HTTP status");
-        lock(&self.state).failures = (n, status);
+        self.kit().log().requests()
     }
 
     /// The next `n` /api requests get 429 with `Retry-After: retry_after_secs`. Logto's own code
     /// has no limiter; this models an edge limiter in front of it (plain-text body).
     pub fn rate_limit_next(&self, n: usize, retry_after_secs: u64) {
-        lock(&self.state).rate_limited = (n, retry_after_secs);
+        self.kit().faults().push(Fault::status(429).times(n).on(api()).retry_after(retry_after_secs));
     }
 
     /// Stored connector rows, in creation order.
     pub fn connectors(&self) -> Vec<Value> {
-        lock(&self.state).connectors.clone()
+        self.state().connectors.clone()
     }
 
     pub fn connector(&self, id: &str) -> Option<Value> {
-        lock(&self.state).find(id).cloned()
+        self.state().find(id).cloned()
     }
 
     /// Changes a stored row behind the API's back, like an edit in the Console.
     pub fn edit_connector(&self, id: &str, edit: impl FnOnce(&mut Value)) {
-        let mut st = lock(&self.state);
+        let mut st = self.state();
         let row = st.find_mut(id).unwrap_or_else(|| panic!("unknown connector {id}"));
         edit(row);
     }
@@ -205,7 +177,7 @@ impl LogtoEmulator {
         object.entry("syncProfile").or_insert(json!(false));
         object.entry("enableTokenStorage").or_insert(json!(false));
         object.entry("createdAt").or_insert_with(|| json!(Timestamp::now().as_millisecond()));
-        lock(&self.state).connectors.push(row);
+        self.state().connectors.push(row);
         id
     }
 }
@@ -218,30 +190,31 @@ fn router(state: Shared) -> Router {
         .route("/api/connector-factories", get(|| async { Json(FACTORIES.iter().map(render_factory).collect::<Vec<_>>()) }))
         .route("/api/connector-factories/{id}", get(read_factory))
         .fallback(|| async { (StatusCode::NOT_FOUND, "Not Found") })
-        .layer(middleware::from_fn_with_state(state.clone(), gate))
+        .layer(middleware::from_fn_with_state(state.clone(), admit))
         .with_state(state)
 }
 
-/// Records the request, injects faults and authenticates /api calls.
-async fn gate(AxState(s): AxState<Shared>, request: Request, next: Next) -> Response {
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let path_and_query = request.uri().path_and_query().map_or_else(|| path.clone(), |p| p.as_str().to_owned());
-    tracing::debug!(%method, %path, "logto emulator request");
-    let api = path == "/api" || path.starts_with("/api/");
-    let admitted = lock(&s).admit(&method, &path, &path_and_query, api, request.headers());
-    let response = match admitted {
-        Ok(()) => next.run(request).await,
-        Err(response) => response,
-    };
-    if api && response.status().is_success() && matches!(method, Method::POST | Method::PATCH | Method::DELETE) {
-        lock(&s).writes += 1;
-    }
-    response
+/// The Management API; the token endpoint lies outside it.
+fn api() -> RequestMatch {
+    RequestMatch::any().under("/api")
 }
 
-fn reply(result: Reply) -> Response {
-    result.unwrap_or_else(|e| e)
+/// Authenticates /api calls.
+async fn admit(AxState(s): AxState<Shared>, request: Request, next: Next) -> Response {
+    if api().matches(request.method(), request.uri().path())
+        && let Err(denied) = lock(&s).authorize(request.headers())
+    {
+        return denied;
+    }
+    next.run(request).await
+}
+
+/// The answer to an injected status: an edge limiter's plain text for 429, else a bare message.
+fn error_body(status: StatusCode, _path: &str) -> Response {
+    match status {
+        StatusCode::TOO_MANY_REQUESTS => (status, "Too Many Requests").into_response(),
+        _ => (status, Json(json!({"message": status.canonical_reason().unwrap_or("Server error")}))).into_response(),
+    }
 }
 
 async fn token(AxState(s): AxState<Shared>, headers: HeaderMap, body: Bytes) -> Response {
@@ -286,35 +259,13 @@ async fn read_factory(Path(id): Path<String>) -> Response {
     }
 }
 
-impl State {
+impl LogtoState {
     fn find(&self, id: &str) -> Option<&Value> {
         self.connectors.iter().find(|c| c["id"] == id)
     }
 
     fn find_mut(&mut self, id: &str) -> Option<&mut Value> {
         self.connectors.iter_mut().find(|c| c["id"] == id)
-    }
-
-    fn admit(&mut self, method: &Method, path: &str, path_and_query: &str, api: bool, headers: &HeaderMap) -> Result<(), Response> {
-        self.requests.push((method.to_string(), path_and_query.to_owned()));
-        if path == "/oidc/token" && method == Method::POST {
-            self.token_requests += 1;
-        }
-        if self.failures.0 > 0 {
-            self.failures.0 -= 1;
-            let status = self.failures.1;
-            return Err((status, Json(json!({"message": status.canonical_reason().unwrap_or("Server error")}))).into_response());
-        }
-        if !api {
-            return Ok(());
-        }
-        if self.rate_limited.0 > 0 {
-            self.rate_limited.0 -= 1;
-            let mut response = (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests").into_response();
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(self.rate_limited.1));
-            return Err(response);
-        }
-        self.authorize(headers)
     }
 
     /// Logto's koa-auth: a Bearer token this tenant issued for the Management API, holding `all`.
