@@ -1,10 +1,13 @@
 //! Emulator of the Auth0 Management API v2 connection endpoints and of the machine-to-machine
 //! token endpoint that guards them.
 //!
-//! It keeps the vendor's awkward behaviour on purpose (shared/reference/brokers.md §1): PATCH
-//! replaces the whole `options` object and resets an absent `display_name` to the name, `name` and
-//! `strategy` are immutable, reads return `client_secret` in plain text, and every /api/v2 answer
-//! carries the rate-limit headers. Request bodies and tokens are never logged.
+//! It keeps the vendor's awkward behaviour on purpose, as Auth0's Management API v2 reference
+//! (<https://auth0.com/docs/api/management/v2/connections>) and its rate-limit policy
+//! (<https://auth0.com/docs/troubleshoot/customer-support/operational-policies/rate-limit-policy>)
+//! describe it: PATCH replaces the whole `options` object and resets an absent `display_name` to
+//! the name, `name` and `strategy` are immutable, reads return `client_secret` in plain text, and
+//! every /api/v2 answer carries the `x-ratelimit-*` headers (a 429 says when to come back in
+//! `x-ratelimit-reset`, never in `Retry-After`). Request bodies and tokens are never logged.
 
 #![allow(clippy::result_large_err, reason = "early returns carry whole HTTP answers; size does not matter in a test emulator")]
 
@@ -23,15 +26,16 @@ use axum::{
     routing::{get, post},
 };
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use serde_json::{Map, Value, json};
 
 use super::{
     Reply,
     azure::bearer,
-    kit::{Emulator, Fault, KitBuilder, RequestMatch},
+    kit::{self, Emulator, Fault, KitBuilder, RequestMatch},
     lock, query_pairs, query_value, random_alnum, reply,
     tls::TestCa,
+    tokens::{IssuedTokens, Presented},
 };
 
 const DEFAULT_TOKEN_TTL_SECS: i64 = 86_400;
@@ -55,8 +59,8 @@ type Shared = Arc<Mutex<Auth0State>>;
 pub struct Auth0State {
     domain: String,
     clients: HashMap<String, M2mClient>,
-    token_ttl_secs: i64,
-    tokens: HashMap<String, Issued>,
+    /// Each token grants its client's scopes.
+    tokens: IssuedTokens<Vec<String>>,
     /// In creation order, as the API lists them.
     connections: Vec<Value>,
     /// Current one-second window (UNIX second) and the /api/v2 requests seen in it.
@@ -68,19 +72,13 @@ struct M2mClient {
     scopes: Vec<String>,
 }
 
-struct Issued {
-    scopes: Vec<String>,
-    expires: Timestamp,
-}
-
 impl Auth0Emulator {
     /// Starts an emulator of tenant `domain` (e.g. `acme.auth0.com`). Needs a Tokio runtime context.
     pub fn start(ca: &TestCa, domain: &str) -> std::io::Result<Self> {
         let state = Arc::new(Mutex::new(Auth0State {
             domain: domain.to_owned(),
             clients: HashMap::new(),
-            token_ttl_secs: DEFAULT_TOKEN_TTL_SECS,
-            tokens: HashMap::new(),
+            tokens: IssuedTokens::new(DEFAULT_TOKEN_TTL_SECS),
             connections: Vec::new(),
             window: (0, 0),
         }));
@@ -107,12 +105,12 @@ impl Auth0Emulator {
     }
 
     pub fn set_token_ttl(&self, secs: u64) {
-        self.state().token_ttl_secs = i64::try_from(secs).unwrap_or(i64::MAX);
+        self.state().tokens.set_ttl(secs);
     }
 
     /// Invalidates every issued token, as if they had all expired.
     pub fn revoke_tokens(&self) {
-        self.state().tokens.clear();
+        self.state().tokens.revoke_all();
     }
 
     /// Requests to the token endpoint so far (answered or not).
@@ -176,29 +174,19 @@ impl Auth0Emulator {
 }
 
 fn router(state: Shared) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/oauth/token", post(oauth_token))
         .route("/api/v2/connections", get(list).post(create))
         .route("/api/v2/connections/{id}", get(read).patch(update).delete(remove))
         .route("/api/v2/connections/{id}/clients", get(list_clients).patch(update_clients))
         .fallback(|| async { api_error(StatusCode::NOT_FOUND, None, "Not Found") })
-        .layer(middleware::from_fn_with_state(state.clone(), admit))
-        .with_state(state)
+        .with_state(state.clone());
+    kit::guard(routes, state, api(), |st, request| st.authorize(request.method(), request.headers()))
 }
 
 /// The Management API; the token endpoint lies outside it.
 fn api() -> RequestMatch {
     RequestMatch::any().under("/api/v2")
-}
-
-/// Authenticates /api/v2 calls.
-async fn admit(AxState(s): AxState<Shared>, request: Request, next: Next) -> Response {
-    if api().matches(request.method(), request.uri().path())
-        && let Err(denied) = lock(&s).authorize(request.method(), request.headers())
-    {
-        return denied;
-    }
-    next.run(request).await
 }
 
 /// Stamps the rate-limit headers on every /api/v2 answer, injected faults included.
@@ -286,10 +274,11 @@ impl Auth0State {
     fn authorize(&self, method: &Method, headers: &HeaderMap) -> Result<(), Response> {
         let unauthorized = |message| api_error(StatusCode::UNAUTHORIZED, None, message);
         let token = bearer(headers).ok_or_else(|| unauthorized("Missing authentication"))?;
-        let issued = self.tokens.get(token).ok_or_else(|| unauthorized("Invalid token"))?;
-        if issued.expires <= Timestamp::now() {
-            return Err(unauthorized("Expired token received for JSON Web Token validation"));
-        }
+        let scopes = match self.tokens.presented(token) {
+            Presented::Unknown => return Err(unauthorized("Invalid token")),
+            Presented::Expired => return Err(unauthorized("Expired token received for JSON Web Token validation")),
+            Presented::Valid(scopes) => scopes,
+        };
         let needed = match *method {
             Method::GET => "read:connections",
             Method::POST => "create:connections",
@@ -297,7 +286,7 @@ impl Auth0State {
             Method::DELETE => "delete:connections",
             _ => return Ok(()),
         };
-        if issued.scopes.iter().any(|s| s == needed) {
+        if scopes.iter().any(|s| s == needed) {
             return Ok(());
         }
         let message = format!("Insufficient scope, expected any of: {needed}");
@@ -341,12 +330,9 @@ impl Auth0State {
             }
             Some(_) => {}
         }
-        let scopes = client.scopes.clone();
-        let access_token = random_alnum(96);
-        let expires = Timestamp::now() + SignedDuration::from_secs(self.token_ttl_secs);
-        let body =
-            json!({"access_token": access_token, "token_type": "Bearer", "expires_in": self.token_ttl_secs, "scope": scopes.join(" ")});
-        self.tokens.insert(access_token, Issued { scopes, expires });
+        let scope = client.scopes.join(" ");
+        let access_token = self.tokens.issue(client.scopes.clone(), 96);
+        let body = json!({"access_token": access_token, "token_type": "Bearer", "expires_in": self.tokens.ttl_secs(), "scope": scope});
         Ok(Json(body).into_response())
     }
 

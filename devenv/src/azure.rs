@@ -1,8 +1,12 @@
 //! Emulator of the Entra ID (Azure AD) login endpoints (OIDC discovery, client-credentials token)
 //! and of the one Microsoft Graph read the operator makes, all on one HTTPS port.
 //!
-//! Error bodies, codes and statuses follow what was observed of the real service
-//! (shared/reference/azure.md §1, §4, §5), so the operator's classification is tested against
+//! Error bodies, codes and statuses follow the Microsoft identity platform's documentation and
+//! what the real service answers: AADSTS errors (<https://learn.microsoft.com/entra/identity-platform/reference-error-codes>)
+//! for discovery and the client-credentials grant
+//! (<https://learn.microsoft.com/entra/identity-platform/v2-oauth2-client-creds-grant-flow>),
+//! Graph error objects (<https://learn.microsoft.com/graph/errors>), and throttling as a 429 with
+//! `Retry-After` and a plain-text body. So the operator's classification is tested against
 //! realistic answers. URLs inside answers name the emulated cloud's real hosts, never the
 //! emulator's address: the operator maps hosts to addresses through its endpoint overrides.
 
@@ -22,15 +26,16 @@ use axum::{
     routing::{get, post},
 };
 use base64::Engine as _;
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::{
     Reply,
     kit::{Emulator, Fault, KitBuilder, RequestMatch},
-    lock, random_alnum,
+    lock,
     tls::TestCa,
+    tokens::{IssuedTokens, Presented},
 };
 
 /// Access-token lifetime the v2 endpoint reports.
@@ -61,7 +66,7 @@ pub struct AzureState {
     cloud: AzureCloud,
     /// Keyed by lower-case tenant GUID.
     tenants: BTreeMap<String, Tenant>,
-    tokens: HashMap<String, Issued>,
+    tokens: IssuedTokens<Caller>,
     /// Token requests that reached the token endpoint, by lower-case client id.
     token_requests_by_client: HashMap<String, usize>,
 }
@@ -89,10 +94,10 @@ struct Secret {
     end: Timestamp,
 }
 
-struct Issued {
+/// The app a token was issued to.
+struct Caller {
     tenant: String,
     client_id: String,
-    expires: Timestamp,
 }
 
 impl AzureEmulator {
@@ -106,7 +111,7 @@ impl AzureEmulator {
         let state = Arc::new(Mutex::new(AzureState {
             cloud,
             tenants: BTreeMap::new(),
-            tokens: HashMap::new(),
+            tokens: IssuedTokens::new(TOKEN_TTL_SECS),
             token_requests_by_client: HashMap::new(),
         }));
         let errors = state.clone();
@@ -420,9 +425,7 @@ impl AzureState {
             );
             return Err(self.aad(StatusCode::UNAUTHORIZED, "invalid_client", 7000222, &message));
         }
-        let access_token = random_alnum(96);
-        let expires = now + SignedDuration::from_secs(TOKEN_TTL_SECS);
-        self.tokens.insert(access_token.clone(), Issued { tenant: tenant_id, client_id, expires });
+        let access_token = self.tokens.issue(Caller { tenant: tenant_id, client_id }, 96);
         let body =
             json!({"token_type": "Bearer", "expires_in": TOKEN_TTL_SECS, "ext_expires_in": TOKEN_TTL_SECS, "access_token": access_token});
         Ok(Json(body).into_response())
@@ -491,15 +494,15 @@ impl AzureState {
     }
 
     /// The app behind a Graph bearer token this emulator issued and that is still valid.
-    fn graph_caller(&self, headers: &HeaderMap) -> Result<&Issued, Response> {
+    fn graph_caller(&self, headers: &HeaderMap) -> Result<&Caller, Response> {
         let unauthorized = |message: &str| graph_error(StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken", message);
         let Some(token) = bearer(headers) else {
             return Err(unauthorized("Access token is empty."));
         };
-        match self.tokens.get(token) {
-            None => Err(unauthorized("Access token validation failure. Invalid audience.")),
-            Some(issued) if issued.expires <= Timestamp::now() => Err(unauthorized("Lifetime validation failed, the token is expired.")),
-            Some(issued) => Ok(issued),
+        match self.tokens.presented(token) {
+            Presented::Unknown => Err(unauthorized("Access token validation failure. Invalid audience.")),
+            Presented::Expired => Err(unauthorized("Lifetime validation failed, the token is expired.")),
+            Presented::Valid(caller) => Ok(caller),
         }
     }
 }

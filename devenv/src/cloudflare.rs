@@ -2,7 +2,10 @@
 //! level (`/client/v4/accounts/{account_id}/access/identity_providers[/{id}]`) and zone level
 //! (`/client/v4/zones/{zone_id}/…`), guarded by API tokens.
 //!
-//! It keeps the vendor's behaviour on purpose (shared/reference/brokers.md §2):
+//! It keeps the vendor's behaviour on purpose, as the API reference
+//! (<https://developers.cloudflare.com/api/resources/zero_trust/subresources/identity_providers/>)
+//! and the API limits (<https://developers.cloudflare.com/fundamentals/api/reference/limits>)
+//! describe it:
 //! - every answer is the `{success, errors, messages, result[, result_info]}` envelope, errors
 //!   carrying a code and a message;
 //! - POST answers 201; PUT is a full replace: `config` and `scim_config` keys absent from the body
@@ -50,7 +53,7 @@ use serde_json::{Map, Value, json};
 use super::{
     Reply,
     azure::bearer,
-    kit::{Emulator, Fault, KitBuilder, RequestMatch},
+    kit::{self, Emulator, Fault, KitBuilder, RequestMatch},
     lock, query_pairs, query_value, random_alnum, reply,
     tls::TestCa,
 };
@@ -249,22 +252,15 @@ impl CloudflareEmulator {
 }
 
 fn router(state: Shared) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/client/v4/{kind}/{scope}/access/identity_providers", get(list).post(create))
         .route("/client/v4/{kind}/{scope}/access/identity_providers/{id}", get(read).put(update).delete(remove))
         .fallback(|| async { failure(StatusCode::NOT_FOUND, CODE_NO_ROUTE, "No route for that URI") })
         .method_not_allowed_fallback(|| async { failure(StatusCode::METHOD_NOT_ALLOWED, CODE_NO_ROUTE, "Method not allowed for this URI") })
-        .layer(middleware::from_fn_with_state(state.clone(), admit))
-        .with_state(state)
-}
-
-/// Enforces the token's budget, authenticates, and checks the account or zone.
-async fn admit(AxState(s): AxState<Shared>, request: Request, next: Next) -> Response {
-    let token = bearer(request.headers()).unwrap_or_default();
-    if let Err(denied) = lock(&s).admit(request.uri().path(), token) {
-        return denied;
-    }
-    next.run(request).await
+        .with_state(state.clone());
+    kit::guard(routes, state, RequestMatch::any(), |st, request| {
+        st.admit(request.uri().path(), bearer(request.headers()).unwrap_or_default())
+    })
 }
 
 /// Stamps the token's budget on every answer, injected faults included.

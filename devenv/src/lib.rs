@@ -9,6 +9,7 @@ pub mod kit;
 pub mod logto;
 pub mod stack;
 pub mod tls;
+mod tokens;
 pub mod unified;
 
 use std::{

@@ -1,11 +1,13 @@
 //! Emulator of the Logto Management API connector endpoints (`/api/connectors`) and of the
 //! machine-to-machine token endpoint (`/oidc/token`) that guards them.
 //!
-//! It keeps the vendor's behaviour on purpose (shared/reference/brokers.md §3, and Logto's
-//! `routes/connector/index.ts`): POST answers 200 (not 201) with the connector response, `config`
-//! exactly as stored with `clientSecret` in plain text; the `azuread-universal` config goes through
-//! its zod guard (400 `connector.invalid_config` with `data` and `details`) and then `cleanDeep`,
-//! which drops empty values; only one `azuread-universal` connector may exist (422
+//! It keeps the vendor's behaviour on purpose, as the Management API reference
+//! (<https://openapi.logto.io/>) and Logto's open-source routes
+//! (`packages/core/src/routes/connector/index.ts` in <https://github.com/logto-io/logto>) show
+//! it: POST answers 200 (not 201) with the connector response, `config` exactly as stored with
+//! `clientSecret` in plain text; the `azuread-universal` config goes through its zod guard (400
+//! `connector.invalid_config` with `data` and `details`) and then `cleanDeep`, which drops empty
+//! values; only one `azuread-universal` connector may exist (422
 //! `connector.multiple_instances_not_supported`), nor two social connectors of one target and
 //! platform (422 `connector.multiple_target_with_same_platform`); `metadata` is refused for this
 //! non-standard connector; a client may choose the new connector's `id`; PATCH replaces `config`
@@ -25,21 +27,21 @@ use std::{
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{Path, RawQuery, Request, State as AxState},
+    extract::{Path, RawQuery, State as AxState},
     http::{HeaderMap, Method, StatusCode, header},
-    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use serde_json::{Map, Value, json};
 
 use super::{
     Reply,
     azure::{basic_credentials, bearer},
-    kit::{Emulator, Fault, KitBuilder, RequestMatch},
-    lock, random_alnum, reply,
+    kit::{self, Emulator, Fault, KitBuilder, RequestMatch},
+    lock, reply,
     tls::TestCa,
+    tokens::IssuedTokens,
 };
 
 /// Logto resources default to `access_token_ttl` 3600 s.
@@ -57,8 +59,8 @@ type Shared = Arc<Mutex<LogtoState>>;
 pub struct LogtoState {
     resource: String,
     apps: HashMap<String, M2mApp>,
-    token_ttl_secs: i64,
-    tokens: HashMap<String, Issued>,
+    /// Each token grants the Management API permissions asked for.
+    tokens: IssuedTokens<Vec<String>>,
     /// Database rows, in creation order.
     connectors: Vec<Value>,
 }
@@ -67,11 +69,6 @@ struct M2mApp {
     secret: String,
     /// Management API permissions its M2M roles grant.
     scopes: Vec<String>,
-}
-
-struct Issued {
-    scopes: Vec<String>,
-    expires: Timestamp,
 }
 
 /// A connector factory the emulated tenant has installed.
@@ -100,8 +97,7 @@ impl LogtoEmulator {
         let state = Arc::new(Mutex::new(LogtoState {
             resource: resource.to_owned(),
             apps: HashMap::new(),
-            token_ttl_secs: DEFAULT_TOKEN_TTL_SECS,
-            tokens: HashMap::new(),
+            tokens: IssuedTokens::new(DEFAULT_TOKEN_TTL_SECS),
             connectors: Vec::new(),
         }));
         let kit = KitBuilder::new("logto", error_body);
@@ -122,12 +118,12 @@ impl LogtoEmulator {
 
     /// Lifetime of tokens issued from now on (`expires_in`).
     pub fn set_token_ttl(&self, secs: u64) {
-        self.state().token_ttl_secs = i64::try_from(secs).unwrap_or(i64::MAX);
+        self.state().tokens.set_ttl(secs);
     }
 
     /// Invalidates every issued token, as if the signing keys had rotated.
     pub fn revoke_tokens(&self) {
-        self.state().tokens.clear();
+        self.state().tokens.revoke_all();
     }
 
     /// Token requests so far (answered or not).
@@ -183,30 +179,20 @@ impl LogtoEmulator {
 }
 
 fn router(state: Shared) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/oidc/token", post(token))
         .route("/api/connectors", get(list).post(create))
         .route("/api/connectors/{id}", get(read).patch(update).delete(remove))
         .route("/api/connector-factories", get(|| async { Json(FACTORIES.iter().map(render_factory).collect::<Vec<_>>()) }))
         .route("/api/connector-factories/{id}", get(read_factory))
         .fallback(|| async { (StatusCode::NOT_FOUND, "Not Found") })
-        .layer(middleware::from_fn_with_state(state.clone(), admit))
-        .with_state(state)
+        .with_state(state.clone());
+    kit::guard(routes, state, api(), |st, request| st.authorize(request.headers()))
 }
 
 /// The Management API; the token endpoint lies outside it.
 fn api() -> RequestMatch {
     RequestMatch::any().under("/api")
-}
-
-/// Authenticates /api calls.
-async fn admit(AxState(s): AxState<Shared>, request: Request, next: Next) -> Response {
-    if api().matches(request.method(), request.uri().path())
-        && let Err(denied) = lock(&s).authorize(request.headers())
-    {
-        return denied;
-    }
-    next.run(request).await
 }
 
 /// The answer to an injected status: an edge limiter's plain text for 429, else a bare message.
@@ -279,11 +265,10 @@ impl LogtoState {
             let message = "Authorization type is not supported. Supported type(s): Bearer.";
             return Err(api_error(StatusCode::UNAUTHORIZED, "auth.authorization_token_type_not_supported", message, Some(data)));
         }
-        let issued = bearer(headers)
-            .and_then(|token| self.tokens.get(token))
-            .filter(|issued| issued.expires > Timestamp::now())
+        let scopes = bearer(headers)
+            .and_then(|token| self.tokens.valid(token))
             .ok_or_else(|| unauthorized("auth.unauthorized", "Unauthorized. Please check credentials and its scope."))?;
-        if !issued.scopes.iter().any(|s| s == ALL) {
+        if !scopes.iter().any(|s| s == ALL) {
             let message = "Forbidden. Please check your user roles and permissions.";
             return Err(api_error(StatusCode::FORBIDDEN, "auth.forbidden", message, None));
         }
@@ -314,15 +299,14 @@ impl LogtoState {
             body["scope"] = json!(denied);
             return Err((StatusCode::BAD_REQUEST, Json(body)).into_response());
         }
-        let access_token = random_alnum(64);
-        let expires = Timestamp::now() + SignedDuration::from_secs(self.token_ttl_secs);
+        let scope = requested.join(" ");
+        let access_token = self.tokens.issue(requested, 64);
         let body = json!({
             "access_token": access_token,
-            "expires_in": self.token_ttl_secs,
+            "expires_in": self.tokens.ttl_secs(),
             "token_type": "Bearer",
-            "scope": requested.join(" "),
+            "scope": scope,
         });
-        self.tokens.insert(access_token, Issued { scopes: requested, expires });
         Ok(Json(body).into_response())
     }
 
@@ -350,13 +334,7 @@ impl LogtoState {
             _ => factory.target.to_owned(),
         };
         if !factory.standard && metadata.is_some() {
-            let message = "This connector's 'metadata' cannot be overwritten.";
-            return Err(api_error(
-                StatusCode::BAD_REQUEST,
-                "connector.cannot_overwrite_metadata_for_non_standard_connector",
-                message,
-                None,
-            ));
+            return Err(metadata_not_overwritable());
         }
         if !factory.standard && self.connectors.iter().any(|c| c["connectorId"] == connector_id) {
             let message = "Can not create multiple instance with picked standard connector.";
@@ -404,13 +382,7 @@ impl LogtoState {
         let standard = factory.is_some_and(|f| f.standard);
         if let Some(metadata) = body.get("metadata") {
             if !standard {
-                let message = "This connector's 'metadata' cannot be overwritten.";
-                return Err(api_error(
-                    StatusCode::BAD_REQUEST,
-                    "connector.cannot_overwrite_metadata_for_non_standard_connector",
-                    message,
-                    None,
-                ));
+                return Err(metadata_not_overwritable());
             }
             if metadata.get("target") != row["metadata"].get("target") {
                 let message = "The connector 'target' can not be modified.";
@@ -642,6 +614,12 @@ fn short(value: &Value) -> String {
 fn invalid_input(issues: Vec<Value>) -> Response {
     let details = format_issues(&issues);
     api_error_with(StatusCode::BAD_REQUEST, "guard.invalid_input", "The request body is invalid.", Some(zod_error(issues)), Some(details))
+}
+
+/// Only standard connectors take their `metadata` from the client.
+fn metadata_not_overwritable() -> Response {
+    let message = "This connector's 'metadata' cannot be overwritten.";
+    api_error(StatusCode::BAD_REQUEST, "connector.cannot_overwrite_metadata_for_non_standard_connector", message, None)
 }
 
 fn entity_not_found() -> Response {

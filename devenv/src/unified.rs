@@ -1,11 +1,12 @@
 //! Emulator of Unified.to's connection API (`/unified/connection`), reached with a workspace API
 //! token.
 //!
-//! It follows the documented contract (shared/reference/brokers.md §4 and docs.unified.to's
-//! connection pages): create, list with filters (`external_xref`, `categories`, `limit`,
-//! `offset`, `sort`, `order`), retrieve, update and remove; `integration_type`, `permissions` and
-//! `categories` are required on every write; errors are `{statusCode, error, message}`. Where the
-//! documentation is silent it takes the awkward reading on purpose:
+//! It follows the documented contract (the connection pages of <https://docs.unified.to>, e.g.
+//! <https://docs.unified.to/unified/connection/Create_connection>): create, list with filters
+//! (`external_xref`, `categories`, `limit`, `offset`, `sort`, `order`), retrieve, update and
+//! remove; `integration_type`, `permissions` and `categories` are required on every write; errors
+//! are `{statusCode, error, message}`. Where the documentation is silent it takes the awkward
+//! reading on purpose:
 //! - reads (including the answers to writes) mask the secret-bearing `auth` keys
 //!   ([`SecretReads::Masked`] by default; see [`UnifiedEmulator::set_secret_reads`]);
 //! - `PUT` replaces the whole connection (an absent optional field is gone afterwards), and
@@ -28,9 +29,8 @@ use std::{
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{Path, RawQuery, Request, State as AxState},
+    extract::{Path, RawQuery, State as AxState},
     http::{HeaderMap, StatusCode},
-    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -41,7 +41,7 @@ use url::Url;
 use super::{
     Reply,
     azure::bearer,
-    kit::{Emulator, Fault, KitBuilder, RequestMatch},
+    kit::{self, Emulator, Fault, KitBuilder, RequestMatch},
     lock, query_pairs, query_value, reply,
     tls::TestCa,
 };
@@ -206,26 +206,16 @@ impl UnifiedEmulator {
 }
 
 fn router(state: Shared) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/unified/connection", get(list).post(create))
         .route("/unified/connection/{id}", get(read).put(replace).patch(patch).delete(remove))
         .fallback(|| async { api_error(StatusCode::NOT_FOUND, "Not Found") })
-        .layer(middleware::from_fn_with_state(state.clone(), admit))
-        .with_state(state)
+        .with_state(state.clone());
+    kit::guard(routes, state, api(), |st, request| st.authorize(request.headers()))
 }
 
 fn api() -> RequestMatch {
     RequestMatch::any().under("/unified")
-}
-
-/// Authenticates /unified calls.
-async fn admit(AxState(s): AxState<Shared>, request: Request, next: Next) -> Response {
-    if api().matches(request.method(), request.uri().path())
-        && let Err(denied) = lock(&s).authorize(request.headers())
-    {
-        return denied;
-    }
-    next.run(request).await
 }
 
 /// Unified.to's error body for an injected status.

@@ -170,6 +170,36 @@ impl<S> Emulator<S> {
     }
 }
 
+/// The vendor's admission check in front of its handlers (authentication, request budgets):
+/// a request matching `scope` reaches them only if `check` lets it; otherwise `check`'s answer
+/// is sent. It runs after the kit's layer, so injected faults come first, as at the real edge.
+pub(crate) fn guard<S: Send + 'static>(router: Router, state: Arc<Mutex<S>>, scope: RequestMatch, check: Check<S>) -> Router {
+    router.layer(middleware::from_fn_with_state(Guard { state, scope, check }, admit::<S>))
+}
+
+type Check<S> = fn(&mut S, &Request) -> Result<(), Response>;
+
+struct Guard<S> {
+    state: Arc<Mutex<S>>,
+    scope: RequestMatch,
+    check: Check<S>,
+}
+
+impl<S> Clone for Guard<S> {
+    fn clone(&self) -> Self {
+        Self { state: self.state.clone(), scope: self.scope.clone(), check: self.check }
+    }
+}
+
+async fn admit<S: Send + 'static>(State(guard): State<Guard<S>>, request: Request, next: Next) -> Response {
+    if guard.scope.matches(request.method(), request.uri().path())
+        && let Err(denied) = (guard.check)(&mut lock(&guard.state), &request)
+    {
+        return denied;
+    }
+    next.run(request).await
+}
+
 async fn intercept(State(controls): State<Controls>, request: Request, next: Next) -> Response {
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     tracing::debug!(emulator = controls.name, %method, %path, "emulator request");
