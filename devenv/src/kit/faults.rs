@@ -94,11 +94,17 @@ impl Fault {
     }
 }
 
-/// What the layer does to one request a rule matched.
+/// What the layer does to one request a rule matched: wait, then answer it or let it through.
 pub(super) struct Planned {
-    pub status: Option<StatusCode>,
     pub delay: Duration,
+    pub answer: Option<Injected>,
+}
+
+/// An answer a rule makes in place of the emulated API.
+pub(super) struct Injected {
+    pub status: StatusCode,
     pub headers: HeaderMap,
+    /// Content type and bytes; `None`: the vendor's error body for the status.
     pub body: Option<(HeaderValue, Bytes)>,
 }
 
@@ -130,7 +136,8 @@ impl FaultPlan {
         rules.retain(|f| f.times != Times::Count(0));
         let index = rules.iter().position(|f| f.on.matches(method, path))?;
         let rule = &mut rules[index];
-        let planned = Planned { status: rule.status, delay: rule.delay, headers: rule.headers.clone(), body: rule.body.clone() };
+        let answer = rule.status.map(|status| Injected { status, headers: rule.headers.clone(), body: rule.body.clone() });
+        let planned = Planned { delay: rule.delay, answer };
         if let Times::Count(n) = &mut rule.times {
             *n -= 1;
             if *n == 0 {
@@ -146,7 +153,7 @@ mod tests {
     use super::*;
 
     fn status_of(plan: &FaultPlan, method: Method, path: &str) -> Option<u16> {
-        plan.take(&method, path).and_then(|p| p.status).map(|s| s.as_u16())
+        plan.take(&method, path).and_then(|p| p.answer).map(|a| a.status.as_u16())
     }
 
     #[test]
@@ -176,8 +183,8 @@ mod tests {
         plan.push(Fault::status(429).on(RequestMatch::any().under("/api")).retry_after(30));
         plan.push(Fault::status(503));
         assert_eq!(status_of(&plan, Method::POST, "/oauth/token"), Some(503), "the API rule does not match the token endpoint");
-        let limited = plan.take(&Method::GET, "/api/x").unwrap();
-        assert_eq!(limited.status, Some(StatusCode::TOO_MANY_REQUESTS));
+        let limited = plan.take(&Method::GET, "/api/x").unwrap().answer.unwrap();
+        assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(limited.headers[header::RETRY_AFTER], "30");
         assert_eq!(plan.pending(), 0);
     }
@@ -188,7 +195,8 @@ mod tests {
         plan.push(Fault::stall(Duration::from_millis(250)).on(RequestMatch::any().method(Method::DELETE)));
         assert!(plan.take(&Method::GET, "/x").is_none());
         let stalled = plan.take(&Method::DELETE, "/x").unwrap();
-        assert_eq!((stalled.status, stalled.delay), (None, Duration::from_millis(250)));
+        assert!(stalled.answer.is_none());
+        assert_eq!(stalled.delay, Duration::from_millis(250));
         let body = Fault::status(500).body_json(&serde_json::json!({"echo": "s3cret"}));
         assert_eq!(body.body.unwrap().1, Bytes::from_static(br#"{"echo":"s3cret"}"#));
     }

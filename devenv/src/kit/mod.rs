@@ -25,6 +25,7 @@ mod request;
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
 };
 
 use axum::{
@@ -205,15 +206,13 @@ async fn intercept(State(controls): State<Controls>, request: Request, next: Nex
     tracing::debug!(emulator = controls.name, %method, %path, "emulator request");
     let seq = controls.log.arrived(&method, &path, request.uri().query());
     controls.gate.pass().await;
-    let planned = controls.faults.take(&method, &path);
-    if let Some(planned) = &planned
-        && !planned.delay.is_zero()
-    {
-        tokio::time::sleep(planned.delay).await;
+    let (delay, injected) = controls.faults.take(&method, &path).map_or((Duration::ZERO, None), |p| (p.delay, p.answer));
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
-    let (response, faulted) = match planned {
-        Some(planned @ faults::Planned { status: Some(_), .. }) => (controls.answer(planned, &path), true),
-        _ => (next.run(request).await, false),
+    let (response, faulted) = match injected {
+        Some(injected) => (controls.answer(injected, &path), true),
+        None => (next.run(request).await, false),
     };
     controls.log.answered(seq, response.status(), faulted);
     response
@@ -221,14 +220,14 @@ async fn intercept(State(controls): State<Controls>, request: Request, next: Nex
 
 impl Controls {
     /// An injected answer: the rule's body or the vendor's, then the rule's headers on top.
-    fn answer(&self, planned: faults::Planned, path: &str) -> Response {
-        let status = planned.status.expect("an answering rule");
-        let mut response = match planned.body {
+    fn answer(&self, injected: faults::Injected, path: &str) -> Response {
+        let status = injected.status;
+        let mut response = match injected.body {
             Some((content_type, body)) => (status, [(header::CONTENT_TYPE, content_type)], body).into_response(),
             None => (self.error_body)(status, path),
         };
         *response.status_mut() = status;
-        for (name, value) in &planned.headers {
+        for (name, value) in &injected.headers {
             response.headers_mut().insert(name.clone(), value.clone());
         }
         response
@@ -237,7 +236,7 @@ impl Controls {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
     use axum::{
         body::Body,
@@ -375,5 +374,58 @@ mod tests {
         let fresh = Upstream::new(upstream_overrides(&kit), Some(ca_file.path()), Duration::from_secs(5)).unwrap();
         assert!(fresh.send(fresh.request(Method::GET, "api.example.com", "/api/items")).await.is_err());
         assert_eq!(kit.log().entries().len(), 1, "the log outlives the server");
+    }
+
+    /// Every emulator sits behind the kit: an injected fault answers before the vendor's own
+    /// authentication, with the rule's body and headers, and the log and the gate see every
+    /// request.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_emulator_is_fronted_by_the_kit() {
+        use idp_bridge::upstream::{EndpointOverrides, Upstream};
+
+        use crate::{
+            auth0::Auth0Emulator, azure::AzureEmulator, cloudflare::CloudflareEmulator, logto::LogtoEmulator, unified::UnifiedEmulator,
+        };
+
+        crate::tls::install_crypto_provider();
+        let ca = TestCa::new();
+        let ca_file = tempfile::NamedTempFile::new().unwrap();
+        ca.write_pem(ca_file.path()).unwrap();
+        // A kit and an API path that needs credentials, per emulator.
+        let emulators = [
+            ("azure", AzureEmulator::start(&ca).unwrap().kit().clone(), "/v1.0/applications/x"),
+            ("auth0", Auth0Emulator::start(&ca, "acme.auth0.com").unwrap().kit().clone(), "/api/v2/connections"),
+            ("cloudflare", CloudflareEmulator::start(&ca).unwrap().kit().clone(), "/client/v4/accounts/a/access/identity_providers"),
+            ("logto", LogtoEmulator::start(&ca, "https://default.logto.app/api").unwrap().kit().clone(), "/api/connectors"),
+            ("unified", UnifiedEmulator::start(&ca).unwrap().kit().clone(), "/unified/connection"),
+        ];
+        let mut overrides = EndpointOverrides::default();
+        for (name, kit, _) in &emulators {
+            overrides.insert(&format!("{name}.test"), kit.base_url());
+        }
+        let upstream = Upstream::new(overrides, Some(ca_file.path()), Duration::from_secs(5)).unwrap();
+        for (name, kit, path) in emulators {
+            let host = format!("{name}.test");
+            let get =
+                |upstream: Upstream, host: String| async move { upstream.send(upstream.request(Method::GET, &host, path)).await.unwrap() };
+            kit.faults()
+                .push(Fault::status(503).on(RequestMatch::any().method(Method::GET).path(path)).retry_after(4).body_text("echo s3cret"));
+            let faulted = get(upstream.clone(), host.clone()).await;
+            assert_eq!(faulted.status, StatusCode::SERVICE_UNAVAILABLE, "{name}");
+            assert_eq!(faulted.headers[header::RETRY_AFTER], "4", "{name}");
+            assert_eq!(faulted.body.snippet(), "echo s3cret", "{name}");
+            assert_eq!(get(upstream.clone(), host.clone()).await.status, StatusCode::UNAUTHORIZED, "{name}: the vendor's own answer");
+
+            kit.gate().pause();
+            let held = tokio::spawn(get(upstream.clone(), host.clone()));
+            tokio::time::timeout(Duration::from_secs(5), kit.gate().wait_held(1)).await.unwrap_or_else(|_| panic!("{name}: held"));
+            kit.gate().resume();
+            assert_eq!(held.await.unwrap().status, StatusCode::UNAUTHORIZED, "{name}");
+
+            let log = kit.log();
+            assert_eq!(log.count(&RequestMatch::any().path(path)), 3, "{name}");
+            assert_eq!(log.count_where(|r| r.faulted), 1, "{name}");
+            assert!(log.entries().iter().all(|r| r.status.is_some()), "{name}: every request answered");
+        }
     }
 }
