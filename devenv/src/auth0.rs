@@ -1,10 +1,13 @@
 //! Emulator of the Auth0 Management API v2 connection endpoints and of the machine-to-machine
 //! token endpoint that guards them.
 //!
-//! It keeps the vendor's awkward behaviour on purpose (shared/reference/brokers.md §1): PATCH
-//! replaces the whole `options` object and resets an absent `display_name` to the name, `name` and
-//! `strategy` are immutable, reads return `client_secret` in plain text, and every /api/v2 answer
-//! carries the rate-limit headers. Request bodies and tokens are never logged.
+//! It keeps the vendor's awkward behaviour on purpose, as Auth0's Management API v2 reference
+//! (<https://auth0.com/docs/api/management/v2/connections>) and its rate-limit policy
+//! (<https://auth0.com/docs/troubleshoot/customer-support/operational-policies/rate-limit-policy>)
+//! describe it: PATCH replaces the whole `options` object and resets an absent `display_name` to
+//! the name, `name` and `strategy` are immutable, reads return `client_secret` in plain text, and
+//! every /api/v2 answer carries the `x-ratelimit-*` headers (a 429 says when to come back in
+//! `x-ratelimit-reset`, never in `Retry-After`). Request bodies and tokens are never logged.
 
 #![allow(clippy::result_large_err, reason = "early returns carry whole HTTP answers; size does not matter in a test emulator")]
 
@@ -17,20 +20,22 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{Path, RawQuery, Request, State as AxState},
-    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use serde_json::{Map, Value, json};
-use url::Url;
 
 use super::{
+    Reply,
     azure::bearer,
-    lock, query_pairs, query_value, random_alnum,
-    tls::{ServerHandle, TestCa, spawn_tls},
+    kit::{self, Emulator, Fault, KitBuilder, RequestMatch},
+    lock, query_pairs, query_value, random_alnum, reply,
+    tls::TestCa,
+    tokens::{IssuedTokens, Presented},
 };
 
 const DEFAULT_TOKEN_TTL_SECS: i64 = 86_400;
@@ -44,31 +49,22 @@ const UPDATE_FIELDS: &[&str] =
 /// Signing-key thumbprints Auth0 stores for a waad connection (values from a recorded tenant).
 const WAAD_THUMBPRINTS: [&str; 2] = ["8a48f046b8d93d1e7c6bfc10c54ce9cc6b94378b", "31cee5dc8cfdde0eeec2035e1269b0fd66063e4a"];
 
-/// A running emulator; clones share the state and the server, which stops with the last clone.
-#[derive(Clone)]
-pub struct Auth0Emulator {
-    state: Shared,
-    server: Arc<ServerHandle>,
-    domain: String,
-}
+/// A running emulator of one tenant; clones share the state and the server, which stops with
+/// the last clone.
+pub type Auth0Emulator = Emulator<Auth0State>;
 
-type Shared = Arc<Mutex<EmuState>>;
-type Reply = Result<Response, Response>;
+type Shared = Arc<Mutex<Auth0State>>;
 
-struct EmuState {
+/// The emulated tenant: its M2M clients, the tokens issued to them and its connections.
+pub struct Auth0State {
     domain: String,
     clients: HashMap<String, M2mClient>,
-    token_ttl_secs: i64,
-    tokens: HashMap<String, Issued>,
+    /// Each token grants its client's scopes.
+    tokens: IssuedTokens<Vec<String>>,
     /// In creation order, as the API lists them.
     connections: Vec<Value>,
-    rate_limited: (usize, u64),
-    failures: (usize, StatusCode),
     /// Current one-second window (UNIX second) and the /api/v2 requests seen in it.
     window: (i64, u64),
-    token_requests: usize,
-    writes: usize,
-    requests: Vec<(String, String)>,
 }
 
 struct M2mClient {
@@ -76,111 +72,89 @@ struct M2mClient {
     scopes: Vec<String>,
 }
 
-struct Issued {
-    scopes: Vec<String>,
-    expires: Timestamp,
-}
-
 impl Auth0Emulator {
     /// Starts an emulator of tenant `domain` (e.g. `acme.auth0.com`). Needs a Tokio runtime context.
     pub fn start(ca: &TestCa, domain: &str) -> std::io::Result<Self> {
-        let state = Arc::new(Mutex::new(EmuState {
+        let state = Arc::new(Mutex::new(Auth0State {
             domain: domain.to_owned(),
             clients: HashMap::new(),
-            token_ttl_secs: DEFAULT_TOKEN_TTL_SECS,
-            tokens: HashMap::new(),
+            tokens: IssuedTokens::new(DEFAULT_TOKEN_TTL_SECS),
             connections: Vec::new(),
-            rate_limited: (0, 0),
-            failures: (0, StatusCode::SERVICE_UNAVAILABLE),
             window: (0, 0),
-            token_requests: 0,
-            writes: 0,
-            requests: Vec::new(),
         }));
-        let server = spawn_tls(router(state.clone()), ca)?;
-        Ok(Self { state, server: Arc::new(server), domain: domain.to_owned() })
+        let kit = KitBuilder::new("auth0", error_body);
+        let app = kit.wrap(router(state.clone())).layer(middleware::from_fn_with_state(state.clone(), stamp_rate_headers));
+        Ok(Emulator::new(state, kit.serve(app, ca)?))
     }
 
-    pub fn base_url(&self) -> Url {
-        self.server.base_url()
-    }
-
-    pub fn domain(&self) -> &str {
-        &self.domain
-    }
-
-    /// Stops the server now (to test unreachable endpoints); state stays readable.
-    pub fn shutdown(&self) {
-        self.server.shutdown();
+    pub fn domain(&self) -> String {
+        self.state().domain.clone()
     }
 
     /// A machine-to-machine application authorized for the Management API with `scopes`.
     pub fn add_m2m_client(&self, client_id: &str, secret: &str, scopes: &[&str]) {
         let client = M2mClient { secret: secret.to_owned(), scopes: scopes.iter().map(|s| s.to_string()).collect() };
-        lock(&self.state).clients.insert(client_id.to_owned(), client);
+        self.state().clients.insert(client_id.to_owned(), client);
     }
 
     /// Rotates a client's secret; tokens already issued stay valid, as with real JWTs.
     pub fn set_m2m_secret(&self, client_id: &str, secret: &str) {
-        let mut st = lock(&self.state);
+        let mut st = self.state();
         let client = st.clients.get_mut(client_id).unwrap_or_else(|| panic!("unknown M2M client {client_id}"));
         client.secret = secret.to_owned();
     }
 
     pub fn set_token_ttl(&self, secs: u64) {
-        lock(&self.state).token_ttl_secs = i64::try_from(secs).unwrap_or(i64::MAX);
+        self.state().tokens.set_ttl(secs);
     }
 
     /// Invalidates every issued token, as if they had all expired.
     pub fn revoke_tokens(&self) {
-        lock(&self.state).tokens.clear();
+        self.state().tokens.revoke_all();
     }
 
+    /// Requests to the token endpoint so far (answered or not).
     pub fn token_requests(&self) -> usize {
-        lock(&self.state).token_requests
+        self.kit().log().count(&RequestMatch::any().method(Method::POST).path("/oauth/token"))
     }
 
     /// The next `n` /api/v2 requests get 429 with `x-ratelimit-remaining: 0` and a reset
     /// `reset_in_secs` from now (and no `Retry-After`, like Auth0).
     pub fn rate_limit_next(&self, n: usize, reset_in_secs: u64) {
-        lock(&self.state).rate_limited = (n, reset_in_secs);
-    }
-
-    /// The next `n` requests of any kind get `status` (meant for 5xx).
-    pub fn fail_next(&self, n: usize, status: u16) {
-        let status = StatusCode::from_u16(status).expect("valid HTTP status");
-        lock(&self.state).failures = (n, status);
+        let reset = Timestamp::now().as_second().saturating_add_unsigned(reset_in_secs);
+        let fault = Fault::status(429).times(n).on(api()).header(HeaderName::from_static("x-ratelimit-reset"), HeaderValue::from(reset));
+        self.kit().faults().push(fault);
     }
 
     pub fn connection(&self, id: &str) -> Option<Value> {
-        lock(&self.state).find(id).cloned()
+        self.state().find(id).cloned()
     }
 
     pub fn connection_by_name(&self, name: &str) -> Option<Value> {
-        lock(&self.state).connections.iter().find(|c| c["name"] == name).cloned()
+        self.state().connections.iter().find(|c| c["name"] == name).cloned()
     }
 
     pub fn connections(&self) -> Vec<Value> {
-        lock(&self.state).connections.clone()
+        self.state().connections.clone()
     }
 
     pub fn enabled_clients(&self, id: &str) -> BTreeSet<String> {
-        lock(&self.state).find(id).map(|c| client_set(&c["enabled_clients"])).unwrap_or_default()
+        self.state().find(id).map(|c| client_set(&c["enabled_clients"])).unwrap_or_default()
     }
 
     /// Successful POST/PATCH/DELETE requests under /api/v2.
     pub fn writes(&self) -> usize {
-        lock(&self.state).writes
+        self.kit().log().succeeded(&api().writes())
     }
 
-    /// Every request so far as (method, path), in order.
+    /// Every request so far as (method, path without the query), in order.
     pub fn requests(&self) -> Vec<(String, String)> {
-        lock(&self.state).requests.clone()
+        self.kit().log().entries().into_iter().map(|r| (r.method.to_string(), r.path)).collect()
     }
 
     /// Changes a stored connection behind the API's back, like an edit in the dashboard.
     pub fn edit_connection(&self, id: &str, edit: impl FnOnce(&mut Value)) {
-        let mut st = lock(&self.state);
+        let mut st = self.state();
         let connection = st.find_mut(id).unwrap_or_else(|| panic!("unknown connection {id}"));
         edit(connection);
     }
@@ -194,58 +168,59 @@ impl Auth0Emulator {
         object.entry("display_name").or_insert_with(|| name.clone());
         object.entry("realms").or_insert_with(|| json!([name]));
         object.entry("enabled_clients").or_insert_with(|| json!([]));
-        lock(&self.state).connections.push(connection);
+        self.state().connections.push(connection);
         id
     }
 }
 
 fn router(state: Shared) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/oauth/token", post(oauth_token))
         .route("/api/v2/connections", get(list).post(create))
         .route("/api/v2/connections/{id}", get(read).patch(update).delete(remove))
         .route("/api/v2/connections/{id}/clients", get(list_clients).patch(update_clients))
         .fallback(|| async { api_error(StatusCode::NOT_FOUND, None, "Not Found") })
-        .layer(middleware::from_fn_with_state(state.clone(), gate))
-        .with_state(state)
+        .with_state(state.clone());
+    kit::guard(routes, state, api(), |st, request| st.authorize(request.method(), request.headers()))
 }
 
-/// Records the request, injects faults, authenticates /api/v2 calls and stamps rate-limit headers.
-async fn gate(AxState(s): AxState<Shared>, request: Request, next: Next) -> Response {
-    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
-    tracing::debug!(%method, %path, "auth0 emulator request");
-    let api = path == "/api/v2" || path.starts_with("/api/v2/");
-    let admitted = lock(&s).admit(&method, &path, api, request.headers());
-    let mut response = match admitted {
-        Ok(()) => next.run(request).await,
-        Err(response) => response,
-    };
-    if api {
+/// The Management API; the token endpoint lies outside it.
+fn api() -> RequestMatch {
+    RequestMatch::any().under("/api/v2")
+}
+
+/// Stamps the rate-limit headers on every /api/v2 answer, injected faults included.
+async fn stamp_rate_headers(AxState(s): AxState<Shared>, request: Request, next: Next) -> Response {
+    let in_api = api().matches(request.method(), request.uri().path());
+    let mut response = next.run(request).await;
+    if in_api && !response.headers().contains_key("x-ratelimit-limit") {
         let mut st = lock(&s);
-        if response.status().is_success() && matches!(method, Method::POST | Method::PATCH | Method::DELETE) {
-            st.writes += 1;
+        let now = Timestamp::now().as_second();
+        if st.window.0 != now {
+            st.window = (now, 0);
         }
-        if !response.headers().contains_key("x-ratelimit-limit") {
-            let now = Timestamp::now().as_second();
-            if st.window.0 != now {
-                st.window = (now, 0);
-            }
-            st.window.1 += 1;
-            let remaining = RATE_LIMIT.saturating_sub(st.window.1);
-            set_rate_headers(response.headers_mut(), remaining, now + 1);
-        }
+        st.window.1 += 1;
+        let remaining = RATE_LIMIT.saturating_sub(st.window.1);
+        set_rate_headers(response.headers_mut(), remaining, now + 1);
     }
     response
+}
+
+/// Auth0's error body for an injected status; a 429 also says the window is spent (a rule's
+/// own `x-ratelimit-reset` replaces the default reset).
+fn error_body(status: StatusCode, _path: &str) -> Response {
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        let mut response = api_error(status, Some("too_many_requests"), "Global limit has been reached");
+        set_rate_headers(response.headers_mut(), 0, Timestamp::now().as_second() + 1);
+        return response;
+    }
+    api_error(status, None, status.canonical_reason().unwrap_or("Server error"))
 }
 
 fn set_rate_headers(headers: &mut HeaderMap, remaining: u64, reset: i64) {
     headers.insert("x-ratelimit-limit", HeaderValue::from(RATE_LIMIT));
     headers.insert("x-ratelimit-remaining", HeaderValue::from(remaining));
     headers.insert("x-ratelimit-reset", HeaderValue::from(reset));
-}
-
-fn reply(result: Reply) -> Response {
-    result.unwrap_or_else(|e| e)
 }
 
 async fn oauth_token(AxState(s): AxState<Shared>, headers: HeaderMap, body: Bytes) -> Response {
@@ -286,7 +261,7 @@ async fn update_clients(AxState(s): AxState<Shared>, Path(id): Path<String>, bod
     reply(lock(&s).update_clients(&id, &body))
 }
 
-impl EmuState {
+impl Auth0State {
     fn find(&self, id: &str) -> Option<&Value> {
         self.connections.iter().find(|c| c["id"] == id)
     }
@@ -295,37 +270,15 @@ impl EmuState {
         self.connections.iter_mut().find(|c| c["id"] == id)
     }
 
-    fn admit(&mut self, method: &Method, path: &str, api: bool, headers: &HeaderMap) -> Result<(), Response> {
-        self.requests.push((method.to_string(), path.to_owned()));
-        if path == "/oauth/token" && method == Method::POST {
-            self.token_requests += 1;
-        }
-        if self.failures.0 > 0 {
-            self.failures.0 -= 1;
-            let status = self.failures.1;
-            return Err(api_error(status, None, status.canonical_reason().unwrap_or("Server error")));
-        }
-        if !api {
-            return Ok(());
-        }
-        if self.rate_limited.0 > 0 {
-            self.rate_limited.0 -= 1;
-            let mut response = api_error(StatusCode::TOO_MANY_REQUESTS, Some("too_many_requests"), "Global limit has been reached");
-            let reset = Timestamp::now().as_second().saturating_add_unsigned(self.rate_limited.1);
-            set_rate_headers(response.headers_mut(), 0, reset);
-            return Err(response);
-        }
-        self.authorize(method, headers)
-    }
-
     /// A bearer token this emulator issued, unexpired, holding the operation's scope.
     fn authorize(&self, method: &Method, headers: &HeaderMap) -> Result<(), Response> {
         let unauthorized = |message| api_error(StatusCode::UNAUTHORIZED, None, message);
         let token = bearer(headers).ok_or_else(|| unauthorized("Missing authentication"))?;
-        let issued = self.tokens.get(token).ok_or_else(|| unauthorized("Invalid token"))?;
-        if issued.expires <= Timestamp::now() {
-            return Err(unauthorized("Expired token received for JSON Web Token validation"));
-        }
+        let scopes = match self.tokens.presented(token) {
+            Presented::Unknown => return Err(unauthorized("Invalid token")),
+            Presented::Expired => return Err(unauthorized("Expired token received for JSON Web Token validation")),
+            Presented::Valid(scopes) => scopes,
+        };
         let needed = match *method {
             Method::GET => "read:connections",
             Method::POST => "create:connections",
@@ -333,7 +286,7 @@ impl EmuState {
             Method::DELETE => "delete:connections",
             _ => return Ok(()),
         };
-        if issued.scopes.iter().any(|s| s == needed) {
+        if scopes.iter().any(|s| s == needed) {
             return Ok(());
         }
         let message = format!("Insufficient scope, expected any of: {needed}");
@@ -377,12 +330,9 @@ impl EmuState {
             }
             Some(_) => {}
         }
-        let scopes = client.scopes.clone();
-        let access_token = random_alnum(96);
-        let expires = Timestamp::now() + SignedDuration::from_secs(self.token_ttl_secs);
-        let body =
-            json!({"access_token": access_token, "token_type": "Bearer", "expires_in": self.token_ttl_secs, "scope": scopes.join(" ")});
-        self.tokens.insert(access_token, Issued { scopes, expires });
+        let scope = client.scopes.join(" ");
+        let access_token = self.tokens.issue(client.scopes.clone(), 96);
+        let body = json!({"access_token": access_token, "token_type": "Bearer", "expires_in": self.tokens.ttl_secs(), "scope": scope});
         Ok(Json(body).into_response())
     }
 
@@ -667,13 +617,8 @@ fn decode_cursor(cursor: &str) -> Option<String> {
 }
 
 fn query_int(query: &[(String, String)], key: &str, min: usize, max: usize) -> Result<Option<usize>, Response> {
-    let Some(raw) = query_value(query, key) else {
-        return Ok(None);
-    };
-    match raw.parse::<usize>() {
-        Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
-        _ => Err(invalid_query(&format!("'Expected an integer between {min} and {max} but found {raw}' on property {key}"))),
-    }
+    super::query_int(query, key, min..=max)
+        .map_err(|raw| invalid_query(&format!("'Expected an integer between {min} and {max} but found {raw}' on property {key}")))
 }
 
 #[cfg(test)]

@@ -1,8 +1,12 @@
 //! Emulator of the Entra ID (Azure AD) login endpoints (OIDC discovery, client-credentials token)
 //! and of the one Microsoft Graph read the operator makes, all on one HTTPS port.
 //!
-//! Error bodies, codes and statuses follow what was observed of the real service
-//! (shared/reference/azure.md §1, §4, §5), so the operator's classification is tested against
+//! Error bodies, codes and statuses follow the Microsoft identity platform's documentation and
+//! what the real service answers: AADSTS errors (<https://learn.microsoft.com/entra/identity-platform/reference-error-codes>)
+//! for discovery and the client-credentials grant
+//! (<https://learn.microsoft.com/entra/identity-platform/v2-oauth2-client-creds-grant-flow>),
+//! Graph error objects (<https://learn.microsoft.com/graph/errors>), and throttling as a 429 with
+//! `Retry-After` and a plain-text body. So the operator's classification is tested against
 //! realistic answers. URLs inside answers name the emulated cloud's real hosts, never the
 //! emulator's address: the operator maps hosts to addresses through its endpoint overrides.
 
@@ -17,19 +21,21 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{Path, RawQuery, State as AxState},
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, Method, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use base64::Engine as _;
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use serde_json::{Value, json};
-use url::Url;
 use uuid::Uuid;
 
 use super::{
-    lock, random_alnum,
-    tls::{ServerHandle, TestCa, spawn_tls},
+    Reply,
+    kit::{Emulator, Fault, KitBuilder, RequestMatch},
+    lock,
+    tls::TestCa,
+    tokens::{IssuedTokens, Presented},
 };
 
 /// Access-token lifetime the v2 endpoint reports.
@@ -51,31 +57,18 @@ impl Default for AzureCloud {
 }
 
 /// A running emulator; clones share the state and the server, which stops with the last clone.
-#[derive(Clone)]
-pub struct AzureEmulator {
-    state: Shared,
-    server: Arc<ServerHandle>,
-}
+pub type AzureEmulator = Emulator<AzureState>;
 
-type Shared = Arc<Mutex<EmuState>>;
-type Reply = Result<Response, Response>;
+type Shared = Arc<Mutex<AzureState>>;
 
-struct EmuState {
+/// The emulated cloud: its tenants, their apps and the tokens issued to them.
+pub struct AzureState {
     cloud: AzureCloud,
     /// Keyed by lower-case tenant GUID.
     tenants: BTreeMap<String, Tenant>,
-    tokens: HashMap<String, Issued>,
-    throttle: (usize, u64),
-    failures: (usize, StatusCode),
-    counts: Counts,
-}
-
-#[derive(Default)]
-struct Counts {
-    token: usize,
-    token_by_client: HashMap<String, usize>,
-    discovery: usize,
-    graph: usize,
+    tokens: IssuedTokens<Caller>,
+    /// Token requests that reached the token endpoint, by lower-case client id.
+    token_requests_by_client: HashMap<String, usize>,
 }
 
 struct Tenant {
@@ -101,10 +94,10 @@ struct Secret {
     end: Timestamp,
 }
 
-struct Issued {
+/// The app a token was issued to.
+struct Caller {
     tenant: String,
     client_id: String,
-    expires: Timestamp,
 }
 
 impl AzureEmulator {
@@ -115,34 +108,25 @@ impl AzureEmulator {
 
     /// Starts an emulator whose answers name `cloud`'s hosts (e.g. a national cloud).
     pub fn start_cloud(ca: &TestCa, cloud: AzureCloud) -> std::io::Result<Self> {
-        let state = Arc::new(Mutex::new(EmuState {
+        let state = Arc::new(Mutex::new(AzureState {
             cloud,
             tenants: BTreeMap::new(),
-            tokens: HashMap::new(),
-            throttle: (0, 0),
-            failures: (0, StatusCode::SERVICE_UNAVAILABLE),
-            counts: Counts::default(),
+            tokens: IssuedTokens::new(TOKEN_TTL_SECS),
+            token_requests_by_client: HashMap::new(),
         }));
-        let server = spawn_tls(router(state.clone()), ca)?;
-        Ok(Self { state, server: Arc::new(server) })
-    }
-
-    pub fn base_url(&self) -> Url {
-        self.server.base_url()
+        let errors = state.clone();
+        let kit = KitBuilder::new("azure", move |status, path| lock(&errors).error_body(status, path));
+        let app = kit.wrap(router(state.clone()));
+        Ok(Emulator::new(state, kit.serve(app, ca)?))
     }
 
     pub fn cloud(&self) -> AzureCloud {
-        lock(&self.state).cloud.clone()
-    }
-
-    /// Stops the server now (to test unreachable endpoints); state stays readable.
-    pub fn shutdown(&self) {
-        self.server.shutdown();
+        self.state().cloud.clone()
     }
 
     pub fn add_tenant(&self, tenant_id: &str, domains: &[&str]) {
         let tenant = Tenant { domains: domains.iter().map(|d| d.to_ascii_lowercase()).collect(), apps: BTreeMap::new() };
-        lock(&self.state).tenants.insert(tenant_id.to_ascii_lowercase(), tenant);
+        self.state().tenants.insert(tenant_id.to_ascii_lowercase(), tenant);
     }
 
     /// Registers an app (enabled, without Graph permission); returns its object id.
@@ -156,7 +140,7 @@ impl AzureEmulator {
             graph_read_all: false,
             secrets: Vec::new(),
         };
-        let mut st = lock(&self.state);
+        let mut st = self.state();
         let tenant = st.tenants.get_mut(&tenant_id.to_ascii_lowercase()).unwrap_or_else(|| panic!("unknown tenant {tenant_id}"));
         tenant.apps.insert(client_id.to_ascii_lowercase(), app);
         object_id
@@ -187,34 +171,35 @@ impl AzureEmulator {
     }
 
     /// The next `n` requests of any kind get 429 with `Retry-After` and a plain-text body.
+    /// Queued behind earlier faults that match first.
     pub fn throttle_next(&self, n: usize, retry_after_secs: u64) {
-        lock(&self.state).throttle = (n, retry_after_secs);
+        self.kit().faults().push(Fault::status(429).times(n).retry_after(retry_after_secs));
     }
 
-    /// The next `n` requests of any kind get `status` (meant for 5xx).
-    pub fn fail_next(&self, n: usize, status: u16) {
-        let status = StatusCode::from_u16(status).expect("valid HTTP status");
-        lock(&self.state).failures = (n, status);
-    }
-
+    /// Token requests so far (answered or not).
     pub fn token_requests(&self) -> usize {
-        lock(&self.state).counts.token
+        self.kit().log().count(&RequestMatch::any().method(Method::POST).path_where(|p| tenant_route(p, &["oauth2", "v2.0", "token"])))
     }
 
+    /// Token requests of one app that reached the token endpoint (an injected fault answers
+    /// before the form, and so the client id, is read).
     pub fn token_requests_for(&self, client_id: &str) -> usize {
-        lock(&self.state).counts.token_by_client.get(&client_id.to_ascii_lowercase()).copied().unwrap_or(0)
+        self.state().token_requests_by_client.get(&client_id.to_ascii_lowercase()).copied().unwrap_or(0)
     }
 
+    /// OIDC discovery requests so far (answered or not).
     pub fn discovery_requests(&self) -> usize {
-        lock(&self.state).counts.discovery
+        let discovery = |p: &str| tenant_route(p, &["v2.0", ".well-known", "openid-configuration"]);
+        self.kit().log().count(&RequestMatch::any().method(Method::GET).path_where(discovery))
     }
 
+    /// Microsoft Graph reads so far (answered or not).
     pub fn graph_requests(&self) -> usize {
-        lock(&self.state).counts.graph
+        self.kit().log().count(&RequestMatch::any().method(Method::GET).under("/v1.0"))
     }
 
     fn with_app(&self, tenant_id: &str, client_id: &str, f: impl FnOnce(&mut App)) {
-        let mut st = lock(&self.state);
+        let mut st = self.state();
         let app = st
             .tenants
             .get_mut(&tenant_id.to_ascii_lowercase())
@@ -229,8 +214,14 @@ fn router(state: Shared) -> Router {
         .route("/{tenant}/v2.0/.well-known/openid-configuration", get(discovery))
         .route("/{tenant}/oauth2/v2.0/token", post(token))
         .route("/v1.0/{*rest}", get(graph))
-        .fallback(fallback)
+        .fallback(|| async { StatusCode::NOT_FOUND })
         .with_state(state)
+}
+
+/// `/{tenant}/` followed by exactly `tail`.
+fn tenant_route(path: &str, tail: &[&str]) -> bool {
+    let mut segments = path.trim_start_matches('/').split('/');
+    segments.next().is_some_and(|tenant| !tenant.is_empty()) && segments.eq(tail.iter().copied())
 }
 
 async fn discovery(AxState(s): AxState<Shared>, Path(tenant): Path<String>) -> Response {
@@ -242,11 +233,7 @@ async fn token(AxState(s): AxState<Shared>, Path(tenant): Path<String>, headers:
 }
 
 async fn graph(AxState(s): AxState<Shared>, Path(rest): Path<String>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
-    lock(&s).graph(&rest, query.as_deref(), &headers)
-}
-
-async fn fallback(AxState(s): AxState<Shared>) -> Response {
-    lock(&s).fault(false).unwrap_or_else(|| StatusCode::NOT_FOUND.into_response())
+    lock(&s).read_application(&rest, query.as_deref(), &headers).unwrap_or_else(|e| e)
 }
 
 /// What a valid `{tenant}` path segment names.
@@ -268,7 +255,7 @@ fn is_dns_name(s: &str) -> bool {
     s.len() <= 253 && s.contains('.') && s.split('.').all(label)
 }
 
-impl EmuState {
+impl AzureState {
     /// Resolves a `{tenant}` segment (GUID in any case, or a registered domain), or answers
     /// 90002 for a well-formed unknown one and 900023 for one that is neither GUID nor DNS name.
     fn resolve(&self, raw: &str) -> Result<TenantRef, Response> {
@@ -315,37 +302,25 @@ impl EmuState {
         self.aad(StatusCode::BAD_REQUEST, "invalid_request", 900144, &message)
     }
 
-    /// Consumes one injected fault, if any; throttling wins over failures.
-    fn fault(&mut self, graph: bool) -> Option<Response> {
-        if self.throttle.0 > 0 {
-            self.throttle.0 -= 1;
-            let headers = [(header::RETRY_AFTER, self.throttle.1.to_string())];
-            return Some((StatusCode::TOO_MANY_REQUESTS, headers, "Too Many Requests").into_response());
-        }
-        if self.failures.0 == 0 {
-            return None;
-        }
-        self.failures.0 -= 1;
-        let status = self.failures.1;
-        Some(match (graph, status) {
-            (true, _) => graph_error(status, "serviceNotAvailable", "Service unavailable. Please try again later."),
-            (false, StatusCode::SERVICE_UNAVAILABLE) => {
+    /// The answer to an injected status: throttling in plain text (as Entra's edge sends it),
+    /// Graph's error object under `/v1.0`, an AADSTS error elsewhere.
+    fn error_body(&self, status: StatusCode, path: &str) -> Response {
+        match status {
+            StatusCode::TOO_MANY_REQUESTS => (status, "Too Many Requests").into_response(),
+            _ if path.starts_with("/v1.0/") => graph_error(status, "serviceNotAvailable", "Service unavailable. Please try again later."),
+            StatusCode::SERVICE_UNAVAILABLE => {
                 self.aad(status, "temporarily_unavailable", 90033, "A transient error has occurred. Please try again.")
             }
-            (false, _) => self.aad(
+            _ => self.aad(
                 status,
                 "server_error",
                 50000,
                 "There was an error issuing a token or an issue with our sign-in service. Please try again.",
             ),
-        })
+        }
     }
 
-    fn discovery(&mut self, raw: &str) -> Response {
-        self.counts.discovery += 1;
-        if let Some(r) = self.fault(false) {
-            return r;
-        }
+    fn discovery(&self, raw: &str) -> Response {
         let (segment, issuer_tenant, region) = match self.resolve(raw) {
             Ok(TenantRef::Known(id)) => (id.clone(), id, json!("NA")),
             Ok(TenantRef::Alias(alias)) => (alias.to_owned(), "{tenantid}".to_owned(), Value::Null),
@@ -385,12 +360,8 @@ impl EmuState {
         let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
         let basic = basic_credentials(headers);
         let client_id = form.get("client_id").or(basic.as_ref().map(|(id, _)| id)).map(|id| id.to_ascii_lowercase());
-        self.counts.token += 1;
         if let Some(id) = &client_id {
-            *self.counts.token_by_client.entry(id.clone()).or_default() += 1;
-        }
-        if let Some(r) = self.fault(false) {
-            return r;
+            *self.token_requests_by_client.entry(id.clone()).or_default() += 1;
         }
         let secret = form.get("client_secret").cloned().or(basic.map(|(_, secret)| secret)).filter(|s| !s.is_empty());
         self.client_credentials(raw_tenant, &form, client_id, secret).unwrap_or_else(|e| e)
@@ -454,9 +425,7 @@ impl EmuState {
             );
             return Err(self.aad(StatusCode::UNAUTHORIZED, "invalid_client", 7000222, &message));
         }
-        let access_token = random_alnum(96);
-        let expires = now + SignedDuration::from_secs(TOKEN_TTL_SECS);
-        self.tokens.insert(access_token.clone(), Issued { tenant: tenant_id, client_id, expires });
+        let access_token = self.tokens.issue(Caller { tenant: tenant_id, client_id }, 96);
         let body =
             json!({"token_type": "Bearer", "expires_in": TOKEN_TTL_SECS, "ext_expires_in": TOKEN_TTL_SECS, "access_token": access_token});
         Ok(Json(body).into_response())
@@ -479,14 +448,6 @@ impl EmuState {
             "The resource principal named {resource} was not found in the tenant named {raw_tenant}. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You might have sent your authentication request to the wrong tenant."
         );
         Err(self.aad(StatusCode::BAD_REQUEST, "invalid_resource", 500011, &message))
-    }
-
-    fn graph(&mut self, rest: &str, query: Option<&str>, headers: &HeaderMap) -> Response {
-        self.counts.graph += 1;
-        if let Some(r) = self.fault(true) {
-            return r;
-        }
-        self.read_application(rest, query, headers).unwrap_or_else(|e| e)
     }
 
     fn read_application(&self, rest: &str, query: Option<&str>, headers: &HeaderMap) -> Reply {
@@ -533,15 +494,15 @@ impl EmuState {
     }
 
     /// The app behind a Graph bearer token this emulator issued and that is still valid.
-    fn graph_caller(&self, headers: &HeaderMap) -> Result<&Issued, Response> {
+    fn graph_caller(&self, headers: &HeaderMap) -> Result<&Caller, Response> {
         let unauthorized = |message: &str| graph_error(StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken", message);
         let Some(token) = bearer(headers) else {
             return Err(unauthorized("Access token is empty."));
         };
-        match self.tokens.get(token) {
-            None => Err(unauthorized("Access token validation failure. Invalid audience.")),
-            Some(issued) if issued.expires <= Timestamp::now() => Err(unauthorized("Lifetime validation failed, the token is expired.")),
-            Some(issued) => Ok(issued),
+        match self.tokens.presented(token) {
+            Presented::Unknown => Err(unauthorized("Access token validation failure. Invalid audience.")),
+            Presented::Expired => Err(unauthorized("Lifetime validation failed, the token is expired.")),
+            Presented::Valid(caller) => Ok(caller),
         }
     }
 }

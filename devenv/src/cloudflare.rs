@@ -2,7 +2,10 @@
 //! level (`/client/v4/accounts/{account_id}/access/identity_providers[/{id}]`) and zone level
 //! (`/client/v4/zones/{zone_id}/…`), guarded by API tokens.
 //!
-//! It keeps the vendor's behaviour on purpose (shared/reference/brokers.md §2):
+//! It keeps the vendor's behaviour on purpose, as the API reference
+//! (<https://developers.cloudflare.com/api/resources/zero_trust/subresources/identity_providers/>)
+//! and the API limits (<https://developers.cloudflare.com/fundamentals/api/reference/limits>)
+//! describe it:
 //! - every answer is the `{success, errors, messages, result[, result_info]}` envelope, errors
 //!   carrying a code and a message;
 //! - POST answers 201; PUT is a full replace: `config` and `scim_config` keys absent from the body
@@ -40,18 +43,19 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{Path, RawQuery, Request, State as AxState},
-    http::{HeaderValue, Method, StatusCode},
+    http::{HeaderValue, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
 };
 use serde_json::{Map, Value, json};
-use url::Url;
 
 use super::{
+    Reply,
     azure::bearer,
-    lock, query_pairs, query_value, random_alnum,
-    tls::{ServerHandle, TestCa, spawn_tls},
+    kit::{self, Emulator, Fault, KitBuilder, RequestMatch},
+    lock, query_pairs, query_value, random_alnum, reply,
+    tls::TestCa,
 };
 
 /// Cloudflare's documented budget: 1,200 requests per 5 minutes per token, and a 5-minute block.
@@ -106,16 +110,12 @@ const AZURE_CONFIG: &[&str] = &[
 const SCIM_FLAGS: &[&str] = &["enabled", "user_deprovision", "seat_deprovision", "group_member_deprovision"];
 
 /// A running emulator; clones share the state and the server, which stops with the last clone.
-#[derive(Clone)]
-pub struct CloudflareEmulator {
-    state: Shared,
-    server: Arc<ServerHandle>,
-}
+pub type CloudflareEmulator = Emulator<CloudflareState>;
 
-type Shared = Arc<Mutex<EmuState>>;
-type Reply = Result<Response, Response>;
+type Shared = Arc<Mutex<CloudflareState>>;
 
-struct EmuState {
+/// The emulated API: accounts, zones, tokens and their budgets, identity providers.
+pub struct CloudflareState {
     accounts: HashSet<String>,
     zones: HashSet<String>,
     /// Token -> the account and zone ids it is valid for.
@@ -127,11 +127,6 @@ struct EmuState {
     block: Duration,
     /// Per token: the requests inside the window, and the end of a block.
     budgets: HashMap<String, Budget>,
-    forced_429: usize,
-    failures: (usize, StatusCode),
-    writes: usize,
-    throttled: usize,
-    requests: Vec<(String, String)>,
 }
 
 #[derive(Default)]
@@ -154,7 +149,7 @@ struct Target {
 impl CloudflareEmulator {
     /// Starts an emulator with no accounts, zones or tokens. Needs a Tokio runtime context.
     pub fn start(ca: &TestCa) -> std::io::Result<Self> {
-        let state = Arc::new(Mutex::new(EmuState {
+        let state = Arc::new(Mutex::new(CloudflareState {
             accounts: HashSet::new(),
             zones: HashSet::new(),
             tokens: HashMap::new(),
@@ -163,52 +158,39 @@ impl CloudflareEmulator {
             window: DEFAULT_RATE_WINDOW,
             block: DEFAULT_BLOCK,
             budgets: HashMap::new(),
-            forced_429: 0,
-            failures: (0, StatusCode::SERVICE_UNAVAILABLE),
-            writes: 0,
-            throttled: 0,
-            requests: Vec::new(),
         }));
-        let server = spawn_tls(router(state.clone()), ca)?;
-        Ok(Self { state, server: Arc::new(server) })
-    }
-
-    pub fn base_url(&self) -> Url {
-        self.server.base_url()
-    }
-
-    /// Stops the server now (to test unreachable endpoints); state stays readable.
-    pub fn shutdown(&self) {
-        self.server.shutdown();
+        let kit = KitBuilder::new("cloudflare", error_body);
+        let app = kit.wrap(router(state.clone())).layer(middleware::from_fn_with_state(state.clone(), stamp_rate_headers));
+        Ok(Emulator::new(state, kit.serve(app, ca)?))
     }
 
     pub fn add_account(&self, account_id: &str) {
-        lock(&self.state).accounts.insert(account_id.to_owned());
+        self.state().accounts.insert(account_id.to_owned());
     }
 
     pub fn add_zone(&self, zone_id: &str) {
-        lock(&self.state).zones.insert(zone_id.to_owned());
+        self.state().zones.insert(zone_id.to_owned());
     }
 
     /// An API token valid for the listed accounts and zones (with Access write permission).
     pub fn add_token(&self, token: &str, account_or_zone_ids: &[&str]) {
         let ids = account_or_zone_ids.iter().map(|s| s.to_string()).collect();
-        lock(&self.state).tokens.insert(token.to_owned(), ids);
+        self.state().tokens.insert(token.to_owned(), ids);
     }
 
     /// Every provider as stored, `client_secret` and SCIM `secret` included.
     pub fn providers(&self) -> Vec<Value> {
-        lock(&self.state).providers.iter().map(|s| s.provider.clone()).collect()
+        self.state().providers.iter().map(|s| s.provider.clone()).collect()
     }
 
     /// A provider as stored, by id.
     pub fn provider(&self, id: &str) -> Option<Value> {
-        lock(&self.state).providers.iter().find(|s| s.provider["id"] == id).map(|s| s.provider.clone())
+        self.state().providers.iter().find(|s| s.provider["id"] == id).map(|s| s.provider.clone())
     }
 
     /// The first provider as stored with this name, of any type.
     pub fn provider_by_name(&self, name: &str) -> Option<Value> {
-        lock(&self.state).providers.iter().find(|s| s.provider["name"] == name).map(|s| s.provider.clone())
+        self.state().providers.iter().find(|s| s.provider["name"] == name).map(|s| s.provider.clone())
     }
 
     /// The client secret a provider holds.
@@ -218,7 +200,7 @@ impl CloudflareEmulator {
 
     /// Changes a stored provider behind the API's back, like an edit in the dashboard.
     pub fn edit_provider(&self, id: &str, edit: impl FnOnce(&mut Value)) {
-        let mut st = lock(&self.state);
+        let mut st = self.state();
         let stored = st.providers.iter_mut().find(|s| s.provider["id"] == id).unwrap_or_else(|| panic!("unknown provider {id}"));
         edit(&mut stored.provider);
     }
@@ -229,90 +211,76 @@ impl CloudflareEmulator {
         let object = provider.as_object_mut().expect("a provider is a JSON object");
         let id = object.entry("id").or_insert_with(|| json!(new_id())).as_str().expect("string id").to_owned();
         object.entry("config").or_insert_with(|| json!({}));
-        lock(&self.state).providers.push(Stored { scope: scope_id.to_owned(), provider });
+        self.state().providers.push(Stored { scope: scope_id.to_owned(), provider });
         id
     }
 
     /// Successful POST/PUT/DELETE requests.
     pub fn writes(&self) -> usize {
-        lock(&self.state).writes
+        self.kit().log().succeeded(&RequestMatch::any().writes())
     }
 
     /// Every request so far as (method, path with query), in order.
     pub fn requests(&self) -> Vec<(String, String)> {
-        lock(&self.state).requests.clone()
+        self.kit().log().requests()
     }
 
-    /// 429 answers given so far (forced or by the budget).
+    /// 429 answers given so far (injected or by the budget).
     pub fn rate_limited(&self) -> usize {
-        lock(&self.state).throttled
+        self.kit().log().count_where(|r| r.status == Some(StatusCode::TOO_MANY_REQUESTS))
     }
 
     /// The next `n` requests get 429 with `retry-after: 300`, without starting a block.
     pub fn rate_limit_next(&self, n: usize) {
-        lock(&self.state).forced_429 = n;
-    }
-
-    /// The next `n` requests of any kind get `status` (meant for 5xx).
-    pub fn fail_next(&self, n: usize, status: u16) {
-        let status = StatusCode::from_u16(status).expect("valid HTTP status");
-        lock(&self.state).failures = (n, status);
+        self.kit().faults().push(Fault::status(429).times(n).retry_after(DEFAULT_BLOCK.as_secs()));
     }
 
     /// Requests allowed per token and window (default 1,200).
     pub fn set_rate_limit(&self, limit: u64) {
-        lock(&self.state).limit = limit;
+        self.state().limit = limit;
     }
 
     /// The sliding window the limit counts over (default 5 minutes).
     pub fn set_rate_window(&self, window: Duration) {
-        lock(&self.state).window = window;
+        self.state().window = window;
     }
 
     /// How long a token stays blocked after exceeding the limit (default 5 minutes).
     pub fn set_block_duration(&self, block: Duration) {
-        lock(&self.state).block = block;
+        self.state().block = block;
     }
 }
 
 fn router(state: Shared) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/client/v4/{kind}/{scope}/access/identity_providers", get(list).post(create))
         .route("/client/v4/{kind}/{scope}/access/identity_providers/{id}", get(read).put(update).delete(remove))
         .fallback(|| async { failure(StatusCode::NOT_FOUND, CODE_NO_ROUTE, "No route for that URI") })
         .method_not_allowed_fallback(|| async { failure(StatusCode::METHOD_NOT_ALLOWED, CODE_NO_ROUTE, "Method not allowed for this URI") })
-        .layer(middleware::from_fn_with_state(state.clone(), gate))
-        .with_state(state)
+        .with_state(state.clone());
+    kit::guard(routes, state, RequestMatch::any(), |st, request| {
+        st.admit(request.uri().path(), bearer(request.headers()).unwrap_or_default())
+    })
 }
 
-/// Records the request, injects faults, enforces the budget, authenticates, checks the account
-/// or zone, and stamps the rate-limit headers.
-async fn gate(AxState(s): AxState<Shared>, request: Request, next: Next) -> Response {
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let logged = match request.uri().query() {
-        Some(query) => format!("{path}?{query}"),
-        None => path.clone(),
-    };
-    tracing::debug!(%method, path = %logged, "cloudflare emulator request");
+/// Stamps the token's budget on every answer, injected faults included.
+async fn stamp_rate_headers(AxState(s): AxState<Shared>, request: Request, next: Next) -> Response {
     let token = bearer(request.headers()).unwrap_or_default().to_owned();
-    let admitted = lock(&s).admit(&method, &path, logged, &token);
-    let mut response = match admitted {
-        Ok(()) => next.run(request).await,
-        Err(response) => response,
-    };
-    let mut st = lock(&s);
-    if response.status().is_success() && matches!(method, Method::POST | Method::PUT | Method::DELETE) {
-        st.writes += 1;
-    }
-    if response.status() == StatusCode::TOO_MANY_REQUESTS {
-        st.throttled += 1;
-    }
+    let mut response = next.run(request).await;
+    let st = lock(&s);
     let (remaining, reset) = st.budget_view(&token);
     let headers = response.headers_mut();
     headers.insert("ratelimit", header(&format!("\"default\";r={remaining};t={reset}")));
     headers.insert("ratelimit-policy", header(&format!("\"default\";q={};w={}", st.limit, st.window.as_secs())));
     response
+}
+
+/// Cloudflare's failure envelope for an injected status.
+fn error_body(status: StatusCode, _path: &str) -> Response {
+    match status {
+        StatusCode::TOO_MANY_REQUESTS => failure(status, CODE_RATE_LIMITED, RATE_LIMITED_MESSAGE),
+        _ => failure(status, CODE_SERVER, "An unknown error has occurred"),
+    }
 }
 
 fn header(value: &str) -> HeaderValue {
@@ -340,18 +308,8 @@ async fn remove(AxState(s): AxState<Shared>, Path((_, scope, id)): Path<(String,
     reply(lock(&s).remove(&Target { scope }, &id))
 }
 
-impl EmuState {
-    fn admit(&mut self, method: &Method, path: &str, logged: String, token: &str) -> Result<(), Response> {
-        self.requests.push((method.to_string(), logged));
-        if self.failures.0 > 0 {
-            self.failures.0 -= 1;
-            let status = self.failures.1;
-            return Err(failure(status, CODE_SERVER, "An unknown error has occurred"));
-        }
-        if self.forced_429 > 0 {
-            self.forced_429 -= 1;
-            return Err(throttled(DEFAULT_BLOCK));
-        }
+impl CloudflareState {
+    fn admit(&mut self, path: &str, token: &str) -> Result<(), Response> {
         self.spend(token)?;
         let Some(ids) = self.tokens.get(token) else {
             return Err(failure(StatusCode::UNAUTHORIZED, CODE_AUTH, "Authentication error"));
@@ -602,10 +560,6 @@ fn redacted(provider: &Value, show_scim_secret: bool) -> Value {
     shown
 }
 
-fn reply(result: Reply) -> Response {
-    result.unwrap_or_else(|e| e)
-}
-
 fn envelope(result: Value) -> Value {
     json!({"success": true, "errors": [], "messages": [], "result": result})
 }
@@ -620,8 +574,10 @@ fn failure(status: StatusCode, code: i64, message: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
+const RATE_LIMITED_MESSAGE: &str = "Please wait and consider throttling your request speed";
+
 fn throttled(wait: Duration) -> Response {
-    let mut response = failure(StatusCode::TOO_MANY_REQUESTS, CODE_RATE_LIMITED, "Please wait and consider throttling your request speed");
+    let mut response = failure(StatusCode::TOO_MANY_REQUESTS, CODE_RATE_LIMITED, RATE_LIMITED_MESSAGE);
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     response.headers_mut().insert("retry-after", HeaderValue::from(secs));
     response
@@ -652,13 +608,7 @@ fn new_id() -> String {
 }
 
 fn query_int(query: &[(String, String)], key: &str, min: usize, max: usize) -> Result<Option<usize>, Response> {
-    let Some(raw) = query_value(query, key) else {
-        return Ok(None);
-    };
-    match raw.parse::<usize>() {
-        Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
-        _ => Err(invalid(&format!("{key} must be an integer between {min} and {max}"))),
-    }
+    super::query_int(query, key, min..=max).map_err(|_| invalid(&format!("{key} must be an integer between {min} and {max}")))
 }
 
 #[cfg(test)]

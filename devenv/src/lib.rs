@@ -5,12 +5,26 @@ pub mod auth0;
 pub mod azure;
 pub mod cloudflare;
 pub mod control_plane;
+pub mod kit;
 pub mod logto;
 pub mod stack;
 pub mod tls;
+mod tokens;
 pub mod unified;
 
-use std::sync::{Mutex, MutexGuard};
+use std::{
+    ops::RangeInclusive,
+    sync::{Mutex, MutexGuard},
+};
+
+use axum::response::Response;
+
+/// A handler's outcome where an early return is a whole (error) answer.
+type Reply = Result<Response, Response>;
+
+fn reply(result: Reply) -> Response {
+    result.unwrap_or_else(|e| e)
+}
 
 /// Locks emulator state; a handler that panicked must not wedge every later test request.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -31,4 +45,16 @@ fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
 /// The first value of `key` in decoded query pairs.
 fn query_value<'a>(query: &'a [(String, String)], key: &str) -> Option<&'a str> {
     query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// The integer value of `key` when present and within `range`; else the raw value, for the
+/// vendor's error message.
+fn query_int<'a>(query: &'a [(String, String)], key: &str, range: RangeInclusive<usize>) -> Result<Option<usize>, &'a str> {
+    let Some(raw) = query_value(query, key) else {
+        return Ok(None);
+    };
+    match raw.parse::<usize>() {
+        Ok(n) if range.contains(&n) => Ok(Some(n)),
+        _ => Err(raw),
+    }
 }

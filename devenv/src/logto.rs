@@ -1,11 +1,13 @@
 //! Emulator of the Logto Management API connector endpoints (`/api/connectors`) and of the
 //! machine-to-machine token endpoint (`/oidc/token`) that guards them.
 //!
-//! It keeps the vendor's behaviour on purpose (shared/reference/brokers.md §3, and Logto's
-//! `routes/connector/index.ts`): POST answers 200 (not 201) with the connector response, `config`
-//! exactly as stored with `clientSecret` in plain text; the `azuread-universal` config goes through
-//! its zod guard (400 `connector.invalid_config` with `data` and `details`) and then `cleanDeep`,
-//! which drops empty values; only one `azuread-universal` connector may exist (422
+//! It keeps the vendor's behaviour on purpose, as the Management API reference
+//! (<https://openapi.logto.io/>) and Logto's open-source routes
+//! (`packages/core/src/routes/connector/index.ts` in <https://github.com/logto-io/logto>) show
+//! it: POST answers 200 (not 201) with the connector response, `config` exactly as stored with
+//! `clientSecret` in plain text; the `azuread-universal` config goes through its zod guard (400
+//! `connector.invalid_config` with `data` and `details`) and then `cleanDeep`, which drops empty
+//! values; only one `azuread-universal` connector may exist (422
 //! `connector.multiple_instances_not_supported`), nor two social connectors of one target and
 //! platform (422 `connector.multiple_target_with_same_platform`); `metadata` is refused for this
 //! non-standard connector; a client may choose the new connector's `id`; PATCH replaces `config`
@@ -25,20 +27,21 @@ use std::{
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{Path, RawQuery, Request, State as AxState},
-    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
-    middleware::{self, Next},
+    extract::{Path, RawQuery, State as AxState},
+    http::{HeaderMap, Method, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use serde_json::{Map, Value, json};
-use url::Url;
 
 use super::{
+    Reply,
     azure::{basic_credentials, bearer},
-    lock, random_alnum,
-    tls::{ServerHandle, TestCa, spawn_tls},
+    kit::{self, Emulator, Fault, KitBuilder, RequestMatch},
+    lock, reply,
+    tls::TestCa,
+    tokens::IssuedTokens,
 };
 
 /// Logto resources default to `access_token_ttl` 3600 s.
@@ -48,39 +51,24 @@ const ALL: &str = "all";
 const PROMPTS: [&str; 4] = ["none", "login", "consent", "select_account"];
 
 /// A running emulator; clones share the state and the server, which stops with the last clone.
-#[derive(Clone)]
-pub struct LogtoEmulator {
-    state: Shared,
-    server: Arc<ServerHandle>,
-}
+pub type LogtoEmulator = Emulator<LogtoState>;
 
-type Shared = Arc<Mutex<State>>;
-type Reply = Result<Response, Response>;
+type Shared = Arc<Mutex<LogtoState>>;
 
-struct State {
+/// The emulated tenant: M2M apps, the tokens issued to them, connector rows.
+pub struct LogtoState {
     resource: String,
     apps: HashMap<String, M2mApp>,
-    token_ttl_secs: i64,
-    tokens: HashMap<String, Issued>,
+    /// Each token grants the Management API permissions asked for.
+    tokens: IssuedTokens<Vec<String>>,
     /// Database rows, in creation order.
     connectors: Vec<Value>,
-    /// (requests left, Retry-After seconds) for /api requests.
-    rate_limited: (usize, u64),
-    failures: (usize, StatusCode),
-    token_requests: usize,
-    writes: usize,
-    requests: Vec<(String, String)>,
 }
 
 struct M2mApp {
     secret: String,
     /// Management API permissions its M2M roles grant.
     scopes: Vec<String>,
-}
-
-struct Issued {
-    scopes: Vec<String>,
-    expires: Timestamp,
 }
 
 /// A connector factory the emulated tenant has installed.
@@ -106,29 +94,15 @@ impl LogtoEmulator {
     /// Starts an emulator whose Management API has the resource indicator `resource` (e.g.
     /// `https://default.logto.app/api`). Needs a Tokio runtime context.
     pub fn start(ca: &TestCa, resource: &str) -> std::io::Result<Self> {
-        let state = Arc::new(Mutex::new(State {
+        let state = Arc::new(Mutex::new(LogtoState {
             resource: resource.to_owned(),
             apps: HashMap::new(),
-            token_ttl_secs: DEFAULT_TOKEN_TTL_SECS,
-            tokens: HashMap::new(),
+            tokens: IssuedTokens::new(DEFAULT_TOKEN_TTL_SECS),
             connectors: Vec::new(),
-            rate_limited: (0, 0),
-            failures: (0, StatusCode::SERVICE_UNAVAILABLE),
-            token_requests: 0,
-            writes: 0,
-            requests: Vec::new(),
         }));
-        let server = spawn_tls(router(state.clone()), ca)?;
-        Ok(Self { state, server: Arc::new(server) })
-    }
-
-    pub fn base_url(&self) -> Url {
-        self.server.base_url()
-    }
-
-    /// Stops the server now (to test unreachable endpoints); state stays readable.
-    pub fn shutdown(&self) {
-        self.server.shutdown();
+        let kit = KitBuilder::new("logto", error_body);
+        let app = kit.wrap(router(state.clone()));
+        Ok(Emulator::new(state, kit.serve(app, ca)?))
     }
 
     /// A machine-to-machine app whose M2M role grants the Management API permission `all`.
@@ -139,58 +113,52 @@ impl LogtoEmulator {
     /// A machine-to-machine app granted exactly `scopes` on the Management API (none: no role).
     pub fn add_m2m_app_with_scopes(&self, id: &str, secret: &str, scopes: &[&str]) {
         let app = M2mApp { secret: secret.to_owned(), scopes: scopes.iter().map(|s| s.to_string()).collect() };
-        lock(&self.state).apps.insert(id.to_owned(), app);
+        self.state().apps.insert(id.to_owned(), app);
     }
 
     /// Lifetime of tokens issued from now on (`expires_in`).
     pub fn set_token_ttl(&self, secs: u64) {
-        lock(&self.state).token_ttl_secs = i64::try_from(secs).unwrap_or(i64::MAX);
+        self.state().tokens.set_ttl(secs);
     }
 
     /// Invalidates every issued token, as if the signing keys had rotated.
     pub fn revoke_tokens(&self) {
-        lock(&self.state).tokens.clear();
+        self.state().tokens.revoke_all();
     }
 
-    /// Token requests so far (successful or not).
+    /// Token requests so far (answered or not).
     pub fn token_requests(&self) -> usize {
-        lock(&self.state).token_requests
+        self.kit().log().count(&RequestMatch::any().method(Method::POST).path("/oidc/token"))
     }
 
     /// Successful POST/PATCH/DELETE requests under /api.
     pub fn writes(&self) -> usize {
-        lock(&self.state).writes
+        self.kit().log().succeeded(&api().writes())
     }
 
     /// Every request so far as (method, path with query), in order.
     pub fn requests(&self) -> Vec<(String, String)> {
-        lock(&self.state).requests.clone()
-    }
-
-    /// The next `n` requests of any kind get `status` (meant for 5xx).
-    pub fn fail_next(&self, n: usize, status: u16) {
-        let status = StatusCode::from_u16(status).expect("valid HTTP status");
-        lock(&self.state).failures = (n, status);
+        self.kit().log().requests()
     }
 
     /// The next `n` /api requests get 429 with `Retry-After: retry_after_secs`. Logto's own code
     /// has no limiter; this models an edge limiter in front of it (plain-text body).
     pub fn rate_limit_next(&self, n: usize, retry_after_secs: u64) {
-        lock(&self.state).rate_limited = (n, retry_after_secs);
+        self.kit().faults().push(Fault::status(429).times(n).on(api()).retry_after(retry_after_secs));
     }
 
     /// Stored connector rows, in creation order.
     pub fn connectors(&self) -> Vec<Value> {
-        lock(&self.state).connectors.clone()
+        self.state().connectors.clone()
     }
 
     pub fn connector(&self, id: &str) -> Option<Value> {
-        lock(&self.state).find(id).cloned()
+        self.state().find(id).cloned()
     }
 
     /// Changes a stored row behind the API's back, like an edit in the Console.
     pub fn edit_connector(&self, id: &str, edit: impl FnOnce(&mut Value)) {
-        let mut st = lock(&self.state);
+        let mut st = self.state();
         let row = st.find_mut(id).unwrap_or_else(|| panic!("unknown connector {id}"));
         edit(row);
     }
@@ -205,43 +173,34 @@ impl LogtoEmulator {
         object.entry("syncProfile").or_insert(json!(false));
         object.entry("enableTokenStorage").or_insert(json!(false));
         object.entry("createdAt").or_insert_with(|| json!(Timestamp::now().as_millisecond()));
-        lock(&self.state).connectors.push(row);
+        self.state().connectors.push(row);
         id
     }
 }
 
 fn router(state: Shared) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/oidc/token", post(token))
         .route("/api/connectors", get(list).post(create))
         .route("/api/connectors/{id}", get(read).patch(update).delete(remove))
         .route("/api/connector-factories", get(|| async { Json(FACTORIES.iter().map(render_factory).collect::<Vec<_>>()) }))
         .route("/api/connector-factories/{id}", get(read_factory))
         .fallback(|| async { (StatusCode::NOT_FOUND, "Not Found") })
-        .layer(middleware::from_fn_with_state(state.clone(), gate))
-        .with_state(state)
+        .with_state(state.clone());
+    kit::guard(routes, state, api(), |st, request| st.authorize(request.headers()))
 }
 
-/// Records the request, injects faults and authenticates /api calls.
-async fn gate(AxState(s): AxState<Shared>, request: Request, next: Next) -> Response {
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let path_and_query = request.uri().path_and_query().map_or_else(|| path.clone(), |p| p.as_str().to_owned());
-    tracing::debug!(%method, %path, "logto emulator request");
-    let api = path == "/api" || path.starts_with("/api/");
-    let admitted = lock(&s).admit(&method, &path, &path_and_query, api, request.headers());
-    let response = match admitted {
-        Ok(()) => next.run(request).await,
-        Err(response) => response,
-    };
-    if api && response.status().is_success() && matches!(method, Method::POST | Method::PATCH | Method::DELETE) {
-        lock(&s).writes += 1;
+/// The Management API; the token endpoint lies outside it.
+fn api() -> RequestMatch {
+    RequestMatch::any().under("/api")
+}
+
+/// The answer to an injected status: an edge limiter's plain text for 429, else a bare message.
+fn error_body(status: StatusCode, _path: &str) -> Response {
+    match status {
+        StatusCode::TOO_MANY_REQUESTS => (status, "Too Many Requests").into_response(),
+        _ => (status, Json(json!({"message": status.canonical_reason().unwrap_or("Server error")}))).into_response(),
     }
-    response
-}
-
-fn reply(result: Reply) -> Response {
-    result.unwrap_or_else(|e| e)
 }
 
 async fn token(AxState(s): AxState<Shared>, headers: HeaderMap, body: Bytes) -> Response {
@@ -286,35 +245,13 @@ async fn read_factory(Path(id): Path<String>) -> Response {
     }
 }
 
-impl State {
+impl LogtoState {
     fn find(&self, id: &str) -> Option<&Value> {
         self.connectors.iter().find(|c| c["id"] == id)
     }
 
     fn find_mut(&mut self, id: &str) -> Option<&mut Value> {
         self.connectors.iter_mut().find(|c| c["id"] == id)
-    }
-
-    fn admit(&mut self, method: &Method, path: &str, path_and_query: &str, api: bool, headers: &HeaderMap) -> Result<(), Response> {
-        self.requests.push((method.to_string(), path_and_query.to_owned()));
-        if path == "/oidc/token" && method == Method::POST {
-            self.token_requests += 1;
-        }
-        if self.failures.0 > 0 {
-            self.failures.0 -= 1;
-            let status = self.failures.1;
-            return Err((status, Json(json!({"message": status.canonical_reason().unwrap_or("Server error")}))).into_response());
-        }
-        if !api {
-            return Ok(());
-        }
-        if self.rate_limited.0 > 0 {
-            self.rate_limited.0 -= 1;
-            let mut response = (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests").into_response();
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(self.rate_limited.1));
-            return Err(response);
-        }
-        self.authorize(headers)
     }
 
     /// Logto's koa-auth: a Bearer token this tenant issued for the Management API, holding `all`.
@@ -328,11 +265,10 @@ impl State {
             let message = "Authorization type is not supported. Supported type(s): Bearer.";
             return Err(api_error(StatusCode::UNAUTHORIZED, "auth.authorization_token_type_not_supported", message, Some(data)));
         }
-        let issued = bearer(headers)
-            .and_then(|token| self.tokens.get(token))
-            .filter(|issued| issued.expires > Timestamp::now())
+        let scopes = bearer(headers)
+            .and_then(|token| self.tokens.valid(token))
             .ok_or_else(|| unauthorized("auth.unauthorized", "Unauthorized. Please check credentials and its scope."))?;
-        if !issued.scopes.iter().any(|s| s == ALL) {
+        if !scopes.iter().any(|s| s == ALL) {
             let message = "Forbidden. Please check your user roles and permissions.";
             return Err(api_error(StatusCode::FORBIDDEN, "auth.forbidden", message, None));
         }
@@ -363,15 +299,14 @@ impl State {
             body["scope"] = json!(denied);
             return Err((StatusCode::BAD_REQUEST, Json(body)).into_response());
         }
-        let access_token = random_alnum(64);
-        let expires = Timestamp::now() + SignedDuration::from_secs(self.token_ttl_secs);
+        let scope = requested.join(" ");
+        let access_token = self.tokens.issue(requested, 64);
         let body = json!({
             "access_token": access_token,
-            "expires_in": self.token_ttl_secs,
+            "expires_in": self.tokens.ttl_secs(),
             "token_type": "Bearer",
-            "scope": requested.join(" "),
+            "scope": scope,
         });
-        self.tokens.insert(access_token, Issued { scopes: requested, expires });
         Ok(Json(body).into_response())
     }
 
@@ -399,13 +334,7 @@ impl State {
             _ => factory.target.to_owned(),
         };
         if !factory.standard && metadata.is_some() {
-            let message = "This connector's 'metadata' cannot be overwritten.";
-            return Err(api_error(
-                StatusCode::BAD_REQUEST,
-                "connector.cannot_overwrite_metadata_for_non_standard_connector",
-                message,
-                None,
-            ));
+            return Err(metadata_not_overwritable());
         }
         if !factory.standard && self.connectors.iter().any(|c| c["connectorId"] == connector_id) {
             let message = "Can not create multiple instance with picked standard connector.";
@@ -453,13 +382,7 @@ impl State {
         let standard = factory.is_some_and(|f| f.standard);
         if let Some(metadata) = body.get("metadata") {
             if !standard {
-                let message = "This connector's 'metadata' cannot be overwritten.";
-                return Err(api_error(
-                    StatusCode::BAD_REQUEST,
-                    "connector.cannot_overwrite_metadata_for_non_standard_connector",
-                    message,
-                    None,
-                ));
+                return Err(metadata_not_overwritable());
             }
             if metadata.get("target") != row["metadata"].get("target") {
                 let message = "The connector 'target' can not be modified.";
@@ -691,6 +614,12 @@ fn short(value: &Value) -> String {
 fn invalid_input(issues: Vec<Value>) -> Response {
     let details = format_issues(&issues);
     api_error_with(StatusCode::BAD_REQUEST, "guard.invalid_input", "The request body is invalid.", Some(zod_error(issues)), Some(details))
+}
+
+/// Only standard connectors take their `metadata` from the client.
+fn metadata_not_overwritable() -> Response {
+    let message = "This connector's 'metadata' cannot be overwritten.";
+    api_error(StatusCode::BAD_REQUEST, "connector.cannot_overwrite_metadata_for_non_standard_connector", message, None)
 }
 
 fn entity_not_found() -> Response {

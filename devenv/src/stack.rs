@@ -3,7 +3,7 @@
 //! `--endpoint-overrides` and `--ca-bundle`; no resource field is involved.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, btree_map::Entry},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -24,8 +24,9 @@ use idp_bridge::{
     upstream::EndpointOverrides,
 };
 
-/// Emulated Azure (login and Graph hosts of the public cloud) and any number of Auth0 tenants,
-/// all behind one test CA.
+/// Emulated Azure (login and Graph hosts of the public cloud) and the emulated brokers, started
+/// on demand (Auth0 tenants and Logto tenants by host, one Cloudflare, one Unified.to), all
+/// behind one test CA.
 pub struct Upstreams {
     pub ca: TestCa,
     pub azure: AzureEmulator,
@@ -51,12 +52,7 @@ impl Upstreams {
 
     /// Starts an emulated Auth0 tenant for `domain` (or returns the running one).
     pub fn auth0(&mut self, domain: &str) -> std::io::Result<Auth0Emulator> {
-        if let Some(existing) = self.auth0.get(domain) {
-            return Ok(existing.clone());
-        }
-        let emulator = Auth0Emulator::start(&self.ca, domain)?;
-        self.auth0.insert(domain.to_owned(), emulator.clone());
-        Ok(emulator)
+        started_once(&mut self.auth0, domain, || Auth0Emulator::start(&self.ca, domain))
     }
 
     /// Starts emulated Cloudflare (`api.cloudflare.com`), or returns the running one.
@@ -70,12 +66,7 @@ impl Upstreams {
     /// Starts an emulated Logto tenant at `host` (the endpoint's host) with the Management API
     /// resource indicator `resource`, or returns the running one.
     pub fn logto(&mut self, host: &str, resource: &str) -> std::io::Result<LogtoEmulator> {
-        if let Some(existing) = self.logto.get(host) {
-            return Ok(existing.clone());
-        }
-        let emulator = LogtoEmulator::start(&self.ca, resource)?;
-        self.logto.insert(host.to_owned(), emulator.clone());
-        Ok(emulator)
+        started_once(&mut self.logto, host, || LogtoEmulator::start(&self.ca, resource))
     }
 
     /// Starts emulated Unified.to, serving every region's host, or returns the running one.
@@ -136,6 +127,14 @@ impl Upstreams {
             // The Lease lives in `namespace`: a test's own namespace keeps its election private.
             leader_election: Some(LeaderElectionConfig::default()),
         }
+    }
+}
+
+/// The emulator running for `key`, started by `start` if there is none yet.
+fn started_once<E: Clone>(running: &mut BTreeMap<String, E>, key: &str, start: impl FnOnce() -> std::io::Result<E>) -> std::io::Result<E> {
+    match running.entry(key.to_owned()) {
+        Entry::Occupied(existing) => Ok(existing.get().clone()),
+        Entry::Vacant(slot) => Ok(slot.insert(start()?).clone()),
     }
 }
 

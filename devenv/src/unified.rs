@@ -1,11 +1,12 @@
 //! Emulator of Unified.to's connection API (`/unified/connection`), reached with a workspace API
 //! token.
 //!
-//! It follows the documented contract (shared/reference/brokers.md §4 and docs.unified.to's
-//! connection pages): create, list with filters (`external_xref`, `categories`, `limit`,
-//! `offset`, `sort`, `order`), retrieve, update and remove; `integration_type`, `permissions` and
-//! `categories` are required on every write; errors are `{statusCode, error, message}`. Where the
-//! documentation is silent it takes the awkward reading on purpose:
+//! It follows the documented contract (the connection pages of <https://docs.unified.to>, e.g.
+//! <https://docs.unified.to/unified/connection/Create_connection>): create, list with filters
+//! (`external_xref`, `categories`, `limit`, `offset`, `sort`, `order`), retrieve, update and
+//! remove; `integration_type`, `permissions` and `categories` are required on every write; errors
+//! are `{statusCode, error, message}`. Where the documentation is silent it takes the awkward
+//! reading on purpose:
 //! - reads (including the answers to writes) mask the secret-bearing `auth` keys
 //!   ([`SecretReads::Masked`] by default; see [`UnifiedEmulator::set_secret_reads`]);
 //! - `PUT` replaces the whole connection (an absent optional field is gone afterwards), and
@@ -28,9 +29,8 @@ use std::{
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{Path, RawQuery, Request, State as AxState},
-    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
-    middleware::{self, Next},
+    extract::{Path, RawQuery, State as AxState},
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -39,9 +39,11 @@ use serde_json::{Map, Value, json};
 use url::Url;
 
 use super::{
+    Reply,
     azure::bearer,
-    lock,
-    tls::{ServerHandle, TestCa, spawn_tls},
+    kit::{self, Emulator, Fault, KitBuilder, RequestMatch},
+    lock, query_pairs, query_value, reply,
+    tls::TestCa,
 };
 
 /// Connection categories the API accepts.
@@ -109,16 +111,12 @@ pub enum SecretReads {
 }
 
 /// A running emulator; clones share the state and the server, which stops with the last clone.
-#[derive(Clone)]
-pub struct UnifiedEmulator {
-    state: Shared,
-    server: Arc<ServerHandle>,
-}
+pub type UnifiedEmulator = Emulator<UnifiedState>;
 
-type Shared = Arc<Mutex<EmuState>>;
-type Reply = Result<Response, Response>;
+type Shared = Arc<Mutex<UnifiedState>>;
 
-struct EmuState {
+/// The emulated workspace: tokens, activated integrations, connections.
+pub struct UnifiedState {
     workspace_id: String,
     tokens: BTreeSet<String>,
     /// Integration types activated in the workspace.
@@ -126,84 +124,55 @@ struct EmuState {
     secret_reads: SecretReads,
     /// In creation order.
     connections: Vec<Value>,
-    rate_limited: (usize, u64),
-    failures: (usize, StatusCode),
-    writes: usize,
-    requests: Vec<(String, String)>,
 }
 
 impl UnifiedEmulator {
     /// Starts an emulated workspace with `microsoft_ad` activated and no token. Needs a Tokio
     /// runtime context.
     pub fn start(ca: &TestCa) -> std::io::Result<Self> {
-        let state = Arc::new(Mutex::new(EmuState {
-            workspace_id: new_id(),
-            tokens: BTreeSet::new(),
-            integrations: BTreeSet::from(["microsoft_ad".to_owned()]),
-            secret_reads: SecretReads::default(),
-            connections: Vec::new(),
-            rate_limited: (0, 0),
-            failures: (0, StatusCode::SERVICE_UNAVAILABLE),
-            writes: 0,
-            requests: Vec::new(),
-        }));
-        let server = spawn_tls(router(state.clone()), ca)?;
-        Ok(Self { state, server: Arc::new(server) })
-    }
-
-    /// The base URL every region host of the operator maps to.
-    pub fn base_url(&self) -> Url {
-        self.server.base_url()
-    }
-
-    /// Stops the server now (to test unreachable endpoints); state stays readable.
-    pub fn shutdown(&self) {
-        self.server.shutdown();
+        let state = Arc::new(Mutex::new(UnifiedState::new(new_id())));
+        let kit = KitBuilder::new("unified", error_body);
+        let app = kit.wrap(router(state.clone()));
+        Ok(Emulator::new(state, kit.serve(app, ca)?))
     }
 
     /// A workspace API token the API accepts.
     pub fn add_token(&self, token: &str) {
-        lock(&self.state).tokens.insert(token.to_owned());
+        self.state().tokens.insert(token.to_owned());
     }
 
     /// Activates another integration type, so connections of it can be created.
     pub fn activate_integration(&self, integration_type: &str) {
-        lock(&self.state).integrations.insert(integration_type.to_owned());
+        self.state().integrations.insert(integration_type.to_owned());
     }
 
     pub fn set_secret_reads(&self, reads: SecretReads) {
-        lock(&self.state).secret_reads = reads;
+        self.state().secret_reads = reads;
     }
 
     /// The next `n` requests under /unified get 429 with `Retry-After: retry_after_secs`.
     pub fn rate_limit_next(&self, n: usize, retry_after_secs: u64) {
-        lock(&self.state).rate_limited = (n, retry_after_secs);
-    }
-
-    /// The next `n` requests of any kind get `status` (meant for 5xx).
-    pub fn fail_next(&self, n: usize, status: u16) {
-        let status = StatusCode::from_u16(status).expect("valid HTTP status");
-        lock(&self.state).failures = (n, status);
+        self.kit().faults().push(Fault::status(429).times(n).on(api()).retry_after(retry_after_secs));
     }
 
     /// Every connection as stored, secrets included, in creation order.
     pub fn connections(&self) -> Vec<Value> {
-        lock(&self.state).connections.clone()
+        self.state().connections.clone()
     }
 
     /// One connection as stored, secrets included.
     pub fn connection(&self, id: &str) -> Option<Value> {
-        lock(&self.state).find(id).cloned()
+        self.state().find(id).cloned()
     }
 
     /// The stored `auth.client_secret` of a connection.
     pub fn client_secret(&self, id: &str) -> Option<String> {
-        lock(&self.state).find(id).and_then(|c| c["auth"]["client_secret"].as_str().map(str::to_owned))
+        self.state().find(id).and_then(|c| c["auth"]["client_secret"].as_str().map(str::to_owned))
     }
 
     /// Changes a stored connection behind the API's back, like an edit in the dashboard.
     pub fn edit_connection(&self, id: &str, edit: impl FnOnce(&mut Value)) {
-        let mut st = lock(&self.state);
+        let mut st = self.state();
         let connection = st.find_mut(id).unwrap_or_else(|| panic!("unknown connection {id}"));
         edit(connection);
     }
@@ -211,7 +180,7 @@ impl UnifiedEmulator {
     /// Seeds a connection as if made elsewhere (no validation); fills `id`, `workspace_id`,
     /// timestamps, `environment`, `permissions` and `categories` when absent and returns the id.
     pub fn insert_connection(&self, mut connection: Value) -> String {
-        let mut st = lock(&self.state);
+        let mut st = self.state();
         let object = connection.as_object_mut().expect("a connection is a JSON object");
         let id = object.entry("id").or_insert_with(|| json!(new_id())).as_str().expect("string id").to_owned();
         let now = now();
@@ -227,44 +196,34 @@ impl UnifiedEmulator {
 
     /// Successful POST/PUT/PATCH/DELETE requests under /unified.
     pub fn writes(&self) -> usize {
-        lock(&self.state).writes
+        self.kit().log().succeeded(&api().writes())
     }
 
     /// Every request so far as (method, path with query), in order.
     pub fn requests(&self) -> Vec<(String, String)> {
-        lock(&self.state).requests.clone()
+        self.kit().log().requests()
     }
 }
 
 fn router(state: Shared) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/unified/connection", get(list).post(create))
         .route("/unified/connection/{id}", get(read).put(replace).patch(patch).delete(remove))
         .fallback(|| async { api_error(StatusCode::NOT_FOUND, "Not Found") })
-        .layer(middleware::from_fn_with_state(state.clone(), gate))
-        .with_state(state)
+        .with_state(state.clone());
+    kit::guard(routes, state, api(), |st, request| st.authorize(request.headers()))
 }
 
-/// Records the request, injects faults, authenticates /unified calls and counts writes.
-async fn gate(AxState(s): AxState<Shared>, request: Request, next: Next) -> Response {
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let path_and_query = request.uri().path_and_query().map_or_else(|| path.clone(), |pq| pq.as_str().to_owned());
-    tracing::debug!(%method, %path, "unified emulator request");
-    let api = path == "/unified" || path.starts_with("/unified/");
-    let admitted = lock(&s).admit(&method, path_and_query, api, request.headers());
-    let response = match admitted {
-        Ok(()) => next.run(request).await,
-        Err(response) => response,
-    };
-    if api && response.status().is_success() && matches!(method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
-        lock(&s).writes += 1;
+fn api() -> RequestMatch {
+    RequestMatch::any().under("/unified")
+}
+
+/// Unified.to's error body for an injected status.
+fn error_body(status: StatusCode, _path: &str) -> Response {
+    match status {
+        StatusCode::TOO_MANY_REQUESTS => api_error(status, "Too many requests, please slow down"),
+        _ => api_error(status, status.canonical_reason().unwrap_or("Server error")),
     }
-    response
-}
-
-fn reply(result: Reply) -> Response {
-    result.unwrap_or_else(|e| e)
 }
 
 async fn list(AxState(s): AxState<Shared>, RawQuery(query): RawQuery) -> Response {
@@ -297,7 +256,18 @@ async fn remove(AxState(s): AxState<Shared>, Path(id): Path<String>) -> Response
     StatusCode::OK.into_response()
 }
 
-impl EmuState {
+impl UnifiedState {
+    /// A workspace with `microsoft_ad` activated, no token and no connection.
+    fn new(workspace_id: String) -> Self {
+        Self {
+            workspace_id,
+            tokens: BTreeSet::new(),
+            integrations: BTreeSet::from(["microsoft_ad".to_owned()]),
+            secret_reads: SecretReads::default(),
+            connections: Vec::new(),
+        }
+    }
+
     fn find(&self, id: &str) -> Option<&Value> {
         self.connections.iter().find(|c| c["id"] == id)
     }
@@ -306,22 +276,7 @@ impl EmuState {
         self.connections.iter_mut().find(|c| c["id"] == id)
     }
 
-    fn admit(&mut self, method: &Method, path_and_query: String, api: bool, headers: &HeaderMap) -> Result<(), Response> {
-        self.requests.push((method.to_string(), path_and_query));
-        if self.failures.0 > 0 {
-            self.failures.0 -= 1;
-            let status = self.failures.1;
-            return Err(api_error(status, status.canonical_reason().unwrap_or("Server error")));
-        }
-        if !api {
-            return Ok(());
-        }
-        if self.rate_limited.0 > 0 {
-            self.rate_limited.0 -= 1;
-            let mut response = api_error(StatusCode::TOO_MANY_REQUESTS, "Too many requests, please slow down");
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(self.rate_limited.1));
-            return Err(response);
-        }
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), Response> {
         match bearer(headers) {
             Some(token) if self.tokens.contains(token) => Ok(()),
             Some(_) => Err(api_error(StatusCode::UNAUTHORIZED, "Invalid API token")),
@@ -540,40 +495,17 @@ fn now() -> String {
     Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
-fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
-    url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect()
-}
-
-fn query_value<'a>(query: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
-}
-
 fn query_int(query: &[(String, String)], key: &str, min: usize, max: usize) -> Result<Option<usize>, Response> {
-    let Some(raw) = query_value(query, key) else {
-        return Ok(None);
-    };
-    match raw.parse::<usize>() {
-        Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
-        _ => Err(api_error(StatusCode::BAD_REQUEST, &format!("{key} must be an integer between {min} and {max}"))),
-    }
+    super::query_int(query, key, min..=max)
+        .map_err(|_| api_error(StatusCode::BAD_REQUEST, &format!("{key} must be an integer between {min} and {max}")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn state() -> EmuState {
-        EmuState {
-            workspace_id: "ws".into(),
-            tokens: BTreeSet::new(),
-            integrations: BTreeSet::from(["microsoft_ad".to_owned()]),
-            secret_reads: SecretReads::Masked,
-            connections: Vec::new(),
-            rate_limited: (0, 0),
-            failures: (0, StatusCode::SERVICE_UNAVAILABLE),
-            writes: 0,
-            requests: Vec::new(),
-        }
+    fn state() -> UnifiedState {
+        UnifiedState::new("ws".into())
     }
 
     fn import() -> Map<String, Value> {
