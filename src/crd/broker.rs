@@ -185,6 +185,7 @@ impl UnifiedRegion {
 pub struct TokenSecretRef {
     /// Name of the Secret (the broker's namespace, or the operator's for a ClusterIdentityBroker).
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(super::OBJECT_NAME_RULE).message(super::OBJECT_NAME_MESSAGE))]
     pub name: String,
     /// Key holding the token.
     #[serde(default = "default_token_key")]
@@ -201,6 +202,7 @@ fn default_token_key() -> String {
 pub struct ClientCredentialsSecretRef {
     /// Name of the Secret (the broker's namespace, or the operator's for a ClusterIdentityBroker).
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(super::OBJECT_NAME_RULE).message(super::OBJECT_NAME_MESSAGE))]
     pub name: String,
     /// Key holding the client ID.
     #[serde(default = "default_client_id_key")]

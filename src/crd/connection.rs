@@ -81,6 +81,7 @@ pub struct BrokerRef {
     pub kind: BrokerRefKind,
     /// Name of the broker object.
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(super::OBJECT_NAME_RULE).message(super::OBJECT_NAME_MESSAGE))]
     pub name: String,
 }
 
@@ -122,6 +123,7 @@ pub struct AzureSpec {
 pub struct SecretKeyRef {
     /// Name of the Secret.
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(super::OBJECT_NAME_RULE).message(super::OBJECT_NAME_MESSAGE))]
     pub name: String,
     /// Key within the Secret's data.
     #[serde(default = "default_secret_key")]
@@ -389,6 +391,7 @@ pub struct CloudflareScimSpec {
     /// SCIM base URL (`scim-base-url`) and token (`scim-secret`). Cloudflare shows the token only
     /// once, when SCIM is first enabled; enter both in Entra ID's provisioning settings.
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(super::OBJECT_NAME_RULE).message(super::OBJECT_NAME_MESSAGE))]
     pub secret_name: String,
 }
 
@@ -404,6 +407,9 @@ pub enum ScimIdentityUpdateBehavior {
 /// Logto's Microsoft social connector (`azuread-universal`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
+// connectorId's immutability is a rule on this block, not on the field: a field rule does not run
+// when the field is absent, so removing it in one update and setting another in the next passed.
+#[x_kube(validation = Rule::new("!has(oldSelf.connectorId) || (has(self.connectorId) && self.connectorId == oldSelf.connectorId)").message("logto.connectorId is immutable: once set it can be neither changed nor removed"))]
 pub struct LogtoConnectionSpec {
     /// Database id to create the connector with, which fixes the callback URL to register in
     /// Entra ID (`{endpoint}/callback/{connectorId}`). Absent: Logto picks one, shown in status.
@@ -411,7 +417,6 @@ pub struct LogtoConnectionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 21))]
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]+$')").message("connectorId may hold lowercase letters and digits only"))]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("logto.connectorId is immutable"))]
     pub connector_id: Option<String>,
     /// OIDC prompts sent to Entra ID.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

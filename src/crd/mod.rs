@@ -17,6 +17,12 @@ pub const FINALIZER: &str = "idpbridge.io/cleanup";
 /// Annotation on a client-secret Secret giving its expiry (RFC 3339).
 pub const EXPIRES_AT_ANNOTATION: &str = "idpbridge.io/expires-at";
 
+/// CEL for a reference to a Kubernetes object by name (a DNS-1123 subdomain, as Secrets and
+/// custom resources are named): such names go into API paths, so nothing path-like may pass.
+pub(crate) const OBJECT_NAME_RULE: &str = "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')";
+pub(crate) const OBJECT_NAME_MESSAGE: &str =
+    "must be a Kubernetes object name: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit";
+
 /// Every CRD the operator serves, ordered by name (as their files sort under `crds/`).
 pub fn all() -> Vec<CustomResourceDefinition> {
     vec![AzureAdConnection::crd(), ClusterIdentityBroker::crd(), IdentityBroker::crd()]

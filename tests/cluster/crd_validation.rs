@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 const TENANT_ID: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
+const OBJECT_NAME: &str = "must be a Kubernetes object name";
 
 fn dynamic_api<K: Resource<DynamicType = ()>>(client: &kube::Client, namespace: Option<&str>) -> Api<DynamicObject> {
     let resource = ApiResource::erase::<K>(&());
@@ -171,6 +172,14 @@ async fn invalid_connections_are_rejected_with_clear_messages() {
         ),
         ("unknown brokerRef kind", vec![Set("/spec/brokerRef/kind", json!("Foo"))], "Unsupported value: \"Foo\""),
         ("no clientSecretRef", vec![Remove("/spec/azure/clientSecretRef")], "spec.azure.clientSecretRef: Required value"),
+        ("Secret name with a path", vec![Set("/spec/azure/clientSecretRef/name", json!("../kube-system/x"))], OBJECT_NAME),
+        ("Secret name with capitals", vec![Set("/spec/azure/clientSecretRef/name", json!("Contoso"))], OBJECT_NAME),
+        ("broker name with a slash", vec![Set("/spec/brokerRef/name", json!("auth0/prod"))], OBJECT_NAME),
+        (
+            "SCIM secretName with a path",
+            vec![Remove("/spec/auth0"), Set("/spec/cloudflare", json!({"name": "C", "scim": {"enabled": true, "secretName": "a/../b"}}))],
+            OBJECT_NAME,
+        ),
     ];
     for (case, changes, expected) in cases {
         let mut manifest = connection(&unique_name("bad"));
@@ -205,6 +214,36 @@ async fn auth0_name_is_immutable_and_display_name_is_not() {
     let updated = merge(json!({"spec": {"auth0": {"displayName": "Contoso employees"}}})).await.expect("displayName can change");
     assert_eq!(updated.data.pointer("/spec/auth0/displayName"), Some(&json!("Contoso employees")));
     assert_eq!(updated.data.pointer("/spec/auth0/name"), Some(&json!("contoso-azure")));
+}
+
+/// A field rule does not run on an absent field, so the immutability of `connectorId` is checked
+/// on its block: removing it, or removing it and then setting another, is refused.
+#[tokio::test]
+async fn logto_connector_id_cannot_be_changed_or_removed() {
+    let (client, ns) = crate::common::namespace("crd-logto").await;
+    let api = dynamic_api::<AzureAdConnection>(&client, Some(&ns));
+    let mut manifest = connection("logto");
+    remove(&mut manifest, "/spec/auth0");
+    set(&mut manifest, "/spec/logto", json!({"connectorId": "contoso1"}));
+    create(&api, &manifest).await.expect("created");
+    let merge = |patch: Value| {
+        let api = api.clone();
+        async move { api.patch("logto", &PatchParams::default(), &Patch::Merge(patch)).await }
+    };
+    let immutable = "logto.connectorId is immutable";
+    assert_rejected("change", merge(json!({"spec": {"logto": {"connectorId": "contoso2"}}})).await, immutable);
+    assert_rejected("removal", merge(json!({"spec": {"logto": {"connectorId": null}}})).await, immutable);
+    let unchanged = merge(json!({"spec": {"logto": {"scopes": "email"}}})).await.expect("other fields can change");
+    assert_eq!(unchanged.data.pointer("/spec/logto/connectorId"), Some(&json!("contoso1")));
+
+    // A connection created without one may still fix it later.
+    let mut open = connection("logto-open");
+    remove(&mut open, "/spec/auth0");
+    set(&mut open, "/spec/logto", json!({}));
+    create(&api, &open).await.expect("created without connectorId");
+    api.patch("logto-open", &PatchParams::default(), &Patch::Merge(json!({"spec": {"logto": {"connectorId": "fixed1"}}})))
+        .await
+        .expect("a first connectorId is accepted");
 }
 
 #[tokio::test]
@@ -273,6 +312,10 @@ async fn brokers_are_validated() {
         let mut url_domain = broker(kind, &unique_name("broker"));
         set(&mut url_domain, "/spec/auth0/domain", json!("https://x.auth0.com"));
         assert_rejected(&format!("{kind} with a URL as domain"), create(api, &url_domain).await, "domain must be a host name");
+
+        let mut path_secret = broker(kind, &unique_name("broker"));
+        set(&mut path_secret, "/spec/auth0/credentialsSecretRef/name", json!("../operator/key"));
+        assert_rejected(&format!("{kind} with a path as Secret name"), create(api, &path_secret).await, OBJECT_NAME);
 
         let mut rate = broker(kind, &unique_name("broker"));
         set(&mut rate, "/spec/rateLimit", json!({"requestsPerSecond": 0}));
