@@ -185,7 +185,6 @@ const NAMESPACED_PERMISSIONS: &[&str] = &[
     "idpbridge.io/azureadconnections watch",
     "idpbridge.io/azureadconnections patch",
     "idpbridge.io/azureadconnections/status patch",
-    "idpbridge.io/azureadconnections/finalizers update",
     "idpbridge.io/identitybrokers get",
     "idpbridge.io/identitybrokers list",
     "idpbridge.io/identitybrokers watch",
@@ -193,11 +192,13 @@ const NAMESPACED_PERMISSIONS: &[&str] = &[
     "core/secrets get",
     "core/secrets list",
     "core/secrets watch",
-    "core/secrets create",
-    "core/secrets patch",
     "events.k8s.io/events create",
     "events.k8s.io/events patch",
 ];
+
+/// What it may do in each namespace of `rbac.scimSecretNamespaces`, and nowhere else: write the
+/// Cloudflare SCIM Secret a connection names, owned by that connection.
+const SCIM_PERMISSIONS: &[&str] = &["core/secrets create", "core/secrets patch", "idpbridge.io/azureadconnections/finalizers update"];
 
 /// What it does cluster-wide in either mode.
 const CLUSTER_PERMISSIONS: &[&str] = &[
@@ -460,12 +461,26 @@ fn lint_and_template_pass_with_default_and_full_values() {
     assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
     assert_eq!(policy["spec"]["ingress"][0]["ports"][0]["port"], "metrics");
 
-    // Without SCIM Secrets the operator cannot write any Secret outside its own namespace.
-    let docs = render("idp-bridge", "idp-bridge", &json!({"rbac": {"scimSecrets": false}}));
-    let granted = permissions(find(&docs, "ClusterRole", "idp-bridge"));
-    for write in ["core/secrets create", "core/secrets patch", "idpbridge.io/azureadconnections/finalizers update"] {
-        assert!(!granted.contains(write), "{write} is granted without rbac.scimSecrets");
+    // By default the operator can write no Secret outside its own namespace, kube-system included.
+    let docs = render("idp-bridge", "idp-bridge", &json!({}));
+    for role in docs.iter().filter(|d| matches!(d["kind"].as_str(), Some("ClusterRole" | "Role"))) {
+        let granted = permissions(role);
+        let own = role["metadata"]["name"] == "idp-bridge-operator";
+        for write in SCIM_PERMISSIONS.iter().filter(|w| !(own && **w == "core/secrets create")) {
+            assert!(!granted.contains(*write), "{} grants {write} by default", role["metadata"]["name"]);
+        }
     }
+    // SCIM Secrets only where listed: a Role of their own in team-a, nothing in team-b.
+    let mut scoped = full_values(&["team-a", "team-b"]);
+    scoped["rbac"] = json!({"scimSecretNamespaces": ["team-a"]});
+    let docs = render("ops", "idp-bridge", &scoped);
+    let scim_roles: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Role" && d["metadata"]["name"] == "ops-idp-bridge-scim").collect();
+    assert_eq!(scim_roles.len(), 1, "one SCIM Role");
+    assert_eq!(scim_roles[0]["metadata"]["namespace"], "team-a");
+    assert_eq!(permissions(scim_roles[0]), set(SCIM_PERMISSIONS));
+    let scim_binding = docs.iter().find(|d| d["kind"] == "RoleBinding" && d["metadata"]["name"] == "ops-idp-bridge-scim").unwrap();
+    assert_eq!(scim_binding["metadata"]["namespace"], "team-a");
+    assert_eq!(scim_binding["subjects"][0]["namespace"], "idp-bridge");
     // Nothing at all with rbac.create=false.
     let docs = render("idp-bridge", "idp-bridge", &json!({"rbac": {"create": false}}));
     assert!(!docs.iter().any(|d| d["apiVersion"].as_str().unwrap().starts_with("rbac.")), "{:?}", kinds(&docs));
@@ -487,6 +502,12 @@ fn wrong_values_fail_with_a_clear_message() {
         ),
         (json!({"caBundle": {"secretName": "a", "configMapName": "b"}}), "caBundle: set either secretName or configMapName, not both"),
         (json!({"leaderElection": {"enabled": false}}), "replicas is 2 but leaderElection.enabled is false"),
+        (json!({"rbac": {"scimSecrets": true}}), "rbac.scimSecrets was replaced by rbac.scimSecretNamespaces"),
+        (
+            json!({"watchNamespaces": ["team-a"], "rbac": {"scimSecretNamespaces": ["team-b"]}}),
+            "rbac.scimSecretNamespaces lists team-b, which is not in watchNamespaces",
+        ),
+        (json!({"rbac": {"scimSecretNamespaces": ["kube system"]}}), "at '/rbac/scimSecretNamespaces/0'"),
     ];
     for (values, message) in cases {
         let file = values_file(&values);
@@ -587,9 +608,9 @@ async fn rendered_manifests_pass_a_server_side_dry_run() {
         create_namespace(&client, ns).await.unwrap();
     }
     let watched: Vec<&str> = watched.iter().map(String::as_str).collect();
-    for values in
-        [json!({}), full_values(&watched), json!({"replicas": 1, "leaderElection": {"enabled": false}, "rbac": {"scimSecrets": false}})]
-    {
+    let mut scim = full_values(&watched);
+    scim["rbac"] = json!({"scimSecretNamespaces": [watched[0]]});
+    for values in [json!({}), full_values(&watched), scim, json!({"replicas": 1, "leaderElection": {"enabled": false}})] {
         let docs = render("dry", &release_ns, &values);
         dry_run_apply(&client, &docs, &release_ns).await;
     }
@@ -917,6 +938,8 @@ async fn watch_namespaces_mode_runs_with_namespaced_roles() {
     put_ca_bundle(&admin, &ns, &upstreams, "ConfigMap").await;
     let mut values = emulator_values(&upstreams, "ConfigMap");
     values["watchNamespaces"] = json!([team_a, team_b]);
+    // team-a's Cloudflare connection enables SCIM; team-b's do not.
+    values["rbac"] = json!({"scimSecretNamespaces": [team_a]});
     let values = values_file(&values);
     let release = "scoped";
     helm_ok(Some(cp.kubeconfig_path()), &["install", release, &chart(), "--namespace", &ns, "--values", path_str(&values)]);
@@ -927,6 +950,9 @@ async fn watch_namespaces_mode_runs_with_namespaced_roles() {
         Api::<RoleBinding>::namespaced(admin.clone(), watched).get(name).await.expect("a RoleBinding in each watched namespace");
     }
     assert!(Api::<Role>::namespaced(admin.clone(), &other).get_opt(name).await.unwrap().is_none());
+    let scim_role = format!("{name}-scim");
+    assert!(Api::<Role>::namespaced(admin.clone(), &team_a).get_opt(&scim_role).await.unwrap().is_some());
+    assert!(Api::<Role>::namespaced(admin.clone(), &team_b).get_opt(&scim_role).await.unwrap().is_none());
 
     cloudflare.add_account(CF_ACCOUNT);
     cloudflare.add_token(CF_TOKEN, &[CF_ACCOUNT]);
@@ -981,6 +1007,10 @@ async fn watch_namespaces_mode_runs_with_namespaced_roles() {
     assert_forbidden(
         Api::<Secret>::namespaced(sa.clone(), &other).create(&PostParams::default(), &stray).await,
         "creating a Secret outside watchNamespaces",
+    );
+    assert_forbidden(
+        Api::<Secret>::namespaced(sa.clone(), &team_b).create(&PostParams::default(), &stray).await,
+        "creating a Secret in a watched namespace outside rbac.scimSecretNamespaces",
     );
     operator.stop().await;
 }

@@ -83,6 +83,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if and .Values.caBundle.secretName .Values.caBundle.configMapName }}
 {{- fail "caBundle: set either secretName or configMapName, not both" }}
 {{- end }}
+{{- if .Values.rbac.scimSecrets }}
+{{- fail "rbac.scimSecrets was replaced by rbac.scimSecretNamespaces: list the namespaces whose connections use Cloudflare SCIM (write access to Secrets is never granted cluster-wide)" }}
+{{- end }}
+{{- range .Values.rbac.scimSecretNamespaces }}
+{{- if and $.Values.watchNamespaces (not (has . $.Values.watchNamespaces)) }}
+{{- fail (printf "rbac.scimSecretNamespaces lists %s, which is not in watchNamespaces: the operator would never reconcile a connection there" .) }}
+{{- end }}
+{{- end }}
 {{- if and (gt (int .Values.replicas) 1) (not .Values.leaderElection.enabled) }}
 {{- fail (printf "replicas is %d but leaderElection.enabled is false: several replicas without leader election would all reconcile; enable leader election or set replicas: 1" (int .Values.replicas)) }}
 {{- end }}
@@ -98,13 +106,6 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["idpbridge.io"]
   resources: ["azureadconnections/status", "identitybrokers/status"]
   verbs: ["patch"]
-{{- if .Values.rbac.scimSecrets }}
-# The SCIM Secret is owned by its connection (blockOwnerDeletion), which the
-# OwnerReferencesPermissionEnforcement admission plugin checks against this subresource.
-- apiGroups: ["idpbridge.io"]
-  resources: ["azureadconnections/finalizers"]
-  verbs: ["update"]
-{{- end }}
 - apiGroups: ["idpbridge.io"]
   resources: ["identitybrokers"]
   verbs: ["get", "list", "watch"]
@@ -112,17 +113,24 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch"]
-{{- if .Values.rbac.scimSecrets }}
-# SCIM base URL and token (Cloudflare), written by server-side apply. RBAC cannot limit create to
-# names: see rbac.scimSecrets.
-- apiGroups: [""]
-  resources: ["secrets"]
-  verbs: ["create", "patch"]
-{{- end }}
 # Events on connections (events.k8s.io/v1; a repeated event is patched).
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end }}
+
+{{/* Rules for writing Cloudflare SCIM credentials, only in rbac.scimSecretNamespaces. */}}
+{{- define "idp-bridge.scimRules" -}}
+# SCIM base URL and token (Cloudflare), written by server-side apply. RBAC cannot limit create to
+# names, so this Role exists only in the namespaces listed in rbac.scimSecretNamespaces.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create", "patch"]
+# The SCIM Secret is owned by its connection (blockOwnerDeletion), which the
+# OwnerReferencesPermissionEnforcement admission plugin checks against this subresource.
+- apiGroups: ["idpbridge.io"]
+  resources: ["azureadconnections/finalizers"]
+  verbs: ["update"]
 {{- end }}
 
 {{/* Rules that are cluster-wide in either mode. */}}
