@@ -89,7 +89,7 @@ async fn watchdog_child_process() {
 #[test]
 fn watchdog_stops_servers_when_the_process_is_killed() {
     let output = Command::new(std::env::current_exe().unwrap())
-        .args(["watchdog_child_process", "--exact", "--nocapture", "--test-threads=1"])
+        .args(["control_plane::watchdog_child_process", "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, "1")
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
@@ -144,7 +144,7 @@ async fn start_failure_child_process() {
 
 fn run_failure_child(bin_dir: &std::path::Path, expected: &str) {
     let output = Command::new(std::env::current_exe().unwrap())
-        .args(["start_failure_child_process", "--exact", "--nocapture", "--test-threads=1"])
+        .args(["control_plane::start_failure_child_process", "--exact", "--nocapture", "--test-threads=1"])
         .env(FAILURE_CHILD_ENV, expected)
         .env("IDP_BRIDGE_BIN_DIR", bin_dir)
         .stdin(Stdio::null())
@@ -162,7 +162,7 @@ fn run_failure_child(bin_dir: &std::path::Path, expected: &str) {
 #[test]
 fn missing_binaries_fail_with_instructions() {
     let empty = tempfile::tempdir().unwrap();
-    run_failure_child(empty.path(), "is missing etcd and kube-apiserver|scripts/control-plane-bins.sh");
+    run_failure_child(empty.path(), "is missing etcd, kube-apiserver and kubectl|scripts/control-plane-bins.sh");
 }
 
 #[test]
@@ -170,6 +170,7 @@ fn a_crashing_apiserver_fails_start_with_both_log_tails() {
     let real = idp_bridge_devenv::control_plane::binaries().expect("the real binaries");
     let fake = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(real.etcd(), fake.path().join("etcd")).unwrap();
+    std::os::unix::fs::symlink(real.kubectl(), fake.path().join("kubectl")).unwrap();
     let apiserver = fake.path().join("kube-apiserver");
     std::fs::write(&apiserver, "#!/bin/sh\necho 'E0101 fake kube-apiserver: no such flag' >&2\nexit 3\n").unwrap();
     std::fs::set_permissions(&apiserver, std::fs::Permissions::from_mode(0o755)).unwrap();
