@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, etcd and helm from the Go module proxy with the local Go toolchain and
+# Builds kube-apiserver, etcd, helm and kubectl from the Go module proxy with the local Go toolchain and
 # caches them by version under $IDP_BRIDGE_CACHE (default ~/.cache/idp-bridge). Prints the
 # directory holding the binaries on its last line. Nothing is downloaded but Go modules.
 set -euo pipefail
@@ -28,7 +28,7 @@ new_module() {
 timed() { local name=$1 start=$SECONDS; shift; "$@"; log "$name ready in $((SECONDS - start))s"; }
 
 build_kube_apiserver() {
-  local mod gomod ld k
+  local mod gomod
   mod="$(new_module)"; cd "$mod"
   log "resolving k8s.io/kubernetes@v$KUBE_VERSION from the module proxy"
   gomod="$(go mod download -json "k8s.io/kubernetes@v$KUBE_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')"
@@ -40,13 +40,18 @@ build_kube_apiserver() {
     while read -r m; do echo "replace $m => $m v0.${KUBE_VERSION#1.}"; done >>go.mod
   log "building kube-apiserver v$KUBE_VERSION ($(grep -c '^replace' go.mod) staging replaces); a cold build takes 10-20 minutes"
   go get "k8s.io/kubernetes/cmd/kube-apiserver@v$KUBE_VERSION" >&2
-  ld="-s -w"
+  go build -trimpath -tags selinux,notest,grpcnotrace -ldflags "$(kube_version_ldflags)" -o "$BIN_DIR/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver
+  mv "$BIN_DIR/kube-apiserver.tmp" "$BIN_DIR/kube-apiserver"
+  cd / && rm -rf "$mod"
+}
+
+# The version ldflags of the apiserver and kubectl: client-go's is what `kubectl version` prints.
+kube_version_ldflags() {
+  local ld="-s -w" k
   for k in "gitVersion=v$KUBE_VERSION" gitMajor=1 "gitMinor=$(cut -d. -f2 <<<"$KUBE_VERSION")" gitTreeState=clean; do
     ld="$ld -X k8s.io/component-base/version.$k -X k8s.io/client-go/pkg/version.$k"
   done
-  go build -trimpath -tags selinux,notest,grpcnotrace -ldflags "$ld" -o "$BIN_DIR/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver
-  mv "$BIN_DIR/kube-apiserver.tmp" "$BIN_DIR/kube-apiserver"
-  cd / && rm -rf "$mod"
+  echo "$ld"
 }
 
 build_etcd() {
@@ -70,7 +75,39 @@ build_helm() {
   cd / && rm -rf "$mod"
 }
 
-for bin in etcd kube-apiserver helm; do
+# kubectl from its own published module (k8s.io/kubectl v0.<minor>.<patch>), with the same main as
+# k8s.io/kubernetes/cmd/kubectl minus the cloud auth plugins: the control plane's kubeconfig
+# authenticates with a client certificate.
+build_kubectl() {
+  local mod; mod="$(new_module)"; cd "$mod"
+  log "building kubectl v$KUBE_VERSION"
+  cat >main.go <<'GO'
+package main
+
+import (
+	"os"
+
+	"k8s.io/component-base/cli"
+	"k8s.io/component-base/logs"
+	"k8s.io/kubectl/pkg/cmd"
+	"k8s.io/kubectl/pkg/cmd/util"
+)
+
+func main() {
+	logs.GlogSetter(cmd.GetLogVerbosity(os.Args)) //nolint:errcheck
+	if err := cli.RunNoErrOutput(cmd.NewDefaultKubectlCommand()); err != nil {
+		util.CheckErr(err)
+	}
+}
+GO
+  echo "require k8s.io/kubectl v0.${KUBE_VERSION#1.}" >>go.mod
+  go mod tidy >&2
+  go build -trimpath -ldflags "$(kube_version_ldflags)" -o "$BIN_DIR/kubectl.tmp" .
+  mv "$BIN_DIR/kubectl.tmp" "$BIN_DIR/kubectl"
+  cd / && rm -rf "$mod"
+}
+
+for bin in etcd kube-apiserver helm kubectl; do
   if [[ -x "$BIN_DIR/$bin" ]]; then
     log "$bin: cached in $BIN_DIR"
   else

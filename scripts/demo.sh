@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo: builds what it needs (kube-apiserver and etcd from Go modules, cached; the operator),
+# The demo: builds what it needs (kube-apiserver, etcd and kubectl from Go modules, cached; the operator),
 # starts a local control plane, emulated Azure and Auth0, and the operator reconciling examples/.
 # Pass --no-wait to exit after the walkthrough.
 set -euo pipefail

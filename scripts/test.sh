@@ -1,8 +1,36 @@
 #!/usr/bin/env bash
-# The whole test suite: format, lint, unit, adapter, mock-controller and real control-plane tiers.
-# Builds (or reuses) kube-apiserver, etcd and helm first; a missing binary fails the run.
+# The whole test suite: format, lint, dependency hygiene, unit, adapter, mock-controller and real
+# control-plane tiers. Builds (or reuses) kube-apiserver, etcd, helm and kubectl first; a missing
+# binary fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Cargo tools the checks need, pinned; installed into ~/.cargo/bin on first use and reused after.
+CARGO_MACHETE_VERSION=0.9.2
+CARGO_DENY_VERSION=0.20.2
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
+# Installs crate `$1` at version `$2` unless its binary of that version is already on PATH.
+cargo_tool() {
+  local name=$1 version=$2 installed
+  # `cargo-machete --version` prints the bare version, `cargo-deny --version` the name first.
+  installed=$("$name" --version 2>/dev/null | awk '{print $NF}') || true
+  if [[ "$installed" == "$version" ]]; then
+    return
+  fi
+  echo "installing $name $version"
+  cargo install --locked "$name@$version"
+}
+
+unused_dependencies() {
+  cargo_tool cargo-machete "$CARGO_MACHETE_VERSION"
+  cargo machete
+}
+
+dependency_policy() {
+  cargo_tool cargo-deny "$CARGO_DENY_VERSION"
+  cargo deny --workspace --locked check bans licenses sources
+}
 
 declare -a timings=()
 stage() {
@@ -21,6 +49,8 @@ rm -f "$bins_file"
 export IDP_BRIDGE_BIN_DIR
 stage "cargo fmt --check" cargo fmt --all -- --check
 stage "cargo clippy" cargo clippy --locked --workspace --all-targets -- -D warnings
+stage "unused dependencies" unused_dependencies
+stage "cargo deny" dependency_policy
 stage "cargo build (tests)" cargo test --locked --workspace --no-run
 stage "cargo test" cargo test --locked --workspace
 

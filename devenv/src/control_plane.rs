@@ -121,7 +121,10 @@ impl ControlPlaneError {
     }
 }
 
-/// The directory holding `etcd`, `kube-apiserver` and (optionally) `helm`.
+/// The binaries every control plane needs; `helm` is optional (only the chart tests use it).
+const REQUIRED_BINARIES: [&str; 3] = ["etcd", "kube-apiserver", "kubectl"];
+
+/// The directory holding `etcd`, `kube-apiserver`, `kubectl` and (optionally) `helm`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BinDir {
     pub dir: PathBuf,
@@ -136,6 +139,11 @@ impl BinDir {
         self.dir.join("kube-apiserver")
     }
 
+    /// kubectl of the apiserver's version; [`ControlPlane::kubectl`] points it at a control plane.
+    pub fn kubectl(&self) -> PathBuf {
+        self.dir.join("kubectl")
+    }
+
     /// The helm binary; an error if the directory has none.
     pub fn helm(&self) -> Result<PathBuf, ControlPlaneError> {
         let helm = self.dir.join("helm");
@@ -147,11 +155,11 @@ impl BinDir {
     }
 
     fn check(self) -> Result<Self, String> {
-        let missing: Vec<_> = ["etcd", "kube-apiserver"].into_iter().filter(|name| !is_executable(&self.dir.join(name))).collect();
-        if missing.is_empty() {
-            Ok(self)
-        } else {
-            Err(format!("{} is missing {}; {HOW_TO_BUILD}", self.dir.display(), missing.join(" and ")))
+        let missing: Vec<_> = REQUIRED_BINARIES.into_iter().filter(|name| !is_executable(&self.dir.join(name))).collect();
+        match missing.split_last() {
+            None => Ok(self),
+            Some((last, [])) => Err(format!("{} is missing {last}; {HOW_TO_BUILD}", self.dir.display())),
+            Some((last, others)) => Err(format!("{} is missing {} and {last}; {HOW_TO_BUILD}", self.dir.display(), others.join(", "))),
         }
     }
 }
@@ -424,6 +432,7 @@ pub struct ControlPlane {
     server_url: String,
     etcd_url: String,
     kubeconfig_path: PathBuf,
+    kubectl: PathBuf,
     pki: Pki,
     started_in: Duration,
     processes: Option<Processes>,
@@ -486,6 +495,7 @@ impl ControlPlane {
             server_url: format!("https://127.0.0.1:{api_port}"),
             etcd_url: format!("http://127.0.0.1:{etcd_port}"),
             kubeconfig_path: dir.join("kubeconfig"),
+            kubectl: bins.kubectl(),
             dir,
             pki,
             started_in: Duration::ZERO,
@@ -742,6 +752,14 @@ impl ControlPlane {
         &self.kubeconfig_path
     }
 
+    /// The real kubectl, as the admin of this control plane (`--kubeconfig` set; the context's
+    /// namespace is `default`). Add the arguments and run it.
+    pub fn kubectl(&self) -> Command {
+        let mut kubectl = Command::new(&self.kubectl);
+        kubectl.arg("--kubeconfig").arg(&self.kubeconfig_path).stdin(Stdio::null());
+        kubectl
+    }
+
     /// `https://127.0.0.1:<port>`.
     pub fn server_url(&self) -> String {
         self.server_url.clone()
@@ -901,7 +919,7 @@ mod tests {
     #[test]
     fn bin_dir_reports_missing_binaries_with_a_hint() {
         let err = BinDir { dir: PathBuf::from("/nonexistent/idp-bridge") }.check().unwrap_err();
-        assert!(err.contains("etcd and kube-apiserver"), "{err}");
+        assert!(err.contains("is missing etcd, kube-apiserver and kubectl;"), "{err}");
         assert!(err.contains("scripts/control-plane-bins.sh"), "{err}");
     }
 }

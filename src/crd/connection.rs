@@ -28,7 +28,9 @@ const DNS_NAME_PATTERN: &str = "^([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\\.
     printcolumn(name = "Tenant", type_ = "string", json_path = ".status.tenantId"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".status.secret.expiresAt"),
+    // `string`, not `date`: kubectl renders a `date` column as the time elapsed since it, and a
+    // future time as `<invalid>`, which is every expiry worth showing.
+    printcolumn(name = "Expires", type_ = "string", json_path = ".status.secret.expiresAt", description = "When the client secret expires (RFC 3339)"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("[has(self.auth0), has(self.cloudflare), has(self.logto), has(self.unified)].filter(b, b).size() == 1").message("exactly one broker block (auth0, cloudflare, logto or unified) must be set, matching the broker's type"))]

@@ -169,7 +169,7 @@ fn run_failure_child(bin_dir: &std::path::Path, expected: &str) {
 #[test]
 fn missing_binaries_fail_with_instructions() {
     let empty = tempfile::tempdir().unwrap();
-    run_failure_child(empty.path(), "is missing etcd and kube-apiserver|scripts/control-plane-bins.sh");
+    run_failure_child(empty.path(), "is missing etcd, kube-apiserver and kubectl|scripts/control-plane-bins.sh");
 }
 
 #[test]
@@ -177,6 +177,7 @@ fn a_crashing_apiserver_fails_start_with_both_log_tails() {
     let real = idp_bridge_devenv::control_plane::binaries().expect("the real binaries");
     let fake = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(real.etcd(), fake.path().join("etcd")).unwrap();
+    std::os::unix::fs::symlink(real.kubectl(), fake.path().join("kubectl")).unwrap();
     let apiserver = fake.path().join("kube-apiserver");
     std::fs::write(&apiserver, "#!/bin/sh\necho 'E0101 fake kube-apiserver: no such flag' >&2\nexit 3\n").unwrap();
     std::fs::set_permissions(&apiserver, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -9,3 +9,4 @@ mod crd_validation;
 mod e2e_auth0;
 mod e2e_brokers;
 mod leader_election;
+mod printer_columns;

@@ -1,9 +1,9 @@
 //! The demo: a real kube-apiserver and etcd on loopback, emulated Azure and Auth0, and the operator
-//! reconciling the resources in `examples/`. It shows their status, rotates a secret, shows a bad
-//! secret being refused, and leaves everything running for kubectl until Ctrl-C.
+//! reconciling the resources in `examples/`. It shows their status with the real kubectl (built
+//! with the control plane), rotates a secret, shows a bad secret being refused, and leaves
+//! everything running for kubectl until Ctrl-C.
 
 use std::{
-    io::Write as _,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -11,12 +11,12 @@ use std::{
 use clap::Parser;
 use idp_bridge::crd::{AzureAdConnection, EXPIRES_AT_ANNOTATION, conditions};
 use idp_bridge_devenv::{
-    control_plane::{ControlPlane, create_namespace, install_crds},
+    control_plane::{self, ControlPlane, create_namespace, install_crds},
     stack::{RunningOperator, Upstreams},
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client,
     api::{Patch, PatchParams},
     core::{ApiResource, DynamicObject, GroupVersionKind},
 };
@@ -101,8 +101,8 @@ async fn run(args: Args) -> DemoResult<()> {
     for name in CONNECTIONS {
         wait_until(&connections, name, |c| ready_status(c) == Some("True")).await?;
     }
-    step(&format!("kubectl get aadc -n {NAMESPACE}"));
-    print_table(&connections).await?;
+    step("Every connection is Ready; kubectl (v1.35, built with the control plane) shows them");
+    kubectl(&control_plane, &["get", "aadc", "-A"]).await?;
     let auth0 = upstreams.auth0("acme.eu.auth0.com")?;
     println!("\n    The brokers now hold:");
     for conn in auth0.connections() {
@@ -169,27 +169,27 @@ async fn run(args: Args) -> DemoResult<()> {
         auth0.writes() - writes_before
     );
     wait_until(&connections, "contoso-web", |c| ready_status(c) == Some("True") && synced(c)).await?;
-    print_table(&connections).await?;
+    kubectl(&control_plane, &["get", "aadc", "contoso-web", "-n", NAMESPACE]).await?;
 
     step("Pasting the secret's ID instead of its value, then a wrong value: refused, Auth0 keeps the working secret");
     put_secret(&secrets, "contoso-web-client-secret", "6f5e2a39-0a42-4a4e-9a55-4f2a3cfe2f0b", None).await?;
     wait_until(&connections, "contoso-web", |c| ready_reason(c) == Some("SecretIdInsteadOfValue")).await?;
-    print_table(&connections).await?;
+    kubectl(&control_plane, &["get", "aadc", "contoso-web", "-n", NAMESPACE]).await?;
     put_secret(&secrets, "contoso-web-client-secret", "Xy11Q~this-is-not-the-secret-value-1234", None).await?;
-    let refused = wait_until(&connections, "contoso-web", |c| ready_reason(c) == Some("InvalidSecret")).await?;
-    print_table(&connections).await?;
-    println!("    Ready message: {}", condition_message(&refused, conditions::READY));
+    wait_until(&connections, "contoso-web", |c| ready_reason(c) == Some("InvalidSecret")).await?;
+    kubectl(&control_plane, &["describe", "aadc", "contoso-web", "-n", NAMESPACE]).await?;
     let held = auth0.connection_by_name("contoso-azure-ad").and_then(|c| c["options"]["client_secret"].as_str().map(|s| s == rotated));
     println!("    Auth0 still holds the rotated, working secret: {}", held == Some(true));
 
     step("Restoring the working value");
     put_secret(&secrets, "contoso-web-client-secret", rotated, Some(&expires.round(jiff::Unit::Second)?.to_string())).await?;
     wait_until(&connections, "contoso-web", |c| ready_status(c) == Some("True")).await?;
-    print_table(&connections).await?;
+    kubectl(&control_plane, &["get", "aadc", "-A"]).await?;
 
     step("Use it yourself");
     println!("    export KUBECONFIG={}", control_plane.kubeconfig_path().display());
-    println!("    kubectl get aadc -n {NAMESPACE}            # the table above");
+    println!("    export PATH={}:$PATH   # the kubectl used above", control_plane::binaries()?.dir.display());
+    println!("    kubectl get aadc -A");
     println!("    kubectl describe aadc contoso-web -n {NAMESPACE}");
     println!("    kubectl edit secret contoso-web-client-secret -n {NAMESPACE}   # and watch the status follow");
     println!("    Against a real cluster and real Azure/Auth0: see \"Running against a cluster\" in README.md.");
@@ -331,10 +331,6 @@ fn ready_reason(c: &AzureAdConnection) -> Option<&str> {
     condition(c, conditions::READY).map(|c| c.reason.as_str())
 }
 
-fn condition_message(c: &AzureAdConnection, type_: &str) -> String {
-    condition(c, type_).map(|c| c.message.clone()).unwrap_or_default()
-}
-
 fn synced(c: &AzureAdConnection) -> bool {
     let status = c.status.as_ref();
     let fingerprint = status.and_then(|s| s.secret.as_ref()).and_then(|s| s.fingerprint.as_ref());
@@ -356,25 +352,15 @@ async fn wait_until(api: &Api<AzureAdConnection>, name: &str, check: impl Fn(&Az
     }
 }
 
-/// Prints connections the way `kubectl get aadc` does, from the CRD's printer columns.
-async fn print_table(api: &Api<AzureAdConnection>) -> DemoResult<()> {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "    {:<16} {:<10} {:<38} {:<6} {:<24} {:<22} AGE", "NAME", "BROKER", "TENANT", "READY", "REASON", "EXPIRES")?;
-    for c in api.list(&Default::default()).await? {
-        let status = c.status.clone().unwrap_or_default();
-        let ready = conditions::find(&status.conditions, conditions::READY);
-        let expires = status.secret.as_ref().and_then(|s| s.expires_at.as_ref()).map(|t| t.0.to_string()).unwrap_or_default();
-        let age = c.creation_timestamp().map(|t| (jiff::Timestamp::now() - t.0).get_seconds()).unwrap_or_default();
-        writeln!(
-            out,
-            "    {:<16} {:<10} {:<38} {:<6} {:<24} {:<22} {age}s",
-            c.name_any(),
-            c.spec.broker_ref.name,
-            status.tenant_id.as_deref().unwrap_or(""),
-            ready.map_or("", |r| r.status.as_str()),
-            ready.map_or("", |r| r.reason.as_str()),
-            expires,
-        )?;
+/// Runs the real kubectl against the control plane and prints the command and its output.
+async fn kubectl(control_plane: &ControlPlane, args: &[&str]) -> DemoResult<()> {
+    println!("\n    $ kubectl {}", args.join(" "));
+    let output = tokio::process::Command::from(control_plane.kubectl()).args(args).output().await?;
+    if !output.status.success() {
+        return Err(format!("kubectl {} failed ({}): {}", args.join(" "), output.status, String::from_utf8_lossy(&output.stderr)).into());
+    }
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        println!("    {line}");
     }
     Ok(())
 }
