@@ -90,13 +90,27 @@ pub enum ClientBuildError {
     Build(#[from] reqwest::Error),
 }
 
-/// Failure to get any HTTP answer.
+/// The largest answer body read. Management APIs answer a few KiB; anything near this is a broken
+/// or hostile upstream, and reading it all would let one endpoint exhaust the operator's memory.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// The longest a server may make us wait (`Retry-After`, `X-RateLimit-Reset`). Real brokers ask
+/// for seconds to minutes; a larger value is clamped so a broken or hostile answer can neither
+/// overflow a deadline nor park a connection for days.
+pub const MAX_SERVER_DELAY: Duration = Duration::from_secs(3600);
+
+/// Failure to get any complete HTTP answer. Every variant is transient: callers retry with backoff.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     #[error("timed out after {0:?}")]
     Timeout(Duration),
     #[error("connection failed: {0}")]
     Connect(String),
+    /// The body was longer than `limit` bytes; reading stopped there. Treated like any other
+    /// unexpected answer, transient: a misbehaving endpoint may recover, and the caller's backoff
+    /// keeps the retries slow.
+    #[error("the answer is larger than {} MiB", .limit / (1024 * 1024))]
+    TooLarge { limit: usize },
     #[error("request failed: {0}")]
     Other(String),
 }
@@ -217,14 +231,37 @@ impl Upstream {
         let response = self.client.execute(request).await.map_err(|e| TransportError::from_reqwest(e, self.timeout))?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(|e| TransportError::from_reqwest(e, self.timeout))?;
-        Ok(Answer { status, headers, body: bytes_body::Body(body.to_vec()) })
+        let body = self.read_body(response).await?;
+        Ok(Answer { status, headers, body: bytes_body::Body(body) })
+    }
+
+    /// Reads the body chunk by chunk and gives up past [`MAX_BODY`]: at once when `Content-Length`
+    /// announces more, otherwise as soon as the bytes read exceed it. The client's timeout still
+    /// bounds the whole read, so a body that drips ends too.
+    async fn read_body(&self, mut response: reqwest::Response) -> Result<Vec<u8>, TransportError> {
+        let too_large = || TransportError::TooLarge { limit: MAX_BODY };
+        if response.content_length().is_some_and(|declared| declared > MAX_BODY as u64) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| TransportError::from_reqwest(e, self.timeout))? {
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 }
 
 /// How long a 429 asks us to wait: `Retry-After` (seconds or HTTP date), else
-/// `X-RateLimit-Reset` (UNIX seconds), else `None`.
+/// `X-RateLimit-Reset` (UNIX seconds), else `None`. Never more than [`MAX_SERVER_DELAY`]: this is
+/// the one place a server-given delay enters the operator.
 pub fn retry_after(headers: &HeaderMap, now: jiff::Timestamp) -> Option<Duration> {
+    server_delay(headers, now).map(|wait| wait.min(MAX_SERVER_DELAY))
+}
+
+fn server_delay(headers: &HeaderMap, now: jiff::Timestamp) -> Option<Duration> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     if let Some(value) = header("retry-after") {
         if let Ok(secs) = value.parse::<u64>() {
@@ -283,5 +320,23 @@ mod tests {
         h.insert("retry-after", HeaderValue::from_static("Thu, 01 Jan 1970 00:00:10 GMT"));
         assert_eq!(retry_after(&h, jiff::Timestamp::from_second(4).unwrap()), Some(Duration::from_secs(6)));
         assert_eq!(retry_after(&HeaderMap::new(), now), None);
+    }
+
+    #[test]
+    fn a_huge_server_delay_is_clamped_to_an_hour() {
+        let now = jiff::Timestamp::from_second(1_000_000).unwrap();
+        let huge = [
+            ("retry-after", u64::MAX.to_string()),
+            ("retry-after", "Wed, 01 Jan 3000 00:00:00 GMT".to_owned()),
+            ("x-ratelimit-reset", "32503680000".to_owned()),
+        ];
+        for (name, value) in huge {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_str(&value).unwrap());
+            assert_eq!(retry_after(&h, now), Some(MAX_SERVER_DELAY), "{name}: {value}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("3599"));
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(3599)), "a delay under the cap is kept");
     }
 }

@@ -17,7 +17,7 @@ use std::{
 };
 
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     body::Bytes,
     extract::{Path, RawQuery, Request, State as AxState},
     http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header},
@@ -253,8 +253,13 @@ async fn remove(AxState(s): AxState<Shared>, Path(id): Path<String>) -> Response
     (StatusCode::ACCEPTED, Json(json!({ "deleted_at": deleted_at }))).into_response()
 }
 
-async fn list_clients(AxState(s): AxState<Shared>, Path(id): Path<String>, RawQuery(query): RawQuery) -> Response {
-    reply(lock(&s).list_clients(&id, &query_pairs(query.as_deref())))
+async fn list_clients(
+    AxState(s): AxState<Shared>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    endless: Option<Extension<kit::EndlessPages>>,
+) -> Response {
+    reply(lock(&s).list_clients(&id, &query_pairs(query.as_deref()), endless.is_some()))
 }
 
 async fn update_clients(AxState(s): AxState<Shared>, Path(id): Path<String>, body: Bytes) -> Response {
@@ -454,14 +459,16 @@ impl Auth0State {
         Ok(Json(connection.clone()).into_response())
     }
 
-    fn list_clients(&self, id: &str, query: &[(String, String)]) -> Reply {
+    /// A page of a connection's enabled clients. `endless` (a request marked by the kit's
+    /// `Fault::endless_pages`) pages through numbered filler clients that never run out.
+    fn list_clients(&self, id: &str, query: &[(String, String)], endless: bool) -> Reply {
         let take = query_int(query, "take", 1, 100)?.unwrap_or(50);
         let after = match query_value(query, "from") {
             None => None,
             Some(cursor) => Some(decode_cursor(cursor).ok_or_else(|| invalid_query("'Invalid from parameter' on property from"))?),
         };
         let connection = self.find(id).ok_or_else(not_found)?;
-        let clients = client_set(&connection["enabled_clients"]);
+        let clients = if endless { endless_clients(after.as_deref(), take) } else { client_set(&connection["enabled_clients"]) };
         let remaining: Vec<&String> = clients.iter().filter(|c| after.as_ref().is_none_or(|a| *c > a)).collect();
         let page = &remaining[..take.min(remaining.len())];
         let mut body = json!({ "clients": page.iter().map(|c| json!({ "client_id": c })).collect::<Vec<_>>() });
@@ -610,6 +617,13 @@ fn client_set(value: &Value) -> BTreeSet<String> {
 
 fn new_connection_id() -> String {
     format!("con_{}", random_alnum(16))
+}
+
+/// The `take` filler client ids after `after`, plus one so the page always has a next one.
+fn endless_clients(after: Option<&str>, take: usize) -> BTreeSet<String> {
+    const FILLER: &str = "endless-client-";
+    let start = after.and_then(|a| a.strip_prefix(FILLER)).and_then(|n| n.parse::<u64>().ok()).map_or(0, |n| n + 1);
+    (start..=start + take as u64).map(|n| format!("{FILLER}{n:012}")).collect()
 }
 
 fn decode_cursor(cursor: &str) -> Option<String> {

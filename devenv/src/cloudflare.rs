@@ -19,7 +19,8 @@
 //!   (`https://<team>.cloudflareaccess.com/cdn-cgi/access/callback`) and `config.azure_cloud`
 //!   (`"default"` unless sent) on azureAD providers;
 //! - a `read_only` provider refuses PUT and DELETE;
-//! - lists page with `page`/`per_page` (at most 50) and carry `result_info`;
+//! - lists page with `page`/`per_page` (at most 50) and carry `result_info` (a request marked
+//!   by the kit's `Fault::endless_pages` gets a full page of filler and a promise of one more);
 //! - an unknown account or zone answers 404 with code 7003, an unknown or missing token 401 and a
 //!   token not granted the account or zone 403, both with code 10000 "Authentication error";
 //! - a real request budget per token: more than `limit` requests (default 1,200) in a sliding
@@ -40,7 +41,7 @@ use std::{
 };
 
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     body::Bytes,
     extract::{Path, RawQuery, Request, State as AxState},
     http::{HeaderValue, StatusCode},
@@ -287,8 +288,31 @@ fn header(value: &str) -> HeaderValue {
     HeaderValue::from_str(value).expect("ASCII header value")
 }
 
-async fn list(AxState(s): AxState<Shared>, Path((_, scope)): Path<(String, String)>, RawQuery(query): RawQuery) -> Response {
-    reply(lock(&s).list(&Target { scope }, &query_pairs(query.as_deref())))
+async fn list(
+    AxState(s): AxState<Shared>,
+    Path((_, scope)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    endless: Option<Extension<kit::EndlessPages>>,
+) -> Response {
+    let query = query_pairs(query.as_deref());
+    match endless {
+        Some(_) => reply(endless_page(&query)),
+        None => reply(lock(&s).list(&Target { scope }, &query)),
+    }
+}
+
+/// A full page of `onetimepin` filler whose `result_info` always promises one more page, for
+/// requests marked by [`Fault::endless_pages`].
+fn endless_page(query: &[(String, String)]) -> Reply {
+    let page = query_int(query, "page", 1, 100_000)?.unwrap_or(1);
+    let per_page = query_int(query, "per_page", 1, MAX_PER_PAGE)?.unwrap_or(DEFAULT_PER_PAGE);
+    let filler: Vec<Value> = (0..per_page)
+        .map(|n| json!({"id": format!("endless-{page}-{n}"), "name": format!("filler {page}-{n}"), "type": "onetimepin", "config": {}}))
+        .collect();
+    let mut response = envelope(json!(filler));
+    response["result_info"] =
+        json!({"page": page, "per_page": per_page, "count": per_page, "total_count": (page + 1) * per_page, "total_pages": page + 1});
+    Ok((StatusCode::OK, Json(response)).into_response())
 }
 
 async fn create(AxState(s): AxState<Shared>, Path((_, scope)): Path<(String, String)>, body: Bytes) -> Response {

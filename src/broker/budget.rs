@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use tokio::{sync::Mutex, time::Instant};
 
+use crate::upstream::MAX_SERVER_DELAY;
+
 #[derive(Debug)]
 pub struct RequestBudget {
     state: Mutex<State>,
@@ -64,10 +66,13 @@ impl RequestBudget {
         }
     }
 
-    /// Records a 429: nobody calls the account again for `wait`.
+    /// Records a 429: nobody calls the account again for `wait`. Callers pass the clamped
+    /// [`retry_after`](crate::upstream::retry_after); a wait the clock cannot represent still
+    /// blocks, for [`MAX_SERVER_DELAY`] instead of panicking.
     pub async fn block_for(&self, wait: Duration) {
         let mut state = self.state.lock().await;
-        let until = Instant::now() + wait;
+        let now = Instant::now();
+        let until = now.checked_add(wait).unwrap_or(now + MAX_SERVER_DELAY);
         state.blocked_until = Some(state.blocked_until.map_or(until, |u| u.max(until)));
     }
 }
@@ -95,5 +100,15 @@ mod tests {
         assert_eq!(blocked.remaining, Duration::from_secs(30));
         tokio::time::advance(Duration::from_secs(31)).await;
         assert!(budget.acquire().await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_block_past_the_end_of_time_refuses_without_panicking() {
+        let budget = RequestBudget::new(Some((10, 10)));
+        budget.block_for(Duration::MAX).await;
+        let blocked = budget.acquire().await.unwrap_err();
+        assert_eq!(blocked.remaining, MAX_SERVER_DELAY);
+        tokio::time::advance(MAX_SERVER_DELAY).await;
+        assert!(budget.acquire().await.is_ok(), "the block ends like a clamped one");
     }
 }

@@ -7,5 +7,6 @@ mod azure;
 mod check_cli;
 mod cloudflare;
 mod emulators;
+mod hostile;
 mod logto;
 mod unified;

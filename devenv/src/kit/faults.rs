@@ -1,5 +1,10 @@
 //! Injected faults: a list of rules, each answering (or delaying) the requests it matches a given
 //! number of times. The kit's layer consults the plan before any vendor handler runs.
+//!
+//! Besides the usual faults (a status, a delay) the plan holds hostile ones, for proving that a
+//! broken or malicious endpoint cannot stop the operator: any header value (a `Retry-After` of
+//! `u64::MAX`), a body too large to hold ([`Fault::huge_body`]), a body that drips slower than
+//! any deadline ([`Fault::drip`]) and list endpoints that never end ([`Fault::endless_pages`]).
 
 use std::{
     sync::{Arc, Mutex},
@@ -11,7 +16,7 @@ use axum::{
     http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header},
 };
 
-use super::request::RequestMatch;
+use super::{request::RequestMatch, stream::Streamed};
 use crate::lock;
 
 /// How many requests a rule applies to.
@@ -30,8 +35,25 @@ pub struct Fault {
     status: Option<StatusCode>,
     delay: Duration,
     headers: HeaderMap,
-    body: Option<(HeaderValue, Bytes)>,
+    body: Option<FaultBody>,
+    /// Marks the request with [`EndlessPages`] before the emulated API sees it.
+    endless_pages: bool,
 }
+
+/// A rule's own answer body, in place of the vendor's.
+#[derive(Clone, Debug)]
+pub(super) enum FaultBody {
+    /// Held in memory, with its content type.
+    Fixed(HeaderValue, Bytes),
+    /// Generated chunk by chunk as it is sent, never held whole.
+    Streamed(Streamed),
+}
+
+/// The mark [`Fault::endless_pages`] puts on a request (an axum extension): the emulator's list
+/// endpoints answer it with a full page of filler and the promise of another page, however far
+/// the client pages.
+#[derive(Clone, Copy, Debug)]
+pub struct EndlessPages;
 
 impl Fault {
     /// Answers the next matching request with `status`. Without [`body`](Self::body_text), the
@@ -43,7 +65,38 @@ impl Fault {
 
     /// Holds the next matching request for `delay`, then lets the emulated API answer it.
     pub fn stall(delay: Duration) -> Self {
-        Self { on: RequestMatch::any(), times: Times::Count(1), status: None, delay, headers: HeaderMap::new(), body: None }
+        Self {
+            on: RequestMatch::any(),
+            times: Times::Count(1),
+            status: None,
+            delay,
+            headers: HeaderMap::new(),
+            body: None,
+            endless_pages: false,
+        }
+    }
+
+    /// Answers 200 with a JSON-typed body of `total` bytes (spaces), streamed in 64 KiB chunks
+    /// without `Content-Length`, so a client only learns its size by reading it. Add the header
+    /// with [`header`](Self::header) to announce the size up front.
+    pub fn huge_body(total: u64) -> Self {
+        Self::streamed(Streamed { total, chunk: 64 * 1024, interval: Duration::ZERO })
+    }
+
+    /// Answers 200 with a body that never ends: `chunk` bytes at once, then `chunk` more every
+    /// `interval`, to outlast a client's deadline.
+    pub fn drip(chunk: usize, interval: Duration) -> Self {
+        Self::streamed(Streamed { total: u64::MAX, chunk, interval })
+    }
+
+    /// Lets matching requests through to the emulated API marked [`EndlessPages`]: its list
+    /// endpoints then always claim a full page and a next one. Usually with [`forever`](Self::forever).
+    pub fn endless_pages() -> Self {
+        Self { endless_pages: true, ..Self::stall(Duration::ZERO) }
+    }
+
+    fn streamed(body: Streamed) -> Self {
+        Self { body: Some(FaultBody::Streamed(body)), ..Self::status(200) }
     }
 
     /// Only requests matching `pattern` (default: every request).
@@ -83,29 +136,31 @@ impl Fault {
 
     /// Answers with this plain-text body instead of the vendor's, e.g. one that echoes a secret.
     pub fn body_text(mut self, body: &str) -> Self {
-        self.body = Some((HeaderValue::from_static("text/plain; charset=utf-8"), Bytes::from(body.to_owned())));
+        self.body = Some(FaultBody::Fixed(HeaderValue::from_static("text/plain; charset=utf-8"), Bytes::from(body.to_owned())));
         self
     }
 
     /// Answers with this JSON body instead of the vendor's.
     pub fn body_json(mut self, body: &serde_json::Value) -> Self {
-        self.body = Some((HeaderValue::from_static("application/json"), Bytes::from(body.to_string())));
+        self.body = Some(FaultBody::Fixed(HeaderValue::from_static("application/json"), Bytes::from(body.to_string())));
         self
     }
 }
 
-/// What the layer does to one request a rule matched: wait, then answer it or let it through.
+/// What the layer does to one request a rule matched: wait, then answer it or let it through
+/// (marked [`EndlessPages`] if the rule says so).
 pub(super) struct Planned {
     pub delay: Duration,
     pub answer: Option<Injected>,
+    pub endless_pages: bool,
 }
 
 /// An answer a rule makes in place of the emulated API.
 pub(super) struct Injected {
     pub status: StatusCode,
     pub headers: HeaderMap,
-    /// Content type and bytes; `None`: the vendor's error body for the status.
-    pub body: Option<(HeaderValue, Bytes)>,
+    /// `None`: the vendor's error body for the status.
+    pub body: Option<FaultBody>,
 }
 
 /// The shared fault plan of one emulator; clones share it.
@@ -137,7 +192,7 @@ impl FaultPlan {
         let index = rules.iter().position(|f| f.on.matches(method, path))?;
         let rule = &mut rules[index];
         let answer = rule.status.map(|status| Injected { status, headers: rule.headers.clone(), body: rule.body.clone() });
-        let planned = Planned { delay: rule.delay, answer };
+        let planned = Planned { delay: rule.delay, answer, endless_pages: rule.endless_pages };
         if let Times::Count(n) = &mut rule.times {
             *n -= 1;
             if *n == 0 {
@@ -198,6 +253,30 @@ mod tests {
         assert!(stalled.answer.is_none());
         assert_eq!(stalled.delay, Duration::from_millis(250));
         let body = Fault::status(500).body_json(&serde_json::json!({"echo": "s3cret"}));
-        assert_eq!(body.body.unwrap().1, Bytes::from_static(br#"{"echo":"s3cret"}"#));
+        assert!(matches!(body.body, Some(FaultBody::Fixed(_, bytes)) if bytes == Bytes::from_static(br#"{"echo":"s3cret"}"#)));
+    }
+
+    #[test]
+    fn endless_pages_lets_through_marked_and_hostile_bodies_answer_200() {
+        let plan = FaultPlan::default();
+        plan.push(Fault::endless_pages().on(RequestMatch::any().method(Method::GET)).forever());
+        for _ in 0..3 {
+            let planned = plan.take(&Method::GET, "/list").unwrap();
+            assert!(planned.answer.is_none() && planned.endless_pages);
+        }
+        assert!(plan.take(&Method::POST, "/list").is_none());
+        plan.clear();
+        plan.push(Fault::huge_body(1 << 40));
+        plan.push(Fault::drip(8, Duration::from_secs(1)));
+        for expected in [
+            Streamed { total: 1 << 40, chunk: 64 * 1024, interval: Duration::ZERO },
+            Streamed { total: u64::MAX, chunk: 8, interval: Duration::from_secs(1) },
+        ] {
+            let planned = plan.take(&Method::GET, "/x").unwrap();
+            let answer = planned.answer.unwrap();
+            assert!(!planned.endless_pages);
+            assert_eq!(answer.status, StatusCode::OK);
+            assert!(matches!(answer.body, Some(FaultBody::Streamed(s)) if s == expected));
+        }
     }
 }

@@ -7,7 +7,7 @@
 //! 2. waits while the [`Gate`] is paused,
 //! 3. applies the first matching rule of the [`FaultPlan`] (a delay, then the rule's status with
 //!    its headers and body, or the vendor's error body for that status), or else
-//! 4. passes the request on to the emulated API.
+//! 4. passes the request on to the emulated API (marked [`EndlessPages`] if a rule says so).
 //!
 //! A [`Kit`] also owns the HTTPS server (address, base URL, shutdown). [`Emulator`] pairs a kit
 //! with a vendor's state; each emulator module is `Emulator<ItsState>` plus its vendor methods,
@@ -21,6 +21,7 @@ mod faults;
 mod gate;
 mod log;
 mod request;
+mod stream;
 
 use std::{
     net::SocketAddr,
@@ -31,13 +32,13 @@ use std::{
 use axum::{
     Router,
     extract::{Request, State},
-    http::{StatusCode, header},
+    http::{HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
 };
 use url::Url;
 
-pub use faults::{Fault, FaultPlan, Times};
+pub use faults::{EndlessPages, Fault, FaultPlan, Times};
 pub use gate::Gate;
 pub use log::{LoggedRequest, RequestLog};
 pub use request::{RequestMatch, is_write};
@@ -201,12 +202,16 @@ async fn admit<S: Send + 'static>(State(guard): State<Guard<S>>, request: Reques
     next.run(request).await
 }
 
-async fn intercept(State(controls): State<Controls>, request: Request, next: Next) -> Response {
+async fn intercept(State(controls): State<Controls>, mut request: Request, next: Next) -> Response {
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     tracing::debug!(emulator = controls.name, %method, %path, "emulator request");
     let seq = controls.log.arrived(&method, &path, request.uri().query());
     controls.gate.pass().await;
-    let (delay, injected) = controls.faults.take(&method, &path).map_or((Duration::ZERO, None), |p| (p.delay, p.answer));
+    let (delay, injected, endless_pages) =
+        controls.faults.take(&method, &path).map_or((Duration::ZERO, None, false), |p| (p.delay, p.answer, p.endless_pages));
+    if endless_pages {
+        request.extensions_mut().insert(EndlessPages);
+    }
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
@@ -223,7 +228,10 @@ impl Controls {
     fn answer(&self, injected: faults::Injected, path: &str) -> Response {
         let status = injected.status;
         let mut response = match injected.body {
-            Some((content_type, body)) => (status, [(header::CONTENT_TYPE, content_type)], body).into_response(),
+            Some(faults::FaultBody::Fixed(content_type, body)) => (status, [(header::CONTENT_TYPE, content_type)], body).into_response(),
+            Some(faults::FaultBody::Streamed(body)) => {
+                (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body.into_body()).into_response()
+            }
             None => (self.error_body)(status, path),
         };
         *response.status_mut() = status;
@@ -239,7 +247,7 @@ mod tests {
     use std::time::Instant;
 
     use axum::{
-        body::Body,
+        body::{Body, Bytes},
         http::{HeaderValue, Method},
         routing::get,
     };
@@ -313,6 +321,64 @@ mod tests {
         assert_eq!(call(&app, Method::GET, "/api/items").await.2, "items");
         assert!(started.elapsed() >= delay);
         assert_eq!(kit.controls.log.count_where(|r| r.faulted), 1, "a stalled request is answered by the API");
+    }
+
+    #[tokio::test]
+    async fn a_hostile_fault_sends_any_retry_after_and_a_huge_body_in_chunks() {
+        use futures::StreamExt as _;
+
+        let kit = builder();
+        let app = app(&kit);
+        kit.controls.faults.push(Fault::status(429).retry_after(u64::MAX));
+        let (status, headers, _) = call(&app, Method::GET, "/api/items").await;
+        assert_eq!((status, &headers[header::RETRY_AFTER]), (StatusCode::TOO_MANY_REQUESTS, &HeaderValue::from(u64::MAX)));
+        assert_eq!(headers[header::RETRY_AFTER], "18446744073709551615");
+
+        let total = 3 * 1024 * 1024;
+        kit.controls.faults.push(Fault::huge_body(total));
+        let request = Request::builder().uri("/api/items").body(Body::empty()).unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(!response.headers().contains_key(header::CONTENT_LENGTH), "its size is only learnt by reading");
+        let mut frames = response.into_body().into_data_stream();
+        let (mut received, mut largest) = (0u64, 0usize);
+        while let Some(frame) = frames.next().await {
+            let frame = frame.unwrap();
+            (received, largest) = (received + frame.len() as u64, largest.max(frame.len()));
+        }
+        assert_eq!((received, largest), (total, 64 * 1024));
+        assert_eq!(kit.controls.log.count_where(|r| r.faulted), 2);
+    }
+
+    #[tokio::test]
+    async fn a_drip_answers_at_once_then_one_chunk_per_interval() {
+        use futures::StreamExt as _;
+
+        let kit = builder();
+        let app = app(&kit);
+        let interval = Duration::from_millis(100);
+        kit.controls.faults.push(Fault::drip(4, interval));
+        let started = Instant::now();
+        let request = Request::builder().uri("/api/items").body(Body::empty()).unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert!(started.elapsed() < interval, "the head is not held back");
+        let mut frames = response.into_body().into_data_stream();
+        for _ in 0..3 {
+            assert_eq!(frames.next().await.unwrap().unwrap(), Bytes::from_static(b"    "));
+        }
+        assert!(started.elapsed() >= interval * 2);
+    }
+
+    #[tokio::test]
+    async fn endless_pages_marks_the_request_for_the_emulated_api() {
+        let kit = builder();
+        let paging = |endless: Option<axum::Extension<EndlessPages>>| async move { if endless.is_some() { "endless" } else { "finite" } };
+        let app = kit.wrap(Router::new().route("/api/items", get(paging)));
+        kit.controls.faults.push(Fault::endless_pages().times(2));
+        assert_eq!(call(&app, Method::GET, "/api/items").await.2, "endless");
+        assert_eq!(call(&app, Method::GET, "/api/items").await.2, "endless");
+        assert_eq!(call(&app, Method::GET, "/api/items").await.2, "finite");
+        assert_eq!(kit.controls.log.count_where(|r| r.faulted), 0, "the emulated API answers a marked request");
     }
 
     #[tokio::test]
