@@ -23,7 +23,7 @@ use idp_bridge::{
         connection::{Auth0ConnectionSpec, Auth0IdentityApi, Auth0UserIdAttribute, AzureAdConnectionSpec, SignInAudience, ValidationMode},
     },
     secret::{Fingerprinter, SecretValue},
-    upstream::{EndpointOverrides, TransportError, Upstream},
+    upstream::{EndpointOverrides, Upstream},
 };
 use idp_bridge_devenv::{
     auth0::Auth0Emulator,
@@ -491,119 +491,6 @@ async fn missing_scope_is_an_auth_failure() {
     // Observing needs only read access.
     let outcome = client.sync(&request(&spec(), &creds, None, None, OBSERVE)).await.unwrap();
     assert_eq!(outcome, SyncOutcome { id: None, differences: vec!["connection (missing)".into()], wrote: false, extras: None });
-}
-
-#[tokio::test]
-async fn rate_limit_blocks_the_account_until_the_reset() {
-    let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-    let id = created(&env, &client, &spec, &creds).await;
-    env.auth0.rate_limit_next(1, 30);
-    let err = expect_err(client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await);
-    let wait = err.retry_after().expect("a wait");
-    assert!(matches!(err, BrokerError::RateLimited { .. }), "{err:?}");
-    assert!((Duration::from_secs(25)..=Duration::from_secs(30)).contains(&wait), "from X-RateLimit-Reset: {wait:?}");
-    assert_eq!(err.reason(), Reason::BrokerRateLimited);
-    assert!(err.is_transient());
-
-    // Blocked: every further call fails at once, and the tenant hears nothing.
-    let seen = env.log().len();
-    let rotated = env.creds("new8Q~rotated-secret-value-0123456789ab");
-    let err = expect_err(client.sync(&request(&spec, &rotated, Some(&id), Some(&creds.fingerprint), FULL)).await);
-    let again = err.retry_after().expect("a wait");
-    assert!(again <= wait && again >= Duration::from_secs(20), "{again:?}");
-    assert_eq!(err.reason(), Reason::BrokerRateLimited);
-    let err = expect_err(client.delete(&deletion(&spec, Some(&id))).await);
-    assert_eq!(err.reason(), Reason::BrokerRateLimited);
-    assert_eq!(env.log().len(), seen, "no request while blocked: {:?}", &env.log()[seen..]);
-    assert_eq!(env.connection()["options"]["client_secret"], CANARY);
-}
-
-#[tokio::test]
-async fn server_errors_are_transient() {
-    let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-    let id = created(&env, &client, &spec, &creds).await;
-    for status in [503, 500, 502] {
-        env.auth0.fail_next(1, status);
-        let err = expect_err(client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await);
-        assert!(matches!(err, BrokerError::Server { status: s, .. } if s == status), "{err:?}");
-        assert_eq!(err.reason(), Reason::BrokerUnreachable);
-        assert!(err.is_transient() && err.retry_after().is_none());
-    }
-    // On the token endpoint (a client without a token yet).
-    env.auth0.fail_next(1, 503);
-    let err = expect_err(env.client().check().await);
-    assert!(matches!(err, BrokerError::Server { status: 503, .. }), "{err:?}");
-    // Not blocked afterwards.
-    client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await.unwrap();
-}
-
-#[tokio::test]
-async fn shut_down_tenant_is_unreachable() {
-    let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-    let id = created(&env, &client, &spec, &creds).await;
-    env.auth0.shutdown();
-    // The listener closes once the server task is dropped, on the runtime's next turn.
-    tokio::task::yield_now().await;
-    let fresh = env.client();
-    let err = expect_err(fresh.check().await);
-    assert!(matches!(err, BrokerError::Unreachable(TransportError::Connect(_))), "{err:?}");
-    assert_eq!(err.reason(), Reason::BrokerUnreachable);
-    assert!(err.is_transient());
-    // With a cached token and a pooled connection, the outage shows the same way.
-    for result in [
-        client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await.map(drop),
-        client.delete(&deletion(&spec, Some(&id))).await,
-    ] {
-        let err = expect_err(result);
-        assert!(matches!(err, BrokerError::Unreachable(_)), "{err:?}");
-        assert_eq!(err.reason(), Reason::BrokerUnreachable);
-    }
-}
-
-#[tokio::test]
-async fn delete_removes_the_connection_and_treats_missing_as_done() {
-    let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-    let keep = env.auth0.insert_connection(json!({"name": "unrelated", "strategy": "waad", "options": {"client_id": CLIENT}}));
-
-    // By recorded id.
-    let id = created(&env, &client, &spec, &creds).await;
-    let writes = env.auth0.writes();
-    client.delete(&deletion(&spec, Some(&id))).await.unwrap();
-    assert!(env.auth0.connection(&id).is_none());
-    assert_eq!(env.auth0.writes(), writes + 1);
-    // Already gone (the recorded id answers 404, and nothing has the name): done, no DELETE.
-    client.delete(&deletion(&spec, Some(&id))).await.unwrap();
-    client.delete(&deletion(&spec, None)).await.unwrap();
-    assert_eq!(env.count(&format!("DELETE /api/v2/connections/{id}")), 1);
-
-    // By name, when no id was recorded.
-    let id = created(&env, &client, &spec, &creds).await;
-    client.delete(&deletion(&spec, None)).await.unwrap();
-    assert!(env.auth0.connection(&id).is_none());
-
-    // Through the broker-neutral enum, and for a connection without an auth0 block.
-    let id = created(&env, &client, &spec, &creds).await;
-    let broker = env.client();
-    broker.check().await.unwrap();
-    broker.delete(&deletion(&spec, Some(&id))).await.unwrap();
-    assert!(env.auth0.connection(&id).is_none());
-    let mut no_block = spec.clone();
-    no_block.auth0 = None;
-    let before = env.log().len();
-    let refused = expect_err(common::delete_spec(&broker, &no_block, None).await);
-    assert_eq!(refused.reason(), Reason::UnsupportedSetting, "a delete refuses a missing block as a sync does: {refused:?}");
-    assert_eq!(env.log().len(), before, "nothing to delete, nothing asked");
-
-    assert!(env.auth0.connection(&keep).is_some(), "other connections are untouched");
-    assert_eq!(env.auth0.connections().len(), 1);
 }
 
 /// A tenant whose errors echo whatever they were sent (token requests and connection writes).

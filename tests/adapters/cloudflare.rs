@@ -19,7 +19,6 @@ use axum::{
 use idp_bridge::{
     broker::{BrokerClient, BrokerError, BrokerExtras, ScimCredentials, SyncOutcome, cloudflare::CloudflareClient},
     crd::{
-        BrokerProvider,
         broker::{CloudflareBrokerSpec, TokenSecretRef},
         conditions::Reason,
         connection::{
@@ -28,7 +27,7 @@ use idp_bridge::{
         },
     },
     secret::{Fingerprinter, SecretValue},
-    upstream::{EndpointOverrides, TransportError, Upstream},
+    upstream::{EndpointOverrides, Upstream},
 };
 use idp_bridge_devenv::{
     cloudflare::{CloudflareEmulator, TEAM},
@@ -489,35 +488,6 @@ async fn unknown_account_is_refused_with_a_clear_reason() {
 }
 
 #[tokio::test]
-async fn a_429_blocks_the_token_and_nothing_reaches_cloudflare_meanwhile() {
-    let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-    let id = created(&env, &client, &spec, &creds).await;
-    env.cf.rate_limit_next(1);
-    let err = expect_err(client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await);
-    assert!(matches!(err, BrokerError::RateLimited { .. }), "{err:?}");
-    assert_eq!(err.retry_after(), Some(Duration::from_secs(300)), "Cloudflare blocks for 5 minutes");
-    assert_eq!(err.reason(), Reason::BrokerRateLimited);
-    assert!(err.is_transient());
-
-    // Blocked: every further call fails at once, and Cloudflare hears nothing.
-    let seen = env.log().len();
-    let rotated = env.creds(ROTATED);
-    for err in [
-        expect_err(client.sync(&request(&spec, &rotated, Some(&id), Some(&creds.fingerprint), FULL)).await),
-        expect_err(client.delete(&deletion(&spec, Some(&id))).await),
-        expect_err(client.check().await),
-    ] {
-        let wait = err.retry_after().expect("a wait");
-        assert!(wait <= Duration::from_secs(300) && wait >= Duration::from_secs(290), "{wait:?}");
-        assert_eq!(err.reason(), Reason::BrokerRateLimited);
-    }
-    assert_eq!(env.log().len(), seen, "no request while blocked: {:?}", &env.log()[seen..]);
-    assert_eq!(env.cf.client_secret(&id).as_deref(), Some(CANARY));
-}
-
-#[tokio::test]
 async fn exceeding_the_emulated_budget_blocks_for_five_minutes() {
     let env = env();
     env.cf.set_rate_limit(3);
@@ -564,88 +534,6 @@ async fn a_configured_budget_never_exceeds_cloudflares_window() {
         }
     }
     assert!(env.cf.rate_limited() >= 1 && failures >= 1, "the emulator enforces its window");
-}
-
-#[tokio::test]
-async fn server_errors_are_transient() {
-    let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-    let id = created(&env, &client, &spec, &creds).await;
-    for status in [503, 500, 502] {
-        env.cf.fail_next(1, status);
-        let err = expect_err(client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await);
-        assert!(matches!(err, BrokerError::Server { status: s, .. } if s == status), "{err:?}");
-        assert_eq!(err.reason(), Reason::BrokerUnreachable);
-        assert!(err.is_transient() && err.retry_after().is_none());
-    }
-    // Not blocked afterwards.
-    client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await.unwrap();
-    client.check().await.unwrap();
-}
-
-#[tokio::test]
-async fn shut_down_api_is_unreachable() {
-    let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-    let id = created(&env, &client, &spec, &creds).await;
-    env.cf.shutdown();
-    // The listener closes once the server task is dropped, on the runtime's next turn.
-    tokio::task::yield_now().await;
-    let err = expect_err(env.client().check().await);
-    assert!(matches!(err, BrokerError::Unreachable(TransportError::Connect(_))), "{err:?}");
-    assert_eq!(err.reason(), Reason::BrokerUnreachable);
-    assert!(err.is_transient());
-    for result in [
-        client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await.map(drop),
-        client.delete(&deletion(&spec, Some(&id))).await,
-    ] {
-        let err = expect_err(result);
-        assert!(matches!(err, BrokerError::Unreachable(_)), "{err:?}");
-        assert_eq!(err.reason(), Reason::BrokerUnreachable);
-    }
-}
-
-#[tokio::test]
-async fn delete_removes_the_provider_and_treats_missing_as_done() {
-    let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-    let keep = env.cf.insert_provider(ACCOUNT, json!({"name": "Unrelated", "type": "azureAD", "config": {"client_id": CLIENT}}));
-    let base = collection(ACCOUNT);
-
-    // By recorded id.
-    let id = created(&env, &client, &spec, &creds).await;
-    let writes = env.cf.writes();
-    client.delete(&deletion(&spec, Some(&id))).await.unwrap();
-    assert!(env.cf.provider(&id).is_none());
-    assert_eq!(env.cf.writes(), writes + 1);
-    // Already gone (the recorded id answers 404, and nothing has the name): done, no DELETE.
-    client.delete(&deletion(&spec, Some(&id))).await.unwrap();
-    client.delete(&deletion(&spec, None)).await.unwrap();
-    assert_eq!(env.count(&format!("DELETE {base}/{id}")), 1);
-
-    // By name, when no id was recorded.
-    let id = created(&env, &client, &spec, &creds).await;
-    client.delete(&deletion(&spec, None)).await.unwrap();
-    assert!(env.cf.provider(&id).is_none());
-
-    // Through the broker-neutral enum, and for a connection without a cloudflare block.
-    let id = created(&env, &client, &spec, &creds).await;
-    let broker = BrokerClient::build(&env.up, &BrokerProvider::Cloudflare(account_spec(ACCOUNT)), "", SecretValue::new(TOKEN), None);
-    broker.check().await.unwrap();
-    broker.delete(&deletion(&spec, Some(&id))).await.unwrap();
-    assert!(env.cf.provider(&id).is_none());
-    let mut no_block = spec.clone();
-    no_block.cloudflare = None;
-    let before = env.log().len();
-    let refused = expect_err(common::delete_spec(&broker, &no_block, None).await);
-    assert_eq!(refused.reason(), Reason::UnsupportedSetting, "a delete refuses a missing block as a sync does: {refused:?}");
-    assert_eq!(env.log().len(), before, "nothing to delete, nothing asked");
-
-    assert!(env.cf.provider(&keep).is_some(), "other providers are untouched");
-    assert_eq!(env.cf.providers().len(), 1);
 }
 
 #[tokio::test]

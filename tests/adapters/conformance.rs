@@ -13,7 +13,7 @@
 
 use crate::common::{self, Creds, deletion, request};
 
-use std::time::Duration;
+use std::{ops::RangeInclusive, time::Duration};
 
 use axum::{
     Json, Router,
@@ -21,12 +21,13 @@ use axum::{
     response::IntoResponse,
 };
 use idp_bridge::{
-    broker::{
-        BrokerClient, BrokerError, SyncOutcome, auth0::Auth0Client, cloudflare::CloudflareClient, logto::LogtoClient,
-        unified::UnifiedClient,
-    },
+    broker::{BrokerClient, BrokerError, SyncOutcome},
     crd::{
-        broker::{ClientCredentialsSecretRef, CloudflareBrokerSpec, LogtoBrokerSpec, TokenSecretRef, UnifiedBrokerSpec, UnifiedRegion},
+        BrokerProvider,
+        broker::{
+            Auth0BrokerSpec, ClientCredentialsSecretRef, CloudflareBrokerSpec, LogtoBrokerSpec, TokenSecretRef, UnifiedBrokerSpec,
+            UnifiedRegion,
+        },
         conditions::Reason,
         connection::{Auth0ConnectionSpec, AzureAdConnectionSpec, CloudflareConnectionSpec, LogtoConnectionSpec, UnifiedConnectionSpec},
     },
@@ -64,8 +65,10 @@ trait Fixture: Sized {
     /// Starts the emulator on `ca`, with the operator's credentials registered.
     fn start(ca: &TestCa) -> Self;
     fn base_url(&self) -> Url;
-    /// The operator's client, calling through `up`.
-    fn client(up: &Upstream) -> BrokerClient;
+    /// The broker spec, as the operator builds its client from it.
+    fn provider() -> BrokerProvider;
+    /// The operator's management client id (empty for token-based brokers).
+    const MANAGEMENT_CLIENT_ID: &'static str = "";
     /// The connection, with this broker's block.
     fn spec() -> AzureAdConnectionSpec;
 
@@ -83,14 +86,17 @@ trait Fixture: Sized {
 
     /// The next request of any kind answers `status`.
     fn fail_next(&self, status: u16);
-    /// The next request answers 429; returns the wait the broker announces.
-    fn rate_limit_next(&self) -> Duration;
+    /// Makes an object that is not this connection's (another name or application).
+    fn insert_unrelated(&self) -> String;
+    /// The next request answers 429; returns the range the first wait must be in (the broker
+    /// announces it as a reset time or a `Retry-After`).
+    fn rate_limit_next(&self) -> RangeInclusive<Duration>;
     /// Stops the emulator: nothing listens on its port any more.
     fn shutdown(&self);
     /// Successful writes so far, from the emulator's request log.
     fn writes(&self) -> usize;
-    /// Requests so far (any method).
-    fn requests(&self) -> usize;
+    /// Requests so far as (method, path), from the emulator's request log.
+    fn requests(&self) -> Vec<(String, String)>;
 
     /// An error body in this broker's shape, carrying `message`.
     fn error_body(message: &str) -> Value;
@@ -113,7 +119,7 @@ impl<F: Fixture> Env<F> {
         let ca_file = NamedTempFile::new().unwrap();
         ca.write_pem(ca_file.path()).unwrap();
         let broker = F::start(&ca);
-        let client = F::client(&upstream::<F>(broker.base_url(), &ca_file, Duration::from_secs(5)));
+        let client = client::<F>(&upstream::<F>(broker.base_url(), &ca_file, Duration::from_secs(5)));
         Env { broker, ca, ca_file, client, spec: F::spec(), fingerprints: Fingerprinter::new(b"conformance-key".to_vec()) }
     }
 
@@ -123,7 +129,7 @@ impl<F: Fixture> Env<F> {
 
     /// A client for the same broker whose host is served from `base` instead.
     fn client_to(&self, base: Url, timeout: Duration) -> BrokerClient {
-        F::client(&upstream::<F>(base, &self.ca_file, timeout))
+        client::<F>(&upstream::<F>(base, &self.ca_file, timeout))
     }
 
     async fn sync(
@@ -142,6 +148,11 @@ impl<F: Fixture> Env<F> {
         assert!(outcome.wrote, "{outcome:?}");
         outcome.id.expect("an id")
     }
+}
+
+/// The operator's client for `F`, built as the controller builds it, calling through `up`.
+fn client<F: Fixture>(up: &Upstream) -> BrokerClient {
+    BrokerClient::build(up, &F::provider(), F::MANAGEMENT_CLIENT_ID, SecretValue::new(F::MANAGEMENT_SECRET), None)
 }
 
 fn upstream<F: Fixture>(base: Url, ca_file: &NamedTempFile, timeout: Duration) -> Upstream {
@@ -186,6 +197,7 @@ fn forms(secret: &str) -> Vec<String> {
 async fn first_sync_creates<F: Fixture>() {
     let env = Env::<F>::start();
     let creds = env.creds(CANARY);
+    env.client.check().await.unwrap();
     let outcome = env.sync(&creds, None, None, FULL).await.unwrap();
     let id = outcome.id.clone().expect("an id");
     assert!(outcome.wrote && outcome.differences.iter().any(|d| d.ends_with("(created)")), "{outcome:?}");
@@ -270,10 +282,13 @@ async fn server_errors_are_transient<F: Fixture>() {
     }
     // The first request of a fresh client too (for client credentials, the token request).
     env.broker.fail_next(503);
-    let err = expect_err::<F, _>(F::client(&upstream::<F>(env.broker.base_url(), &env.ca_file, Duration::from_secs(5))).check().await);
+    let err = expect_err::<F, _>(client::<F>(&upstream::<F>(env.broker.base_url(), &env.ca_file, Duration::from_secs(5))).check().await);
     assert!(matches!(err, BrokerError::Server { status: 503, .. }), "{err:?}");
-    // Not blocked afterwards.
-    env.sync(&creds, Some(&id), Some(&creds.fingerprint), FULL).await.unwrap();
+    // Failed writes left the stored secret alone; the account is not blocked afterwards.
+    assert_eq!(env.broker.held_secret(&id).as_deref(), Some(CANARY));
+    let rotated = env.creds(ROTATED);
+    env.sync(&rotated, Some(&id), Some(&creds.fingerprint), FULL).await.unwrap();
+    assert_eq!(env.broker.held_secret(&id).as_deref(), Some(ROTATED));
 }
 
 async fn a_429_blocks_the_account_without_further_requests<F: Fixture>() {
@@ -285,16 +300,28 @@ async fn a_429_blocks_the_account_without_further_requests<F: Fixture>() {
     let wait = err.retry_after().expect("a wait");
     assert!(matches!(err, BrokerError::RateLimited { .. }) && err.is_transient(), "{err:?}");
     assert_eq!(err.reason(), Reason::BrokerRateLimited);
-    assert!(wait <= announced && wait + Duration::from_secs(5) >= announced, "{wait:?} from the broker's {announced:?}");
-    let seen = env.broker.requests();
-    for result in [
-        env.sync(&creds, Some(&id), Some(&creds.fingerprint), FULL).await.map(drop),
+    assert!(announced.contains(&wait), "{wait:?} from the broker's {announced:?}");
+
+    // Blocked: every further call fails at once, and the broker hears nothing.
+    let seen = env.broker.requests().len();
+    let rotated = env.creds(ROTATED);
+    let blocked = [
+        env.sync(&rotated, Some(&id), Some(&creds.fingerprint), FULL).await.map(drop),
+        env.sync(&creds, None, None, OBSERVE).await.map(drop),
         env.client.delete(&deletion(&env.spec, Some(&id))).await,
-    ] {
+    ];
+    for result in blocked {
         let err = expect_err::<F, _>(result);
-        assert_eq!(err.reason(), Reason::BrokerRateLimited, "{err:?}");
+        let again = err.retry_after().expect("a wait");
+        assert!(again <= wait && again + Duration::from_secs(5) >= wait, "{again:?} after {wait:?}");
+        assert_eq!(err.reason(), Reason::BrokerRateLimited);
     }
-    assert_eq!(env.broker.requests(), seen, "no request while blocked");
+    // A check either proves a cached token (no request) or is blocked too.
+    if let Err(err) = env.client.check().await {
+        assert_eq!(checked::<F>(err).reason(), Reason::BrokerRateLimited);
+    }
+    assert_eq!(env.broker.requests().len(), seen, "no request while blocked: {:?}", &env.broker.requests()[seen..]);
+    assert_eq!(env.broker.held_secret(&id).as_deref(), Some(CANARY));
 }
 
 async fn a_broker_that_never_answers_times_out_transiently<F: Fixture>() {
@@ -317,7 +344,7 @@ async fn a_broker_nobody_listens_for_is_unreachable<F: Fixture>() {
     env.broker.shutdown();
     // The listener closes once the server task is dropped, on the runtime's next turn.
     tokio::task::yield_now().await;
-    let fresh = F::client(&upstream::<F>(env.broker.base_url(), &env.ca_file, Duration::from_secs(5)));
+    let fresh = client::<F>(&upstream::<F>(env.broker.base_url(), &env.ca_file, Duration::from_secs(5)));
     let err = expect_err::<F, _>(fresh.check().await);
     assert!(matches!(err, BrokerError::Unreachable(TransportError::Connect(_))), "{err:?}");
     // With a cached token and a pooled connection, the outage shows the same way.
@@ -335,25 +362,28 @@ async fn a_broker_nobody_listens_for_is_unreachable<F: Fixture>() {
 async fn delete_is_idempotent<F: Fixture>() {
     let env = Env::<F>::start();
     let creds = env.creds(CANARY);
-    // Never created: done, and nothing written.
+    let unrelated = env.broker.insert_unrelated();
+    let deletes = || env.broker.requests().iter().filter(|(method, _)| method == "DELETE").count();
+    // Never created: done, and nothing deleted.
     env.client.delete(&deletion(&env.spec, None)).await.unwrap();
     env.client.delete(&deletion(&env.spec, Some("gone0000000000000000000000000000"))).await.unwrap();
-    assert_eq!(env.broker.writes(), 0);
+    assert_eq!((env.broker.writes(), deletes()), (0, 0));
 
-    // By recorded id, then again (the id is gone), then by name.
+    // By recorded id, then again (the id answers 404 and nothing has the name): one DELETE.
     let id = env.created(&creds).await;
     let writes = env.broker.writes();
     env.client.delete(&deletion(&env.spec, Some(&id))).await.unwrap();
     assert!(!env.broker.exists(&id));
     env.client.delete(&deletion(&env.spec, Some(&id))).await.unwrap();
     env.client.delete(&deletion(&env.spec, None)).await.unwrap();
-    assert_eq!(env.broker.writes(), writes + 1, "one delete, however often asked");
+    assert_eq!((env.broker.writes(), deletes()), (writes + 1, 1), "one delete, however often asked");
 
     // By name, when no id was recorded.
     let id = env.created(&creds).await;
     env.client.delete(&deletion(&env.spec, None)).await.unwrap();
     assert!(!env.broker.exists(&id));
-    assert_eq!(env.broker.objects(), 0);
+    assert!(env.broker.exists(&unrelated), "other objects are untouched");
+    assert_eq!(env.broker.objects(), 1);
 }
 
 async fn a_missing_or_foreign_block_is_refused_before_any_request<F: Fixture>() {
@@ -379,7 +409,7 @@ async fn a_missing_or_foreign_block_is_refused_before_any_request<F: Fixture>() 
             assert!(!err.is_transient());
         }
     }
-    assert_eq!(env.broker.requests(), 0);
+    assert!(env.broker.requests().is_empty(), "{:?}", env.broker.requests());
 }
 
 async fn errors_never_show_a_secret<F: Fixture>() {
@@ -398,7 +428,7 @@ async fn errors_never_show_a_secret<F: Fixture>() {
     );
     env.broker.shutdown();
     tokio::task::yield_now().await;
-    let fresh = F::client(&upstream::<F>(env.broker.base_url(), &env.ca_file, Duration::from_secs(5)));
+    let fresh = client::<F>(&upstream::<F>(env.broker.base_url(), &env.ca_file, Duration::from_secs(5)));
     errors.push(fresh.check().await.unwrap_err());
     for err in errors {
         checked::<F>(err);
@@ -546,7 +576,14 @@ impl Echo {
 // The four brokers.
 
 const TENANT: &str = common::TENANT;
+
+fn credentials_ref() -> ClientCredentialsSecretRef {
+    ClientCredentialsSecretRef { name: "m2m".into(), client_id_key: "client-id".into(), client_secret_key: "client-secret".into() }
+}
 const CLIENT: &str = common::CLIENT;
+
+/// A 429 with `Retry-After: 30`: exactly that.
+const RETRY_AFTER_30: RangeInclusive<Duration> = Duration::from_secs(30)..=Duration::from_secs(30);
 
 struct Auth0(Auth0Emulator);
 
@@ -568,8 +605,9 @@ impl Fixture for Auth0 {
     fn base_url(&self) -> Url {
         self.0.base_url()
     }
-    fn client(up: &Upstream) -> BrokerClient {
-        BrokerClient::Auth0(Auth0Client::new(up.clone(), Self::HOST, Self::M2M, SecretValue::new(Self::MANAGEMENT_SECRET), None))
+    const MANAGEMENT_CLIENT_ID: &'static str = Self::M2M;
+    fn provider() -> BrokerProvider {
+        BrokerProvider::Auth0(Auth0BrokerSpec { domain: Self::HOST.into(), credentials_secret_ref: credentials_ref() })
     }
     fn spec() -> AzureAdConnectionSpec {
         let auth0 = Auth0ConnectionSpec { name: Self::NAME.into(), display_name: Some("Contoso staff".into()), ..Default::default() };
@@ -596,9 +634,13 @@ impl Fixture for Auth0 {
     fn fail_next(&self, status: u16) {
         self.0.fail_next(1, status);
     }
-    fn rate_limit_next(&self) -> Duration {
+    fn insert_unrelated(&self) -> String {
+        self.0.insert_connection(json!({"name": "unrelated", "strategy": "waad", "options": {"client_id": CLIENT}}))
+    }
+    /// Auth0 sends no `Retry-After`, only `X-RateLimit-Reset` in whole seconds.
+    fn rate_limit_next(&self) -> RangeInclusive<Duration> {
         self.0.rate_limit_next(1, 30);
-        Duration::from_secs(30)
+        Duration::from_secs(25)..=Duration::from_secs(30)
     }
     fn shutdown(&self) {
         self.0.shutdown();
@@ -606,8 +648,8 @@ impl Fixture for Auth0 {
     fn writes(&self) -> usize {
         self.0.writes()
     }
-    fn requests(&self) -> usize {
-        self.0.requests().len()
+    fn requests(&self) -> Vec<(String, String)> {
+        self.0.requests()
     }
     fn error_body(message: &str) -> Value {
         json!({"statusCode": 400, "error": "Bad Request", "message": message, "errorCode": "invalid_body"})
@@ -634,13 +676,12 @@ impl Fixture for Cloudflare {
     fn base_url(&self) -> Url {
         self.0.base_url()
     }
-    fn client(up: &Upstream) -> BrokerClient {
-        let spec = CloudflareBrokerSpec {
+    fn provider() -> BrokerProvider {
+        BrokerProvider::Cloudflare(CloudflareBrokerSpec {
             account_id: Some(Self::ACCOUNT.into()),
             zone_id: None,
             api_token_secret_ref: TokenSecretRef { name: "cloudflare".into(), key: "api-token".into() },
-        };
-        BrokerClient::Cloudflare(CloudflareClient::new(up.clone(), &spec, SecretValue::new(Self::MANAGEMENT_SECRET), None))
+        })
     }
     fn spec() -> AzureAdConnectionSpec {
         let cloudflare = CloudflareConnectionSpec { name: Self::NAME.into(), support_groups: true, ..Default::default() };
@@ -670,9 +711,13 @@ impl Fixture for Cloudflare {
     fn fail_next(&self, status: u16) {
         self.0.fail_next(1, status);
     }
-    fn rate_limit_next(&self) -> Duration {
+    fn insert_unrelated(&self) -> String {
+        self.0.insert_provider(Self::ACCOUNT, json!({"name": "Unrelated", "type": "azureAD", "config": {"client_id": CLIENT}}))
+    }
+    /// The emulator answers `Retry-After: 300`: Cloudflare's 5-minute block.
+    fn rate_limit_next(&self) -> RangeInclusive<Duration> {
         self.0.rate_limit_next(1);
-        Duration::from_secs(300)
+        Duration::from_secs(300)..=Duration::from_secs(300)
     }
     fn shutdown(&self) {
         self.0.shutdown();
@@ -680,8 +725,8 @@ impl Fixture for Cloudflare {
     fn writes(&self) -> usize {
         self.0.writes()
     }
-    fn requests(&self) -> usize {
-        self.0.requests().len()
+    fn requests(&self) -> Vec<(String, String)> {
+        self.0.requests()
     }
     fn error_body(message: &str) -> Value {
         json!({"success": false, "errors": [{"code": 7003, "message": message}], "messages": [], "result": null})
@@ -708,17 +753,13 @@ impl Fixture for Logto {
     fn base_url(&self) -> Url {
         self.0.base_url()
     }
-    fn client(up: &Upstream) -> BrokerClient {
-        let spec = LogtoBrokerSpec {
+    const MANAGEMENT_CLIENT_ID: &'static str = Self::M2M;
+    fn provider() -> BrokerProvider {
+        BrokerProvider::Logto(LogtoBrokerSpec {
             endpoint: Self::ENDPOINT.into(),
             resource: Self::RESOURCE.into(),
-            credentials_secret_ref: ClientCredentialsSecretRef {
-                name: "logto-m2m".into(),
-                client_id_key: "client-id".into(),
-                client_secret_key: "client-secret".into(),
-            },
-        };
-        BrokerClient::Logto(LogtoClient::new(up.clone(), &spec, Self::M2M, SecretValue::new(Self::MANAGEMENT_SECRET), None))
+            credentials_secret_ref: credentials_ref(),
+        })
     }
     fn spec() -> AzureAdConnectionSpec {
         common::connection_spec("logto", |spec| spec.logto = Some(LogtoConnectionSpec::default()))
@@ -747,9 +788,12 @@ impl Fixture for Logto {
     fn fail_next(&self, status: u16) {
         self.0.fail_next(1, status);
     }
-    fn rate_limit_next(&self) -> Duration {
+    fn insert_unrelated(&self) -> String {
+        self.0.insert_connector(json!({"connectorId": "google-universal", "target": "google", "config": {"clientId": "g"}}))
+    }
+    fn rate_limit_next(&self) -> RangeInclusive<Duration> {
         self.0.rate_limit_next(1, 30);
-        Duration::from_secs(30)
+        RETRY_AFTER_30
     }
     fn shutdown(&self) {
         self.0.shutdown();
@@ -757,8 +801,8 @@ impl Fixture for Logto {
     fn writes(&self) -> usize {
         self.0.writes()
     }
-    fn requests(&self) -> usize {
-        self.0.requests().len()
+    fn requests(&self) -> Vec<(String, String)> {
+        self.0.requests()
     }
     fn error_body(message: &str) -> Value {
         json!({"code": "guard.invalid_input", "message": message})
@@ -784,12 +828,11 @@ impl Fixture for Unified {
     fn base_url(&self) -> Url {
         self.0.base_url()
     }
-    fn client(up: &Upstream) -> BrokerClient {
-        let spec = UnifiedBrokerSpec {
+    fn provider() -> BrokerProvider {
+        BrokerProvider::Unified(UnifiedBrokerSpec {
             region: UnifiedRegion::Us,
             api_token_secret_ref: TokenSecretRef { name: "unified".into(), key: "token".into() },
-        };
-        BrokerClient::Unified(UnifiedClient::new(up.clone(), &spec, SecretValue::new(Self::MANAGEMENT_SECRET), None))
+        })
     }
     fn spec() -> AzureAdConnectionSpec {
         let unified = UnifiedConnectionSpec { external_xref: None, permissions: vec!["hris_employee_read".into()] };
@@ -820,9 +863,13 @@ impl Fixture for Unified {
     fn fail_next(&self, status: u16) {
         self.0.fail_next(1, status);
     }
-    fn rate_limit_next(&self) -> Duration {
+    fn insert_unrelated(&self) -> String {
+        self.0
+            .insert_connection(json!({"integration_type": "microsoft_ad", "external_xref": "someone-else", "auth": {"client_id": CLIENT}}))
+    }
+    fn rate_limit_next(&self) -> RangeInclusive<Duration> {
         self.0.rate_limit_next(1, 30);
-        Duration::from_secs(30)
+        RETRY_AFTER_30
     }
     fn shutdown(&self) {
         self.0.shutdown();
@@ -830,8 +877,8 @@ impl Fixture for Unified {
     fn writes(&self) -> usize {
         self.0.writes()
     }
-    fn requests(&self) -> usize {
-        self.0.requests().len()
+    fn requests(&self) -> Vec<(String, String)> {
+        self.0.requests()
     }
     fn error_body(message: &str) -> Value {
         json!({"statusCode": 400, "error": "Bad Request", "message": message})

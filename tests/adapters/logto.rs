@@ -24,13 +24,12 @@ use idp_bridge::{
         logto::{self, LogtoClient},
     },
     crd::{
-        BrokerProvider,
         broker::{ClientCredentialsSecretRef, LogtoBrokerSpec},
         conditions::Reason,
         connection::{AzureAdConnectionSpec, AzureCloud, LogtoConnectionSpec, LogtoPrompt, SignInAudience, ValidationMode},
     },
     secret::{Fingerprinter, SecretValue},
-    upstream::{EndpointOverrides, TransportError, Upstream},
+    upstream::{EndpointOverrides, Upstream},
 };
 use idp_bridge_devenv::{
     logto::LogtoEmulator,
@@ -533,134 +532,14 @@ async fn wrong_management_credentials_are_auth_failures() {
 }
 
 #[tokio::test]
-async fn rate_limit_blocks_the_account_for_the_retry_after() {
-    let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-    let id = created(&env, &client, &spec, &creds).await;
-    env.logto.rate_limit_next(1, 30);
-    let err = expect_err(client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await);
-    let wait = err.retry_after().expect("a wait");
-    assert!(matches!(err, BrokerError::RateLimited { .. }), "{err:?}");
-    assert_eq!(wait, Duration::from_secs(30), "from Retry-After");
-    assert_eq!(err.reason(), Reason::BrokerRateLimited);
-    assert!(err.is_transient());
-
-    // Blocked: every further call fails at once, and the tenant hears nothing.
-    let seen = env.log().len();
-    let rotated = env.creds(ROTATED);
-    let err = expect_err(client.sync(&request(&spec, &rotated, Some(&id), Some(&creds.fingerprint), FULL)).await);
-    let again = err.retry_after().expect("a wait");
-    assert!(again <= wait && again >= Duration::from_secs(25), "{again:?}");
-    for err in [
-        expect_err(client.delete(&deletion(&spec, Some(&id))).await),
-        expect_err(client.sync(&request(&spec, &creds, None, None, OBSERVE)).await),
-    ] {
-        assert_eq!(err.reason(), Reason::BrokerRateLimited);
-    }
-    assert_eq!(env.log().len(), seen, "no request while blocked: {:?}", &env.log()[seen..]);
-    assert_eq!(env.ours()["config"]["clientSecret"], CANARY);
-}
-
-#[tokio::test]
-async fn server_errors_are_transient() {
-    let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-    let id = created(&env, &client, &spec, &creds).await;
-    for status in [503, 500, 502] {
-        env.logto.fail_next(1, status);
-        let err = expect_err(client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await);
-        assert!(matches!(err, BrokerError::Server { status: s, .. } if s == status), "{err:?}");
-        assert_eq!(err.reason(), Reason::BrokerUnreachable);
-        assert!(err.is_transient() && err.retry_after().is_none());
-    }
-    // On the token endpoint (a client without a token yet).
-    env.logto.fail_next(1, 503);
-    let err = expect_err(env.client().check().await);
-    assert!(matches!(err, BrokerError::Server { status: 503, .. }), "{err:?}");
-    // Not blocked afterwards.
-    client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await.unwrap();
-}
-
-#[tokio::test]
-async fn shut_down_tenant_is_unreachable() {
-    let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-    let id = created(&env, &client, &spec, &creds).await;
-    env.logto.shutdown();
-    // The listener closes once the server task is dropped, on the runtime's next turn.
-    tokio::task::yield_now().await;
-    let err = expect_err(env.client().check().await);
-    assert!(matches!(err, BrokerError::Unreachable(TransportError::Connect(_))), "{err:?}");
-    assert_eq!(err.reason(), Reason::BrokerUnreachable);
-    assert!(err.is_transient());
-    // With a cached token and a pooled connection, the outage shows the same way.
-    for result in [
-        client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await.map(drop),
-        client.delete(&deletion(&spec, Some(&id))).await,
-    ] {
-        let err = expect_err(result);
-        assert!(matches!(err, BrokerError::Unreachable(_)), "{err:?}");
-        assert_eq!(err.reason(), Reason::BrokerUnreachable);
-    }
-}
-
-#[tokio::test]
-async fn delete_removes_our_connector_and_treats_missing_as_done() {
-    let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-    let google = env.logto.insert_connector(json!({"connectorId": "google-universal", "config": {"clientId": "g"}}));
-
-    // By recorded id.
-    let id = created(&env, &client, &spec, &creds).await;
-    let writes = env.logto.writes();
-    client.delete(&deletion(&spec, Some(&id))).await.unwrap();
-    assert!(env.logto.connector(&id).is_none());
-    assert_eq!(env.logto.writes(), writes + 1);
-    // Already gone (the recorded id answers 404, and the list is empty): done, no DELETE.
-    client.delete(&deletion(&spec, Some(&id))).await.unwrap();
-    client.delete(&deletion(&spec, None)).await.unwrap();
-    assert_eq!(env.count(&format!("DELETE /api/connectors/{id}")), 1);
-
-    // Found by client id, when no id was recorded; and at a fixed id.
-    let id = created(&env, &client, &spec, &creds).await;
-    client.delete(&deletion(&spec, None)).await.unwrap();
-    assert!(env.logto.connector(&id).is_none());
-    let id = created(&env, &client, &fixed("contosoentra"), &creds).await;
-    client.delete(&deletion(&fixed("contosoentra"), None)).await.unwrap();
-    assert!(env.logto.connector(&id).is_none());
-
-    // Through the broker-neutral enum, and for a connection without a logto block.
-    let id = created(&env, &client, &spec, &creds).await;
-    let broker =
-        BrokerClient::build(&env.up, &BrokerProvider::Logto(broker_spec(RESOURCE)), M2M, SecretValue::new(M2M_SECRET), Some((10, 10)));
-    broker.check().await.unwrap();
-    broker.delete(&deletion(&spec, Some(&id))).await.unwrap();
-    assert!(env.logto.connector(&id).is_none());
-    let mut no_block = spec.clone();
-    no_block.logto = None;
-    let before = env.log().len();
-    let refused = expect_err(common::delete_spec(&broker, &no_block, None).await);
-    assert_eq!(refused.reason(), Reason::UnsupportedSetting, "a delete refuses a missing block as a sync does: {refused:?}");
-    assert_eq!(env.log().len(), before, "nothing to delete, nothing asked");
-
-    assert!(env.logto.connector(&google).is_some(), "other connectors are untouched");
-    assert_eq!(env.logto.connectors().len(), 1);
-}
-
-#[tokio::test]
-async fn a_connection_without_a_logto_block_is_unsupported() {
+async fn delete_finds_the_connector_at_a_fixed_id() {
     let env = env();
     let client = env.client();
     let creds = env.creds(CANARY);
-    let mut no_block = spec();
-    no_block.logto = None;
-    let err = expect_err(common::sync_spec(&client, &no_block, &creds, FULL).await);
-    assert_eq!(err.reason(), Reason::UnsupportedSetting, "{err:?}");
-    assert!(env.logto.requests().is_empty());
+    let id = created(&env, &client, &fixed("contosoentra"), &creds).await;
+    client.delete(&deletion(&fixed("contosoentra"), None)).await.unwrap();
+    assert!(env.logto.connector(&id).is_none());
+    assert_eq!(env.count("DELETE /api/connectors/contosoentra"), 1);
 }
 
 /// A stub tenant on a fresh CA; returns the server (stops on drop), an Upstream to it, the CA file.

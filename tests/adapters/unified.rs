@@ -25,7 +25,7 @@ use idp_bridge::{
         connection::{AzureAdConnectionSpec, AzureCloud, SignInAudience, UnifiedConnectionSpec, ValidationMode},
     },
     secret::{Fingerprinter, SecretValue},
-    upstream::{EndpointOverrides, TransportError, Upstream},
+    upstream::{EndpointOverrides, Upstream},
 };
 use idp_bridge_devenv::{
     tls::{TestCa, install_crypto_provider, serve_tls},
@@ -426,111 +426,9 @@ async fn an_invalid_body_is_rejected_with_its_message() {
 }
 
 #[tokio::test]
-async fn rate_limit_blocks_the_account_for_retry_after() {
+async fn a_connection_gone_between_lookup_and_delete_counts_as_deleted() {
     let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-    let id = created(&env, &client, &spec, &creds).await;
-    env.unified.rate_limit_next(1, 30);
-    let err = expect_err(client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await);
-    assert!(matches!(err, BrokerError::RateLimited { retry_after } if retry_after == Duration::from_secs(30)), "{err:?}");
-    assert_eq!(err.reason(), Reason::BrokerRateLimited);
-    assert!(err.is_transient());
-
-    // Blocked: every further call fails at once, and the workspace hears nothing.
-    let seen = env.log().len();
-    let rotated = env.creds(ROTATED);
-    let err = expect_err(client.sync(&request(&spec, &rotated, Some(&id), Some(&creds.fingerprint), FULL)).await);
-    let again = err.retry_after().expect("a wait");
-    assert!(again <= Duration::from_secs(30) && again >= Duration::from_secs(25), "{again:?}");
-    for result in [client.delete(&deletion(&spec, Some(&id))).await, client.check().await] {
-        assert_eq!(expect_err(result).reason(), Reason::BrokerRateLimited);
-    }
-    assert_eq!(env.log().len(), seen, "no request while blocked: {:?}", &env.log()[seen..]);
-    assert_eq!(env.unified.client_secret(&id).as_deref(), Some(CANARY));
-}
-
-#[tokio::test]
-async fn server_errors_are_transient() {
-    let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-    let id = created(&env, &client, &spec, &creds).await;
-    for status in [503, 500, 502] {
-        env.unified.fail_next(1, status);
-        let err = expect_err(client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await);
-        assert!(matches!(err, BrokerError::Server { status: s, .. } if s == status), "{err:?}");
-        assert_eq!(err.reason(), Reason::BrokerUnreachable);
-        assert!(err.is_transient() && err.retry_after().is_none());
-    }
-    // A failing write leaves the stored secret alone, and the next sync goes through.
-    let rotated = env.creds(ROTATED);
-    env.unified.fail_next(1, 503);
-    expect_err(client.check().await);
-    client.sync(&request(&spec, &rotated, Some(&id), Some(&creds.fingerprint), FULL)).await.unwrap();
-    assert_eq!(env.unified.client_secret(&id).as_deref(), Some(ROTATED));
-}
-
-#[tokio::test]
-async fn shut_down_workspace_is_unreachable() {
-    let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-    let id = created(&env, &client, &spec, &creds).await;
-    env.unified.shutdown();
-    // The listener closes once the server task is dropped, on the runtime's next turn.
-    tokio::task::yield_now().await;
-    let err = expect_err(env.client().check().await);
-    assert!(matches!(err, BrokerError::Unreachable(TransportError::Connect(_))), "{err:?}");
-    assert_eq!(err.reason(), Reason::BrokerUnreachable);
-    assert!(err.is_transient());
-    for result in [
-        client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await.map(drop),
-        client.delete(&deletion(&spec, Some(&id))).await,
-    ] {
-        let err = expect_err(result);
-        assert!(matches!(err, BrokerError::Unreachable(_)), "{err:?}");
-        assert_eq!(err.reason(), Reason::BrokerUnreachable);
-    }
-}
-
-#[tokio::test]
-async fn delete_removes_the_connection_and_treats_missing_as_done() {
-    let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-
-    // By recorded id.
-    let id = created(&env, &client, &spec, &creds).await;
-    let writes = env.unified.writes();
-    client.delete(&deletion(&spec, Some(&id))).await.unwrap();
-    assert!(env.unified.connection(&id).is_none());
-    assert_eq!(env.unified.writes(), writes + 1);
-    // Already gone (the id answers 404 and nothing has the xref): done, no DELETE.
-    client.delete(&deletion(&spec, Some(&id))).await.unwrap();
-    client.delete(&deletion(&spec, None)).await.unwrap();
-    assert_eq!(env.count("DELETE"), 1);
-
-    // By xref, when no id was recorded.
-    let id = created(&env, &client, &spec, &creds).await;
-    client.delete(&deletion(&spec, None)).await.unwrap();
-    assert!(env.unified.connection(&id).is_none());
-
-    // Through the broker-neutral enum.
-    let id = created(&env, &client, &spec, &creds).await;
-    let neutral = env.client();
-    neutral.check().await.unwrap();
-    neutral.delete(&deletion(&spec, Some(&id))).await.unwrap();
-    assert!(env.unified.connections().is_empty());
-
-    // Nothing to delete without a unified block, and nothing asked.
-    let mut no_block = spec.clone();
-    no_block.unified = None;
-    let before = env.log().len();
-    let refused = expect_err(common::delete_spec(&neutral, &no_block, Some(&id)).await);
-    assert_eq!(refused.reason(), Reason::UnsupportedSetting, "a delete refuses a missing block as a sync does: {refused:?}");
-    assert_eq!(env.log().len(), before);
-
+    let spec = spec();
     // A connection removed between the lookup and the DELETE (answered 404) counts as deleted.
     let gone = Router::new().route(
         "/unified/connection/{id}",
