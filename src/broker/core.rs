@@ -204,7 +204,7 @@ impl ManagementApi {
                     BrokerError::Auth(format!("token request refused: {message}"))
                 }
                 BrokerError::NotFound => BrokerError::Rejected(format!(
-                    "https://{host}{} answered 404: the endpoint does not look like a {} tenant",
+                    "https://{host}{} answered 404: {} has no token endpoint there (check the endpoint)",
                     grant.path, self.dialect.name
                 )),
                 other => other,

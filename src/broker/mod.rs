@@ -1,8 +1,13 @@
 //! Identity brokers behind one narrow interface: make the broker object match the desired state
 //! (or report how it differs), delete it, and check the operator's own credentials.
 //!
-//! Each broker's management API lives in its own module. A [`BrokerRegistry`] keeps one client per
-//! broker object and credential, so token caches and request budgets are shared across reconciles.
+//! Each broker is an adapter implementing [`Broker`]: its own module with a pure `plan` (desired
+//! state, diff, request bodies) and a thin client that calls its management API through
+//! `core::ManagementApi`, which owns what all four share (auth and the token cache, the request
+//! budget and 429 block, 404 handling, safe error text). An adapter sees only its own broker
+//! block ([`BrokerTarget`]); [`BrokerClient`] dispatches statically. A [`BrokerRegistry`] keeps one
+//! client per broker object and credential, so token caches and request budgets are shared across
+//! reconciles.
 
 pub mod auth0;
 pub mod budget;
@@ -212,7 +217,7 @@ pub struct ScimCredentials {
 }
 
 /// One broker's management API, behind the operations the controller needs. Dispatch is static,
-/// through [`BrokerClient`]; the adapters do their calls through [`core::ManagementApi`].
+/// through [`BrokerClient`]; the adapters do their calls through `core::ManagementApi`.
 #[allow(async_fn_in_trait, reason = "static dispatch only: callers see each future's concrete type, Send included")]
 pub trait Broker {
     /// The connection's block for this broker.

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use super::{
     Broker, BrokerError, DeleteRequest, SyncOutcome, SyncRequest,
-    core::{Auth, Dialect, ErrorBody, ManagementApi, Session, json},
+    core::{Auth, Dialect, ErrorBody, Found, ManagementApi, Session, json},
 };
 use crate::{
     crd::{broker::UnifiedBrokerSpec, connection::UnifiedConnectionSpec},
@@ -92,26 +92,27 @@ async fn find_by_xref(api: &Session<'_>, xref: &str) -> Result<Option<Value>, Br
 }
 
 /// The connection this spec manages: by recorded id when it still is a `microsoft_ad`
-/// connection with our xref, else by xref (adoption). Anything else is never touched, so there
-/// is no foreign object to report.
-async fn find(api: &Session<'_>, xref: &str, known_id: Option<&str>) -> Result<Option<Value>, BrokerError> {
+/// connection with our xref, else by xref (adoption). Anything else is never touched, and
+/// connections may share an xref, so nothing is ever [`Found::Foreign`].
+async fn find(api: &Session<'_>, xref: &str, known_id: Option<&str>) -> Result<Found, BrokerError> {
     if let Some(id) = known_id.filter(|id| check_id(id).is_ok())
         && let Some(found) = api.get_json(&format!("/unified/connection/{id}"), "connection").await?
         && plan::is_ours(&found, xref)
     {
-        return Ok(Some(found));
+        return Ok(Found::Ours(found));
     }
-    find_by_xref(api, xref).await
+    Ok(find_by_xref(api, xref).await?.map_or(Found::Missing, Found::Ours))
 }
 
 async fn sync_with(api: &Session<'_>, spec: &UnifiedConnectionSpec, request: &SyncRequest<'_>) -> Result<SyncOutcome, BrokerError> {
     let desired = plan::desired(spec, &request.azure)?;
-    let Some(observed) = find(api, &desired.external_xref, request.known_id).await? else {
-        if request.observe_only {
-            return Ok(SyncOutcome::missing("connection"));
+    let observed = match find(api, &desired.external_xref, request.known_id).await? {
+        Found::Ours(connection) => connection,
+        Found::Missing | Found::Foreign { .. } if request.observe_only => return Ok(SyncOutcome::missing("connection")),
+        Found::Missing | Found::Foreign { .. } => {
+            let answer = api.call(Method::POST, "/unified/connection", Some(&plan::create_body(&desired))).await?;
+            return Ok(SyncOutcome::created("connection", connection_id(&json(&answer, "created connection")?)?));
         }
-        let answer = api.call(Method::POST, "/unified/connection", Some(&plan::create_body(&desired))).await?;
-        return Ok(SyncOutcome::created("connection", connection_id(&json(&answer, "created connection")?)?));
     };
     let id = connection_id(&observed)?;
     let differences = plan::diff(&desired, &observed, request.synced_fingerprint, request.azure.fingerprint);
@@ -135,8 +136,10 @@ impl Broker for UnifiedClient {
     async fn delete(&self, spec: &UnifiedConnectionSpec, request: &DeleteRequest<'_>) -> Result<(), BrokerError> {
         let api = self.api.session(None);
         let xref = plan::external_xref(spec, &request.app.tenant, &request.app.client_id);
-        let Some(found) = find(&api, &xref, request.known_id).await.map_err(|e| api.scrubbed(e))? else { return Ok(()) };
-        api.delete(&format!("/unified/connection/{}", connection_id(&found)?)).await
+        match find(&api, &xref, request.known_id).await.map_err(|e| api.scrubbed(e))? {
+            Found::Ours(found) => api.delete(&format!("/unified/connection/{}", connection_id(&found)?)).await,
+            Found::Missing | Found::Foreign { .. } => Ok(()),
+        }
     }
 
     /// Proves the workspace token with the cheapest authenticated read.
