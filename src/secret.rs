@@ -25,13 +25,78 @@ impl SecretValue {
     }
 
     /// Removes every occurrence of the value from `text`, for messages built from upstream
-    /// responses that might echo what was sent.
+    /// responses that might echo what was sent: as sent, and in each encoding an echo may come
+    /// back in (form-urlencoded as in a token request, percent-encoded as in a URL, JSON-escaped
+    /// as in a JSON body). Longer forms go first so no form leaves part of another behind.
     pub fn scrub(&self, text: &str) -> String {
         if self.0.len() < 4 {
             return text.to_owned();
         }
-        text.replace(&self.0, "[redacted]")
+        let mut forms = self.encoded_forms();
+        forms.sort_by_key(|form| std::cmp::Reverse(form.len()));
+        forms.into_iter().fold(text.to_owned(), |text, form| text.replace(&form, REDACTED))
     }
+
+    /// The value and its encoded forms, without duplicates.
+    fn encoded_forms(&self) -> Vec<String> {
+        let form: String = url::form_urlencoded::byte_serialize(self.0.as_bytes()).collect();
+        let json = serde_json::to_string(&self.0).expect("a string serializes");
+        let json = json[1..json.len() - 1].to_owned();
+        let percent = percent_encoded(&self.0);
+        // Hex digits of percent escapes may come back in either case.
+        let lower = [lowercase_escapes(&form), lowercase_escapes(&percent)];
+        let mut forms = vec![self.0.clone(), form, percent, json];
+        forms.extend(lower);
+        forms.sort();
+        forms.dedup();
+        forms
+    }
+}
+
+/// What replaces a secret in text.
+const REDACTED: &str = "[redacted]";
+
+/// The longest upstream text an error message keeps (characters), after scrubbing.
+pub const MAX_MESSAGE_CHARS: usize = 200;
+
+/// Upstream text made fit for an error message: every form of every secret in play is removed
+/// first, and only then is the text cut to its first line and [`MAX_MESSAGE_CHARS`]. In the other
+/// order a secret straddling the cut would leave its prefix behind, unrecognisable to the scrub.
+pub fn safe_message(text: &str, secrets: &[&SecretValue]) -> String {
+    let scrubbed = secrets.iter().fold(text.to_owned(), |text, secret| secret.scrub(&text));
+    let first_line = scrubbed.lines().next().unwrap_or_default();
+    if first_line.chars().count() > MAX_MESSAGE_CHARS {
+        format!("{}…", first_line.chars().take(MAX_MESSAGE_CHARS).collect::<String>())
+    } else {
+        first_line.to_owned()
+    }
+}
+
+/// `%2F` as `%2f`: the escapes' hex digits in lower case, everything else as is.
+fn lowercase_escapes(encoded: &str) -> String {
+    let mut out = String::with_capacity(encoded.len());
+    let mut hex_left = 0;
+    for c in encoded.chars() {
+        if hex_left > 0 {
+            out.push(c.to_ascii_lowercase());
+            hex_left -= 1;
+        } else {
+            out.push(c);
+            hex_left = if c == '%' { 2 } else { 0 };
+        }
+    }
+    out
+}
+
+/// RFC 3986 percent-encoding of everything but the unreserved characters.
+fn percent_encoded(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 impl fmt::Debug for SecretValue {
@@ -42,7 +107,7 @@ impl fmt::Debug for SecretValue {
 
 impl fmt::Display for SecretValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
+        f.write_str(REDACTED)
     }
 }
 
@@ -102,6 +167,33 @@ mod tests {
     fn scrub_removes_the_value() {
         let s = SecretValue::new("abc8Q~secret");
         assert_eq!(s.scrub("bad value abc8Q~secret here"), "bad value [redacted] here");
+    }
+
+    #[test]
+    fn scrub_removes_the_encoded_forms() {
+        let s = SecretValue::new(r#"abc8Q~s+c/r"e\t=1 2"#);
+        let echoes = [
+            r#"abc8Q~s+c/r"e\t=1 2"#,
+            "abc8Q%7Es%2Bc%2Fr%22e%5Ct%3D1+2",
+            "abc8Q%7es%2bc%2fr%22e%5ct%3d1+2",
+            "abc8Q~s%2Bc%2Fr%22e%5Ct%3D1%202",
+            r#"abc8Q~s+c/r\"e\\t=1 2"#,
+        ];
+        for echo in echoes {
+            assert_eq!(s.scrub(&format!("got <{echo}>")), "got <[redacted]>", "{echo}");
+        }
+    }
+
+    #[test]
+    fn safe_message_scrubs_before_it_cuts() {
+        let s = SecretValue::new("abc8Q~0123456789-secret-value");
+        let straddling = format!("{}{} trailing", "x".repeat(MAX_MESSAGE_CHARS - 5), s.expose());
+        let message = safe_message(&straddling, &[&s]);
+        assert!(!message.contains("abc8Q"), "{message}");
+        assert!(message.starts_with(&"x".repeat(MAX_MESSAGE_CHARS - 5)), "{message}");
+        assert_eq!(message.chars().count(), MAX_MESSAGE_CHARS + 1, "bounded, with an ellipsis");
+        assert_eq!(safe_message("first\nsecond", &[]), "first");
+        assert_eq!(safe_message("short", &[&s]), "short");
     }
 
     #[test]

@@ -153,10 +153,16 @@ pub mod bytes_body {
             serde_json::from_slice(&self.0)
         }
 
-        /// The first line of the body, at most 200 characters, for messages.
-        pub fn snippet(&self) -> String {
-            let text = String::from_utf8_lossy(&self.0);
-            text.lines().next().unwrap_or_default().chars().take(200).collect()
+        /// The whole body as text, lossily. Raw: it may echo a secret, so it goes into a message
+        /// only through [`crate::secret::safe_message`] (or [`Self::safe_message`]).
+        pub fn text(&self) -> std::borrow::Cow<'_, str> {
+            String::from_utf8_lossy(&self.0)
+        }
+
+        /// The body for an error message: `secrets` removed, then cut to its first line and
+        /// [`crate::secret::MAX_MESSAGE_CHARS`].
+        pub fn safe_message(&self, secrets: &[&crate::secret::SecretValue]) -> String {
+            crate::secret::safe_message(&self.text(), secrets)
         }
     }
 }

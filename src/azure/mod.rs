@@ -21,7 +21,7 @@ pub use self::{
 };
 use crate::{
     crd::connection::{AzureCloud, ValidationMode, is_dns_name, is_guid},
-    secret::SecretValue,
+    secret::{SecretValue, safe_message},
     upstream::{Answer, Upstream, retry_after},
 };
 
@@ -193,12 +193,14 @@ impl AzureClient {
             StatusCode::FORBIDDEN => return Err(GraphError::PermissionMissing),
             StatusCode::NOT_FOUND => return Err(GraphError::ApplicationNotFound),
             StatusCode::TOO_MANY_REQUESTS => return Err(GraphError::Throttled),
-            s if s.is_server_error() => return Err(GraphError::Unexpected { status: s.as_u16(), message: answer.body.snippet() }),
+            s if s.is_server_error() => {
+                return Err(GraphError::Unexpected { status: s.as_u16(), message: answer.body.safe_message(&[request.secret]) });
+            }
             s => {
                 if s == StatusCode::UNAUTHORIZED {
                     self.tokens.lock().expect("token lock").remove(&key);
                 }
-                return Err(GraphError::Unexpected { status: s.as_u16(), message: request.secret.scrub(&answer.body.snippet()) });
+                return Err(GraphError::Unexpected { status: s.as_u16(), message: answer.body.safe_message(&[request.secret]) });
             }
         };
         let expiry = graph::match_secret(&credentials, request.secret)?;
@@ -314,23 +316,24 @@ fn tenant_from_issuer(doc: &DiscoveryDocument, tenant: &str, cloud: AzureCloud) 
     Ok(guid)
 }
 
-/// Turns a non-success answer into an error; any echo of the secret is scrubbed.
+/// Turns a non-success answer into an error; any echo of the secret is scrubbed before the text
+/// is bounded (`safe_message`).
 fn classify(answer: &Answer, secret: Option<&SecretValue>) -> AzureError {
     if answer.status == StatusCode::TOO_MANY_REQUESTS {
         return AzureError::Throttled { retry_after: retry_after(&answer.headers, jiff::Timestamp::now()) };
     }
-    let scrub = |text: &str| secret.map_or_else(|| text.to_owned(), |s| s.scrub(text));
+    let secrets: Vec<&SecretValue> = secret.into_iter().collect();
     match answer.body.json::<AadstsBody>() {
         Ok(body) => {
-            let first_line = body.error_description.split(['\r', '\n']).next().unwrap_or_default();
-            let (code, description) = match first_line.strip_prefix("AADSTS").and_then(|rest| rest.split_once(": ")) {
+            let message = safe_message(&body.error_description, &secrets);
+            let (code, description) = match message.strip_prefix("AADSTS").and_then(|rest| rest.split_once(": ")) {
                 Some((num, text)) => (num.parse().unwrap_or(0), text.to_owned()),
-                None => (body.error_codes.first().copied().unwrap_or(0), first_line.to_owned()),
+                None => (body.error_codes.first().copied().unwrap_or(0), message.clone()),
             };
             let code = body.error_codes.first().copied().unwrap_or(code);
-            AzureError::Aadsts { code, error: body.error, description: scrub(&description) }
+            AzureError::Aadsts { code, error: body.error, description }
         }
-        Err(_) => AzureError::Unexpected { status: answer.status.as_u16(), snippet: scrub(&answer.body.snippet()) },
+        Err(_) => AzureError::Unexpected { status: answer.status.as_u16(), snippet: answer.body.safe_message(&secrets) },
     }
 }
 

@@ -1,12 +1,18 @@
 //! Identity brokers behind one narrow interface: make the broker object match the desired state
 //! (or report how it differs), delete it, and check the operator's own credentials.
 //!
-//! Each broker's management API lives in its own module. A [`BrokerRegistry`] keeps one client per
-//! broker object and credential, so token caches and request budgets are shared across reconciles.
+//! Each broker is an adapter implementing [`Broker`]: its own module with a pure `plan` (desired
+//! state, diff, request bodies) and a thin client that calls its management API through
+//! `core::ManagementApi`, which owns what all four share (auth and the token cache, the request
+//! budget and 429 block, 404 handling, safe error text). An adapter sees only its own broker
+//! block ([`BrokerTarget`]); [`BrokerClient`] dispatches statically. A [`BrokerRegistry`] keeps one
+//! client per broker object and credential, so token caches and request budgets are shared across
+//! reconciles.
 
 pub mod auth0;
 pub mod budget;
 pub mod cloudflare;
+pub(crate) mod core;
 pub mod logto;
 pub mod unified;
 
@@ -20,7 +26,10 @@ use crate::{
     crd::{
         BrokerProvider,
         conditions::Reason,
-        connection::{AzureAdConnectionSpec, AzureCloud, SignInAudience},
+        connection::{
+            Auth0ConnectionSpec, AzureAdConnectionSpec, AzureCloud, AzureSpec, CloudflareConnectionSpec, LogtoConnectionSpec,
+            SignInAudience, UnifiedConnectionSpec,
+        },
     },
     secret::SecretValue,
     upstream::{TransportError, Upstream},
@@ -92,10 +101,52 @@ pub struct AzureCredentials<'a> {
     pub audience: SignInAudience,
 }
 
+/// The connection's settings for its broker, resolved once from its spec: an adapter only ever
+/// sees its own broker's block.
+#[derive(Debug, Clone, Copy)]
+pub enum BrokerTarget<'a> {
+    Auth0(&'a Auth0ConnectionSpec),
+    Cloudflare(&'a CloudflareConnectionSpec),
+    Logto(&'a LogtoConnectionSpec),
+    Unified(&'a UnifiedConnectionSpec),
+}
+
+impl<'a> BrokerTarget<'a> {
+    /// The broker block the connection sets. The CRD requires exactly one; a spec without any is
+    /// refused here, for a sync and a delete alike.
+    pub fn of(spec: &'a AzureAdConnectionSpec) -> Result<Self, BrokerError> {
+        let target = match (&spec.auth0, &spec.cloudflare, &spec.logto, &spec.unified) {
+            (Some(block), ..) => BrokerTarget::Auth0(block),
+            (_, Some(block), ..) => BrokerTarget::Cloudflare(block),
+            (_, _, Some(block), _) => BrokerTarget::Logto(block),
+            (.., Some(block)) => BrokerTarget::Unified(block),
+            (None, None, None, None) => {
+                return Err(BrokerError::Unsupported("the connection has no broker block (auth0, cloudflare, logto or unified)".into()));
+            }
+        };
+        Ok(target)
+    }
+
+    /// The broker type the block is for (`auth0`, ...), as in `AzureAdConnectionSpec::broker_type`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            BrokerTarget::Auth0(_) => "auth0",
+            BrokerTarget::Cloudflare(_) => "cloudflare",
+            BrokerTarget::Logto(_) => "logto",
+            BrokerTarget::Unified(_) => "unified",
+        }
+    }
+
+    /// The error for a block handed to a broker of another type.
+    fn mismatch(&self, broker_type: &str) -> BrokerError {
+        BrokerError::Unsupported(format!("a {broker_type} broker cannot take the connection's {} block", self.type_name()))
+    }
+}
+
 /// One sync of a connection's broker object.
 #[derive(Debug, Clone)]
 pub struct SyncRequest<'a> {
-    pub spec: &'a AzureAdConnectionSpec,
+    pub target: BrokerTarget<'a>,
     pub azure: AzureCredentials<'a>,
     /// The broker id recorded in status, if any.
     pub known_id: Option<&'a str>,
@@ -103,6 +154,22 @@ pub struct SyncRequest<'a> {
     pub synced_fingerprint: Option<&'a str>,
     /// Report differences without writing.
     pub observe_only: bool,
+}
+
+/// One delete of a connection's broker object.
+#[derive(Debug, Clone)]
+pub struct DeleteRequest<'a> {
+    pub target: BrokerTarget<'a>,
+    /// The Entra application as the spec names it (some brokers find their object by it).
+    pub app: &'a AzureSpec,
+    /// The broker id recorded in status, if any.
+    pub known_id: Option<&'a str>,
+}
+
+impl<'a> DeleteRequest<'a> {
+    pub fn new(spec: &'a AzureAdConnectionSpec, known_id: Option<&'a str>) -> Result<Self, BrokerError> {
+        Ok(Self { target: BrokerTarget::of(spec)?, app: &spec.azure, known_id })
+    }
 }
 
 /// What a sync found and did.
@@ -114,8 +181,32 @@ pub struct SyncOutcome {
     pub differences: Vec<String>,
     /// Whether the broker was written to.
     pub wrote: bool,
-    /// SCIM credentials the broker returned, once, when SCIM was enabled (Cloudflare).
-    pub scim: Option<ScimCredentials>,
+    /// What only one broker returns, for the controller to act on.
+    pub extras: Option<BrokerExtras>,
+}
+
+impl SyncOutcome {
+    /// Observing found no object; `object` names it ("connection").
+    pub fn missing(object: &str) -> Self {
+        Self { id: None, differences: vec![format!("{object} (missing)")], wrote: false, extras: None }
+    }
+
+    /// A sync created the object.
+    pub fn created(object: &str, id: String) -> Self {
+        Self { id: Some(id), differences: vec![format!("{object} (created)")], wrote: true, extras: None }
+    }
+
+    /// A sync of an existing object: what differed and whether it was written.
+    pub fn existing(id: String, differences: Vec<String>, wrote: bool) -> Self {
+        Self { id: Some(id), differences, wrote, extras: None }
+    }
+}
+
+/// Results that only one broker has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerExtras {
+    /// Cloudflare returned SCIM credentials, once, when SCIM was enabled.
+    CloudflareScim(ScimCredentials),
 }
 
 /// A SCIM endpoint and its bearer token, to hand to Entra ID's provisioning settings.
@@ -123,6 +214,24 @@ pub struct SyncOutcome {
 pub struct ScimCredentials {
     pub base_url: String,
     pub secret: SecretValue,
+}
+
+/// One broker's management API, behind the operations the controller needs. Dispatch is static,
+/// through [`BrokerClient`]; the adapters do their calls through `core::ManagementApi`.
+#[allow(async_fn_in_trait, reason = "static dispatch only: callers see each future's concrete type, Send included")]
+pub trait Broker {
+    /// The connection's block for this broker.
+    type Target;
+
+    /// Makes the broker object match the desired state, or reports how it differs.
+    async fn sync(&self, target: &Self::Target, request: &SyncRequest<'_>) -> Result<SyncOutcome, BrokerError>;
+
+    /// Deletes the broker object; a missing object, or one that is not this connection's, counts
+    /// as deleted.
+    async fn delete(&self, target: &Self::Target, request: &DeleteRequest<'_>) -> Result<(), BrokerError>;
+
+    /// Proves the operator's management credentials.
+    async fn check(&self) -> Result<(), BrokerError>;
 }
 
 /// A client for one broker account.
@@ -151,22 +260,34 @@ impl BrokerClient {
         }
     }
 
-    pub async fn sync(&self, request: &SyncRequest<'_>) -> Result<SyncOutcome, BrokerError> {
+    /// The broker type (`auth0`, ...).
+    pub fn type_name(&self) -> &'static str {
         match self {
-            BrokerClient::Auth0(c) => c.sync(request).await,
-            BrokerClient::Cloudflare(c) => c.sync(request).await,
-            BrokerClient::Logto(c) => c.sync(request).await,
-            BrokerClient::Unified(c) => c.sync(request).await,
+            BrokerClient::Auth0(_) => "auth0",
+            BrokerClient::Cloudflare(_) => "cloudflare",
+            BrokerClient::Logto(_) => "logto",
+            BrokerClient::Unified(_) => "unified",
+        }
+    }
+
+    pub async fn sync(&self, request: &SyncRequest<'_>) -> Result<SyncOutcome, BrokerError> {
+        match (self, request.target) {
+            (BrokerClient::Auth0(c), BrokerTarget::Auth0(t)) => c.sync(t, request).await,
+            (BrokerClient::Cloudflare(c), BrokerTarget::Cloudflare(t)) => c.sync(t, request).await,
+            (BrokerClient::Logto(c), BrokerTarget::Logto(t)) => c.sync(t, request).await,
+            (BrokerClient::Unified(c), BrokerTarget::Unified(t)) => c.sync(t, request).await,
+            (client, target) => Err(target.mismatch(client.type_name())),
         }
     }
 
     /// Deletes the broker object; a missing object counts as deleted.
-    pub async fn delete(&self, spec: &AzureAdConnectionSpec, known_id: Option<&str>) -> Result<(), BrokerError> {
-        match self {
-            BrokerClient::Auth0(c) => c.delete(spec, known_id).await,
-            BrokerClient::Cloudflare(c) => c.delete(spec, known_id).await,
-            BrokerClient::Logto(c) => c.delete(spec, known_id).await,
-            BrokerClient::Unified(c) => c.delete(spec, known_id).await,
+    pub async fn delete(&self, request: &DeleteRequest<'_>) -> Result<(), BrokerError> {
+        match (self, request.target) {
+            (BrokerClient::Auth0(c), BrokerTarget::Auth0(t)) => c.delete(t, request).await,
+            (BrokerClient::Cloudflare(c), BrokerTarget::Cloudflare(t)) => c.delete(t, request).await,
+            (BrokerClient::Logto(c), BrokerTarget::Logto(t)) => c.delete(t, request).await,
+            (BrokerClient::Unified(c), BrokerTarget::Unified(t)) => c.delete(t, request).await,
+            (client, target) => Err(target.mismatch(client.type_name())),
         }
     }
 
@@ -199,10 +320,6 @@ pub struct BrokerRegistry {
 impl BrokerRegistry {
     pub fn new(upstream: Upstream) -> Self {
         Self { upstream, clients: Mutex::new(HashMap::new()) }
-    }
-
-    pub fn upstream(&self) -> &Upstream {
-        &self.upstream
     }
 
     /// The client for `key`, built by `build` on first use. Clients of older generations or

@@ -29,7 +29,7 @@ use super::{
 };
 use crate::{
     azure::ValidationRequest,
-    broker::{AzureCredentials, BrokerClient, BrokerKey, SyncRequest},
+    broker::{AzureCredentials, BrokerClient, BrokerExtras, BrokerKey, BrokerTarget, DeleteRequest, SyncRequest},
     crd::{
         EXPIRES_AT_ANNOTATION, FINALIZER,
         conditions::Reason,
@@ -82,7 +82,7 @@ async fn apply(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error>
     store_pending_scim(conn, ctx).await?;
     let (observation, next) = observe(conn, ctx, &previous).await?;
     if let BrokerStage::Synced(outcome) = &observation.broker
-        && let Some(scim) = &outcome.scim
+        && let Some(BrokerExtras::CloudflareScim(scim)) = &outcome.extras
         && let Some(uid) = conn.uid()
     {
         ctx.pending_scim.lock().expect("scim lock").insert(uid, scim.clone());
@@ -177,8 +177,8 @@ async fn observe(conn: &AzureAdConnection, ctx: &Context, previous: &AzureAdConn
         }
     };
     let previous_broker = previous.broker.clone().unwrap_or_default();
-    let request = SyncRequest {
-        spec,
+    let request = BrokerTarget::of(spec).map(|target| SyncRequest {
+        target,
         azure: AzureCredentials {
             cloud: spec.azure.cloud,
             tenant: &spec.azure.tenant,
@@ -191,8 +191,12 @@ async fn observe(conn: &AzureAdConnection, ctx: &Context, previous: &AzureAdConn
         known_id: previous_broker.id.as_deref(),
         synced_fingerprint: previous_broker.synced_fingerprint.as_deref(),
         observe_only,
+    });
+    let synced = match request {
+        Ok(request) => broker.sync(&request).await,
+        Err(unsupported) => Err(unsupported),
     };
-    let (stage, next, drift_corrected) = match broker.sync(&request).await {
+    let (stage, next, drift_corrected) = match synced {
         Ok(outcome) => {
             // Differences although the spec and secret are what was last synced: someone edited
             // the broker object.
@@ -390,7 +394,11 @@ async fn cleanup(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Erro
         }
     };
     let known_id = conn.status.as_ref().and_then(|s| s.broker.as_ref()).and_then(|b| b.id.as_deref());
-    match ctx.broker_client(&resolved).delete(&conn.spec, known_id).await {
+    let deleted = match DeleteRequest::new(&conn.spec, known_id) {
+        Ok(request) => ctx.broker_client(&resolved).delete(&request).await,
+        Err(unsupported) => Err(unsupported),
+    };
+    match deleted {
         Ok(()) => {
             ctx.publish(conn, EventType::Normal, "Deleted", "the broker object was deleted (deletionPolicy: Delete)").await;
             Ok(Action::await_change())

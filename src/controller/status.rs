@@ -276,7 +276,7 @@ mod tests {
             id: Some("con_1".into()),
             differences: if wrote { vec!["options.client_secret".into()] } else { vec![] },
             wrote,
-            scim: None,
+            extras: None,
         })
     }
 
@@ -364,7 +364,7 @@ mod tests {
                 id: Some("con_1".into()),
                 differences: vec!["options.ext_groups".into()],
                 wrote: false,
-                scim: None,
+                extras: None,
             }),
         );
         obs.observe_only = true;

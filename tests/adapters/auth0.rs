@@ -5,7 +5,7 @@
 //! One answer the emulator never gives (an error that echoes what it was sent) comes from a small
 //! stub server on the same test CA.
 
-use crate::common::{self, CLIENT, Creds, TENANT, TENANT_DOMAIN, request};
+use crate::common::{self, CLIENT, Creds, TENANT, TENANT_DOMAIN, deletion, request};
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -23,7 +23,7 @@ use idp_bridge::{
         connection::{Auth0ConnectionSpec, Auth0IdentityApi, Auth0UserIdAttribute, AzureAdConnectionSpec, SignInAudience, ValidationMode},
     },
     secret::{Fingerprinter, SecretValue},
-    upstream::{EndpointOverrides, TransportError, Upstream},
+    upstream::{EndpointOverrides, Upstream},
 };
 use idp_bridge_devenv::{
     auth0::Auth0Emulator,
@@ -67,11 +67,11 @@ fn env() -> Env {
 
 impl Env {
     /// The operator's client for the tenant, with the M2M credentials given.
-    fn client_as(&self, client_id: &str, secret: &str) -> Auth0Client {
-        Auth0Client::new(self.up.clone(), DOMAIN, client_id, SecretValue::new(secret), None)
+    fn client_as(&self, client_id: &str, secret: &str) -> BrokerClient {
+        BrokerClient::Auth0(Auth0Client::new(self.up.clone(), DOMAIN, client_id, SecretValue::new(secret), None))
     }
 
-    fn client(&self) -> Auth0Client {
+    fn client(&self) -> BrokerClient {
         self.client_as(M2M, M2M_SECRET)
     }
 
@@ -122,7 +122,7 @@ fn expect_err<T: std::fmt::Debug>(result: Result<T, BrokerError>) -> BrokerError
 }
 
 /// Creates the connection through a first sync; returns its id.
-async fn created(env: &Env, client: &Auth0Client, spec: &AzureAdConnectionSpec, creds: &Creds) -> String {
+async fn created(env: &Env, client: &BrokerClient, spec: &AzureAdConnectionSpec, creds: &Creds) -> String {
     let outcome = client.sync(&request(spec, creds, None, None, FULL)).await.unwrap();
     assert!(outcome.wrote, "{outcome:?}");
     let id = outcome.id.expect("an id");
@@ -137,7 +137,7 @@ async fn first_sync_creates_a_waad_connection() {
     let creds = env.creds(CANARY);
     let outcome = client.sync(&request(&spec(), &creds, None, None, FULL)).await.unwrap();
     let id = outcome.id.clone().expect("an id");
-    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["connection (created)".into()], wrote: true, scim: None });
+    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["connection (created)".into()], wrote: true, extras: None });
     assert!(id.starts_with("con_"), "{id}");
 
     let conn = env.auth0.connection(&id).unwrap();
@@ -175,7 +175,7 @@ async fn steady_state_makes_no_writes() {
     for known_id in [Some(id.as_str()), None] {
         for observe_only in [FULL, OBSERVE] {
             let outcome = client.sync(&request(&spec, &creds, known_id, Some(&creds.fingerprint), observe_only)).await.unwrap();
-            assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec![], wrote: false, scim: None });
+            assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec![], wrote: false, extras: None });
         }
     }
     assert_eq!(env.auth0.writes(), writes, "steady state writes nothing");
@@ -197,7 +197,7 @@ async fn rotation_patches_once_and_carries_server_fields_back() {
     let writes = env.auth0.writes();
 
     let outcome = client.sync(&request(&spec, &new, Some(&id), Some(&old.fingerprint), FULL)).await.unwrap();
-    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["options.client_secret".into()], wrote: true, scim: None });
+    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["options.client_secret".into()], wrote: true, extras: None });
     assert_eq!(env.auth0.writes(), writes + 1);
     assert_eq!(env.count(&format!("PATCH /api/v2/connections/{id}")), 1, "exactly one PATCH");
 
@@ -255,7 +255,7 @@ async fn a_recorded_id_of_someone_elses_connection_is_ignored() {
     let outcome = client.sync(&request(&spec(), &creds, Some(&foreign), None, FULL)).await.unwrap();
     assert_ne!(outcome.id.as_deref(), Some(foreign.as_str()));
     assert_eq!(env.auth0.connection(&foreign).unwrap()["options"]["client_secret"], "theirs");
-    client.delete(&spec(), Some(&foreign)).await.unwrap();
+    client.delete(&deletion(&spec(), Some(&foreign))).await.unwrap();
     assert!(env.auth0.connection(&foreign).is_some(), "someone else's connection survives");
     assert!(env.auth0.connection_by_name(NAME).is_none(), "ours is deleted");
     // A malformed recorded id falls back to the name too.
@@ -277,7 +277,7 @@ async fn same_named_connection_of_another_strategy_is_refused() {
     }
     assert_eq!(env.auth0.writes(), 0);
     // Deleting leaves it alone.
-    client.delete(&spec(), None).await.unwrap();
+    client.delete(&deletion(&spec(), None)).await.unwrap();
     assert!(env.auth0.connection(&other).is_some());
     assert_eq!(env.auth0.writes(), 0);
     assert_eq!(env.count(&format!("DELETE /api/v2/connections/{other}")), 0);
@@ -408,7 +408,7 @@ async fn unsupported_audiences_fail_before_any_request() {
     no_block.auth0 = None;
     for spec in [&consumers, &common_with_oid, &no_block] {
         for observe_only in [FULL, OBSERVE] {
-            let err = expect_err(client.sync(&request(spec, &creds, None, None, observe_only)).await);
+            let err = expect_err(common::sync_spec(&client, spec, &creds, observe_only).await);
             assert!(matches!(err, BrokerError::Unsupported(_)), "{err:?}");
             assert_eq!(err.reason(), Reason::UnsupportedSetting);
             assert!(!err.is_transient() && err.retry_after().is_none());
@@ -469,7 +469,7 @@ async fn wrong_management_credentials_are_auth_failures() {
         assert!(!err.is_transient());
         let err = expect_err(client.sync(&request(&spec(), &creds, None, None, FULL)).await);
         assert_eq!(err.reason(), Reason::BrokerAuthFailed, "{err}");
-        let err = expect_err(client.delete(&spec(), Some("con_0000000000000000")).await);
+        let err = expect_err(client.delete(&deletion(&spec(), Some("con_0000000000000000"))).await);
         assert_eq!(err.reason(), Reason::BrokerAuthFailed, "{err}");
     }
     assert!(env.log().iter().all(|r| r == "POST /oauth/token"), "nothing but token requests: {:?}", env.log());
@@ -490,119 +490,7 @@ async fn missing_scope_is_an_auth_failure() {
     assert!(env.auth0.connections().is_empty());
     // Observing needs only read access.
     let outcome = client.sync(&request(&spec(), &creds, None, None, OBSERVE)).await.unwrap();
-    assert_eq!(outcome, SyncOutcome { id: None, differences: vec!["connection (missing)".into()], wrote: false, scim: None });
-}
-
-#[tokio::test]
-async fn rate_limit_blocks_the_account_until_the_reset() {
-    let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-    let id = created(&env, &client, &spec, &creds).await;
-    env.auth0.rate_limit_next(1, 30);
-    let err = expect_err(client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await);
-    let wait = err.retry_after().expect("a wait");
-    assert!(matches!(err, BrokerError::RateLimited { .. }), "{err:?}");
-    assert!((Duration::from_secs(25)..=Duration::from_secs(30)).contains(&wait), "from X-RateLimit-Reset: {wait:?}");
-    assert_eq!(err.reason(), Reason::BrokerRateLimited);
-    assert!(err.is_transient());
-
-    // Blocked: every further call fails at once, and the tenant hears nothing.
-    let seen = env.log().len();
-    let rotated = env.creds("new8Q~rotated-secret-value-0123456789ab");
-    let err = expect_err(client.sync(&request(&spec, &rotated, Some(&id), Some(&creds.fingerprint), FULL)).await);
-    let again = err.retry_after().expect("a wait");
-    assert!(again <= wait && again >= Duration::from_secs(20), "{again:?}");
-    assert_eq!(err.reason(), Reason::BrokerRateLimited);
-    let err = expect_err(client.delete(&spec, Some(&id)).await);
-    assert_eq!(err.reason(), Reason::BrokerRateLimited);
-    assert_eq!(env.log().len(), seen, "no request while blocked: {:?}", &env.log()[seen..]);
-    assert_eq!(env.connection()["options"]["client_secret"], CANARY);
-}
-
-#[tokio::test]
-async fn server_errors_are_transient() {
-    let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-    let id = created(&env, &client, &spec, &creds).await;
-    for status in [503, 500, 502] {
-        env.auth0.fail_next(1, status);
-        let err = expect_err(client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await);
-        assert!(matches!(err, BrokerError::Server { status: s, .. } if s == status), "{err:?}");
-        assert_eq!(err.reason(), Reason::BrokerUnreachable);
-        assert!(err.is_transient() && err.retry_after().is_none());
-    }
-    // On the token endpoint (a client without a token yet).
-    env.auth0.fail_next(1, 503);
-    let err = expect_err(env.client().check().await);
-    assert!(matches!(err, BrokerError::Server { status: 503, .. }), "{err:?}");
-    // Not blocked afterwards.
-    client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await.unwrap();
-}
-
-#[tokio::test]
-async fn shut_down_tenant_is_unreachable() {
-    let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-    let id = created(&env, &client, &spec, &creds).await;
-    env.auth0.shutdown();
-    // The listener closes once the server task is dropped, on the runtime's next turn.
-    tokio::task::yield_now().await;
-    let fresh = env.client();
-    let err = expect_err(fresh.check().await);
-    assert!(matches!(err, BrokerError::Unreachable(TransportError::Connect(_))), "{err:?}");
-    assert_eq!(err.reason(), Reason::BrokerUnreachable);
-    assert!(err.is_transient());
-    // With a cached token and a pooled connection, the outage shows the same way.
-    for result in [
-        client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await.map(drop),
-        client.delete(&spec, Some(&id)).await,
-    ] {
-        let err = expect_err(result);
-        assert!(matches!(err, BrokerError::Unreachable(_)), "{err:?}");
-        assert_eq!(err.reason(), Reason::BrokerUnreachable);
-    }
-}
-
-#[tokio::test]
-async fn delete_removes_the_connection_and_treats_missing_as_done() {
-    let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-    let keep = env.auth0.insert_connection(json!({"name": "unrelated", "strategy": "waad", "options": {"client_id": CLIENT}}));
-
-    // By recorded id.
-    let id = created(&env, &client, &spec, &creds).await;
-    let writes = env.auth0.writes();
-    client.delete(&spec, Some(&id)).await.unwrap();
-    assert!(env.auth0.connection(&id).is_none());
-    assert_eq!(env.auth0.writes(), writes + 1);
-    // Already gone (the recorded id answers 404, and nothing has the name): done, no DELETE.
-    client.delete(&spec, Some(&id)).await.unwrap();
-    client.delete(&spec, None).await.unwrap();
-    assert_eq!(env.count(&format!("DELETE /api/v2/connections/{id}")), 1);
-
-    // By name, when no id was recorded.
-    let id = created(&env, &client, &spec, &creds).await;
-    client.delete(&spec, None).await.unwrap();
-    assert!(env.auth0.connection(&id).is_none());
-
-    // Through the broker-neutral enum, and for a connection without an auth0 block.
-    let id = created(&env, &client, &spec, &creds).await;
-    let broker = BrokerClient::Auth0(env.client());
-    broker.check().await.unwrap();
-    broker.delete(&spec, Some(&id)).await.unwrap();
-    assert!(env.auth0.connection(&id).is_none());
-    let mut no_block = spec.clone();
-    no_block.auth0 = None;
-    let before = env.log().len();
-    broker.delete(&no_block, None).await.unwrap();
-    assert_eq!(env.log().len(), before, "nothing to delete, nothing asked");
-
-    assert!(env.auth0.connection(&keep).is_some(), "other connections are untouched");
-    assert_eq!(env.auth0.connections().len(), 1);
+    assert_eq!(outcome, SyncOutcome { id: None, differences: vec!["connection (missing)".into()], wrote: false, extras: None });
 }
 
 /// A tenant whose errors echo whatever they were sent (token requests and connection writes).
@@ -618,7 +506,9 @@ fn echo_router() -> Router {
     async fn create(body: Bytes) -> Response {
         let text = String::from_utf8_lossy(&body).into_owned();
         let status = if text.contains("server-error") { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::BAD_REQUEST };
-        let message = format!("Payload validation error: could not accept {text}");
+        // The secret first: error text is bounded to 200 characters after it is scrubbed.
+        let sent: Value = serde_json::from_slice(&body).unwrap_or_default();
+        let message = format!("Payload validation error: could not accept client_secret {} in {text}", sent["options"]["client_secret"]);
         (status, Json(json!({"statusCode": status.as_u16(), "error": "Bad", "message": message, "errorCode": "invalid_body"})))
             .into_response()
     }
@@ -659,10 +549,10 @@ async fn errors_never_show_a_secret() {
     overrides.insert(DOMAIN, server.base_url());
     let up = Upstream::new(overrides, Some(ca_file.path()), Duration::from_secs(5)).unwrap();
 
-    let err = expect_err(Auth0Client::new(up.clone(), DOMAIN, M2M, SecretValue::new(M2M_SECRET), None).check().await);
+    let err = expect_err(BrokerClient::Auth0(Auth0Client::new(up.clone(), DOMAIN, M2M, SecretValue::new(M2M_SECRET), None)).check().await);
     assert!(matches!(err, BrokerError::Auth(ref m) if m.contains("wrong secret [redacted]")), "{err:?}");
 
-    let client = Auth0Client::new(up, DOMAIN, M2M, SecretValue::new("echo"), None);
+    let client = BrokerClient::Auth0(Auth0Client::new(up, DOMAIN, M2M, SecretValue::new("echo"), None));
     let err = expect_err(client.sync(&request(&spec(), &creds, None, None, FULL)).await);
     assert!(matches!(err, BrokerError::Rejected(ref m) if m.contains("[redacted]") && m.contains("invalid_body")), "{err:?}");
     let loud = spec_with(Auth0ConnectionSpec { display_name: Some("server-error".into()), ..auth0_spec() });

@@ -542,6 +542,13 @@ fn echo_router() -> Router {
                     .into_response()
             }
             Some("echo-throttle") => (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "5")], format!("slow down {secret}")).into_response(),
+            // The secret where a 200-character cut falls inside it.
+            Some("echo-straddle") => (StatusCode::BAD_GATEWAY, format!("{}{secret} trailing", "x".repeat(190))).into_response(),
+            // The secret URL-encoded, as a proxy logging the form might quote it.
+            Some("echo-encoded") => {
+                let encoded: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+                (StatusCode::BAD_GATEWAY, format!("upstream rejected client_secret={encoded}")).into_response()
+            }
             _ => (StatusCode::BAD_GATEWAY, format!("upstream rejected client_secret={secret}")).into_response(),
         }
     }
@@ -648,6 +655,38 @@ async fn no_error_ever_shows_the_secret() {
         if client_id != "echo-throttle" {
             assert!(err.to_string().contains("[redacted]"), "{client_id}: the echo is still explained: {err}");
         }
+    }
+}
+
+#[tokio::test]
+async fn echoed_secrets_are_scrubbed_before_the_message_is_cut() {
+    install_crypto_provider();
+    let ca = TestCa::new();
+    let ca_file = NamedTempFile::new().unwrap();
+    ca.write_pem(ca_file.path()).unwrap();
+    let server = serve_tls(echo_router(), &ca).await.unwrap();
+    let mut overrides = EndpointOverrides::default();
+    overrides.insert(PUBLIC_LOGIN, server.base_url());
+    let client = AzureClient::new(upstream(&overrides, &ca_file));
+    let fingerprints = Fingerprinter::new(b"k".to_vec());
+    let encoded: String = url::form_urlencoded::byte_serialize(CANARY.as_bytes()).collect();
+    for client_id in ["echo-straddle", "echo-encoded"] {
+        let err = expect_err(
+            validate_with(
+                &client,
+                &fingerprints,
+                AzureCloud::AzurePublic,
+                TENANT,
+                client_id,
+                CANARY,
+                ValidationMode::ClientCredentials,
+                HOUR,
+            )
+            .await,
+        );
+        assert_eq!(reason_of(&err), Reason::AzureUnreachable, "{client_id}: {err}");
+        let text = format!("{err} {err:?}");
+        assert!(!text.contains(&CANARY[..10]) && !text.contains(&encoded[..10]), "{client_id}: no part of the secret survives: {text}");
     }
 }
 

@@ -5,7 +5,7 @@
 //! One answer the emulator never gives (an error that echoes what it was sent) comes from a small
 //! stub server on the same test CA.
 
-use crate::common::{self, CLIENT, Creds, TENANT, request};
+use crate::common::{self, CLIENT, Creds, TENANT, deletion, request};
 
 use std::time::Duration;
 
@@ -17,9 +17,8 @@ use axum::{
     routing::get,
 };
 use idp_bridge::{
-    broker::{BrokerClient, BrokerError, SyncOutcome, cloudflare::CloudflareClient},
+    broker::{BrokerClient, BrokerError, BrokerExtras, ScimCredentials, SyncOutcome, cloudflare::CloudflareClient},
     crd::{
-        BrokerProvider,
         broker::{CloudflareBrokerSpec, TokenSecretRef},
         conditions::Reason,
         connection::{
@@ -28,7 +27,7 @@ use idp_bridge::{
         },
     },
     secret::{Fingerprinter, SecretValue},
-    upstream::{EndpointOverrides, TransportError, Upstream},
+    upstream::{EndpointOverrides, Upstream},
 };
 use idp_bridge_devenv::{
     cloudflare::{CloudflareEmulator, TEAM},
@@ -88,11 +87,11 @@ fn account_spec(account: &str) -> CloudflareBrokerSpec {
 }
 
 impl Env {
-    fn client_with(&self, spec: &CloudflareBrokerSpec, token: &str, rate: Option<(u32, u32)>) -> CloudflareClient {
-        CloudflareClient::new(self.up.clone(), spec, SecretValue::new(token), rate)
+    fn client_with(&self, spec: &CloudflareBrokerSpec, token: &str, rate: Option<(u32, u32)>) -> BrokerClient {
+        BrokerClient::Cloudflare(CloudflareClient::new(self.up.clone(), spec, SecretValue::new(token), rate))
     }
 
-    fn client(&self) -> CloudflareClient {
+    fn client(&self) -> BrokerClient {
         self.client_with(&account_spec(ACCOUNT), TOKEN, None)
     }
 
@@ -163,7 +162,7 @@ fn expect_err<T: std::fmt::Debug>(result: Result<T, BrokerError>) -> BrokerError
 }
 
 /// Creates the provider through a first sync; returns its id.
-async fn created(env: &Env, client: &CloudflareClient, spec: &AzureAdConnectionSpec, creds: &Creds) -> String {
+async fn created(env: &Env, client: &BrokerClient, spec: &AzureAdConnectionSpec, creds: &Creds) -> String {
     let outcome = client.sync(&request(spec, creds, None, None, FULL)).await.unwrap();
     assert!(outcome.wrote, "{outcome:?}");
     let id = outcome.id.expect("an id");
@@ -179,7 +178,7 @@ async fn first_sync_creates_an_azure_ad_provider() {
     let creds = env.creds(CANARY);
     let outcome = client.sync(&request(&spec(), &creds, None, None, FULL)).await.unwrap();
     let id = outcome.id.clone().expect("an id");
-    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["connection (created)".into()], wrote: true, scim: None });
+    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["connection (created)".into()], wrote: true, extras: None });
 
     let stored = env.cf.provider(&id).unwrap();
     assert_eq!((stored["name"].as_str(), stored["type"].as_str()), (Some(NAME), Some("azureAD")));
@@ -218,7 +217,7 @@ async fn steady_state_makes_no_writes() {
     for known_id in [Some(id.as_str()), None] {
         for observe_only in [FULL, OBSERVE] {
             let outcome = client.sync(&request(&spec, &creds, known_id, Some(&creds.fingerprint), observe_only)).await.unwrap();
-            assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec![], wrote: false, scim: None });
+            assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec![], wrote: false, extras: None });
         }
     }
     assert_eq!(env.cf.writes(), writes, "steady state writes nothing");
@@ -242,7 +241,7 @@ async fn rotation_puts_once_with_the_complete_config() {
     let writes = env.cf.writes();
 
     let outcome = client.sync(&request(&spec, &new, Some(&id), Some(&old.fingerprint), FULL)).await.unwrap();
-    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["config.client_secret".into()], wrote: true, scim: None });
+    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["config.client_secret".into()], wrote: true, extras: None });
     assert_eq!(env.cf.writes(), writes + 1);
     assert_eq!(env.count(&format!("PUT {}/{id}", collection(ACCOUNT))), 1, "exactly one PUT");
     assert_eq!(env.count("PUT "), 1);
@@ -344,7 +343,7 @@ async fn a_recorded_id_of_someone_elses_provider_is_ignored() {
     let outcome = client.sync(&request(&spec(), &creds, Some(&foreign), None, FULL)).await.unwrap();
     assert_ne!(outcome.id.as_deref(), Some(foreign.as_str()));
     assert_eq!(env.cf.client_secret(&foreign).as_deref(), Some("theirs"));
-    client.delete(&spec(), Some(&foreign)).await.unwrap();
+    client.delete(&deletion(&spec(), Some(&foreign))).await.unwrap();
     assert!(env.cf.provider(&foreign).is_some(), "someone else's provider survives");
     assert!(env.cf.provider_by_name(NAME).is_none(), "ours is deleted");
     // A malformed recorded id never reaches a path; the name is used.
@@ -370,8 +369,8 @@ async fn same_named_provider_of_another_type_is_refused() {
     assert!(matches!(err, BrokerError::Rejected(_)), "{err:?}");
     assert_eq!(env.cf.writes(), 0);
     // Deleting leaves it alone.
-    client.delete(&spec(), None).await.unwrap();
-    client.delete(&spec(), Some(&other)).await.unwrap();
+    client.delete(&deletion(&spec(), None)).await.unwrap();
+    client.delete(&deletion(&spec(), Some(&other))).await.unwrap();
     assert!(env.cf.provider(&other).is_some());
     assert_eq!(env.cf.writes(), 0);
     assert_eq!(env.count("DELETE "), 0);
@@ -397,12 +396,15 @@ async fn zone_level_providers_work_the_same() {
     let account = env.client();
     let outcome = account.sync(&request(&spec, &new, Some(&id), Some(&new.fingerprint), OBSERVE)).await.unwrap();
     assert_eq!(outcome.differences, ["connection (missing)"]);
-    client.delete(&spec, Some(&id)).await.unwrap();
+    client.delete(&deletion(&spec, Some(&id))).await.unwrap();
     assert!(env.cf.providers().is_empty());
 }
 
 #[tokio::test]
 async fn scim_credentials_come_back_once_when_scim_is_first_enabled() {
+    fn scim_of(outcome: &SyncOutcome) -> Option<ScimCredentials> {
+        outcome.extras.as_ref().map(|BrokerExtras::CloudflareScim(scim)| scim.clone())
+    }
     let env = env();
     let client = env.client();
     let creds = env.creds(CANARY);
@@ -411,7 +413,7 @@ async fn scim_credentials_come_back_once_when_scim_is_first_enabled() {
     let spec = scim_spec();
     let outcome = client.sync(&request(&spec, &creds, None, None, FULL)).await.unwrap();
     let id = outcome.id.clone().unwrap();
-    let scim = outcome.scim.clone().expect("SCIM credentials on the enabling write");
+    let scim = scim_of(&outcome).expect("SCIM credentials on the enabling write");
     let stored = env.cf.provider(&id).unwrap();
     assert_eq!(scim.base_url, format!("https://{TEAM}.cloudflareaccess.com/populations/{id}/scim/v2"));
     assert_eq!(Some(scim.secret.expose()), stored["scim_config"]["secret"].as_str());
@@ -420,10 +422,10 @@ async fn scim_credentials_come_back_once_when_scim_is_first_enabled() {
     assert!(!format!("{outcome:?}").contains(scim.secret.expose()), "the outcome never prints the token");
     // Later syncs, with or without a write, do not see it again.
     let outcome = client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await.unwrap();
-    assert_eq!((outcome.wrote, outcome.scim), (false, None));
+    assert_eq!((outcome.wrote, scim_of(&outcome)), (false, None));
     let new = env.creds(ROTATED);
     let outcome = client.sync(&request(&spec, &new, Some(&id), Some(&creds.fingerprint), FULL)).await.unwrap();
-    assert_eq!((outcome.wrote, outcome.scim), (true, None));
+    assert_eq!((outcome.wrote, scim_of(&outcome)), (true, None));
 
     // Enabled by an update of a provider made without SCIM.
     let plain = spec_with(CloudflareConnectionSpec { name: "Later SCIM".into(), ..cf_spec() });
@@ -431,13 +433,13 @@ async fn scim_credentials_come_back_once_when_scim_is_first_enabled() {
     let enabled = spec_with(CloudflareConnectionSpec { name: "Later SCIM".into(), ..scim_spec().cloudflare.unwrap() });
     let outcome = client.sync(&request(&enabled, &creds, Some(&later), Some(&creds.fingerprint), FULL)).await.unwrap();
     assert!(outcome.differences.contains(&"scim_config.enabled".to_owned()), "{outcome:?}");
-    let scim = outcome.scim.expect("SCIM credentials on the enabling PUT");
+    let scim = scim_of(&outcome).expect("SCIM credentials on the enabling PUT");
     assert_eq!(scim.base_url, format!("https://{TEAM}.cloudflareaccess.com/populations/{later}/scim/v2"));
     assert_eq!(Some(scim.secret.expose()), env.cf.provider(&later).unwrap()["scim_config"]["secret"].as_str());
     // Off and on again: Cloudflare shows the token redacted, so nothing comes back.
     for spec in [&plain, &enabled] {
         let outcome = client.sync(&request(spec, &creds, Some(&later), Some(&creds.fingerprint), FULL)).await.unwrap();
-        assert_eq!((outcome.wrote, outcome.scim), (true, None));
+        assert_eq!((outcome.wrote, scim_of(&outcome)), (true, None));
     }
     assert!(env.log().iter().all(|r| !r.contains(scim.secret.expose())));
 }
@@ -455,7 +457,7 @@ async fn invalid_or_unscoped_tokens_are_auth_failures() {
         assert!(!err.is_transient());
         let err = expect_err(client.sync(&request(&spec(), &creds, None, None, FULL)).await);
         assert_eq!(err.reason(), Reason::BrokerAuthFailed, "{err}");
-        let err = expect_err(client.delete(&spec(), Some("00000000-0000-4000-8000-000000000000")).await);
+        let err = expect_err(client.delete(&deletion(&spec(), Some("00000000-0000-4000-8000-000000000000"))).await);
         assert_eq!(err.reason(), Reason::BrokerAuthFailed, "{err}");
     }
     assert_eq!(env.cf.writes(), 0);
@@ -473,7 +475,7 @@ async fn unknown_account_is_refused_with_a_clear_reason() {
         expect_err(client.check().await),
         expect_err(client.sync(&request(&spec(), &creds, None, None, FULL)).await),
         expect_err(client.sync(&request(&spec(), &creds, Some("00000000-0000-4000-8000-000000000000"), None, OBSERVE)).await),
-        expect_err(client.delete(&spec(), None).await),
+        expect_err(client.delete(&deletion(&spec(), None)).await),
     ] {
         assert!(
             matches!(err, BrokerError::Rejected(ref m) if m.contains(&format!("account {unknown}")) && m.contains("accountId")),
@@ -483,35 +485,6 @@ async fn unknown_account_is_refused_with_a_clear_reason() {
         assert!(!err.is_transient());
     }
     assert_eq!(env.cf.writes(), 0);
-}
-
-#[tokio::test]
-async fn a_429_blocks_the_token_and_nothing_reaches_cloudflare_meanwhile() {
-    let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-    let id = created(&env, &client, &spec, &creds).await;
-    env.cf.rate_limit_next(1);
-    let err = expect_err(client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await);
-    assert!(matches!(err, BrokerError::RateLimited { .. }), "{err:?}");
-    assert_eq!(err.retry_after(), Some(Duration::from_secs(300)), "Cloudflare blocks for 5 minutes");
-    assert_eq!(err.reason(), Reason::BrokerRateLimited);
-    assert!(err.is_transient());
-
-    // Blocked: every further call fails at once, and Cloudflare hears nothing.
-    let seen = env.log().len();
-    let rotated = env.creds(ROTATED);
-    for err in [
-        expect_err(client.sync(&request(&spec, &rotated, Some(&id), Some(&creds.fingerprint), FULL)).await),
-        expect_err(client.delete(&spec, Some(&id)).await),
-        expect_err(client.check().await),
-    ] {
-        let wait = err.retry_after().expect("a wait");
-        assert!(wait <= Duration::from_secs(300) && wait >= Duration::from_secs(290), "{wait:?}");
-        assert_eq!(err.reason(), Reason::BrokerRateLimited);
-    }
-    assert_eq!(env.log().len(), seen, "no request while blocked: {:?}", &env.log()[seen..]);
-    assert_eq!(env.cf.client_secret(&id).as_deref(), Some(CANARY));
 }
 
 #[tokio::test]
@@ -564,87 +537,6 @@ async fn a_configured_budget_never_exceeds_cloudflares_window() {
 }
 
 #[tokio::test]
-async fn server_errors_are_transient() {
-    let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-    let id = created(&env, &client, &spec, &creds).await;
-    for status in [503, 500, 502] {
-        env.cf.fail_next(1, status);
-        let err = expect_err(client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await);
-        assert!(matches!(err, BrokerError::Server { status: s, .. } if s == status), "{err:?}");
-        assert_eq!(err.reason(), Reason::BrokerUnreachable);
-        assert!(err.is_transient() && err.retry_after().is_none());
-    }
-    // Not blocked afterwards.
-    client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await.unwrap();
-    client.check().await.unwrap();
-}
-
-#[tokio::test]
-async fn shut_down_api_is_unreachable() {
-    let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-    let id = created(&env, &client, &spec, &creds).await;
-    env.cf.shutdown();
-    // The listener closes once the server task is dropped, on the runtime's next turn.
-    tokio::task::yield_now().await;
-    let err = expect_err(env.client().check().await);
-    assert!(matches!(err, BrokerError::Unreachable(TransportError::Connect(_))), "{err:?}");
-    assert_eq!(err.reason(), Reason::BrokerUnreachable);
-    assert!(err.is_transient());
-    for result in [
-        client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await.map(drop),
-        client.delete(&spec, Some(&id)).await,
-    ] {
-        let err = expect_err(result);
-        assert!(matches!(err, BrokerError::Unreachable(_)), "{err:?}");
-        assert_eq!(err.reason(), Reason::BrokerUnreachable);
-    }
-}
-
-#[tokio::test]
-async fn delete_removes_the_provider_and_treats_missing_as_done() {
-    let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-    let keep = env.cf.insert_provider(ACCOUNT, json!({"name": "Unrelated", "type": "azureAD", "config": {"client_id": CLIENT}}));
-    let base = collection(ACCOUNT);
-
-    // By recorded id.
-    let id = created(&env, &client, &spec, &creds).await;
-    let writes = env.cf.writes();
-    client.delete(&spec, Some(&id)).await.unwrap();
-    assert!(env.cf.provider(&id).is_none());
-    assert_eq!(env.cf.writes(), writes + 1);
-    // Already gone (the recorded id answers 404, and nothing has the name): done, no DELETE.
-    client.delete(&spec, Some(&id)).await.unwrap();
-    client.delete(&spec, None).await.unwrap();
-    assert_eq!(env.count(&format!("DELETE {base}/{id}")), 1);
-
-    // By name, when no id was recorded.
-    let id = created(&env, &client, &spec, &creds).await;
-    client.delete(&spec, None).await.unwrap();
-    assert!(env.cf.provider(&id).is_none());
-
-    // Through the broker-neutral enum, and for a connection without a cloudflare block.
-    let id = created(&env, &client, &spec, &creds).await;
-    let broker = BrokerClient::build(&env.up, &BrokerProvider::Cloudflare(account_spec(ACCOUNT)), "", SecretValue::new(TOKEN), None);
-    broker.check().await.unwrap();
-    broker.delete(&spec, Some(&id)).await.unwrap();
-    assert!(env.cf.provider(&id).is_none());
-    let mut no_block = spec.clone();
-    no_block.cloudflare = None;
-    let before = env.log().len();
-    broker.delete(&no_block, None).await.unwrap();
-    assert_eq!(env.log().len(), before, "nothing to delete, nothing asked");
-
-    assert!(env.cf.provider(&keep).is_some(), "other providers are untouched");
-    assert_eq!(env.cf.providers().len(), 1);
-}
-
-#[tokio::test]
 async fn a_read_only_provider_is_reported_not_written() {
     let env = env();
     let client = env.client();
@@ -657,7 +549,7 @@ async fn a_read_only_provider_is_reported_not_written() {
     assert!(outcome.differences.contains(&"config.client_secret".to_owned()) && !outcome.wrote, "{outcome:?}");
     let err = expect_err(client.sync(&request(&spec(), &creds, Some(&id), None, FULL)).await);
     assert!(matches!(err, BrokerError::Rejected(ref m) if m.contains("read_only")), "{err:?}");
-    let err = expect_err(client.delete(&spec(), Some(&id)).await);
+    let err = expect_err(client.delete(&deletion(&spec(), Some(&id))).await);
     assert!(matches!(err, BrokerError::Rejected(ref m) if m.contains("read_only")), "{err:?}");
     assert_eq!((env.count("PUT "), env.count("DELETE ")), (0, 0));
     assert_eq!(env.cf.client_secret(&id).as_deref(), Some("x"));
@@ -685,7 +577,7 @@ async fn settings_an_azure_ad_provider_cannot_express_fail_before_any_request() 
     specs.push(no_block);
     for spec in &specs {
         for observe_only in [FULL, OBSERVE] {
-            let err = expect_err(client.sync(&request(spec, &creds, None, None, observe_only)).await);
+            let err = expect_err(common::sync_spec(&client, spec, &creds, observe_only).await);
             assert!(matches!(err, BrokerError::Unsupported(_)), "{err:?}");
             assert_eq!(err.reason(), Reason::UnsupportedSetting);
             assert!(!err.is_transient() && err.retry_after().is_none());
@@ -733,7 +625,7 @@ async fn listing_follows_the_page_size_cloudflare_reports() {
     let mut overrides = EndpointOverrides::default();
     overrides.insert(HOST, server.base_url());
     let up = Upstream::new(overrides, Some(ca_file.path()), Duration::from_secs(5)).unwrap();
-    let client = CloudflareClient::new(up, &account_spec(ACCOUNT), SecretValue::new(TOKEN), None);
+    let client = BrokerClient::Cloudflare(CloudflareClient::new(up, &account_spec(ACCOUNT), SecretValue::new(TOKEN), None));
     let creds = Creds { secret: SecretValue::new(CANARY), fingerprint: "fp".into() };
     let outcome = client.sync(&request(&spec(), &creds, None, None, OBSERVE)).await.unwrap();
     assert_eq!(outcome.id.as_deref(), Some("00000000-0000-4000-8000-000000000004"), "found on the third page of two");
@@ -755,7 +647,9 @@ fn echo_router() -> Router {
     async fn create(body: Bytes) -> Response {
         let text = String::from_utf8_lossy(&body).into_owned();
         let status = if text.contains("server-error") { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::BAD_REQUEST };
-        failure(status, format!("could not accept {text}"))
+        // Only the secret: error text is bounded to 200 characters after it is scrubbed.
+        let sent: Value = serde_json::from_slice(&body).unwrap_or_default();
+        failure(status, format!("could not accept client_secret {}", sent["config"]["client_secret"]))
     }
     let path = format!("/client/v4/accounts/{ACCOUNT}/access/identity_providers");
     Router::new().route(&path, get(list).post(create))
@@ -792,7 +686,7 @@ async fn errors_never_show_a_secret() {
     let mut overrides = EndpointOverrides::default();
     overrides.insert(HOST, server.base_url());
     let up = Upstream::new(overrides, Some(ca_file.path()), Duration::from_secs(5)).unwrap();
-    let client = CloudflareClient::new(up, &account_spec(ACCOUNT), SecretValue::new(TOKEN), None);
+    let client = BrokerClient::Cloudflare(CloudflareClient::new(up, &account_spec(ACCOUNT), SecretValue::new(TOKEN), None));
 
     let err = expect_err(client.check().await);
     assert!(matches!(err, BrokerError::Auth(ref m) if m.contains("Bearer [redacted]")), "{err:?}");

@@ -1,7 +1,7 @@
 //! What the broker adapter tests share: the Azure side of a connection and a sync request.
 
 use idp_bridge::{
-    broker::{AzureCredentials, SyncRequest},
+    broker::{AzureCredentials, BrokerClient, BrokerError, BrokerTarget, DeleteRequest, SyncOutcome, SyncRequest},
     crd::connection::{
         AzureAdConnectionSpec, AzureCloud, AzureSpec, BrokerRef, BrokerRefKind, DeletionPolicy, ExpirySpec, ManagementPolicy, SecretKeyRef,
         SignInAudience, ValidationMode, ValidationSpec,
@@ -61,20 +61,43 @@ pub fn request<'a>(
     synced_fingerprint: Option<&'a str>,
     observe_only: bool,
 ) -> SyncRequest<'a> {
+    let target = BrokerTarget::of(spec).expect("the spec has a broker block");
+    SyncRequest { target, azure: azure(spec, creds), known_id, synced_fingerprint, observe_only }
+}
+
+/// The validated Azure side of `spec` with `creds`.
+fn azure<'a>(spec: &'a AzureAdConnectionSpec, creds: &'a Creds) -> AzureCredentials<'a> {
     let tenant_id = (spec.validation.mode != ValidationMode::None).then_some(TENANT);
-    SyncRequest {
-        spec,
-        azure: AzureCredentials {
-            cloud: spec.azure.cloud,
-            tenant: &spec.azure.tenant,
-            tenant_id,
-            client_id: &spec.azure.client_id,
-            secret: &creds.secret,
-            fingerprint: &creds.fingerprint,
-            audience: spec.azure.sign_in_audience,
-        },
-        known_id,
-        synced_fingerprint,
-        observe_only,
+    AzureCredentials {
+        cloud: spec.azure.cloud,
+        tenant: &spec.azure.tenant,
+        tenant_id,
+        client_id: &spec.azure.client_id,
+        secret: &creds.secret,
+        fingerprint: &creds.fingerprint,
+        audience: spec.azure.sign_in_audience,
     }
+}
+
+/// The delete of `spec`'s broker object, recorded under `known_id`.
+pub fn deletion<'a>(spec: &'a AzureAdConnectionSpec, known_id: Option<&'a str>) -> DeleteRequest<'a> {
+    DeleteRequest::new(spec, known_id).expect("the spec has a broker block")
+}
+
+/// A first sync of `spec` as the controller runs it: the broker block resolved from the spec
+/// (which may refuse it), then the sync.
+pub async fn sync_spec(
+    client: &BrokerClient,
+    spec: &AzureAdConnectionSpec,
+    creds: &Creds,
+    observe_only: bool,
+) -> Result<SyncOutcome, BrokerError> {
+    let target = BrokerTarget::of(spec)?;
+    client.sync(&SyncRequest { target, azure: azure(spec, creds), known_id: None, synced_fingerprint: None, observe_only }).await
+}
+
+/// A delete of `spec`'s broker object as the controller runs it: the broker block resolved from
+/// the spec (which may refuse it), then the delete.
+pub async fn delete_spec(client: &BrokerClient, spec: &AzureAdConnectionSpec, known_id: Option<&str>) -> Result<(), BrokerError> {
+    client.delete(&DeleteRequest::new(spec, known_id)?).await
 }

@@ -63,7 +63,7 @@ fn in_days(days: i64) -> Timestamp {
 }
 
 fn json_of(answer: &Answer) -> Value {
-    answer.body.json().unwrap_or_else(|e| panic!("not JSON ({e}): {}", answer.body.snippet()))
+    answer.body.json().unwrap_or_else(|e| panic!("not JSON ({e}): {}", answer.body.text()))
 }
 
 /// (status, error, AADSTS code) of a login-service error, after checking the body's shape.
@@ -120,7 +120,7 @@ impl Env {
     async fn auth0_token(&self, client_id: &str, secret: &str) -> String {
         let body = json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret, "audience": format!("https://{AUTH0}/api/v2/")});
         let answer = self.auth0_token_answer(body).await;
-        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body.snippet());
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body.text());
         json_of(&answer)["access_token"].as_str().unwrap().to_owned()
     }
 
@@ -135,7 +135,7 @@ impl Env {
     async fn create_waad(&self, token: &str, name: &str) -> Value {
         let body = json!({"name": name, "strategy": "waad", "options": {"client_id": CLIENT, "client_secret": SECRET, "tenant_domain": "contoso.onmicrosoft.com", "domain": "contoso.onmicrosoft.com"}});
         let answer = self.api(token, Method::POST, "/api/v2/connections", Some(body)).await;
-        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body.snippet());
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body.text());
         json_of(&answer)
     }
 }
@@ -247,7 +247,7 @@ async fn azure_throttling_and_failures() {
     env.azure.throttle_next(2, 7);
     for answer in [env.azure_token(TENANT, &[]).await, env.discover(TENANT).await] {
         assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(answer.body.snippet(), "Too Many Requests");
+        assert_eq!(answer.body.safe_message(&[]), "Too Many Requests");
         assert_eq!(retry_after(&answer.headers, Timestamp::now()), Some(Duration::from_secs(7)));
     }
     env.azure.fail_next(1, 503);

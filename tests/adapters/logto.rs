@@ -7,7 +7,7 @@
 //! Answers the emulator never gives (errors that echo what they were sent, a create that loses a
 //! race) come from a small stub server on the same test CA.
 
-use crate::common::{self, CLIENT, Creds, TENANT, TENANT_DOMAIN, request};
+use crate::common::{self, CLIENT, Creds, TENANT, TENANT_DOMAIN, deletion, request};
 
 use std::time::Duration;
 
@@ -19,15 +19,17 @@ use axum::{
     routing::{get, post},
 };
 use idp_bridge::{
-    broker::{BrokerClient, BrokerError, SyncOutcome, logto::LogtoClient},
+    broker::{
+        BrokerClient, BrokerError, SyncOutcome,
+        logto::{self, LogtoClient},
+    },
     crd::{
-        BrokerProvider,
         broker::{ClientCredentialsSecretRef, LogtoBrokerSpec},
         conditions::Reason,
         connection::{AzureAdConnectionSpec, AzureCloud, LogtoConnectionSpec, LogtoPrompt, SignInAudience, ValidationMode},
     },
     secret::{Fingerprinter, SecretValue},
-    upstream::{EndpointOverrides, TransportError, Upstream},
+    upstream::{EndpointOverrides, Upstream},
 };
 use idp_bridge_devenv::{
     logto::LogtoEmulator,
@@ -91,11 +93,11 @@ fn broker_spec(resource: &str) -> LogtoBrokerSpec {
 
 impl Env {
     /// The operator's client for the tenant, with the M2M credentials given.
-    fn client_as(&self, app_id: &str, secret: &str) -> LogtoClient {
-        LogtoClient::new(self.up.clone(), &broker_spec(RESOURCE), app_id, SecretValue::new(secret), None)
+    fn client_as(&self, app_id: &str, secret: &str) -> BrokerClient {
+        BrokerClient::Logto(LogtoClient::new(self.up.clone(), &broker_spec(RESOURCE), app_id, SecretValue::new(secret), None))
     }
 
-    fn client(&self) -> LogtoClient {
+    fn client(&self) -> BrokerClient {
         self.client_as(M2M, M2M_SECRET)
     }
 
@@ -154,7 +156,7 @@ fn expect_err<T: std::fmt::Debug>(result: Result<T, BrokerError>) -> BrokerError
 }
 
 /// Creates the connector through a first sync; returns its id.
-async fn created(env: &Env, client: &LogtoClient, spec: &AzureAdConnectionSpec, creds: &Creds) -> String {
+async fn created(env: &Env, client: &BrokerClient, spec: &AzureAdConnectionSpec, creds: &Creds) -> String {
     let outcome = client.sync(&request(spec, creds, None, None, FULL)).await.unwrap();
     assert!(outcome.wrote, "{outcome:?}");
     let id = outcome.id.expect("an id");
@@ -177,7 +179,7 @@ async fn first_sync_creates_the_connector() {
     let creds = env.creds(CANARY);
     let outcome = client.sync(&request(&spec(), &creds, None, None, FULL)).await.unwrap();
     let id = outcome.id.clone().expect("an id");
-    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["connector (created)".into()], wrote: true, scim: None });
+    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["connector (created)".into()], wrote: true, extras: None });
     assert!(id.len() == 21 && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()), "Logto picked the id: {id}");
 
     let row = env.logto.connector(&id).unwrap();
@@ -191,7 +193,7 @@ async fn first_sync_creates_the_connector() {
     assert_eq!(env.logto.connectors().len(), 1);
     assert_eq!(env.logto.writes(), 1);
     assert_eq!(env.log(), ["POST /oidc/token", LIST, "POST /api/connectors"]);
-    assert_eq!(client.callback_url(&id).unwrap(), format!("{ENDPOINT}/callback/{id}"));
+    assert_eq!(logto::plan::callback_url(ENDPOINT, &id), format!("{ENDPOINT}/callback/{id}"));
 }
 
 #[tokio::test]
@@ -203,7 +205,7 @@ async fn a_fixed_connector_id_fixes_the_callback_url() {
     let outcome = client.sync(&request(&spec, &creds, None, None, FULL)).await.unwrap();
     assert_eq!(outcome.id.as_deref(), Some("contosoentra"));
     assert_eq!(env.ours()["id"], "contosoentra");
-    assert_eq!(client.callback_url("contosoentra").unwrap(), "https://auth.example.com:8443/callback/contosoentra");
+    assert_eq!(logto::plan::callback_url(ENDPOINT, "contosoentra"), "https://auth.example.com:8443/callback/contosoentra");
     // Looked for where it must be, checked that no other Microsoft connector is there, created it.
     assert_eq!(env.log(), ["POST /oidc/token", "GET /api/connectors/contosoentra", LIST, "POST /api/connectors"]);
 
@@ -211,7 +213,7 @@ async fn a_fixed_connector_id_fixes_the_callback_url() {
     let seen = env.log().len();
     for known_id in [None, Some("contosoentra"), Some("stale0000000000000000")] {
         let outcome = client.sync(&request(&spec, &creds, known_id, Some(&creds.fingerprint), FULL)).await.unwrap();
-        assert_eq!(outcome, SyncOutcome { id: Some("contosoentra".into()), differences: vec![], wrote: false, scim: None });
+        assert_eq!(outcome, SyncOutcome { id: Some("contosoentra".into()), differences: vec![], wrote: false, extras: None });
     }
     assert_eq!(env.log()[seen..], ["GET /api/connectors/contosoentra"; 3]);
 }
@@ -278,7 +280,7 @@ async fn steady_state_makes_no_writes() {
     for known_id in [Some(id.as_str()), None] {
         for observe_only in [FULL, OBSERVE] {
             let outcome = client.sync(&request(&spec, &creds, known_id, Some(&creds.fingerprint), observe_only)).await.unwrap();
-            assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec![], wrote: false, scim: None });
+            assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec![], wrote: false, extras: None });
         }
     }
     assert_eq!(env.logto.writes(), writes, "steady state writes nothing");
@@ -332,7 +334,7 @@ async fn rotation_is_one_patch_with_the_complete_config() {
     let writes = env.logto.writes();
 
     let outcome = client.sync(&request(&spec, &new, Some(&id), Some(&old.fingerprint), FULL)).await.unwrap();
-    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["config.clientSecret".into()], wrote: true, scim: None });
+    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["config.clientSecret".into()], wrote: true, extras: None });
     assert_eq!(env.logto.writes(), writes + 1);
     assert_eq!(env.count(&format!("PATCH /api/connectors/{id}")), 1, "exactly one PATCH");
 
@@ -397,7 +399,7 @@ async fn observing_a_missing_connector_writes_nothing() {
     let creds = env.creds(CANARY);
     for spec in [spec(), fixed("contosoentra")] {
         let outcome = client.sync(&request(&spec, &creds, None, None, OBSERVE)).await.unwrap();
-        assert_eq!(outcome, SyncOutcome { id: None, differences: vec!["connector (missing)".into()], wrote: false, scim: None });
+        assert_eq!(outcome, SyncOutcome { id: None, differences: vec!["connector (missing)".into()], wrote: false, extras: None });
     }
     assert_eq!(env.logto.writes(), 0);
     assert!(env.logto.connectors().is_empty());
@@ -413,7 +415,7 @@ async fn our_connector_is_adopted_after_status_is_lost() {
     }));
     let creds = env.creds(CANARY);
     let outcome = client.sync(&request(&spec(), &creds, None, None, FULL)).await.unwrap();
-    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["config.clientSecret".into()], wrote: true, scim: None });
+    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["config.clientSecret".into()], wrote: true, extras: None });
     assert_eq!(env.logto.connectors().len(), 1, "not duplicated");
     assert_eq!(env.posts(), 0);
     assert_eq!(env.ours()["config"]["clientSecret"], CANARY);
@@ -448,8 +450,8 @@ async fn another_applications_connector_is_a_conflict_without_a_create() {
     assert_eq!(env.logto.writes(), 0);
     assert_eq!(env.logto.connector(&theirs).unwrap()["config"]["clientSecret"], "theirs");
     // Deleting ours leaves theirs alone.
-    client.delete(&spec(), Some(&theirs)).await.unwrap();
-    client.delete(&fixed(&theirs), None).await.unwrap();
+    client.delete(&deletion(&spec(), Some(&theirs))).await.unwrap();
+    client.delete(&deletion(&fixed(&theirs), None)).await.unwrap();
     assert!(env.logto.connector(&theirs).is_some());
     assert_eq!(env.count(&format!("DELETE /api/connectors/{theirs}")), 0);
 }
@@ -463,7 +465,7 @@ async fn a_fixed_id_never_takes_over_another_connector() {
     let google = env.logto.insert_connector(json!({"id": "sharedid", "connectorId": "google-universal", "config": {"clientId": CLIENT}}));
     let err = expect_err(client.sync(&request(&fixed(&google), &creds, None, None, FULL)).await);
     assert!(matches!(err, BrokerError::Conflict(ref m) if m.contains("google-universal")), "{err:?}");
-    client.delete(&fixed(&google), None).await.unwrap();
+    client.delete(&deletion(&fixed(&google), None)).await.unwrap();
     assert!(env.logto.connector(&google).is_some());
 
     // Our connector exists under another id than the fixed one: reported, not duplicated or moved.
@@ -489,7 +491,7 @@ async fn a_create_that_loses_the_race_is_a_conflict() {
             ),
     )
     .await;
-    let client = LogtoClient::new(up, &broker_spec(RESOURCE), M2M, SecretValue::new(M2M_SECRET), None);
+    let client = BrokerClient::Logto(LogtoClient::new(up, &broker_spec(RESOURCE), M2M, SecretValue::new(M2M_SECRET), None));
     let creds = Creds { secret: SecretValue::new(CANARY), fingerprint: "fp".into() };
     let err = expect_err(client.sync(&request(&spec(), &creds, None, None, FULL)).await);
     assert!(matches!(err, BrokerError::Conflict(ref m) if m.contains("multiple_instances_not_supported")), "{err:?}");
@@ -502,8 +504,13 @@ async fn wrong_management_credentials_are_auth_failures() {
     let env = env();
     env.logto.add_m2m_app_with_scopes("no-role", "no-role-secret-value", &[]);
     let creds = env.creds(CANARY);
-    let wrong_resource =
-        LogtoClient::new(env.up.clone(), &broker_spec("https://other.logto.app/api"), M2M, SecretValue::new(M2M_SECRET), None);
+    let wrong_resource = BrokerClient::Logto(LogtoClient::new(
+        env.up.clone(),
+        &broker_spec("https://other.logto.app/api"),
+        M2M,
+        SecretValue::new(M2M_SECRET),
+        None,
+    ));
     let clients = [
         env.client_as(M2M, "wrong-secret"),
         env.client_as("unknown-app", M2M_SECRET),
@@ -517,7 +524,7 @@ async fn wrong_management_credentials_are_auth_failures() {
         assert!(!err.is_transient());
         let err = expect_err(client.sync(&request(&spec(), &creds, None, None, FULL)).await);
         assert_eq!(err.reason(), Reason::BrokerAuthFailed, "{err}");
-        let err = expect_err(client.delete(&spec(), Some("abc")).await);
+        let err = expect_err(client.delete(&deletion(&spec(), Some("abc"))).await);
         assert_eq!(err.reason(), Reason::BrokerAuthFailed, "{err}");
     }
     assert!(env.log().iter().all(|r| r == "POST /oidc/token"), "nothing but token requests: {:?}", env.log());
@@ -525,132 +532,14 @@ async fn wrong_management_credentials_are_auth_failures() {
 }
 
 #[tokio::test]
-async fn rate_limit_blocks_the_account_for_the_retry_after() {
-    let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-    let id = created(&env, &client, &spec, &creds).await;
-    env.logto.rate_limit_next(1, 30);
-    let err = expect_err(client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await);
-    let wait = err.retry_after().expect("a wait");
-    assert!(matches!(err, BrokerError::RateLimited { .. }), "{err:?}");
-    assert_eq!(wait, Duration::from_secs(30), "from Retry-After");
-    assert_eq!(err.reason(), Reason::BrokerRateLimited);
-    assert!(err.is_transient());
-
-    // Blocked: every further call fails at once, and the tenant hears nothing.
-    let seen = env.log().len();
-    let rotated = env.creds(ROTATED);
-    let err = expect_err(client.sync(&request(&spec, &rotated, Some(&id), Some(&creds.fingerprint), FULL)).await);
-    let again = err.retry_after().expect("a wait");
-    assert!(again <= wait && again >= Duration::from_secs(25), "{again:?}");
-    for err in
-        [expect_err(client.delete(&spec, Some(&id)).await), expect_err(client.sync(&request(&spec, &creds, None, None, OBSERVE)).await)]
-    {
-        assert_eq!(err.reason(), Reason::BrokerRateLimited);
-    }
-    assert_eq!(env.log().len(), seen, "no request while blocked: {:?}", &env.log()[seen..]);
-    assert_eq!(env.ours()["config"]["clientSecret"], CANARY);
-}
-
-#[tokio::test]
-async fn server_errors_are_transient() {
-    let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-    let id = created(&env, &client, &spec, &creds).await;
-    for status in [503, 500, 502] {
-        env.logto.fail_next(1, status);
-        let err = expect_err(client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await);
-        assert!(matches!(err, BrokerError::Server { status: s, .. } if s == status), "{err:?}");
-        assert_eq!(err.reason(), Reason::BrokerUnreachable);
-        assert!(err.is_transient() && err.retry_after().is_none());
-    }
-    // On the token endpoint (a client without a token yet).
-    env.logto.fail_next(1, 503);
-    let err = expect_err(env.client().check().await);
-    assert!(matches!(err, BrokerError::Server { status: 503, .. }), "{err:?}");
-    // Not blocked afterwards.
-    client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await.unwrap();
-}
-
-#[tokio::test]
-async fn shut_down_tenant_is_unreachable() {
-    let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-    let id = created(&env, &client, &spec, &creds).await;
-    env.logto.shutdown();
-    // The listener closes once the server task is dropped, on the runtime's next turn.
-    tokio::task::yield_now().await;
-    let err = expect_err(env.client().check().await);
-    assert!(matches!(err, BrokerError::Unreachable(TransportError::Connect(_))), "{err:?}");
-    assert_eq!(err.reason(), Reason::BrokerUnreachable);
-    assert!(err.is_transient());
-    // With a cached token and a pooled connection, the outage shows the same way.
-    for result in [
-        client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await.map(drop),
-        client.delete(&spec, Some(&id)).await,
-    ] {
-        let err = expect_err(result);
-        assert!(matches!(err, BrokerError::Unreachable(_)), "{err:?}");
-        assert_eq!(err.reason(), Reason::BrokerUnreachable);
-    }
-}
-
-#[tokio::test]
-async fn delete_removes_our_connector_and_treats_missing_as_done() {
-    let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-    let google = env.logto.insert_connector(json!({"connectorId": "google-universal", "config": {"clientId": "g"}}));
-
-    // By recorded id.
-    let id = created(&env, &client, &spec, &creds).await;
-    let writes = env.logto.writes();
-    client.delete(&spec, Some(&id)).await.unwrap();
-    assert!(env.logto.connector(&id).is_none());
-    assert_eq!(env.logto.writes(), writes + 1);
-    // Already gone (the recorded id answers 404, and the list is empty): done, no DELETE.
-    client.delete(&spec, Some(&id)).await.unwrap();
-    client.delete(&spec, None).await.unwrap();
-    assert_eq!(env.count(&format!("DELETE /api/connectors/{id}")), 1);
-
-    // Found by client id, when no id was recorded; and at a fixed id.
-    let id = created(&env, &client, &spec, &creds).await;
-    client.delete(&spec, None).await.unwrap();
-    assert!(env.logto.connector(&id).is_none());
-    let id = created(&env, &client, &fixed("contosoentra"), &creds).await;
-    client.delete(&fixed("contosoentra"), None).await.unwrap();
-    assert!(env.logto.connector(&id).is_none());
-
-    // Through the broker-neutral enum, and for a connection without a logto block.
-    let id = created(&env, &client, &spec, &creds).await;
-    let broker =
-        BrokerClient::build(&env.up, &BrokerProvider::Logto(broker_spec(RESOURCE)), M2M, SecretValue::new(M2M_SECRET), Some((10, 10)));
-    broker.check().await.unwrap();
-    broker.delete(&spec, Some(&id)).await.unwrap();
-    assert!(env.logto.connector(&id).is_none());
-    let mut no_block = spec.clone();
-    no_block.logto = None;
-    let before = env.log().len();
-    broker.delete(&no_block, None).await.unwrap();
-    assert_eq!(env.log().len(), before, "nothing to delete, nothing asked");
-
-    assert!(env.logto.connector(&google).is_some(), "other connectors are untouched");
-    assert_eq!(env.logto.connectors().len(), 1);
-}
-
-#[tokio::test]
-async fn a_connection_without_a_logto_block_is_unsupported() {
+async fn delete_finds_the_connector_at_a_fixed_id() {
     let env = env();
     let client = env.client();
     let creds = env.creds(CANARY);
-    let mut no_block = spec();
-    no_block.logto = None;
-    let err = expect_err(client.sync(&request(&no_block, &creds, None, None, FULL)).await);
-    assert_eq!(err.reason(), Reason::UnsupportedSetting, "{err:?}");
-    assert!(env.logto.requests().is_empty());
+    let id = created(&env, &client, &fixed("contosoentra"), &creds).await;
+    client.delete(&deletion(&fixed("contosoentra"), None)).await.unwrap();
+    assert!(env.logto.connector(&id).is_none());
+    assert_eq!(env.count("DELETE /api/connectors/contosoentra"), 1);
 }
 
 /// A stub tenant on a fresh CA; returns the server (stops on drop), an Upstream to it, the CA file.
@@ -711,10 +600,12 @@ async fn errors_never_show_a_secret() {
 
     // From a tenant that echoes what it was sent: the values are scrubbed, the message kept.
     let (_server, up, _ca) = stub(echo_router()).await;
-    let err = expect_err(LogtoClient::new(up.clone(), &broker_spec(RESOURCE), M2M, SecretValue::new(M2M_SECRET), None).check().await);
+    let err = expect_err(
+        BrokerClient::Logto(LogtoClient::new(up.clone(), &broker_spec(RESOURCE), M2M, SecretValue::new(M2M_SECRET), None)).check().await,
+    );
     assert!(matches!(err, BrokerError::Auth(ref m) if m.contains("wrong credentials m2m-app:[redacted]")), "{err:?}");
 
-    let client = LogtoClient::new(up, &broker_spec(RESOURCE), M2M, SecretValue::new("echo"), None);
+    let client = BrokerClient::Logto(LogtoClient::new(up, &broker_spec(RESOURCE), M2M, SecretValue::new("echo"), None));
     let err = expect_err(client.sync(&request(&spec(), &creds, None, None, FULL)).await);
     assert!(
         matches!(err, BrokerError::Rejected(ref m) if m.contains("[redacted]") && m.contains("connector.invalid_config") && m.contains(CLIENT)),

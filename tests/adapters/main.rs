@@ -6,6 +6,7 @@ mod auth0;
 mod azure;
 mod check_cli;
 mod cloudflare;
+mod conformance;
 mod emulators;
 mod hostile;
 mod logto;

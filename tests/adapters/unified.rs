@@ -6,7 +6,7 @@
 //! One answer the emulator never gives (an error that echoes what it was sent) comes from a small
 //! stub server on the same test CA.
 
-use crate::common::{self, CLIENT, Creds, TENANT, TENANT_DOMAIN, request};
+use crate::common::{self, CLIENT, Creds, TENANT, TENANT_DOMAIN, deletion, request};
 
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use idp_bridge::{
         connection::{AzureAdConnectionSpec, AzureCloud, SignInAudience, UnifiedConnectionSpec, ValidationMode},
     },
     secret::{Fingerprinter, SecretValue},
-    upstream::{EndpointOverrides, TransportError, Upstream},
+    upstream::{EndpointOverrides, Upstream},
 };
 use idp_bridge_devenv::{
     tls::{TestCa, install_crypto_provider, serve_tls},
@@ -73,11 +73,11 @@ fn broker(region: UnifiedRegion) -> UnifiedBrokerSpec {
 }
 
 impl Env {
-    fn client_with(&self, token: &str) -> UnifiedClient {
-        UnifiedClient::new(self.up.clone(), &broker(UnifiedRegion::Us), SecretValue::new(token), None)
+    fn client_with(&self, token: &str) -> BrokerClient {
+        BrokerClient::Unified(UnifiedClient::new(self.up.clone(), &broker(UnifiedRegion::Us), SecretValue::new(token), None))
     }
 
-    fn client(&self) -> UnifiedClient {
+    fn client(&self) -> BrokerClient {
         self.client_with(API_TOKEN)
     }
 
@@ -132,7 +132,7 @@ fn expect_err<T: std::fmt::Debug>(result: Result<T, BrokerError>) -> BrokerError
 }
 
 /// Creates the connection through a first sync; returns its id.
-async fn created(env: &Env, client: &UnifiedClient, spec: &AzureAdConnectionSpec, creds: &Creds) -> String {
+async fn created(env: &Env, client: &BrokerClient, spec: &AzureAdConnectionSpec, creds: &Creds) -> String {
     let outcome = client.sync(&request(spec, creds, None, None, FULL)).await.unwrap();
     assert!(outcome.wrote, "{outcome:?}");
     let id = outcome.id.expect("an id");
@@ -151,7 +151,7 @@ async fn first_sync_imports_a_microsoft_ad_connection() {
     let creds = env.creds(CANARY);
     let outcome = client.sync(&request(&spec(), &creds, None, None, FULL)).await.unwrap();
     let id = outcome.id.clone().expect("an id");
-    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["connection (created)".into()], wrote: true, scim: None });
+    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["connection (created)".into()], wrote: true, extras: None });
 
     let conn = env.unified.connection(&id).unwrap();
     assert_eq!(conn["integration_type"], "microsoft_ad");
@@ -214,13 +214,13 @@ async fn the_region_selects_the_host() {
     let up = Upstream::new(overrides, Some(ca_file.path()), Duration::from_secs(5)).unwrap();
     let creds = env.creds(CANARY);
 
-    let eu_client = UnifiedClient::new(up.clone(), &broker(UnifiedRegion::Eu), SecretValue::new(API_TOKEN), None);
+    let eu_client = BrokerClient::Unified(UnifiedClient::new(up.clone(), &broker(UnifiedRegion::Eu), SecretValue::new(API_TOKEN), None));
     eu_client.check().await.unwrap();
     let id = eu_client.sync(&request(&spec(), &creds, None, None, FULL)).await.unwrap().id.unwrap();
     assert!(eu.connection(&id).is_some());
     assert!(env.unified.requests().is_empty(), "nothing reached the US host: {:?}", env.log());
 
-    let us_client = UnifiedClient::new(up, &broker(UnifiedRegion::Us), SecretValue::new(API_TOKEN), None);
+    let us_client = BrokerClient::Unified(UnifiedClient::new(up, &broker(UnifiedRegion::Us), SecretValue::new(API_TOKEN), None));
     let outcome = us_client.sync(&request(&spec(), &creds, None, None, OBSERVE)).await.unwrap();
     assert_eq!(outcome.differences, ["connection (missing)"], "the US workspace is another workspace");
     assert_eq!(eu.connections().len(), 1);
@@ -237,7 +237,7 @@ async fn steady_state_makes_no_writes() {
     for known_id in [Some(id.as_str()), None] {
         for observe_only in [FULL, OBSERVE] {
             let outcome = client.sync(&request(&spec, &creds, known_id, Some(&creds.fingerprint), observe_only)).await.unwrap();
-            assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec![], wrote: false, scim: None });
+            assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec![], wrote: false, extras: None });
         }
     }
     assert_eq!(env.unified.writes(), writes);
@@ -266,7 +266,7 @@ async fn rotation_is_one_write_carrying_the_complete_auth() {
 
     let rotated = env.creds(ROTATED);
     let outcome = client.sync(&request(&spec, &rotated, Some(&id), Some(&creds.fingerprint), FULL)).await.unwrap();
-    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["auth.client_secret".into()], wrote: true, scim: None });
+    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["auth.client_secret".into()], wrote: true, extras: None });
     assert_eq!(env.unified.writes(), writes + 1);
     assert_eq!(env.count("PUT"), 1);
     assert_eq!(env.log().last().unwrap(), &format!("PUT /unified/connection/{id}"));
@@ -341,11 +341,11 @@ async fn a_lost_status_adopts_the_connection_by_xref() {
 
     // No id and no fingerprint recorded: found by xref; the masked secret is pushed once.
     let outcome = client.sync(&request(&spec, &creds, None, None, FULL)).await.unwrap();
-    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["auth.client_secret".into()], wrote: true, scim: None });
+    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["auth.client_secret".into()], wrote: true, extras: None });
     // A stale or unknown recorded id: found by xref as well.
     for stale in ["000000000000000000000000", "not/an/id"] {
         let outcome = client.sync(&request(&spec, &creds, Some(stale), Some(&creds.fingerprint), FULL)).await.unwrap();
-        assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec![], wrote: false, scim: None });
+        assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec![], wrote: false, extras: None });
     }
     assert_eq!(env.count("POST"), 1, "never a duplicate: {:?}", env.log());
     assert_eq!(env.unified.connections().len(), 1);
@@ -378,7 +378,7 @@ async fn connections_of_another_integration_or_xref_are_left_alone() {
     for known in [None, Some(same_xref_other_integration.as_str()), Some(other_xref.as_str())] {
         let outcome = client.sync(&request(&spec, &creds, known, None, OBSERVE)).await.unwrap();
         assert_eq!(outcome.differences, ["connection (missing)"], "{known:?}");
-        let err = client.delete(&spec, known).await;
+        let err = client.delete(&deletion(&spec, known)).await;
         assert!(err.is_ok(), "{err:?}");
     }
     assert_eq!(env.count("DELETE"), 0);
@@ -388,7 +388,7 @@ async fn connections_of_another_integration_or_xref_are_left_alone() {
     assert_eq!(env.ours()["id"], id.as_str());
 
     // Deleting ours, through the recorded id of another, still spares the others.
-    client.delete(&spec, Some(&other_xref)).await.unwrap();
+    client.delete(&deletion(&spec, Some(&other_xref))).await.unwrap();
     assert_eq!(env.unified.connections(), before);
 }
 
@@ -403,7 +403,7 @@ async fn a_bad_token_is_an_auth_failure() {
     assert!(!err.is_transient() && err.retry_after().is_none());
     let err = expect_err(client.sync(&request(&spec(), &creds, None, None, FULL)).await);
     assert_eq!(err.reason(), Reason::BrokerAuthFailed, "{err}");
-    let err = expect_err(client.delete(&spec(), Some("65f0c0ffee00000000000000")).await);
+    let err = expect_err(client.delete(&deletion(&spec(), Some("65f0c0ffee00000000000000"))).await);
     assert_eq!(err.reason(), Reason::BrokerAuthFailed, "{err}");
     assert_eq!(env.unified.writes(), 0);
     assert!(env.log().iter().all(|r| r.starts_with("GET ")), "{:?}", env.log());
@@ -426,110 +426,9 @@ async fn an_invalid_body_is_rejected_with_its_message() {
 }
 
 #[tokio::test]
-async fn rate_limit_blocks_the_account_for_retry_after() {
+async fn a_connection_gone_between_lookup_and_delete_counts_as_deleted() {
     let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-    let id = created(&env, &client, &spec, &creds).await;
-    env.unified.rate_limit_next(1, 30);
-    let err = expect_err(client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await);
-    assert!(matches!(err, BrokerError::RateLimited { retry_after } if retry_after == Duration::from_secs(30)), "{err:?}");
-    assert_eq!(err.reason(), Reason::BrokerRateLimited);
-    assert!(err.is_transient());
-
-    // Blocked: every further call fails at once, and the workspace hears nothing.
-    let seen = env.log().len();
-    let rotated = env.creds(ROTATED);
-    let err = expect_err(client.sync(&request(&spec, &rotated, Some(&id), Some(&creds.fingerprint), FULL)).await);
-    let again = err.retry_after().expect("a wait");
-    assert!(again <= Duration::from_secs(30) && again >= Duration::from_secs(25), "{again:?}");
-    for result in [client.delete(&spec, Some(&id)).await, client.check().await] {
-        assert_eq!(expect_err(result).reason(), Reason::BrokerRateLimited);
-    }
-    assert_eq!(env.log().len(), seen, "no request while blocked: {:?}", &env.log()[seen..]);
-    assert_eq!(env.unified.client_secret(&id).as_deref(), Some(CANARY));
-}
-
-#[tokio::test]
-async fn server_errors_are_transient() {
-    let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-    let id = created(&env, &client, &spec, &creds).await;
-    for status in [503, 500, 502] {
-        env.unified.fail_next(1, status);
-        let err = expect_err(client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await);
-        assert!(matches!(err, BrokerError::Server { status: s, .. } if s == status), "{err:?}");
-        assert_eq!(err.reason(), Reason::BrokerUnreachable);
-        assert!(err.is_transient() && err.retry_after().is_none());
-    }
-    // A failing write leaves the stored secret alone, and the next sync goes through.
-    let rotated = env.creds(ROTATED);
-    env.unified.fail_next(1, 503);
-    expect_err(client.check().await);
-    client.sync(&request(&spec, &rotated, Some(&id), Some(&creds.fingerprint), FULL)).await.unwrap();
-    assert_eq!(env.unified.client_secret(&id).as_deref(), Some(ROTATED));
-}
-
-#[tokio::test]
-async fn shut_down_workspace_is_unreachable() {
-    let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-    let id = created(&env, &client, &spec, &creds).await;
-    env.unified.shutdown();
-    // The listener closes once the server task is dropped, on the runtime's next turn.
-    tokio::task::yield_now().await;
-    let err = expect_err(env.client().check().await);
-    assert!(matches!(err, BrokerError::Unreachable(TransportError::Connect(_))), "{err:?}");
-    assert_eq!(err.reason(), Reason::BrokerUnreachable);
-    assert!(err.is_transient());
-    for result in [
-        client.sync(&request(&spec, &creds, Some(&id), Some(&creds.fingerprint), FULL)).await.map(drop),
-        client.delete(&spec, Some(&id)).await,
-    ] {
-        let err = expect_err(result);
-        assert!(matches!(err, BrokerError::Unreachable(_)), "{err:?}");
-        assert_eq!(err.reason(), Reason::BrokerUnreachable);
-    }
-}
-
-#[tokio::test]
-async fn delete_removes_the_connection_and_treats_missing_as_done() {
-    let env = env();
-    let client = env.client();
-    let (spec, creds) = (spec(), env.creds(CANARY));
-
-    // By recorded id.
-    let id = created(&env, &client, &spec, &creds).await;
-    let writes = env.unified.writes();
-    client.delete(&spec, Some(&id)).await.unwrap();
-    assert!(env.unified.connection(&id).is_none());
-    assert_eq!(env.unified.writes(), writes + 1);
-    // Already gone (the id answers 404 and nothing has the xref): done, no DELETE.
-    client.delete(&spec, Some(&id)).await.unwrap();
-    client.delete(&spec, None).await.unwrap();
-    assert_eq!(env.count("DELETE"), 1);
-
-    // By xref, when no id was recorded.
-    let id = created(&env, &client, &spec, &creds).await;
-    client.delete(&spec, None).await.unwrap();
-    assert!(env.unified.connection(&id).is_none());
-
-    // Through the broker-neutral enum.
-    let id = created(&env, &client, &spec, &creds).await;
-    let neutral = BrokerClient::Unified(env.client());
-    neutral.check().await.unwrap();
-    neutral.delete(&spec, Some(&id)).await.unwrap();
-    assert!(env.unified.connections().is_empty());
-
-    // Nothing to delete without a unified block, and nothing asked.
-    let mut no_block = spec.clone();
-    no_block.unified = None;
-    let before = env.log().len();
-    neutral.delete(&no_block, Some(&id)).await.unwrap();
-    assert_eq!(env.log().len(), before);
-
+    let spec = spec();
     // A connection removed between the lookup and the DELETE (answered 404) counts as deleted.
     let gone = Router::new().route(
         "/unified/connection/{id}",
@@ -542,8 +441,8 @@ async fn delete_removes_the_connection_and_treats_missing_as_done() {
     let mut overrides = EndpointOverrides::default();
     overrides.insert("api.unified.to", server.base_url());
     let up = Upstream::new(overrides, Some(ca_file.path()), Duration::from_secs(5)).unwrap();
-    let client = UnifiedClient::new(up, &broker(UnifiedRegion::Us), SecretValue::new(API_TOKEN), None);
-    client.delete(&spec, Some("65f0c0ffee00000000000000")).await.unwrap();
+    let client = BrokerClient::Unified(UnifiedClient::new(up, &broker(UnifiedRegion::Us), SecretValue::new(API_TOKEN), None));
+    client.delete(&deletion(&spec, Some("65f0c0ffee00000000000000"))).await.unwrap();
 }
 
 #[tokio::test]
@@ -562,7 +461,7 @@ async fn unsupported_settings_fail_before_any_request() {
     specs.push(no_block);
     for spec in &specs {
         for observe_only in [FULL, OBSERVE] {
-            let err = expect_err(client.sync(&request(spec, &creds, None, None, observe_only)).await);
+            let err = expect_err(common::sync_spec(&client, spec, &creds, observe_only).await);
             assert!(matches!(err, BrokerError::Unsupported(_)), "{err:?}");
             assert_eq!(err.reason(), Reason::UnsupportedSetting);
             assert!(!err.is_transient() && err.retry_after().is_none());
@@ -585,7 +484,8 @@ fn echo_router() -> Router {
     async fn create(body: Bytes) -> Response {
         let text = String::from_utf8_lossy(&body).into_owned();
         let status = if text.contains("server-error") { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::UNPROCESSABLE_ENTITY };
-        let body = json!({"statusCode": status.as_u16(), "error": "Bad", "message": [format!("could not accept {text}"), "and more"]});
+        let sent: Value = serde_json::from_slice(&body).unwrap_or_default();
+        let body = json!({"statusCode": status.as_u16(), "error": "Bad", "message": [format!("could not accept client_secret {}", sent["auth"]["client_secret"]), "and more"]});
         (status, Json(body)).into_response()
     }
     Router::new().route("/unified/connection", get(list).post(create))
@@ -624,10 +524,17 @@ async fn errors_never_show_a_secret() {
     overrides.insert("api.unified.to", server.base_url());
     let up = Upstream::new(overrides, Some(ca_file.path()), Duration::from_secs(5)).unwrap();
 
-    let err = expect_err(UnifiedClient::new(up.clone(), &broker(UnifiedRegion::Us), SecretValue::new(API_TOKEN), None).check().await);
+    let err = expect_err(
+        BrokerClient::Unified(UnifiedClient::new(up.clone(), &broker(UnifiedRegion::Us), SecretValue::new(API_TOKEN), None)).check().await,
+    );
     assert!(matches!(err, BrokerError::Auth(ref m) if m.contains("Bearer [redacted] is not valid")), "{err:?}");
 
-    let client = UnifiedClient::new(up, &broker(UnifiedRegion::Us), SecretValue::new(format!("{API_TOKEN}-let-me-list")), None);
+    let client = BrokerClient::Unified(UnifiedClient::new(
+        up,
+        &broker(UnifiedRegion::Us),
+        SecretValue::new(format!("{API_TOKEN}-let-me-list")),
+        None,
+    ));
     let err = expect_err(client.sync(&request(&spec(), &creds, None, None, FULL)).await);
     assert!(matches!(err, BrokerError::Rejected(ref m) if m.contains("[redacted]") && m.contains("; and more")), "{err:?}");
     let loud = spec_with(UnifiedConnectionSpec { external_xref: Some("server-error".into()), permissions: vec![] });

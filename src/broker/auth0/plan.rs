@@ -124,6 +124,9 @@ fn secret_differs(
     }
 }
 
+/// Auth0's masked-value rule: Auth0 returns `options.client_secret` in plain text today, and
+/// whether it will start masking it is unconfirmed (brokers.md §1.6); an empty value or one of
+/// only `*`/`•` is taken for a mask, never for the secret.
 fn looks_masked(value: &str) -> bool {
     value.is_empty() || value.chars().all(|c| c == '*' || c == '•')
 }

@@ -11,15 +11,18 @@ pub mod plan;
 
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{BrokerError, SyncOutcome, SyncRequest, budget::RequestBudget};
+use super::{
+    Broker, BrokerError, BrokerExtras, DeleteRequest, SyncOutcome, SyncRequest,
+    core::{Auth, Dialect, ErrorBody, Found, ManagementApi, Meaning, Session},
+};
 use crate::{
-    crd::{broker::CloudflareBrokerSpec, connection::AzureAdConnectionSpec},
+    crd::{broker::CloudflareBrokerSpec, connection::CloudflareConnectionSpec},
     secret::SecretValue,
-    upstream::{Answer, Upstream, retry_after},
+    upstream::{Answer, Upstream},
 };
 
 /// The API host; tests and proxies redirect it through the operator-level endpoint overrides.
@@ -37,6 +40,9 @@ pub const DEFAULT_RATE: (u32, u32) = (3, 240);
 /// Cloudflare's rate-limit window, and the block a 429 starts when it sends no `Retry-After`.
 pub const RATE_WINDOW: Duration = Duration::from_secs(300);
 
+/// A 429 blocks the token for 5 minutes; without `Retry-After` assume the whole block.
+const DIALECT: Dialect = Dialect { name: "Cloudflare", default_retry: RATE_WINDOW, read_error };
+
 /// The page size used to list providers (the largest Cloudflare accepts).
 const PER_PAGE: usize = 50;
 /// A bound on listing, so a broken `result_info` cannot loop forever (10,000 providers).
@@ -53,13 +59,9 @@ const AUTH_CODES: &[i64] = &[
 
 #[derive(Debug)]
 pub struct CloudflareClient {
-    upstream: Upstream,
-    /// `/client/v4/{accounts|zones}/{id}/access/identity_providers`, or why the spec gives none.
-    base: Result<String, String>,
+    api: ManagementApi,
     /// "account 0123…" or "zone 0123…", for messages.
     scope: String,
-    token: SecretValue,
-    budget: RequestBudget,
 }
 
 /// Cloudflare's response envelope.
@@ -93,14 +95,18 @@ struct ResultInfo {
     total_pages: Option<u64>,
 }
 
-/// What a lookup found under the provider's name.
-enum Found {
-    Ours(Value),
-    Missing,
-    /// A provider of that name with another type.
-    Foreign {
-        type_: String,
-    },
+/// The envelope's errors, else the body, else the status's reason; an auth error code means the
+/// token was refused whatever the status.
+fn read_error(answer: &Answer) -> ErrorBody {
+    let envelope: Envelope = answer.body.json().unwrap_or_default();
+    let message = if envelope.errors.is_empty() {
+        let text = answer.body.text();
+        if text.trim().is_empty() { answer.status.canonical_reason().unwrap_or("no message").to_owned() } else { text.into_owned() }
+    } else {
+        messages(&envelope)
+    };
+    let auth_code = envelope.errors.iter().any(|e| e.code.is_some_and(|c| AUTH_CODES.contains(&c)));
+    ErrorBody { message, code: None, meaning: auth_code.then_some(Meaning::Credentials) }
 }
 
 impl CloudflareClient {
@@ -117,62 +123,8 @@ impl CloudflareClient {
             }
             _ => (Err("the Cloudflare broker's accountId or zoneId is not 32 hexadecimal characters".to_owned()), "no account".to_owned()),
         };
-        Self { upstream, base, scope, token, budget: RequestBudget::new(Some(rate.unwrap_or(DEFAULT_RATE))) }
-    }
-
-    fn base(&self) -> Result<&str, BrokerError> {
-        self.base.as_deref().map_err(|e| BrokerError::Rejected(e.clone()))
-    }
-
-    /// One API call; answers other than 2xx become typed errors.
-    async fn call(&self, method: Method, suffix: &str, body: Option<&Value>) -> Result<Envelope, BrokerError> {
-        let path = format!("{}{suffix}", self.base()?);
-        self.budget.acquire().await.map_err(|b| BrokerError::RateLimited { retry_after: b.remaining })?;
-        let mut request = self.upstream.request(method, HOST, &path).bearer_auth(self.token.expose());
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let answer = self.upstream.send(request).await?;
-        if !answer.status.is_success() {
-            return Err(self.error_from(&answer).await);
-        }
-        let envelope: Envelope = answer
-            .body
-            .json()
-            .map_err(|_| BrokerError::Unexpected(format!("HTTP {} without a Cloudflare response envelope", answer.status)))?;
-        if envelope.success == Some(false) {
-            return Err(BrokerError::Unexpected(self.token.scrub(&format!(
-                "success: false with HTTP {}: {}",
-                answer.status,
-                messages(&envelope)
-            ))));
-        }
-        Ok(envelope)
-    }
-
-    async fn error_from(&self, answer: &Answer) -> BrokerError {
-        let envelope: Envelope = answer.body.json().unwrap_or_default();
-        let message = if envelope.errors.is_empty() {
-            let snippet = answer.body.snippet();
-            if snippet.is_empty() { answer.status.canonical_reason().unwrap_or("no message").to_owned() } else { snippet }
-        } else {
-            messages(&envelope)
-        };
-        let message = self.token.scrub(&message);
-        let auth_code = envelope.errors.iter().any(|e| e.code.is_some_and(|c| AUTH_CODES.contains(&c)));
-        match answer.status {
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => BrokerError::Auth(message),
-            StatusCode::TOO_MANY_REQUESTS => {
-                // A 429 blocks the token for 5 minutes; without Retry-After assume the whole block.
-                let wait = retry_after(&answer.headers, jiff::Timestamp::now()).unwrap_or(RATE_WINDOW).max(Duration::from_secs(1));
-                self.budget.block_for(wait).await;
-                BrokerError::RateLimited { retry_after: wait }
-            }
-            s if s.is_server_error() => BrokerError::Server { status: s.as_u16(), message },
-            _ if auth_code => BrokerError::Auth(message),
-            StatusCode::NOT_FOUND => BrokerError::NotFound,
-            _ => BrokerError::Rejected(message),
-        }
+        let rate = Some(rate.unwrap_or(DEFAULT_RATE));
+        Self { api: ManagementApi::new(upstream, Ok(HOST.to_owned()), base, Auth::Token(token), rate, DIALECT), scope }
     }
 
     /// A 404 on the collection means the account or zone is unknown (or hidden from the token).
@@ -186,27 +138,13 @@ impl CloudflareClient {
         }
     }
 
-    /// Proves the token with the cheapest read: one provider of the list.
-    pub async fn check(&self) -> Result<(), BrokerError> {
-        self.call(Method::GET, "?per_page=1", None).await.map(drop).map_err(|e| self.scope_not_found(e).scrubbed(&self.token))
-    }
-
-    async fn get(&self, id: &str) -> Result<Option<Value>, BrokerError> {
-        check_id(id)?;
-        match self.call(Method::GET, &format!("/{id}"), None).await {
-            Ok(envelope) => Ok(Some(envelope.result).filter(Value::is_object)),
-            Err(BrokerError::NotFound) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
     /// Lists the providers page by page until an azureAD one of this name turns up; otherwise
     /// reports a same-named provider of another type, or none.
-    async fn find_by_name(&self, name: &str) -> Result<Found, BrokerError> {
+    async fn find_by_name(&self, api: &Session<'_>, name: &str) -> Result<Found, BrokerError> {
         let mut foreign = None;
         for page in 1..=MAX_PAGES {
             let envelope =
-                self.call(Method::GET, &format!("?page={page}&per_page={PER_PAGE}"), None).await.map_err(|e| self.scope_not_found(e))?;
+                call(api, Method::GET, &format!("?page={page}&per_page={PER_PAGE}"), None).await.map_err(|e| self.scope_not_found(e))?;
             let Value::Array(providers) = envelope.result else {
                 return Err(BrokerError::Unexpected("the identity provider list is not an array".into()));
             };
@@ -231,45 +169,40 @@ impl CloudflareClient {
                 break;
             }
         }
-        Ok(foreign.map_or(Found::Missing, |type_| Found::Foreign { type_ }))
+        Ok(foreign.map_or(Found::Missing, |kind| Found::Foreign { kind }))
     }
 
     /// The provider this spec manages: by recorded id, else by name and type (adoption). A
     /// recorded id is trusted only while it still names an azureAD provider of this name, so a
     /// stale or tampered status never points the operator at someone else's provider.
-    async fn find(&self, name: &str, known_id: Option<&str>) -> Result<Found, BrokerError> {
+    async fn find(&self, api: &Session<'_>, name: &str, known_id: Option<&str>) -> Result<Found, BrokerError> {
         if let Some(id) = known_id.filter(|id| check_id(id).is_ok())
-            && let Some(found) = self.get(id).await?
+            && let Some(found) = get(api, id).await?
             && plan::is_ours(&found, name)
         {
             return Ok(Found::Ours(found));
         }
-        self.find_by_name(name).await
+        self.find_by_name(api, name).await
     }
 
-    pub async fn sync(&self, request: &SyncRequest<'_>) -> Result<SyncOutcome, BrokerError> {
-        self.sync_inner(request).await.map_err(|e| e.scrubbed(request.azure.secret).scrubbed(&self.token))
-    }
-
-    async fn sync_inner(&self, request: &SyncRequest<'_>) -> Result<SyncOutcome, BrokerError> {
-        let spec =
-            request.spec.cloudflare.as_ref().ok_or_else(|| BrokerError::Unsupported("the connection has no cloudflare block".into()))?;
+    async fn sync_with(
+        &self,
+        api: &Session<'_>,
+        spec: &CloudflareConnectionSpec,
+        request: &SyncRequest<'_>,
+    ) -> Result<SyncOutcome, BrokerError> {
         let desired = plan::desired(spec, &request.azure)?;
-        self.base()?;
-        let observed = match self.find(&desired.name, request.known_id).await? {
+        let observed = match self.find(api, &desired.name, request.known_id).await? {
             Found::Ours(provider) => provider,
-            Found::Missing if request.observe_only => {
-                return Ok(SyncOutcome { id: None, differences: vec!["connection (missing)".into()], wrote: false, scim: None });
-            }
+            Found::Missing if request.observe_only => return Ok(SyncOutcome::missing("connection")),
             Found::Missing => {
-                let created = self.call(Method::POST, "", Some(&plan::create_body(&desired))).await?.result;
-                let id = provider_id(&created)?;
-                let scim = plan::scim_credentials(&desired, &created);
-                return Ok(SyncOutcome { id: Some(id), differences: vec!["connection (created)".into()], wrote: true, scim });
+                let created = call(api, Method::POST, "", Some(&plan::create_body(&desired))).await?.result;
+                let outcome = SyncOutcome::created("connection", provider_id(&created)?);
+                return Ok(with_scim(outcome, &desired, &created));
             }
-            Found::Foreign { type_ } => {
+            Found::Foreign { kind } => {
                 return Err(BrokerError::Rejected(format!(
-                    "Cloudflare already has an identity provider named {} of type {type_}, not azureAD",
+                    "Cloudflare already has an identity provider named {} of type {kind}, not azureAD",
                     desired.name
                 )));
             }
@@ -277,33 +210,68 @@ impl CloudflareClient {
         let id = provider_id(&observed)?;
         let differences = plan::diff(&desired, &observed, request.synced_fingerprint, request.azure.fingerprint);
         if differences.is_empty() || request.observe_only {
-            return Ok(SyncOutcome { id: Some(id), differences, wrote: false, scim: None });
+            return Ok(SyncOutcome::existing(id, differences, false));
         }
         refuse_read_only(&observed, &desired.name, "updated")?;
-        let written = self.call(Method::PUT, &format!("/{id}"), Some(&plan::update_body(&desired, &observed))).await?.result;
-        let scim = plan::scim_credentials(&desired, &written);
-        Ok(SyncOutcome { id: Some(id), differences, wrote: true, scim })
+        let written = call(api, Method::PUT, &format!("/{id}"), Some(&plan::update_body(&desired, &observed))).await?.result;
+        Ok(with_scim(SyncOutcome::existing(id, differences, true), &desired, &written))
+    }
+}
+
+impl Broker for CloudflareClient {
+    type Target = CloudflareConnectionSpec;
+
+    async fn sync(&self, spec: &CloudflareConnectionSpec, request: &SyncRequest<'_>) -> Result<SyncOutcome, BrokerError> {
+        let api = self.api.session(Some(request.azure.secret));
+        self.sync_with(&api, spec, request).await.map_err(|e| api.scrubbed(e))
     }
 
     /// Deletes the provider; one that is already gone counts as deleted. A provider of the same
     /// name but another type is not ours and is left alone.
-    pub async fn delete(&self, spec: &AzureAdConnectionSpec, known_id: Option<&str>) -> Result<(), BrokerError> {
-        let Some(cloudflare) = spec.cloudflare.as_ref() else { return Ok(()) };
-        self.delete_inner(&cloudflare.name, known_id).await.map_err(|e| e.scrubbed(&self.token))
-    }
-
-    async fn delete_inner(&self, name: &str, known_id: Option<&str>) -> Result<(), BrokerError> {
-        let provider = match self.find(name, known_id).await? {
+    async fn delete(&self, spec: &CloudflareConnectionSpec, request: &DeleteRequest<'_>) -> Result<(), BrokerError> {
+        let api = self.api.session(None);
+        let provider = match self.find(&api, &spec.name, request.known_id).await.map_err(|e| api.scrubbed(e))? {
             Found::Ours(provider) => provider,
             Found::Missing | Found::Foreign { .. } => return Ok(()),
         };
-        refuse_read_only(&provider, name, "deleted")?;
-        let id = provider_id(&provider)?;
-        match self.call(Method::DELETE, &format!("/{id}"), None).await {
-            Ok(_) | Err(BrokerError::NotFound) => Ok(()),
-            Err(e) => Err(e),
-        }
+        refuse_read_only(&provider, &spec.name, "deleted")?;
+        api.delete(&format!("/{}", provider_id(&provider)?)).await
     }
+
+    /// Proves the token with the cheapest read: one provider of the list.
+    async fn check(&self) -> Result<(), BrokerError> {
+        let api = self.api.session(None);
+        call(&api, Method::GET, "?per_page=1", None).await.map(drop).map_err(|e| self.scope_not_found(e))
+    }
+}
+
+/// One API call, unwrapped from Cloudflare's envelope.
+async fn call(api: &Session<'_>, method: Method, suffix: &str, body: Option<&Value>) -> Result<Envelope, BrokerError> {
+    envelope(api, &api.call(method, suffix, body).await?)
+}
+
+/// A successful answer's envelope; `success: false` on a 2xx is an error too.
+fn envelope(api: &Session<'_>, answer: &Answer) -> Result<Envelope, BrokerError> {
+    let envelope: Envelope = answer
+        .body
+        .json()
+        .map_err(|_| BrokerError::Unexpected(format!("HTTP {} without a Cloudflare response envelope", answer.status)))?;
+    if envelope.success == Some(false) {
+        let messages = api.safe_message(&messages(&envelope));
+        return Err(BrokerError::Unexpected(format!("success: false with HTTP {}: {messages}", answer.status)));
+    }
+    Ok(envelope)
+}
+
+async fn get(api: &Session<'_>, id: &str) -> Result<Option<Value>, BrokerError> {
+    check_id(id)?;
+    let Some(answer) = api.get(&format!("/{id}")).await? else { return Ok(None) };
+    Ok(Some(envelope(api, &answer)?.result).filter(Value::is_object))
+}
+
+/// The outcome, with the SCIM credentials a write returned when SCIM is wanted.
+fn with_scim(outcome: SyncOutcome, desired: &plan::DesiredProvider, written: &Value) -> SyncOutcome {
+    SyncOutcome { extras: plan::scim_credentials(desired, written).map(BrokerExtras::CloudflareScim), ..outcome }
 }
 
 /// The errors' messages with their codes, for error text.

@@ -199,8 +199,10 @@ pub fn diff(desired: &DesiredProvider, observed: &Value, synced_fingerprint: Opt
     differences
 }
 
-/// Whether Cloudflare shows `value` only redacted (Terraform's rule: any `*` means redacted).
-fn redacted(value: &str) -> bool {
+/// Cloudflare's masked-value rule, for the SCIM secret: it is returned in the clear only when SCIM
+/// is first enabled and redacted afterwards; like Terraform v4, any value containing `*` is taken
+/// for redacted (brokers.md §2.4, §2.5). `client_secret` is never returned at all, so it has no rule.
+fn looks_masked(value: &str) -> bool {
     value.is_empty() || value.contains('*')
 }
 
@@ -211,7 +213,7 @@ pub fn scim_credentials(desired: &DesiredProvider, written: &Value) -> Option<Sc
         return None;
     }
     let scim = written.get("scim_config")?;
-    let secret = scim.get("secret").and_then(Value::as_str).filter(|s| !redacted(s))?;
+    let secret = scim.get("secret").and_then(Value::as_str).filter(|s| !looks_masked(s))?;
     let base_url = scim.get("scim_base_url").and_then(Value::as_str).filter(|u| u.starts_with("https://"))?;
     Some(ScimCredentials { base_url: base_url.to_owned(), secret: SecretValue::new(secret) })
 }

@@ -106,6 +106,9 @@ pub fn create_body(desired: &DesiredConnector) -> Value {
     body
 }
 
+/// Logto's masked-value rule: Logto returns `config.clientSecret` in plain text (brokers.md §5,
+/// comparison table: "Secret readable back: yes"); an empty value or one of only `*`/`•` is taken
+/// for a mask, never for the secret.
 fn looks_masked(value: &str) -> bool {
     value.is_empty() || value.chars().all(|c| c == '*' || c == '•')
 }

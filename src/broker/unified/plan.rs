@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 use crate::{
     azure::cloud,
     broker::{AzureCredentials, BrokerError},
-    crd::connection::{AzureAdConnectionSpec, SignInAudience, UnifiedConnectionSpec},
+    crd::connection::{SignInAudience, UnifiedConnectionSpec},
     secret::SecretValue,
 };
 
@@ -56,10 +56,10 @@ pub struct DesiredConnection {
 /// `idp-bridge:<tenant>:<client id>` from the Azure block (tenant as written in the spec,
 /// lowercased). The default depends on the spec alone, so sync and delete (which sees no
 /// resolved tenant id) always agree, and a change of validation mode cannot move it.
-pub fn external_xref(spec: &AzureAdConnectionSpec) -> String {
-    match spec.unified.as_ref().and_then(|u| u.external_xref.as_deref()).filter(|x| !x.is_empty()) {
+pub fn external_xref(unified: &UnifiedConnectionSpec, tenant: &str, client_id: &str) -> String {
+    match unified.external_xref.as_deref().filter(|x| !x.is_empty()) {
         Some(xref) => xref.to_owned(),
-        None => format!("idp-bridge:{}:{}", spec.azure.tenant.to_ascii_lowercase(), spec.azure.client_id.to_ascii_lowercase()),
+        None => format!("idp-bridge:{}:{}", tenant.to_ascii_lowercase(), client_id.to_ascii_lowercase()),
     }
 }
 
@@ -70,11 +70,7 @@ pub fn token_url(azure: &AzureCredentials<'_>) -> String {
 }
 
 /// Builds the desired connection from the spec and the validated credentials.
-pub fn desired(
-    spec: &AzureAdConnectionSpec,
-    unified: &UnifiedConnectionSpec,
-    azure: &AzureCredentials<'_>,
-) -> Result<DesiredConnection, BrokerError> {
+pub fn desired(unified: &UnifiedConnectionSpec, azure: &AzureCredentials<'_>) -> Result<DesiredConnection, BrokerError> {
     if azure.audience != SignInAudience::SingleTenant {
         return Err(BrokerError::Unsupported(format!(
             "Unified.to imports a microsoft_ad connection with client credentials, which are bound to the app's home tenant; signInAudience {:?} cannot be expressed (use SingleTenant)",
@@ -85,7 +81,7 @@ pub fn desired(
     permissions.sort();
     permissions.dedup();
     Ok(DesiredConnection {
-        external_xref: external_xref(spec),
+        external_xref: external_xref(unified, azure.tenant, azure.client_id),
         categories: categories_for(&permissions),
         permissions,
         client_id: azure.client_id.to_owned(),
@@ -121,7 +117,9 @@ pub fn create_body(desired: &DesiredConnection) -> Value {
     })
 }
 
-/// Whether a value read back is a placeholder rather than the secret itself.
+/// Unified.to's masked-value rule: its documentation is silent on whether reads mask
+/// `auth.client_secret` (brokers.md §4), so any value containing `*` or `•`, or reading
+/// `redacted`, is taken for a placeholder rather than the secret itself.
 pub fn looks_masked(value: &str) -> bool {
     let value = value.trim();
     value.is_empty()
@@ -206,7 +204,7 @@ pub fn is_ours(connection: &Value, external_xref: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::connection::{AzureCloud, AzureSpec, BrokerRef, BrokerRefKind, SecretKeyRef};
+    use crate::crd::connection::{AzureAdConnectionSpec, AzureCloud, AzureSpec, BrokerRef, BrokerRefKind, SecretKeyRef};
 
     const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
     const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
@@ -241,15 +239,16 @@ mod tests {
     }
 
     fn planned(spec: &AzureAdConnectionSpec, secret: &SecretValue) -> DesiredConnection {
-        desired(spec, spec.unified.as_ref().unwrap(), &creds(secret, AzureCloud::AzurePublic, Some(TENANT), SignInAudience::SingleTenant))
+        desired(spec.unified.as_ref().unwrap(), &creds(secret, AzureCloud::AzurePublic, Some(TENANT), SignInAudience::SingleTenant))
             .unwrap()
     }
 
     #[test]
     fn xref_defaults_to_tenant_and_client_from_the_spec() {
-        assert_eq!(external_xref(&spec(None, &[])), format!("idp-bridge:contoso.onmicrosoft.com:{CLIENT}"));
-        assert_eq!(external_xref(&spec(Some(""), &[])), format!("idp-bridge:contoso.onmicrosoft.com:{CLIENT}"));
-        assert_eq!(external_xref(&spec(Some("customer-42"), &[])), "customer-42");
+        let xref = |spec: AzureAdConnectionSpec| external_xref(spec.unified.as_ref().unwrap(), &spec.azure.tenant, &spec.azure.client_id);
+        assert_eq!(xref(spec(None, &[])), format!("idp-bridge:contoso.onmicrosoft.com:{CLIENT}"));
+        assert_eq!(xref(spec(Some(""), &[])), format!("idp-bridge:contoso.onmicrosoft.com:{CLIENT}"));
+        assert_eq!(xref(spec(Some("customer-42"), &[])), "customer-42");
     }
 
     #[test]
@@ -269,7 +268,7 @@ mod tests {
         let secret = SecretValue::new("s3cret-value");
         let spec = spec(None, &[]);
         for audience in [SignInAudience::Organizations, SignInAudience::Common, SignInAudience::Consumers] {
-            let err = desired(&spec, spec.unified.as_ref().unwrap(), &creds(&secret, AzureCloud::AzurePublic, None, audience)).unwrap_err();
+            let err = desired(spec.unified.as_ref().unwrap(), &creds(&secret, AzureCloud::AzurePublic, None, audience)).unwrap_err();
             assert!(matches!(err, BrokerError::Unsupported(ref m) if m.contains("SingleTenant")), "{err:?}");
         }
     }

@@ -1,0 +1,360 @@
+//! The management-API core every broker adapter calls through.
+//!
+//! It owns what the four management APIs have in common: the bearer credential (a static API
+//! token, or OAuth client credentials exchanged for a token that is cached and, on a 401, dropped
+//! and fetched again once), the account's [`RequestBudget`] and the block a 429 starts, 404 as
+//! "absent" on reads and "done" on deletes, and the one way an upstream answer becomes error
+//! text: every secret in play is scrubbed first, and only then is the text bounded
+//! ([`crate::secret::safe_message`]). An adapter only says how its broker spells an error body
+//! ([`Dialect`]) and what its paths are.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use super::{BrokerError, budget::RequestBudget};
+use crate::{
+    secret::{SecretValue, safe_message},
+    upstream::{Answer, Upstream, retry_after},
+};
+
+/// The shortest wait a 429 imposes, whatever its headers say.
+const MIN_RETRY: Duration = Duration::from_secs(1);
+/// Longest error code kept in a message (characters).
+const MAX_CODE_CHARS: usize = 64;
+
+/// How one broker's management API spells its errors.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Dialect {
+    /// The broker's name, for messages ("Auth0").
+    pub name: &'static str,
+    /// How long a 429 without `Retry-After` or `X-RateLimit-Reset` blocks the account.
+    pub default_retry: Duration,
+    /// Reads an unsuccessful answer's body. The text it returns is raw (it may echo a secret);
+    /// the core scrubs and bounds it.
+    pub read_error: fn(&Answer) -> ErrorBody,
+}
+
+/// What an error body says, raw.
+#[derive(Debug, Default)]
+pub(crate) struct ErrorBody {
+    pub message: String,
+    /// The broker's error code, appended to the message in parentheses.
+    pub code: Option<String>,
+    /// What the error means when its HTTP status alone does not say.
+    pub meaning: Option<Meaning>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Meaning {
+    /// The management credentials were refused (whatever the status).
+    Credentials,
+    /// The broker already holds a conflicting object; the text says which rule.
+    Conflict(&'static str),
+}
+
+/// How the operator authenticates to a management API.
+#[derive(Debug)]
+pub(crate) enum Auth {
+    /// A static API token sent as the bearer (Cloudflare, Unified.to).
+    Token(SecretValue),
+    /// OAuth client credentials exchanged for a bearer token (Auth0, Logto).
+    ClientCredentials(ClientCredentials),
+}
+
+/// An OAuth client-credentials grant and the token it last gave.
+#[derive(Debug)]
+pub(crate) struct ClientCredentials {
+    client_id: String,
+    secret: SecretValue,
+    /// Token endpoint path on the API host.
+    path: &'static str,
+    request: TokenRequest,
+    /// Lifetime assumed when the answer has no `expires_in`.
+    default_ttl: Duration,
+    /// Longer claimed lifetimes are not believed.
+    max_ttl: Duration,
+    /// The cached token and when to refresh it.
+    cache: Mutex<Option<(SecretValue, Instant)>>,
+}
+
+/// How the grant is sent.
+#[derive(Debug)]
+pub(crate) enum TokenRequest {
+    /// Id, secret and audience in a JSON body (Auth0).
+    JsonBody { audience: String },
+    /// HTTP Basic with the form-encoded id and secret (RFC 6749 §2.3.1), and a form naming the
+    /// resource indicator and scope (Logto).
+    BasicForm { resource: String, scope: &'static str },
+}
+
+impl ClientCredentials {
+    pub fn new(
+        client_id: &str,
+        secret: SecretValue,
+        path: &'static str,
+        request: TokenRequest,
+        default_ttl: Duration,
+        max_ttl: Duration,
+    ) -> Self {
+        Self { client_id: client_id.to_owned(), secret, path, request, default_ttl, max_ttl, cache: Mutex::new(None) }
+    }
+}
+
+impl Auth {
+    /// The operator's own secret, which no error text may show.
+    fn credential(&self) -> &SecretValue {
+        match self {
+            Auth::Token(token) => token,
+            Auth::ClientCredentials(grant) => &grant.secret,
+        }
+    }
+}
+
+/// One broker account's management API.
+#[derive(Debug)]
+pub(crate) struct ManagementApi {
+    upstream: Upstream,
+    /// `host[:port]` of the API, or why the broker spec gives none usable.
+    host: Result<String, String>,
+    /// Prefix of every API path (`/api/v2`), or why the broker spec gives none usable.
+    prefix: Result<String, String>,
+    auth: Auth,
+    budget: RequestBudget,
+    dialect: Dialect,
+}
+
+impl ManagementApi {
+    pub fn new(
+        upstream: Upstream,
+        host: Result<String, String>,
+        prefix: Result<String, String>,
+        auth: Auth,
+        rate: Option<(u32, u32)>,
+        dialect: Dialect,
+    ) -> Self {
+        Self { upstream, host, prefix, auth, budget: RequestBudget::new(rate), dialect }
+    }
+
+    /// Calls for one operation; `synced` is the Azure secret it pushes, if any, so no error text
+    /// of the operation can show it.
+    pub fn session<'a>(&'a self, synced: Option<&'a SecretValue>) -> Session<'a> {
+        Session { api: self, synced }
+    }
+
+    fn host(&self) -> Result<&str, BrokerError> {
+        self.host.as_deref().map_err(|why| BrokerError::Rejected(why.clone()))
+    }
+
+    fn prefix(&self) -> Result<&str, BrokerError> {
+        self.prefix.as_deref().map_err(|why| BrokerError::Rejected(why.clone()))
+    }
+
+    async fn acquire(&self) -> Result<(), BrokerError> {
+        self.budget.acquire().await.map_err(|blocked| BrokerError::RateLimited { retry_after: blocked.remaining })
+    }
+
+    /// The bearer to send: the static token, or a client-credentials token from cache when it is
+    /// still good, else a new one.
+    async fn bearer(&self, synced: Option<&SecretValue>) -> Result<SecretValue, BrokerError> {
+        let grant = match &self.auth {
+            Auth::Token(token) => return Ok(token.clone()),
+            Auth::ClientCredentials(grant) => grant,
+        };
+        let mut cached = grant.cache.lock().await;
+        if let Some((token, refresh_at)) = cached.as_ref()
+            && *refresh_at > Instant::now()
+        {
+            return Ok(token.clone());
+        }
+        let (token, ttl) = self.fetch_token(grant, synced).await?;
+        *cached = Some((token.clone(), super::token_refresh_at(ttl)));
+        Ok(token)
+    }
+
+    async fn fetch_token(&self, grant: &ClientCredentials, synced: Option<&SecretValue>) -> Result<(SecretValue, Duration), BrokerError> {
+        let host = self.host()?;
+        self.acquire().await?;
+        let request = self.upstream.request(Method::POST, host, grant.path);
+        let request = match &grant.request {
+            TokenRequest::JsonBody { audience } => request.json(&serde_json::json!({
+                "grant_type": "client_credentials",
+                "client_id": grant.client_id,
+                "client_secret": grant.secret.expose(),
+                "audience": audience,
+            })),
+            TokenRequest::BasicForm { resource, scope } => {
+                let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                request.basic_auth(encode(&grant.client_id), Some(encode(grant.secret.expose()))).form(&[
+                    ("grant_type", "client_credentials"),
+                    ("resource", resource.as_str()),
+                    ("scope", scope),
+                ])
+            }
+        };
+        let answer = self.upstream.send(request).await?;
+        if !answer.status.is_success() {
+            return Err(match self.error_from(&answer, &[synced]).await {
+                // Any refusal of the grant (unknown client, wrong secret, wrong audience or
+                // resource, no role) is about the operator's management credentials.
+                BrokerError::Rejected(message) | BrokerError::Conflict(message) => {
+                    BrokerError::Auth(format!("token request refused: {message}"))
+                }
+                BrokerError::NotFound => BrokerError::Rejected(format!(
+                    "https://{host}{} answered 404: {} has no token endpoint there (check the endpoint)",
+                    grant.path, self.dialect.name
+                )),
+                other => other,
+            });
+        }
+        #[derive(Deserialize)]
+        struct TokenBody {
+            access_token: String,
+            expires_in: Option<u64>,
+        }
+        let body: TokenBody = answer.body.json().map_err(|_| BrokerError::Unexpected("token response is not valid JSON".into()))?;
+        let ttl = body.expires_in.map_or(grant.default_ttl, Duration::from_secs).min(grant.max_ttl);
+        Ok((SecretValue::new(body.access_token), ttl))
+    }
+
+    /// Drops the cached token, if it is still `token`.
+    async fn forget(&self, token: &SecretValue) {
+        if let Auth::ClientCredentials(grant) = &self.auth {
+            let mut cached = grant.cache.lock().await;
+            if cached.as_ref().is_some_and(|(held, _)| held == token) {
+                *cached = None;
+            }
+        }
+    }
+
+    /// The error an unsuccessful answer means, with its text made safe. A 429 also blocks the
+    /// account for every caller until the broker's reset time.
+    async fn error_from(&self, answer: &Answer, extra: &[Option<&SecretValue>]) -> BrokerError {
+        let status = answer.status;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let wait = retry_after(&answer.headers, jiff::Timestamp::now()).unwrap_or(self.dialect.default_retry).max(MIN_RETRY);
+            self.budget.block_for(wait).await;
+            return BrokerError::RateLimited { retry_after: wait };
+        }
+        let body = (self.dialect.read_error)(answer);
+        let mut message = self.safe_message(&body.message, extra);
+        if let Some(code) = body.code.as_deref().filter(|c| !c.is_empty()) {
+            let code: String = self.safe_message(code, extra).chars().take(MAX_CODE_CHARS).collect();
+            message = format!("{message} ({code})");
+        }
+        match (status, body.meaning) {
+            (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, _) => BrokerError::Auth(message),
+            (s, _) if s.is_server_error() => BrokerError::Server { status: s.as_u16(), message },
+            (_, Some(Meaning::Credentials)) => BrokerError::Auth(message),
+            (_, Some(Meaning::Conflict(rule))) => BrokerError::Conflict(format!("{rule}: {message}")),
+            (StatusCode::NOT_FOUND, None) => BrokerError::NotFound,
+            (s, None) if s.is_client_error() => BrokerError::Rejected(message),
+            (s, None) => BrokerError::Unexpected(format!("HTTP {}: {message}", s.as_u16())),
+        }
+    }
+
+    /// Upstream text fit for an error: the management credential, and `extra` secrets (the
+    /// token sent, the Azure secret pushed), removed, then bounded.
+    fn safe_message(&self, text: &str, extra: &[Option<&SecretValue>]) -> String {
+        let mut secrets = vec![self.auth.credential()];
+        secrets.extend(extra.iter().flatten());
+        safe_message(text, &secrets)
+    }
+}
+
+/// The calls of one operation (a sync, a delete, a check).
+pub(crate) struct Session<'a> {
+    api: &'a ManagementApi,
+    synced: Option<&'a SecretValue>,
+}
+
+impl Session<'_> {
+    /// Proves the management credentials: for client credentials, by getting a token.
+    pub async fn authenticate(&self) -> Result<(), BrokerError> {
+        self.api.bearer(self.synced).await.map(drop)
+    }
+
+    /// One API call (`path` below the API's prefix). Answers other than 2xx are typed errors; a
+    /// 401 with a client-credentials token drops the token and retries once with a new one.
+    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Answer, BrokerError> {
+        let api = self.api;
+        let (host, path) = (api.host()?, format!("{}{path}", api.prefix()?));
+        let retries = if matches!(api.auth, Auth::ClientCredentials(_)) { 1 } else { 0 };
+        let mut attempt = 0;
+        loop {
+            let token = api.bearer(self.synced).await?;
+            api.acquire().await?;
+            let mut request = api.upstream.request(method.clone(), host, &path).bearer_auth(token.expose());
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let answer = api.upstream.send(request).await?;
+            if answer.status.is_success() {
+                return Ok(answer);
+            }
+            if answer.status == StatusCode::UNAUTHORIZED && attempt < retries {
+                api.forget(&token).await;
+                attempt += 1;
+                continue;
+            }
+            return Err(api.error_from(&answer, &[Some(&token), self.synced]).await);
+        }
+    }
+
+    /// A read of one object; a 404 means it is absent.
+    pub async fn get(&self, path: &str) -> Result<Option<Answer>, BrokerError> {
+        match self.call(Method::GET, path, None).await {
+            Ok(answer) => Ok(Some(answer)),
+            Err(BrokerError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A read of one JSON object; a 404 means it is absent. `what` names it in errors.
+    pub async fn get_json(&self, path: &str, what: &str) -> Result<Option<Value>, BrokerError> {
+        self.get(path).await?.map(|answer| json(&answer, what)).transpose()
+    }
+
+    /// Deletes one object; a 404 means it is gone already, which is what was asked.
+    pub async fn delete(&self, path: &str) -> Result<(), BrokerError> {
+        match self.call(Method::DELETE, path, None).await {
+            Ok(_) | Err(BrokerError::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Upstream text (from a successful answer that still reports a failure) fit for an error.
+    pub fn safe_message(&self, text: &str) -> String {
+        self.api.safe_message(text, &[self.synced])
+    }
+
+    /// The same error with every secret of this session removed from its text, for errors built
+    /// from values the broker returned outside an error body.
+    pub fn scrubbed(&self, error: BrokerError) -> BrokerError {
+        let error = error.scrubbed(self.api.auth.credential());
+        match self.synced {
+            Some(secret) => error.scrubbed(secret),
+            None => error,
+        }
+    }
+}
+
+/// The JSON of a successful answer; `what` names it in the error when it is not.
+pub(crate) fn json<T: serde::de::DeserializeOwned>(answer: &Answer, what: &str) -> Result<T, BrokerError> {
+    answer.body.json().map_err(|_| BrokerError::Unexpected(format!("{what} is not valid JSON")))
+}
+
+/// What a lookup of the connection's broker object found.
+#[derive(Debug)]
+pub(crate) enum Found {
+    /// The object this connection manages.
+    Ours(Value),
+    Missing,
+    /// An object in the way that this connection may not take over; `kind` says what it is.
+    Foreign {
+        kind: String,
+    },
+}
