@@ -432,7 +432,7 @@ mod tests {
         assert_eq!(kit.base_url().as_str(), format!("https://{}/", kit.addr()));
         let upstream = Upstream::new(upstream_overrides(&kit), Some(ca_file.path()), Duration::from_secs(5)).unwrap();
         let answer = upstream.send(upstream.request(Method::GET, "api.example.com", "/api/items")).await.unwrap();
-        assert_eq!((answer.status, answer.body.snippet()), (StatusCode::OK, "items".to_owned()));
+        assert_eq!((answer.status, answer.body.text().into_owned()), (StatusCode::OK, "items".to_owned()));
         assert_eq!(kit.log().count(&RequestMatch::any().path("/api/items")), 1);
 
         kit.shutdown();
@@ -479,7 +479,7 @@ mod tests {
             let faulted = get(upstream.clone(), host.clone()).await;
             assert_eq!(faulted.status, StatusCode::SERVICE_UNAVAILABLE, "{name}");
             assert_eq!(faulted.headers[header::RETRY_AFTER], "4", "{name}");
-            assert_eq!(faulted.body.snippet(), "echo s3cret", "{name}");
+            assert_eq!(faulted.body.text(), "echo s3cret", "{name}");
             assert_eq!(get(upstream.clone(), host.clone()).await.status, StatusCode::UNAUTHORIZED, "{name}: the vendor's own answer");
 
             kit.gate().pause();
