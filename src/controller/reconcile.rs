@@ -52,7 +52,7 @@ pub async fn reconcile(conn: Arc<AzureAdConnection>, ctx: Arc<Context>) -> Resul
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    .map_err(Error::from);
     ctx.metrics.reconciled(if result.is_ok() { "success" } else { "error" }, started.elapsed());
     result
 }
