@@ -10,6 +10,7 @@
 
 pub mod azure;
 pub mod broker;
+pub mod cache;
 pub mod check;
 pub mod config;
 pub mod controller;
