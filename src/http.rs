@@ -1,24 +1,18 @@
 //! The operator's HTTP endpoints: `/metrics` (Prometheus), `/healthz` (the process is alive) and
 //! `/readyz` (caches synced, and leader or standby known).
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use axum::{Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get};
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::{leader::LeaderState, metrics::Metrics};
+use crate::{controller::Readiness, leader::LeaderState, metrics::Metrics};
 
 #[derive(Clone)]
 pub struct Endpoints {
     pub metrics: Arc<Metrics>,
-    /// Set once the controllers' caches have synced.
-    pub caches_synced: Arc<AtomicBool>,
+    /// Whether the running controllers' caches have synced.
+    pub readiness: Readiness,
     /// The leader-election state, when there is an election.
     pub leader: Option<watch::Receiver<LeaderState>>,
 }
@@ -27,7 +21,7 @@ impl Endpoints {
     /// Ready: a leader (or a process without election) whose caches synced, or a standby that
     /// knows who leads.
     fn ready(&self) -> bool {
-        let synced = self.caches_synced.load(Ordering::SeqCst);
+        let synced = self.readiness.is_synced();
         match &self.leader {
             None => synced,
             Some(state) => match &*state.borrow() {
