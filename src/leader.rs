@@ -136,7 +136,7 @@ pub fn validate_timing(lease: Duration, renew: Duration, retry: Duration) -> Res
 
 /// What leader election reads from a Lease. Any change means its holder is alive.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct LeaseRecord {
+struct LeaseRecord {
     /// `None` also for an empty `holderIdentity` (a released Lease).
     pub holder: Option<String>,
     pub lease_duration_seconds: Option<i32>,
@@ -160,7 +160,7 @@ impl LeaseRecord {
 
 /// What to do about a Lease, given its record and since when this process has seen it unchanged.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+enum Decision {
     /// Nobody holds it (released or never held), or its holder stopped renewing: take it over.
     Acquire,
     /// This process holds it: renew.
@@ -173,7 +173,7 @@ pub enum Decision {
 /// The decision rule. `observed_at` is when this process first read `record` with its current
 /// content (monotonic clock); the record expires `leaseDurationSeconds` (or `default_duration`
 /// when it has none) after that.
-pub fn decide(identity: &str, record: &LeaseRecord, observed_at: Instant, now: Instant, default_duration: Duration) -> Decision {
+fn decide(identity: &str, record: &LeaseRecord, observed_at: Instant, now: Instant, default_duration: Duration) -> Decision {
     let Some(holder) = record.holder.as_deref() else {
         return Decision::Acquire;
     };
@@ -190,7 +190,7 @@ pub fn decide(identity: &str, record: &LeaseRecord, observed_at: Instant, now: I
 
 /// Since when a record has been seen unchanged: `previous` (the last record and its observation
 /// time) carries over when the content is the same, otherwise the clock starts at `now`.
-pub fn observed_since(previous: Option<(&LeaseRecord, Instant)>, record: &LeaseRecord, now: Instant) -> Instant {
+fn observed_since(previous: Option<(&LeaseRecord, Instant)>, record: &LeaseRecord, now: Instant) -> Instant {
     match previous {
         Some((seen, at)) if seen == record => at,
         _ => now,
@@ -200,7 +200,7 @@ pub fn observed_since(previous: Option<(&LeaseRecord, Instant)>, record: &LeaseR
 /// The spec this process writes to take or renew `old`: holder, duration and renew time; a
 /// renewal keeps the acquire time and transition count, a takeover resets the former and
 /// increments the latter.
-pub fn claimed_spec(old: Option<&LeaseSpec>, identity: &str, lease_seconds: i32, now: MicroTime) -> LeaseSpec {
+fn claimed_spec(old: Option<&LeaseSpec>, identity: &str, lease_seconds: i32, now: MicroTime) -> LeaseSpec {
     let mut spec = old.cloned().unwrap_or_default();
     let renewing = spec.holder_identity.as_deref() == Some(identity);
     if !renewing {
@@ -215,7 +215,7 @@ pub fn claimed_spec(old: Option<&LeaseSpec>, identity: &str, lease_seconds: i32,
 
 /// The spec a leader writes when it steps down: no holder and a 1 s duration, so that any
 /// candidate takes over at once; transitions are kept.
-pub fn released_spec(old: &LeaseSpec, now: MicroTime) -> LeaseSpec {
+fn released_spec(old: &LeaseSpec, now: MicroTime) -> LeaseSpec {
     LeaseSpec {
         holder_identity: None,
         lease_duration_seconds: Some(1),

@@ -22,8 +22,9 @@ use idp_bridge::{
     upstream::EndpointOverrides,
 };
 
-/// Emulated Azure (login and Graph hosts of the public cloud) and any number of Auth0 tenants,
-/// all behind one test CA.
+/// Emulated Azure (login and Graph hosts of the public cloud) and the four brokers (Auth0 and
+/// Logto tenants by domain, one Cloudflare account API, Unified.to in every region), all behind
+/// one test CA.
 pub struct Upstreams {
     pub ca: TestCa,
     pub azure: AzureEmulator,

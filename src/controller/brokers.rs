@@ -33,7 +33,7 @@ use crate::crd::{
 const CHECK_INTERVAL: Duration = Duration::from_secs(600);
 
 /// What the broker status controller needs from either broker kind.
-pub trait BrokerObject: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {
+trait BrokerObject: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {
     fn provider(&self) -> Option<BrokerProvider>;
     fn rate_limit(&self) -> Option<(u32, u32)>;
     /// Where the broker's credential Secret lives.
@@ -146,7 +146,7 @@ async fn reconcile<B: BrokerObject>(broker: Arc<B>, ctx: Arc<Context>) -> Result
 }
 
 fn error_policy<B: BrokerObject>(broker: Arc<B>, error: &Error, ctx: Arc<Context>) -> Action {
-    warn!(error = %error, "broker status check failed");
+    warn!(error = %error, kind = error.label(), "broker status check failed");
     Action::requeue(ctx.next_backoff(broker.as_ref()))
 }
 

@@ -2,15 +2,15 @@
 //! when it or anything it references changes; the broker controllers keep the brokers' status.
 //! They run until their stop token is cancelled (shutdown, or leadership lost).
 
-pub mod brokers;
-pub mod context;
-pub mod decide;
-pub mod error;
-pub mod observation;
-pub mod readiness;
+mod brokers;
+mod context;
+mod decide;
+mod error;
+mod observation;
+mod readiness;
 pub mod reconcile;
-pub mod resolve;
-pub mod status;
+mod resolve;
+mod status;
 
 use std::sync::Arc;
 
