@@ -68,3 +68,56 @@ pub async fn serve(
     });
     Ok(bound)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::Stores;
+
+    /// Waits until the tracking task has marked the (storeless) run ready.
+    async fn until_synced(readiness: &Readiness) {
+        while !readiness.is_synced() {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_leader_is_ready_only_while_its_run_has_synced() {
+        let readiness = Readiness::default();
+        let (state, receiver) = watch::channel(LeaderState::Unknown);
+        let endpoints = Endpoints { metrics: Arc::new(Metrics::new()), readiness: readiness.clone(), leader: Some(receiver) };
+        assert!(!endpoints.ready(), "leadership unknown");
+        state.send_replace(LeaderState::Standby { holder: Some("other".into()) });
+        assert!(endpoints.ready(), "a standby that knows the leader is ready");
+
+        state.send_replace(LeaderState::Leader);
+        assert!(!endpoints.ready(), "a new leader whose caches have not synced");
+        let term = tokio::spawn({
+            let readiness = readiness.clone();
+            async move { readiness.track(Stores::default()).await }
+        });
+        until_synced(&readiness).await;
+        assert!(endpoints.ready());
+
+        // Leadership lost: the term's run ends, and when this process leads again it must sync anew.
+        state.send_replace(LeaderState::Standby { holder: None });
+        term.abort();
+        let _ = term.await;
+        state.send_replace(LeaderState::Leader);
+        assert!(!endpoints.ready(), "leading again on caches of the previous term");
+    }
+
+    #[tokio::test]
+    async fn without_election_readiness_is_the_caches() {
+        let readiness = Readiness::default();
+        let endpoints = Endpoints { metrics: Arc::new(Metrics::new()), readiness: readiness.clone(), leader: None };
+        assert!(!endpoints.ready());
+        let run = tokio::spawn({
+            let readiness = readiness.clone();
+            async move { readiness.track(Stores::default()).await }
+        });
+        until_synced(&readiness).await;
+        assert!(endpoints.ready());
+        run.abort();
+    }
+}

@@ -29,7 +29,7 @@ use kube::{
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use self::readiness::Stores;
+pub(crate) use self::readiness::Stores;
 pub use self::{context::Context, error::Error, readiness::Readiness};
 use crate::crd::{
     ClusterIdentityBroker, IdentityBroker,
@@ -103,7 +103,8 @@ fn connections_using_broker_secret(
 }
 
 /// A watch of `api` that keeps a store (registered with `stores` for readiness) and yields the
-/// objects it sees, to trigger reconciles.
+/// objects it sees, to trigger reconciles. Managed fields are dropped before they are stored:
+/// nothing reads them, and with every Secret's metadata cached they would dominate memory.
 fn reflected<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -114,7 +115,8 @@ where
 {
     let (reader, writer) = reflector::store();
     stores.add(reader.clone());
-    (reader, watcher(api, config).default_backoff().reflect(writer).touched_objects())
+    let events = watcher(api, config).default_backoff().modify(|o| o.managed_fields_mut().clear()).reflect(writer).touched_objects();
+    (reader, events)
 }
 
 /// `Api::namespaced` for a namespace, `Api::all` for the whole cluster.

@@ -112,7 +112,12 @@ async fn carry_out(
         let type_ = if event.warning { EventType::Warning } else { EventType::Normal };
         ctx.publish(conn, type_, &event.reason, &event.note).await;
     }
-    Ok(match decision.next {
+    Ok(schedule(ctx, conn, decision.next))
+}
+
+/// The requeue for `next`; a success or a permanent problem ends the backoff sequence.
+fn schedule(ctx: &Context, conn: &AzureAdConnection, next: Next) -> Action {
+    match next {
         Next::AwaitChange => {
             ctx.reset_backoff(conn);
             Action::await_change()
@@ -122,7 +127,7 @@ async fn carry_out(
             Action::requeue(decide::refresh_delay(interval, threshold, rand::random()))
         }
         Next::Backoff { at_least } => Action::requeue(ctx.next_backoff(conn).max(at_least)),
-    })
+    }
 }
 
 /// Reads the client secret and fingerprints it. Only a failing API call is an error; a missing
