@@ -56,16 +56,17 @@ fn broker_events(subject: &Subject<'_>, observation: &Observation) -> Vec<Notice
         return Vec::new();
     }
     let fields = outcome.differences.join(", ");
-    match status::drift(subject, observation) {
-        Some(_) => vec![
+    if status::drifted(subject, observation) {
+        vec![
             Notice {
                 warning: true,
                 reason: "Drifted".into(),
                 note: format!("the broker object was changed outside idp-bridge; corrected: {fields}"),
             },
             Notice { warning: false, reason: "DriftCorrected".into(), note: format!("{fields} on the broker") },
-        ],
-        None => vec![Notice { warning: false, reason: "BrokerUpdated".into(), note: format!("{fields} on the broker") }],
+        ]
+    } else {
+        vec![Notice { warning: false, reason: "BrokerUpdated".into(), note: format!("{fields} on the broker") }]
     }
 }
 

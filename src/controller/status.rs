@@ -32,16 +32,16 @@ impl<'a> Subject<'a> {
     }
 }
 
-/// The fields someone changed on the broker object outside idp-bridge: the broker differs
-/// although neither the spec nor the secret changed since the last sync.
-pub fn drift<'o>(subject: &Subject<'_>, observation: &'o Observation) -> Option<&'o [String]> {
-    let BrokerStage::Synced(outcome) = &observation.broker else { return None };
+/// Whether someone changed the broker object outside idp-bridge: it differs from the desired
+/// state although neither the spec nor the secret changed since the last sync.
+pub fn drifted(subject: &Subject<'_>, observation: &Observation) -> bool {
+    let BrokerStage::Synced(outcome) = &observation.broker else { return false };
     let previous = subject.previous;
-    let last_sync = previous.broker.as_ref()?;
+    let Some(last_sync) = previous.broker.as_ref() else { return false };
     let unchanged_inputs = previous.observed_generation == subject.generation
         && last_sync.synced_fingerprint.is_some()
         && last_sync.synced_fingerprint == observation.fingerprint;
-    (unchanged_inputs && last_sync.id.is_some() && !outcome.differences.is_empty()).then_some(outcome.differences.as_slice())
+    unchanged_inputs && last_sync.id.is_some() && !outcome.differences.is_empty()
 }
 
 fn credentials_condition(subject: &Subject<'_>, observation: &Observation) -> Desired {
@@ -102,7 +102,7 @@ fn broker_condition(subject: &Subject<'_>, observation: &Observation) -> Desired
             }
         }
         BrokerStage::Synced(outcome) => {
-            let message = match (outcome.wrote, drift(subject, observation).is_some()) {
+            let message = match (outcome.wrote, drifted(subject, observation)) {
                 (true, true) => format!("corrected drift in {}", outcome.differences.join(", ")),
                 (true, false) => format!("updated {}", outcome.differences.join(", ")),
                 (false, _) => "the broker holds the desired state".to_owned(),

@@ -89,7 +89,7 @@ async fn watchdog_child_process() {
 #[test]
 fn watchdog_stops_servers_when_the_process_is_killed() {
     let output = Command::new(std::env::current_exe().unwrap())
-        .args(["watchdog_child_process", "--exact", "--nocapture", "--test-threads=1"])
+        .args(["control_plane::watchdog_child_process", "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, "1")
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
