@@ -15,17 +15,12 @@
 //! - On graceful shutdown the leader stops its work, then releases the Lease (clears the holder),
 //!   so a standby takes over on its next poll instead of after the lease duration.
 //!
-//! [`LeaderElection::run`] runs a piece of work (the controllers) only while leading, and exposes
-//! the state through a [`watch::Receiver<LeaderState>`].
+//! [`LeaderElection::run`] runs a piece of work (the controllers) only while leading, stopping it
+//! through a [`CancellationToken`], and exposes the state through a [`watch::Receiver<LeaderState>`].
 
-use std::{
-    future::Future,
-    pin::Pin,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{future::Future, pin::Pin, time::Duration};
 
-use futures::{FutureExt, future::Shared};
+use futures::FutureExt;
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
     apimachinery::pkg::apis::meta::v1::MicroTime,
@@ -35,6 +30,7 @@ use kube::{
     api::{ObjectMeta, PostParams},
 };
 use tokio::{sync::watch, task::JoinHandle, time::Instant};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 pub const DEFAULT_LEASE_NAME: &str = "idp-bridge-leader";
@@ -140,7 +136,7 @@ pub fn validate_timing(lease: Duration, renew: Duration, retry: Duration) -> Res
 
 /// What leader election reads from a Lease. Any change means its holder is alive.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct LeaseRecord {
+struct LeaseRecord {
     /// `None` also for an empty `holderIdentity` (a released Lease).
     pub holder: Option<String>,
     pub lease_duration_seconds: Option<i32>,
@@ -164,7 +160,7 @@ impl LeaseRecord {
 
 /// What to do about a Lease, given its record and since when this process has seen it unchanged.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+enum Decision {
     /// Nobody holds it (released or never held), or its holder stopped renewing: take it over.
     Acquire,
     /// This process holds it: renew.
@@ -177,7 +173,7 @@ pub enum Decision {
 /// The decision rule. `observed_at` is when this process first read `record` with its current
 /// content (monotonic clock); the record expires `leaseDurationSeconds` (or `default_duration`
 /// when it has none) after that.
-pub fn decide(identity: &str, record: &LeaseRecord, observed_at: Instant, now: Instant, default_duration: Duration) -> Decision {
+fn decide(identity: &str, record: &LeaseRecord, observed_at: Instant, now: Instant, default_duration: Duration) -> Decision {
     let Some(holder) = record.holder.as_deref() else {
         return Decision::Acquire;
     };
@@ -194,7 +190,7 @@ pub fn decide(identity: &str, record: &LeaseRecord, observed_at: Instant, now: I
 
 /// Since when a record has been seen unchanged: `previous` (the last record and its observation
 /// time) carries over when the content is the same, otherwise the clock starts at `now`.
-pub fn observed_since(previous: Option<(&LeaseRecord, Instant)>, record: &LeaseRecord, now: Instant) -> Instant {
+fn observed_since(previous: Option<(&LeaseRecord, Instant)>, record: &LeaseRecord, now: Instant) -> Instant {
     match previous {
         Some((seen, at)) if seen == record => at,
         _ => now,
@@ -204,7 +200,7 @@ pub fn observed_since(previous: Option<(&LeaseRecord, Instant)>, record: &LeaseR
 /// The spec this process writes to take or renew `old`: holder, duration and renew time; a
 /// renewal keeps the acquire time and transition count, a takeover resets the former and
 /// increments the latter.
-pub fn claimed_spec(old: Option<&LeaseSpec>, identity: &str, lease_seconds: i32, now: MicroTime) -> LeaseSpec {
+fn claimed_spec(old: Option<&LeaseSpec>, identity: &str, lease_seconds: i32, now: MicroTime) -> LeaseSpec {
     let mut spec = old.cloned().unwrap_or_default();
     let renewing = spec.holder_identity.as_deref() == Some(identity);
     if !renewing {
@@ -219,7 +215,7 @@ pub fn claimed_spec(old: Option<&LeaseSpec>, identity: &str, lease_seconds: i32,
 
 /// The spec a leader writes when it steps down: no holder and a 1 s duration, so that any
 /// candidate takes over at once; transitions are kept.
-pub fn released_spec(old: &LeaseSpec, now: MicroTime) -> LeaseSpec {
+fn released_spec(old: &LeaseSpec, now: MicroTime) -> LeaseSpec {
     LeaseSpec {
         holder_identity: None,
         lease_duration_seconds: Some(1),
@@ -227,27 +223,6 @@ pub fn released_spec(old: &LeaseSpec, now: MicroTime) -> LeaseSpec {
         renew_time: Some(now),
         lease_transitions: old.lease_transitions,
         ..old.clone()
-    }
-}
-
-/// Resolves when the work must stop: leadership was lost, or the process is shutting down.
-/// Cloneable and `Send + Sync + 'static`, so it can be handed to a controller as its shutdown
-/// signal.
-#[derive(Clone)]
-pub struct StopSignal(Shared<Pin<Box<dyn Future<Output = ()> + Send>>>);
-
-impl StopSignal {
-    fn new(stopped: tokio::sync::oneshot::Receiver<()>) -> Self {
-        // A dropped sender (the election itself ended) stops the work too.
-        Self((Box::pin(async move { stopped.await.unwrap_or(()) }) as Pin<Box<dyn Future<Output = ()> + Send>>).shared())
-    }
-}
-
-impl Future for StopSignal {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        Pin::new(&mut self.0).poll(cx)
     }
 }
 
@@ -306,10 +281,6 @@ impl LeaderElection {
         Ok(Self { api, settings, state, observed: None, last_error: None })
     }
 
-    pub fn settings(&self) -> &LeaseSettings {
-        &self.settings
-    }
-
     pub fn identity(&self) -> &str {
         &self.settings.identity
     }
@@ -320,7 +291,7 @@ impl LeaderElection {
     }
 
     /// Competes for the Lease until `shutdown` resolves. Whenever this process becomes leader it
-    /// spawns `work(stop)`; when leadership is lost it resolves `stop`, waits for the work to
+    /// spawns `work(stop)`; when leadership is lost it cancels `stop`, waits for the work to
     /// end (aborting it if it is still running halfway between the renew deadline and the lease
     /// duration after the last renewal, before anyone else can lead) and goes back to standby. On shutdown it stops the work (renewing meanwhile), then
     /// releases the Lease. Also returns (releasing the Lease) if the work ends on its own.
@@ -330,7 +301,7 @@ impl LeaderElection {
     pub async fn run<S, F, Fut>(mut self, shutdown: S, mut work: F)
     where
         S: Future<Output = ()> + Send,
-        F: FnMut(StopSignal) -> Fut + Send,
+        F: FnMut(CancellationToken) -> Fut + Send,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let mut shutdown = std::pin::pin!(shutdown);
@@ -432,18 +403,16 @@ impl LeaderElection {
     async fn lead<S, F, Fut>(&mut self, acquired_at: Instant, mut shutdown: Pin<&mut S>, work: &mut F) -> TermEnd
     where
         S: Future<Output = ()>,
-        F: FnMut(StopSignal) -> Fut,
+        F: FnMut(CancellationToken) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
         self.publish(LeaderState::Leader);
-        let (stop, stopped) = tokio::sync::oneshot::channel();
-        let mut stop = Some(stop);
-        let mut task = WorkTask(tokio::spawn(work(StopSignal::new(stopped))));
-        let mut stop_work = move || {
-            if let Some(stop) = stop.take() {
-                let _ = stop.send(());
-            }
-        };
+        // Cancelled when the term ends; dropped with this future (the election aborted), it
+        // cancels too, so the work never outlives the election that allowed it.
+        let stop = CancellationToken::new();
+        let _stop_on_drop = stop.clone().drop_guard();
+        let mut task = WorkTask(tokio::spawn(work(stop.clone())));
+        let stop_work = || stop.cancel();
         let mut ending: Option<TermEnd> = None;
         let mut last_renewal = acquired_at;
         let mut next_attempt = acquired_at + self.settings.retry_period;
@@ -607,18 +576,6 @@ impl Drop for LeaderElection {
     fn drop(&mut self) {
         self.state.send_replace(LeaderState::Unknown);
     }
-}
-
-/// Runs `work` whenever this process leads the election for `settings`'s Lease, until
-/// `shutdown`; see [`LeaderElection::run`].
-pub async fn run_as_leader<S, F, Fut>(client: Client, settings: LeaseSettings, shutdown: S, work: F) -> Result<(), SettingsError>
-where
-    S: Future<Output = ()> + Send,
-    F: FnMut(StopSignal) -> Fut + Send,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    LeaderElection::new(client, settings)?.run(shutdown, work).await;
-    Ok(())
 }
 
 fn now() -> MicroTime {

@@ -6,6 +6,7 @@ use idp_bridge::{
     config::{Cli, Command, Config},
     crd, operator, telemetry,
 };
+use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -41,7 +42,9 @@ async fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(&format!("connecting to Kubernetes: {e}")),
             };
-            match operator::run(client, config, shutdown_signal()).await {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            match operator::run(client, config, shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e),
             }
@@ -70,11 +73,12 @@ fn fail(error: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
+/// Cancels `shutdown` on SIGTERM or Ctrl-C.
+async fn cancel_on_signal(shutdown: CancellationToken) {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+    shutdown.cancel();
 }

@@ -8,6 +8,7 @@ use kube::{
     Api, Client,
     api::{ListParams, ObjectMeta, PostParams},
 };
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::{
@@ -95,20 +96,17 @@ pub async fn context(client: Client, config: Config) -> Result<Arc<Context>, Sta
     Ok(Arc::new(Context::new(client, Arc::new(config), upstream, Fingerprinter::new(key), Arc::new(Metrics::new()))))
 }
 
-/// Serves /metrics, /healthz and /readyz for `ctx` if the configuration asks for it; returns the
-/// bound address.
+/// Serves /metrics, /healthz and /readyz for `ctx` if the configuration asks for it, until
+/// `shutdown` is cancelled; returns the bound address.
 pub async fn serve_http(
     ctx: &Context,
     election: Option<&LeaderElection>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: CancellationToken,
 ) -> Result<Option<std::net::SocketAddr>, StartError> {
     let Some(address) = ctx.config.http_address else { return Ok(None) };
-    let endpoints = http::Endpoints {
-        metrics: ctx.metrics.clone(),
-        caches_synced: ctx.caches_synced.clone(),
-        leader: election.map(LeaderElection::state),
-    };
-    let bound = http::serve(address, endpoints, shutdown).await.map_err(|source| StartError::Http { address, source })?;
+    let endpoints =
+        http::Endpoints { metrics: ctx.metrics.clone(), readiness: ctx.readiness.clone(), leader: election.map(LeaderElection::state) };
+    let bound = http::serve(address, endpoints, shutdown.cancelled_owned()).await.map_err(|source| StartError::Http { address, source })?;
     info!(address = %bound, "serving /metrics, /healthz and /readyz");
     Ok(Some(bound))
 }
@@ -120,29 +118,20 @@ pub fn leader_election(client: &Client, config: &Config) -> Result<Option<Leader
     Ok(Some(LeaderElection::new(client.clone(), election.settings(&config.namespace, &config.instance))?))
 }
 
-/// Runs the controllers until `shutdown` resolves: directly, or under `election` only while this
-/// process leads (then the Lease is released on shutdown).
-pub async fn run_controllers(
-    ctx: Arc<Context>,
-    election: Option<LeaderElection>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
+/// Runs the controllers until `shutdown` is cancelled: directly, or under `election` only while
+/// this process leads (each term stops on its own token; the Lease is released on shutdown).
+pub async fn run_controllers(ctx: Arc<Context>, election: Option<LeaderElection>, shutdown: CancellationToken) {
     match election {
-        Some(election) => election.run(shutdown, move |stop| controller::run(ctx.clone(), stop)).await,
+        Some(election) => election.run(shutdown.cancelled_owned(), move |stop| controller::run(ctx.clone(), stop)).await,
         None => controller::run(ctx, shutdown).await,
     }
 }
 
-/// Runs the controllers and the HTTP endpoints until `shutdown` resolves, the controllers under
-/// leader election when it is enabled.
-pub async fn run(
-    client: Client,
-    config: Config,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) -> Result<(), StartError> {
+/// Runs the controllers and the HTTP endpoints until `shutdown` is cancelled, the controllers
+/// under leader election when it is enabled.
+pub async fn run(client: Client, config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     let election = leader_election(&client, &config)?;
     let ctx = context(client, config).await?;
-    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
     serve_http(&ctx, election.as_ref(), shutdown.clone()).await?;
     run_controllers(ctx, election, shutdown).await;
     Ok(())

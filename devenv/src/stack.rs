@@ -8,10 +8,8 @@ use std::{
     time::Duration,
 };
 
-use tokio::{
-    sync::{oneshot, watch},
-    task::JoinHandle,
-};
+use tokio::{sync::watch, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
 
 use super::{
     auth0::Auth0Emulator, azure::AzureEmulator, cloudflare::CloudflareEmulator, logto::LogtoEmulator, tls::TestCa, unified::UnifiedEmulator,
@@ -140,7 +138,7 @@ fn started_once<E: Clone>(running: &mut BTreeMap<String, E>, key: &str, start: i
 
 /// An operator running as a task of this process.
 pub struct RunningOperator {
-    stop: Option<oneshot::Sender<()>>,
+    stop: CancellationToken,
     task: JoinHandle<()>,
     http: Option<std::net::SocketAddr>,
     identity: Option<String>,
@@ -155,13 +153,10 @@ impl RunningOperator {
         let identity = election.as_ref().map(|e| e.identity().to_owned());
         let leader = election.as_ref().map(LeaderElection::state);
         let ctx = operator::context(client, config).await?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let shutdown = futures::FutureExt::shared(Box::pin(async {
-            let _ = stopped.await;
-        }));
-        let http = operator::serve_http(&ctx, election.as_ref(), shutdown.clone()).await?;
-        let task = tokio::spawn(operator::run_controllers(ctx, election, shutdown));
-        Ok(Self { stop: Some(stop), task, http, identity, leader })
+        let stop = CancellationToken::new();
+        let http = operator::serve_http(&ctx, election.as_ref(), stop.clone()).await?;
+        let task = tokio::spawn(operator::run_controllers(ctx, election, stop.clone()));
+        Ok(Self { stop, task, http, identity, leader })
     }
 
     /// Where its /metrics, /healthz and /readyz are served.
@@ -181,9 +176,7 @@ impl RunningOperator {
 
     /// Stops it gracefully, as SIGTERM would, and waits until it has.
     pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.stop.cancel();
         let _ = (&mut self.task).await;
     }
 }

@@ -6,11 +6,7 @@ pub mod cloud;
 pub mod error;
 pub mod graph;
 
-use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
@@ -20,6 +16,7 @@ pub use self::{
     graph::{GraphError, SecretExpiry},
 };
 use crate::{
+    cache::TtlCache,
     crd::connection::{AzureCloud, ValidationMode, is_dns_name, is_guid},
     secret::{SecretValue, safe_message},
     upstream::{Answer, Upstream, retry_after},
@@ -69,22 +66,18 @@ impl CacheKey {
     }
 }
 
-struct CacheEntry {
-    validation: Validation,
-    expires: Instant,
-}
-
 /// The Azure client: one per operator, shared by every reconcile.
 pub struct AzureClient {
     /// For the login host (label `azure`).
     upstream: Upstream,
     /// For Microsoft Graph (label `graph`).
     graph: Upstream,
-    cache: Mutex<HashMap<CacheKey, CacheEntry>>,
-    /// App-only Graph tokens obtained while validating, reused for expiry lookups.
-    tokens: Mutex<HashMap<CacheKey, AccessToken>>,
+    /// Successful validations, trusted for the request's `ttl`.
+    validations: TtlCache<CacheKey, Validation>,
+    /// App-only Graph tokens obtained while validating, reused for expiry lookups until they expire.
+    tokens: TtlCache<CacheKey, AccessToken>,
     /// Expiry lookups, trusted as long as validations.
-    expiries: Mutex<HashMap<CacheKey, (SecretExpiry, Instant)>>,
+    expiries: TtlCache<CacheKey, SecretExpiry>,
 }
 
 #[derive(Deserialize)]
@@ -107,16 +100,16 @@ impl AzureClient {
         Self {
             graph: upstream.with_label("graph"),
             upstream: upstream.with_label("azure"),
-            cache: Mutex::new(HashMap::new()),
-            tokens: Mutex::new(HashMap::new()),
-            expiries: Mutex::new(HashMap::new()),
+            validations: TtlCache::new(),
+            tokens: TtlCache::new(),
+            expiries: TtlCache::new(),
         }
     }
 
     /// Validates per `request.mode`, from cache when a success is still fresh.
     pub async fn validate(&self, request: &ValidationRequest<'_>) -> Result<Validation, AzureError> {
         let key = CacheKey::of(request);
-        if let Some(hit) = self.cached(&key) {
+        if let Some(hit) = self.validations.get(&key) {
             return Ok(hit);
         }
         let validation = match request.mode {
@@ -132,17 +125,12 @@ impl AzureClient {
             ValidationMode::ClientCredentials => {
                 let tenant_id = self.discover(request.cloud, request.tenant).await?;
                 let token = self.request_token(request.cloud, &tenant_id, request.client_id, request.secret).await?;
-                let mut tokens = self.tokens.lock().expect("token lock");
-                let now = Instant::now();
-                tokens.retain(|_, t| t.expires_at > now);
-                tokens.insert(key.clone(), token);
+                let expires_at = token.expires_at;
+                self.tokens.insert(key.clone(), token, expires_at);
                 Validation { tenant_id: Some(tenant_id), validated_at: jiff::Timestamp::now() }
             }
         };
-        let mut cache = self.cache.lock().expect("cache lock");
-        let now = Instant::now();
-        cache.retain(|_, e| e.expires > now);
-        cache.insert(key, CacheEntry { validation: validation.clone(), expires: now + request.ttl });
+        self.validations.insert(key, validation.clone(), Instant::now() + request.ttl);
         Ok(validation)
     }
 
@@ -151,22 +139,18 @@ impl AzureClient {
     /// results are cached for `request.ttl`.
     pub async fn secret_expiry(&self, request: &ValidationRequest<'_>, tenant_id: &str) -> Result<SecretExpiry, GraphError> {
         let key = CacheKey::of(request);
-        let now = Instant::now();
-        if let Some((hit, until)) = self.expiries.lock().expect("expiry lock").get(&key)
-            && *until > now
-        {
-            return Ok(hit.clone());
+        if let Some(hit) = self.expiries.get(&key) {
+            return Ok(hit);
         }
-        let cached_token =
-            self.tokens.lock().expect("token lock").get(&key).filter(|t| t.expires_at > now + Duration::from_secs(60)).cloned();
-        let token = match cached_token {
+        // A token with less than a minute left could expire in flight.
+        let token = match self.tokens.get_valid_for(&key, Duration::from_secs(60)) {
             Some(token) => token,
             None => {
                 let token = self
                     .request_token(request.cloud, tenant_id, request.client_id, request.secret)
                     .await
                     .map_err(|e| GraphError::Token(e.to_string()))?;
-                self.tokens.lock().expect("token lock").insert(key.clone(), token.clone());
+                self.tokens.insert(key.clone(), token.clone(), token.expires_at);
                 token
             }
         };
@@ -198,21 +182,14 @@ impl AzureClient {
             }
             s => {
                 if s == StatusCode::UNAUTHORIZED {
-                    self.tokens.lock().expect("token lock").remove(&key);
+                    self.tokens.remove(&key);
                 }
                 return Err(GraphError::Unexpected { status: s.as_u16(), message: answer.body.safe_message(&[request.secret]) });
             }
         };
         let expiry = graph::match_secret(&credentials, request.secret)?;
-        let mut expiries = self.expiries.lock().expect("expiry lock");
-        expiries.retain(|_, (_, until)| *until > now);
-        expiries.insert(key, (expiry.clone(), now + request.ttl));
+        self.expiries.insert(key, expiry.clone(), Instant::now() + request.ttl);
         Ok(expiry)
-    }
-
-    fn cached(&self, key: &CacheKey) -> Option<Validation> {
-        let cache = self.cache.lock().expect("cache lock");
-        cache.get(key).filter(|e| e.expires > Instant::now()).map(|e| e.validation.clone())
     }
 
     /// Resolves a tenant (GUID or domain) to its GUID through OIDC discovery.

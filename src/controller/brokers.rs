@@ -4,7 +4,7 @@
 
 use std::{fmt::Debug, sync::Arc, time::Duration};
 
-use futures::{StreamExt, future};
+use futures::{FutureExt, StreamExt, future};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -19,9 +19,10 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::{Context, Error, reconcile::MANAGER, resolve};
+use super::{Context, Error, readiness::Stores, reconcile::MANAGER, resolve};
 use crate::crd::{
     BrokerProvider, ClusterIdentityBroker, IdentityBroker,
     broker::IdentityBrokerStatus,
@@ -32,7 +33,7 @@ use crate::crd::{
 const CHECK_INTERVAL: Duration = Duration::from_secs(600);
 
 /// What the broker status controller needs from either broker kind.
-pub trait BrokerObject: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {
+trait BrokerObject: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {
     fn provider(&self) -> Option<BrokerProvider>;
     fn rate_limit(&self) -> Option<(u32, u32)>;
     /// Where the broker's credential Secret lives.
@@ -145,7 +146,7 @@ async fn reconcile<B: BrokerObject>(broker: Arc<B>, ctx: Arc<Context>) -> Result
 }
 
 fn error_policy<B: BrokerObject>(broker: Arc<B>, error: &Error, ctx: Arc<Context>) -> Action {
-    warn!(error = %error, "broker status check failed");
+    warn!(error = %error, kind = error.label(), "broker status check failed");
     Action::requeue(ctx.next_backoff(broker.as_ref()))
 }
 
@@ -169,29 +170,35 @@ fn brokers_using_secret<B: BrokerObject>(
 fn controller<B: BrokerObject>(
     ctx: Arc<Context>,
     namespace: Option<&str>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) -> impl std::future::Future<Output = ()> {
+    stop: &CancellationToken,
+    stores: &mut Stores,
+) -> impl std::future::Future<Output = ()> + use<B> {
     let client = ctx.client.clone();
     let controller = Controller::new(B::watch_api(client.clone(), namespace), watcher::Config::default().any_semantic());
     let store = controller.store();
+    stores.add(store.clone());
     let operator_namespace = ctx.config.namespace.clone();
     let secrets = match B::credentials_namespace_fixed(&operator_namespace).or(namespace) {
         Some(ns) => Api::<PartialObjectMeta<Secret>>::namespaced(client, ns),
         None => Api::all(client),
     };
+    let (_, secret_events) = super::reflected(secrets, watcher::Config::default(), stores);
     controller
-        .watches(secrets, watcher::Config::default(), move |s| brokers_using_secret(&store, &s, &operator_namespace))
-        .graceful_shutdown_on(shutdown)
+        .watches_stream(secret_events, move |s| brokers_using_secret(&store, &s, &operator_namespace))
+        .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(reconcile::<B>, error_policy::<B>, ctx)
         .for_each(|_| future::ready(()))
 }
 
-/// Runs the IdentityBroker status controller per scope and the ClusterIdentityBroker one once.
-pub async fn run(
+/// The IdentityBroker status controller per scope and the ClusterIdentityBroker one, until
+/// `stop` is cancelled; their stores are registered with `stores`.
+pub(super) fn controllers(
     ctx: Arc<Context>,
-    scopes: Vec<Option<String>>,
-    shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
-) {
-    let namespaced = future::join_all(scopes.iter().map(|ns| controller::<IdentityBroker>(ctx.clone(), ns.as_deref(), shutdown.clone())));
-    future::join(namespaced, controller::<ClusterIdentityBroker>(ctx, None, shutdown)).await;
+    scopes: &[Option<String>],
+    stop: &CancellationToken,
+    stores: &mut Stores,
+) -> impl std::future::Future<Output = ()> + use<> {
+    let namespaced: Vec<_> = scopes.iter().map(|ns| controller::<IdentityBroker>(ctx.clone(), ns.as_deref(), stop, stores)).collect();
+    let cluster = controller::<ClusterIdentityBroker>(ctx, None, stop, stores);
+    future::join(future::join_all(namespaced), cluster).map(|_| ())
 }

@@ -1,5 +1,6 @@
-//! Reconcile errors: Kubernetes API failures, which are always retried with backoff. Problems a
-//! user must fix are not errors; they become conditions.
+//! Reconcile errors: Kubernetes API failures, which are always retried with backoff, and a
+//! broker that keeps refusing a deletion. Problems a user must fix are not errors; they become
+//! conditions.
 
 use kube::runtime::finalizer;
 
@@ -11,26 +12,79 @@ pub enum Error {
     ReadSecret(#[source] kube::Error),
     #[error("reading a broker: {0}")]
     ReadBroker(#[source] kube::Error),
+    #[error("reading the connection's Namespace: {0}")]
+    ReadNamespace(#[source] kube::Error),
     #[error("writing status: {0}")]
     WriteStatus(#[source] kube::Error),
     #[error("writing the SCIM Secret: {0}")]
     WriteScimSecret(#[source] kube::Error),
     #[error("deleting the broker object: {0}")]
     Cleanup(#[source] BrokerError),
+    #[error("adding the finalizer: {0}")]
+    AddFinalizer(#[source] kube::Error),
+    #[error("removing the finalizer: {0}")]
+    RemoveFinalizer(#[source] kube::Error),
+    /// The finalizer helper could not patch the object at all (no name, a bad JSON pointer):
+    /// a bug, not a cluster condition.
     #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<finalizer::Error<Error>>),
+    Finalizer(String),
 }
 
 impl Error {
-    /// A short label for metrics and logs.
+    /// A short label naming the cause, for logs and metrics.
     pub fn label(&self) -> &'static str {
         match self {
             Error::ReadSecret(_) => "read_secret",
             Error::ReadBroker(_) => "read_broker",
+            Error::ReadNamespace(_) => "read_namespace",
             Error::WriteStatus(_) => "write_status",
             Error::WriteScimSecret(_) => "write_scim_secret",
             Error::Cleanup(_) => "cleanup",
+            Error::AddFinalizer(_) => "add_finalizer",
+            Error::RemoveFinalizer(_) => "remove_finalizer",
             Error::Finalizer(_) => "finalizer",
         }
+    }
+}
+
+/// The finalizer helper wraps whatever the apply or cleanup branch returned: unwrap it, so the
+/// log and its `kind` name the real cause rather than "finalizer".
+impl From<finalizer::Error<Error>> for Error {
+    fn from(error: finalizer::Error<Error>) -> Self {
+        match error {
+            finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => inner,
+            finalizer::Error::AddFinalizer(e) => Error::AddFinalizer(e),
+            finalizer::Error::RemoveFinalizer(e) => Error::RemoveFinalizer(e),
+            other => Error::Finalizer(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error() -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status::failure("etcd is slow", "InternalError").with_code(500)))
+    }
+
+    #[test]
+    fn finalizer_errors_flatten_to_their_cause() {
+        let flat = |e: finalizer::Error<Error>| Error::from(e).label();
+        assert_eq!(flat(finalizer::Error::ApplyFailed(Error::ReadSecret(api_error()))), "read_secret");
+        assert_eq!(flat(finalizer::Error::ApplyFailed(Error::WriteStatus(api_error()))), "write_status");
+        assert_eq!(flat(finalizer::Error::CleanupFailed(Error::Cleanup(BrokerError::NotFound))), "cleanup");
+        assert_eq!(flat(finalizer::Error::CleanupFailed(Error::ReadBroker(api_error()))), "read_broker");
+        assert_eq!(flat(finalizer::Error::AddFinalizer(api_error())), "add_finalizer");
+        assert_eq!(flat(finalizer::Error::RemoveFinalizer(api_error())), "remove_finalizer");
+        assert_eq!(flat(finalizer::Error::UnnamedObject), "finalizer");
+    }
+
+    #[test]
+    fn a_flattened_error_keeps_its_message() {
+        let error = Error::from(finalizer::Error::ApplyFailed(Error::WriteScimSecret(api_error())));
+        assert_eq!(error.label(), "write_scim_secret");
+        assert!(error.to_string().starts_with("writing the SCIM Secret: "), "{error}");
+        assert!(error.to_string().contains("etcd is slow"), "{error}");
     }
 }

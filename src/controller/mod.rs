@@ -1,23 +1,20 @@
-//! The controller: watches connections, brokers and (metadata of) Secrets, and reconciles each
-//! connection when it or anything it references changes.
+//! The controllers: the connection controller (per watched scope) reconciles each connection
+//! when it or anything it references changes; the broker controllers keep the brokers' status.
+//! They run until their stop token is cancelled (shutdown, or leadership lost).
 
-pub mod brokers;
-pub mod error;
-pub mod observation;
+mod brokers;
+mod context;
+mod decide;
+mod error;
+mod observation;
+mod readiness;
 pub mod reconcile;
-pub mod resolve;
-pub mod status;
+mod resolve;
+mod status;
 
-use std::{
-    collections::HashMap,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::sync::Arc;
 
-use futures::{StreamExt, future};
+use futures::{Stream, StreamExt, future};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -25,92 +22,19 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         controller::{self, Action},
-        events::{Recorder, Reporter},
         reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-pub use self::error::Error;
-use crate::{
-    azure::AzureClient,
-    broker::{BrokerRegistry, ScimCredentials},
-    config::Config,
-    crd::{
-        ClusterIdentityBroker, IdentityBroker,
-        connection::{AzureAdConnection, BrokerRefKind},
-    },
-    metrics::Metrics,
-    secret::Fingerprinter,
-    upstream::Upstream,
+pub(crate) use self::readiness::Stores;
+pub use self::{context::Context, error::Error, readiness::Readiness};
+use crate::crd::{
+    ClusterIdentityBroker, IdentityBroker,
+    connection::{AzureAdConnection, BrokerRefKind},
 };
-
-/// Everything a reconcile needs, built once at start-up.
-pub struct Context {
-    pub client: Client,
-    pub metrics: Arc<Metrics>,
-    /// True once the controllers' caches have synced (the `/readyz` answer).
-    pub caches_synced: Arc<AtomicBool>,
-    pub azure: AzureClient,
-    pub brokers: BrokerRegistry,
-    pub fingerprinter: Fingerprinter,
-    pub recorder: Recorder,
-    pub config: Arc<Config>,
-    /// Consecutive transient failures per object UID, for exponential backoff.
-    failures: Mutex<HashMap<String, u32>>,
-    /// SCIM credentials a broker returned (only once) that are not yet stored in their Secret,
-    /// per connection UID: kept until a write succeeds.
-    pending_scim: Mutex<HashMap<String, ScimCredentials>>,
-}
-
-impl Context {
-    pub fn new(client: Client, config: Arc<Config>, upstream: Upstream, fingerprinter: Fingerprinter, metrics: Arc<Metrics>) -> Self {
-        let upstream = upstream.with_metrics(metrics.clone());
-        let recorder = Recorder::new(client.clone(), Reporter { controller: "idp-bridge".into(), instance: Some(config.instance.clone()) });
-        Self {
-            metrics,
-            caches_synced: Arc::new(AtomicBool::new(false)),
-            azure: AzureClient::new(upstream.clone()),
-            brokers: BrokerRegistry::new(upstream),
-            client,
-            fingerprinter,
-            recorder,
-            config,
-            failures: Mutex::new(HashMap::new()),
-            pending_scim: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The next backoff for a failing object: 2 s doubling to 5 min, with ±20% jitter.
-    pub fn next_backoff<K: Resource>(&self, obj: &K) -> Duration {
-        let uid = obj.meta().uid.clone().unwrap_or_default();
-        let mut failures = self.failures.lock().expect("backoff lock");
-        let count = failures.entry(uid).or_insert(0);
-        *count = count.saturating_add(1);
-        backoff(*count, rand::random::<f64>())
-    }
-
-    pub fn reset_backoff<K: Resource>(&self, obj: &K) {
-        if let Some(uid) = obj.meta().uid.as_deref() {
-            self.failures.lock().expect("backoff lock").remove(uid);
-        }
-    }
-
-    fn forget<K: Resource>(&self, obj: &K) {
-        self.reset_backoff(obj);
-        if let Some(uid) = obj.meta().uid.as_deref() {
-            self.metrics.forget_connection(uid);
-        }
-    }
-}
-
-/// Exponential backoff: `attempt` 1 is about 2 s, capped at 300 s; `unit` in [0, 1) adds jitter.
-pub fn backoff(attempt: u32, unit: f64) -> Duration {
-    let base = 2f64 * 2f64.powi(attempt.saturating_sub(1).min(16) as i32);
-    let capped = base.min(300.0);
-    Duration::from_secs_f64(capped * (0.8 + 0.4 * unit))
-}
 
 fn error_policy(conn: Arc<AzureAdConnection>, error: &Error, ctx: Arc<Context>) -> Action {
     let delay = ctx.next_backoff(conn.as_ref());
@@ -178,21 +102,21 @@ fn connections_using_broker_secret(
     refs
 }
 
-/// A reflector store for `K`, kept current by the returned future.
-fn reflect<K>(api: Api<K>) -> (Store<K>, impl std::future::Future<Output = ()>)
+/// A watch of `api` that keeps a store (registered with `stores` for readiness) and yields the
+/// objects it sees, to trigger reconciles. Managed fields are dropped before they are stored:
+/// nothing reads them, and with every Secret's metadata cached they would dominate memory.
+fn reflected<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    stores: &mut Stores,
+) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + use<K>)
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default().any_semantic()).default_backoff().reflect(writer).applied_objects();
-    (reader, stream.for_each(|_| future::ready(())))
-}
-
-/// Resolves once `store` has received its first complete list. Polled again every second: a
-/// store's readiness signal wakes only its latest waiter. (The connection controller's own store
-/// is left to the controller for that reason; the broker stores listed here are the operator's.)
-async fn ready_poll<K: Resource<DynamicType = ()> + Clone + 'static>(store: Store<K>) {
-    while tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await.is_err() {}
+    stores.add(reader.clone());
+    let events = watcher(api, config).default_backoff().modify(|o| o.managed_fields_mut().clear()).reflect(writer).touched_objects();
+    (reader, events)
 }
 
 /// `Api::namespaced` for a namespace, `Api::all` for the whole cluster.
@@ -206,17 +130,22 @@ where
     }
 }
 
-type Shutdown = futures::future::Shared<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>>;
-
-/// The connection controller for one namespace (or all of them).
-async fn run_connections(ctx: Arc<Context>, namespace: Option<String>, cluster_brokers: Store<ClusterIdentityBroker>, shutdown: Shutdown) {
+/// The connection controller for one namespace (or all of them), its stores registered with
+/// `stores`.
+fn connection_controller(
+    ctx: Arc<Context>,
+    namespace: Option<&str>,
+    cluster_brokers: Store<ClusterIdentityBroker>,
+    stop: CancellationToken,
+    stores: &mut Stores,
+) -> impl Future<Output = ()> + use<> {
     let client = ctx.client.clone();
-    let ns = namespace.as_deref();
-    let (broker_store, broker_reflector) = reflect(scoped::<IdentityBroker>(&client, ns));
-    let brokers_synced = broker_store.clone();
-    let connections = Controller::new(scoped::<AzureAdConnection>(&client, ns), watcher::Config::default().any_semantic());
+    let connections = Controller::new(scoped::<AzureAdConnection>(&client, namespace), watcher::Config::default().any_semantic());
     let store = connections.store();
-    let (s1, s2, s3) = (store.clone(), store.clone(), store.clone());
+    stores.add(store.clone());
+    let (broker_store, broker_events) =
+        reflected(scoped::<IdentityBroker>(&client, namespace), watcher::Config::default().any_semantic(), stores);
+    let (s1, s2, s3) = (store.clone(), store.clone(), store);
     let operator_namespace = ctx.config.namespace.clone();
     let metrics = ctx.metrics.clone();
     let secret_mapper = move |secret: PartialObjectMeta<Secret>| {
@@ -228,33 +157,25 @@ async fn run_connections(ctx: Arc<Context>, namespace: Option<String>, cluster_b
         refs.extend(direct);
         refs
     };
-    let mut secrets = vec![scoped::<PartialObjectMeta<Secret>>(&client, ns)];
-    if ns.is_some_and(|ns| ns != ctx.config.namespace) {
+    let mut secrets = vec![scoped::<PartialObjectMeta<Secret>>(&client, namespace)];
+    if namespace.is_some_and(|ns| ns != ctx.config.namespace) {
         // ClusterIdentityBroker credentials live in the operator's namespace.
         secrets.push(Api::namespaced(client.clone(), &ctx.config.namespace));
     }
     let mut controller = connections
-        .watches(scoped::<IdentityBroker>(&client, ns), watcher::Config::default(), move |b| {
+        .watches_stream(broker_events, move |b| {
             connections_using_broker(&s1, BrokerRefKind::IdentityBroker, b.namespace().as_deref(), &b.name_any())
         })
         .watches(Api::<ClusterIdentityBroker>::all(client.clone()), watcher::Config::default(), move |b| {
             connections_using_broker(&s2, BrokerRefKind::ClusterIdentityBroker, None, &b.name_any())
         });
     for api in secrets {
-        let mapper = secret_mapper.clone();
-        controller = controller.watches(api, watcher::Config::default(), mapper);
+        let (_, events) = reflected(api, watcher::Config::default(), stores);
+        controller = controller.watches_stream(events, secret_mapper.clone());
     }
-    let synced = {
-        let (brokers, flag) = (brokers_synced, ctx.caches_synced.clone());
-        async move {
-            ready_poll(brokers).await;
-            flag.store(true, Ordering::SeqCst);
-        }
-    };
-    tokio::spawn(synced);
-    let controller = controller
+    controller
         .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
-        .graceful_shutdown_on(shutdown.clone())
+        .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile::reconcile, error_policy, ctx.clone())
         .for_each(|result| {
             if let Err(e) = result
@@ -263,41 +184,29 @@ async fn run_connections(ctx: Arc<Context>, namespace: Option<String>, cluster_b
                 warn!(error = %e, "controller");
             }
             future::ready(())
-        });
-    tokio::select! {
-        _ = controller => {}
-        _ = broker_reflector => error!("IdentityBroker reflector ended"),
-    }
+        })
 }
 
-/// Runs the connection and broker controllers until `shutdown` resolves: for the whole cluster,
-/// or for each namespace in `config.watch_namespaces`.
-pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    let shutdown: Shutdown =
-        futures::future::FutureExt::shared(Box::pin(shutdown) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>);
+/// Runs the connection and broker controllers until `stop` is cancelled: for the whole cluster,
+/// or for each namespace in `config.watch_namespaces`. Ready (see [`Readiness`]) once every
+/// store of every scope has listed, and not any more once they stop.
+pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     let scopes: Vec<Option<String>> =
         if ctx.config.watch_namespaces.is_empty() { vec![None] } else { ctx.config.watch_namespaces.iter().cloned().map(Some).collect() };
-    let (cluster_brokers, cluster_broker_reflector) = reflect(Api::<ClusterIdentityBroker>::all(ctx.client.clone()));
-    let connections =
-        future::join_all(scopes.iter().map(|ns| run_connections(ctx.clone(), ns.clone(), cluster_brokers.clone(), shutdown.clone())));
-    let brokers = brokers::run(ctx.clone(), scopes, shutdown.clone());
+    let mut stores = Stores::default();
+    let (cluster_brokers, cluster_broker_events) =
+        reflected(Api::<ClusterIdentityBroker>::all(ctx.client.clone()), watcher::Config::default().any_semantic(), &mut stores);
+    let cluster_broker_reflector = cluster_broker_events.for_each(|_| future::ready(()));
+    let connections: Vec<_> = scopes
+        .iter()
+        .map(|ns| connection_controller(ctx.clone(), ns.as_deref(), cluster_brokers.clone(), stop.clone(), &mut stores))
+        .collect();
+    let brokers = brokers::controllers(ctx.clone(), &scopes, &stop, &mut stores);
     info!(namespaces = ?ctx.config.watch_namespaces, "controllers started");
     tokio::select! {
-        _ = future::join(connections, brokers) => {}
+        _ = future::join(future::join_all(connections), brokers) => {}
         _ = cluster_broker_reflector => error!("ClusterIdentityBroker reflector ended"),
+        _ = ctx.readiness.track(stores) => {}
     }
     info!("controllers stopped");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        assert_eq!(backoff(1, 0.5), Duration::from_secs(2));
-        assert_eq!(backoff(2, 0.5), Duration::from_secs(4));
-        assert_eq!(backoff(30, 0.5), Duration::from_secs(300));
-        assert!(backoff(1, 0.0) >= Duration::from_millis(1600) && backoff(1, 0.999) <= Duration::from_millis(2400));
-    }
 }

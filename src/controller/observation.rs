@@ -58,8 +58,6 @@ pub struct Observation {
     pub expiry: Expiry,
     pub broker: BrokerStage,
     pub observe_only: bool,
-    /// True when the broker differed although neither the spec nor the secret changed.
-    pub drift_corrected: bool,
 }
 
 /// Why the credentials are not usable.

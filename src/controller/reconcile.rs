@@ -1,40 +1,39 @@
-//! The reconcile: resolve -> validate -> plan/apply to the broker -> status. Each stage is a
-//! small function; the decisions live in pure code (`status`, `broker::*::plan`).
+//! The reconcile, as a thin sequence: resolve -> validate -> sync -> decide, then carry the
+//! decision out (status, Events, metrics) and schedule the next look. Each stage returns a typed
+//! result; the decision is pure (`decide`, `status`, `broker::*::plan`).
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, sync::Arc, time::Instant};
 
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
     runtime::{
         controller::Action,
-        events::{Event as KubeEvent, EventType},
+        events::EventType,
         finalizer::{Event as Finalizer, finalizer},
     },
 };
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::metrics::{ConnectionLabels, ExpiryLabels};
-
 use super::{
     Context,
+    decide::{self, Decision, Next},
     error::Error,
     observation::{BrokerStage, CredentialsFailure, Expiry, Observation, Problem},
-    resolve::{self, ResolvedBroker},
-    status::{self, Subject},
+    resolve,
+    status::Subject,
 };
 use crate::{
-    azure::ValidationRequest,
-    broker::{AzureCredentials, BrokerClient, BrokerExtras, BrokerKey, BrokerTarget, DeleteRequest, SyncRequest},
+    azure::{Validation, ValidationRequest},
+    broker::{AzureCredentials, BrokerExtras, BrokerTarget, DeleteRequest, SyncRequest},
     crd::{
         EXPIRES_AT_ANNOTATION, FINALIZER,
         conditions::Reason,
         connection::{AzureAdConnection, AzureAdConnectionStatus, DeletionPolicy, ExpirySource, ManagementPolicy, ValidationMode},
     },
+    metrics::{ConnectionLabels, ExpiryLabels},
+    secret::SecretValue,
 };
 
 /// Field manager of every status write.
@@ -52,131 +51,135 @@ pub async fn reconcile(conn: Arc<AzureAdConnection>, ctx: Arc<Context>) -> Resul
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    .map_err(Error::from);
     ctx.metrics.reconciled(if result.is_ok() { "success" } else { "error" }, started.elapsed());
     result
 }
 
-/// How the reconcile ended, for scheduling the next one.
-enum Next {
-    /// Everything fine or a permanent problem: come back at the refresh interval.
-    Refresh,
-    /// A transient failure: back off (at least `min`).
-    Retry { min: Option<Duration> },
+/// The resolve stage: what the connection's Secret holds.
+struct Resolved {
+    secret: Result<SecretValue, Problem>,
+    /// Keyed fingerprint of the value, when it was read.
+    fingerprint: Option<String>,
+    annotations: BTreeMap<String, String>,
+}
+
+/// The validate stage: Azure's verdict on the secret, and the expiry known for it.
+struct Validated {
+    credentials: Result<Validation, CredentialsFailure>,
+    expiry: Expiry,
 }
 
 async fn apply(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error> {
     let started = Instant::now();
     let previous = conn.status.clone().unwrap_or_default();
-    let generation = conn.meta().generation;
+    let subject = Subject::of(conn, &previous);
     let now = jiff::Timestamp::now();
     if conn.spec.suspend {
-        let next = status::suspended(&previous, generation, now);
-        record_series(conn, ctx, &next);
-        write_status(conn, ctx, &previous, next).await?;
-        ctx.reset_backoff(conn);
-        return Ok(Action::await_change());
+        let decision = decide::suspended(&subject, now);
+        record_series(conn, ctx, &decision.status);
+        return carry_out(conn, ctx, &previous, decision).await;
     }
 
     // A SCIM token from an earlier reconcile that could not be stored yet goes first.
     store_pending_scim(conn, ctx).await?;
-    let (observation, next) = observe(conn, ctx, &previous).await?;
-    if let BrokerStage::Synced(outcome) = &observation.broker
-        && let Some(BrokerExtras::CloudflareScim(scim)) = &outcome.extras
-        && let Some(uid) = conn.uid()
-    {
-        ctx.pending_scim.lock().expect("scim lock").insert(uid, scim.clone());
-        store_pending_scim(conn, ctx).await?;
-        ctx.publish(conn, EventType::Normal, "ScimSecretStored", "SCIM was enabled; its base URL and token are in the SCIM Secret").await;
-    }
-    let subject =
-        Subject { generation, validation_mode: conn.spec.validation.mode, warn_before: conn.spec.warn_before(), previous: &previous };
-    let next_status = status::compute(&subject, &observation, now);
-    record_series(conn, ctx, &next_status);
+    let resolved = resolve_secret(ctx, conn).await?;
+    let validated = validate(ctx, conn, &resolved).await;
+    let broker = sync_broker(ctx, conn, &resolved, &validated).await?;
+    let observation = Observation {
+        fingerprint: resolved.fingerprint,
+        credentials: validated.credentials,
+        expiry: validated.expiry,
+        broker,
+        observe_only: conn.spec.management_policy == ManagementPolicy::ObserveOnly,
+    };
+    let decision = decide::decide(&subject, &observation, now);
+    record_series(conn, ctx, &decision.status);
     record_rotation(conn, ctx, &previous, &observation, started);
-    write_status(conn, ctx, &previous, next_status).await?;
-    if let BrokerStage::Synced(outcome) = &observation.broker
-        && outcome.wrote
-    {
-        let reason = if observation.drift_corrected { "DriftCorrected" } else { "BrokerUpdated" };
-        ctx.publish(conn, EventType::Normal, reason, &format!("{} on the broker", outcome.differences.join(", "))).await;
-        info!(differences = ?outcome.differences, "broker object written");
-    }
-
-    Ok(match next {
-        Next::Refresh => {
-            ctx.reset_backoff(conn);
-            Action::requeue(schedule_refresh(conn.spec.refresh_interval(), &observation.expiry, conn.spec.warn_before(), now))
-        }
-        Next::Retry { min } => Action::requeue(ctx.next_backoff(conn).max(min.unwrap_or_default())),
-    })
+    carry_out(conn, ctx, &previous, decision).await
 }
 
-/// Runs the stages and collects what they found. Only Kubernetes API failures are errors.
-async fn observe(conn: &AzureAdConnection, ctx: &Context, previous: &AzureAdConnectionStatus) -> Result<(Observation, Next), Error> {
-    let spec = &conn.spec;
-    let observe_only = spec.management_policy == ManagementPolicy::ObserveOnly;
-    let (secret, annotations) = resolve::client_secret(&ctx.client, conn).await?;
-    let expiry = resolve::expiry_from_annotations(spec.expiry.source, &annotations);
-    let fingerprint = secret.as_ref().ok().map(|s| ctx.fingerprinter.fingerprint(s));
+/// Writes the decided status, then publishes its Events (only once the status is stored, so a
+/// failed write retried later announces nothing twice), and schedules the next reconcile.
+async fn carry_out(
+    conn: &AzureAdConnection,
+    ctx: &Context,
+    previous: &AzureAdConnectionStatus,
+    decision: Decision,
+) -> Result<Action, Error> {
+    write_status(conn, ctx, previous, &decision.status).await?;
+    for event in &decision.events {
+        let type_ = if event.warning { EventType::Warning } else { EventType::Normal };
+        ctx.publish(conn, type_, &event.reason, &event.note).await;
+    }
+    Ok(schedule(ctx, conn, decision.next))
+}
 
-    let secret = match secret {
-        Ok(secret) => secret,
-        Err(problem) => {
-            let observation = Observation {
-                fingerprint,
-                credentials: Err(CredentialsFailure::Secret(problem)),
-                expiry,
-                broker: BrokerStage::NotAttempted,
-                observe_only,
-                drift_corrected: false,
-            };
-            return Ok((observation, Next::Refresh));
+/// The requeue for `next`; a success or a permanent problem ends the backoff sequence.
+fn schedule(ctx: &Context, conn: &AzureAdConnection, next: Next) -> Action {
+    match next {
+        Next::AwaitChange => {
+            ctx.reset_backoff(conn);
+            Action::await_change()
         }
+        Next::Refresh { interval, threshold } => {
+            ctx.reset_backoff(conn);
+            Action::requeue(decide::refresh_delay(interval, threshold, rand::random()))
+        }
+        Next::Backoff { at_least } => Action::requeue(ctx.next_backoff(conn).max(at_least)),
+    }
+}
+
+/// Reads the client secret and fingerprints it. Only a failing API call is an error; a missing
+/// or malformed Secret is a problem for the status.
+async fn resolve_secret(ctx: &Context, conn: &AzureAdConnection) -> Result<Resolved, Error> {
+    let (secret, annotations) = resolve::client_secret(&ctx.client, conn).await?;
+    let fingerprint = secret.as_ref().ok().map(|s| ctx.fingerprinter.fingerprint(s));
+    Ok(Resolved { secret, fingerprint, annotations })
+}
+
+/// Asks Azure about the secret (per `validation.mode`), then finds its expiry.
+async fn validate(ctx: &Context, conn: &AzureAdConnection, resolved: &Resolved) -> Validated {
+    let spec = &conn.spec;
+    let from_annotation = resolve::expiry_from_annotations(spec.expiry.source, &resolved.annotations);
+    let secret = match &resolved.secret {
+        Ok(secret) => secret,
+        Err(problem) => return Validated { credentials: Err(CredentialsFailure::Secret(problem.clone())), expiry: from_annotation },
     };
-    let fingerprint_ref = fingerprint.as_deref().unwrap_or_default();
-    let validation_request = ValidationRequest {
+    let request = ValidationRequest {
         cloud: spec.azure.cloud,
         tenant: &spec.azure.tenant,
         client_id: &spec.azure.client_id,
-        secret: &secret,
-        fingerprint: fingerprint_ref,
+        secret,
+        fingerprint: resolved.fingerprint.as_deref().unwrap_or_default(),
         mode: spec.validation.mode,
         ttl: spec.refresh_interval(),
     };
-    let validation = match ctx.azure.validate(&validation_request).await {
-        Ok(v) => v,
+    match ctx.azure.validate(&request).await {
+        Ok(validation) => {
+            let expiry = graph_expiry(ctx, conn, &request, validation.tenant_id.as_deref(), from_annotation).await;
+            Validated { credentials: Ok(validation), expiry }
+        }
         Err(error) => {
-            let next = if error.is_transient() { Next::Retry { min: error.retry_after() } } else { Next::Refresh };
             warn!(reason = error.reason().as_str(), "credentials not confirmed by Azure");
-            let observation = Observation {
-                fingerprint,
-                credentials: Err(CredentialsFailure::Azure(error)),
-                expiry,
-                broker: BrokerStage::NotAttempted,
-                observe_only,
-                drift_corrected: false,
-            };
-            return Ok((observation, next));
+            Validated { credentials: Err(CredentialsFailure::Azure(error)), expiry: from_annotation }
         }
-    };
-    let expiry = graph_expiry(ctx, conn, &validation_request, validation.tenant_id.as_deref(), expiry).await;
+    }
+}
 
-    let broker = match resolve::broker(&ctx.client, &ctx.config.namespace, conn).await? {
-        Ok(resolved) => ctx.broker_client(&resolved),
-        Err(problem) => {
-            let observation = Observation {
-                fingerprint,
-                credentials: Ok(validation),
-                expiry,
-                broker: BrokerStage::Unresolved(problem),
-                observe_only,
-                drift_corrected: false,
-            };
-            return Ok((observation, Next::Refresh));
-        }
+/// The broker stage: resolves the broker reference and pushes the validated secret. The only
+/// place that builds a `SyncRequest` and reads SCIM credentials from the outcome, which are
+/// stored (and announced) here, before anything else can fail.
+async fn sync_broker(ctx: &Context, conn: &AzureAdConnection, resolved: &Resolved, validated: &Validated) -> Result<BrokerStage, Error> {
+    let (Ok(secret), Ok(validation)) = (&resolved.secret, &validated.credentials) else {
+        return Ok(BrokerStage::NotAttempted);
     };
-    let previous_broker = previous.broker.clone().unwrap_or_default();
+    let broker = match resolve::broker(&ctx.client, &ctx.config.namespace, conn).await? {
+        Ok(broker) => ctx.broker_client(&broker),
+        Err(problem) => return Ok(BrokerStage::Unresolved(problem)),
+    };
+    let spec = &conn.spec;
+    let last_sync = conn.status.as_ref().and_then(|s| s.broker.clone()).unwrap_or_default();
     let request = BrokerTarget::of(spec).map(|target| SyncRequest {
         target,
         azure: AzureCredentials {
@@ -184,53 +187,44 @@ async fn observe(conn: &AzureAdConnection, ctx: &Context, previous: &AzureAdConn
             tenant: &spec.azure.tenant,
             tenant_id: validation.tenant_id.as_deref(),
             client_id: &spec.azure.client_id,
-            secret: &secret,
-            fingerprint: fingerprint_ref,
+            secret,
+            fingerprint: resolved.fingerprint.as_deref().unwrap_or_default(),
             audience: spec.azure.sign_in_audience,
         },
-        known_id: previous_broker.id.as_deref(),
-        synced_fingerprint: previous_broker.synced_fingerprint.as_deref(),
-        observe_only,
+        known_id: last_sync.id.as_deref(),
+        synced_fingerprint: last_sync.synced_fingerprint.as_deref(),
+        observe_only: spec.management_policy == ManagementPolicy::ObserveOnly,
     });
     let synced = match request {
         Ok(request) => broker.sync(&request).await,
         Err(unsupported) => Err(unsupported),
     };
-    let (stage, next, drift_corrected) = match synced {
+    match synced {
         Ok(outcome) => {
-            // Differences although the spec and secret are what was last synced: someone edited
-            // the broker object.
-            let unchanged_inputs = previous.observed_generation == conn.meta().generation
-                && previous_broker.synced_fingerprint.as_deref() == Some(fingerprint_ref);
-            let drift = unchanged_inputs && !outcome.differences.is_empty() && previous_broker.id.is_some();
-            if drift {
-                let verb = if observe_only { "found" } else { "corrected" };
-                ctx.publish(
-                    conn,
-                    EventType::Warning,
-                    "Drifted",
-                    &format!("the broker object was changed outside idp-bridge; {verb}: {}", outcome.differences.join(", ")),
-                )
-                .await;
+            if outcome.wrote {
+                info!(differences = ?outcome.differences, "broker object written");
             }
-            (BrokerStage::Synced(outcome), Next::Refresh, drift && !observe_only)
+            if let Some(BrokerExtras::CloudflareScim(scim)) = &outcome.extras {
+                ctx.hold_scim(conn, scim.clone());
+                store_pending_scim(conn, ctx).await?;
+                ctx.publish(conn, EventType::Normal, "ScimSecretStored", "SCIM was enabled; its base URL and token are in the SCIM Secret")
+                    .await;
+            }
+            Ok(BrokerStage::Synced(outcome))
         }
         Err(error) => {
-            let next = if error.is_transient() { Next::Retry { min: error.retry_after() } } else { Next::Refresh };
             warn!(reason = error.reason().as_str(), %error, "broker sync failed");
-            (BrokerStage::Failed(error), next, false)
+            Ok(BrokerStage::Failed(error))
         }
-    };
-    Ok((Observation { fingerprint, credentials: Ok(validation), expiry, broker: stage, observe_only, drift_corrected }, next))
+    }
 }
 
 /// Writes SCIM credentials held for this connection into the Secret its spec names, owned by
 /// the connection so it goes away with it.
 async fn store_pending_scim(conn: &AzureAdConnection, ctx: &Context) -> Result<(), Error> {
-    let Some(uid) = conn.uid() else { return Ok(()) };
-    let Some(scim) = ctx.pending_scim.lock().expect("scim lock").get(&uid).cloned() else { return Ok(()) };
+    let Some(scim) = ctx.held_scim(conn) else { return Ok(()) };
     let Some(secret_name) = conn.spec.cloudflare.as_ref().and_then(|c| c.scim.as_ref()).map(|s| s.secret_name.clone()) else {
-        ctx.pending_scim.lock().expect("scim lock").remove(&uid);
+        ctx.release_scim(conn);
         return Ok(());
     };
     let owner = conn.controller_owner_ref(&()).expect("a stored connection has a name and uid");
@@ -243,7 +237,7 @@ async fn store_pending_scim(conn: &AzureAdConnection, ctx: &Context) -> Result<(
     });
     let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
     api.patch(&secret_name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&secret)).await.map_err(Error::WriteScimSecret)?;
-    ctx.pending_scim.lock().expect("scim lock").remove(&uid);
+    ctx.release_scim(conn);
     Ok(())
 }
 
@@ -328,31 +322,14 @@ async fn graph_expiry(
     }
 }
 
-/// The next refresh: the interval with ±10% jitter, or sooner when an expiry threshold comes first.
-fn schedule_refresh(refresh: Duration, expiry: &Expiry, warn_before: Duration, now: jiff::Timestamp) -> Duration {
-    let jitter = 0.9 + rand::random::<f64>() * 0.2;
-    let mut next = refresh.mul_f64(jitter);
-    if let Expiry::Known { expires_at, .. } = expiry {
-        let until_expiry = expires_at.as_second() - now.as_second();
-        let until_warning = until_expiry - warn_before.as_secs() as i64;
-        for threshold in [until_warning, until_expiry] {
-            if threshold > 0 {
-                // One second late, so the threshold has certainly passed when we look.
-                next = next.min(Duration::from_secs(threshold as u64 + 1));
-            }
-        }
-    }
-    next
-}
-
-/// Writes status by server-side apply, only when it changed, and publishes transition events.
+/// Writes status by server-side apply, only when it changed.
 async fn write_status(
     conn: &AzureAdConnection,
     ctx: &Context,
     previous: &AzureAdConnectionStatus,
-    next: AzureAdConnectionStatus,
+    next: &AzureAdConnectionStatus,
 ) -> Result<(), Error> {
-    if &next == previous {
+    if next == previous {
         return Ok(());
     }
     let api: Api<AzureAdConnection> = Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
@@ -362,10 +339,6 @@ async fn write_status(
         "status": next,
     });
     api.patch_status(&conn.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await.map_err(Error::WriteStatus)?;
-    for transition in status::transitions(&previous.conditions, &next.conditions) {
-        let kind = if transition.warning { EventType::Warning } else { EventType::Normal };
-        ctx.publish(conn, kind, &transition.reason, &transition.note).await;
-    }
     Ok(())
 }
 
@@ -421,67 +394,5 @@ async fn cleanup(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Erro
                 Err(Error::Cleanup(error))
             }
         }
-    }
-}
-
-impl Context {
-    /// The shared client for a resolved broker.
-    pub fn broker_client(&self, resolved: &ResolvedBroker) -> Arc<BrokerClient> {
-        let key = BrokerKey {
-            uid: resolved.uid.clone(),
-            generation: resolved.generation,
-            credentials_fingerprint: self
-                .fingerprinter
-                .fingerprint_bytes(format!("{}\0{}", resolved.client_id, resolved.client_secret.expose()).as_bytes()),
-        };
-        self.brokers.get_or_insert(key, |upstream| {
-            BrokerClient::build(upstream, &resolved.provider, &resolved.client_id, resolved.client_secret.clone(), resolved.rate_limit)
-        })
-    }
-
-    /// Publishes an Event; a failure to publish is logged, never fatal.
-    pub async fn publish(&self, conn: &AzureAdConnection, type_: EventType, reason: &str, note: &str) {
-        let event = KubeEvent {
-            type_,
-            reason: reason.to_owned(),
-            note: Some(note.chars().take(1000).collect()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&event, &conn.object_ref(&())).await {
-            warn!(error = %e, "publishing event failed");
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refresh_is_jittered_around_the_interval() {
-        let now = jiff::Timestamp::from_second(1_700_000_000).unwrap();
-        for _ in 0..100 {
-            let d = schedule_refresh(Duration::from_secs(3600), &Expiry::Disabled, Duration::from_secs(86_400), now);
-            assert!((3240..=3960).contains(&d.as_secs()), "{d:?}");
-        }
-    }
-
-    #[test]
-    fn refresh_lands_on_the_warning_and_expiry_thresholds() {
-        let now = jiff::Timestamp::from_second(1_700_000_000).unwrap();
-        let day = 86_400;
-        let expiry = |secs: i64| Expiry::Known {
-            expires_at: jiff::Timestamp::from_second(1_700_000_000 + secs).unwrap(),
-            source: "Annotation",
-            key_id: None,
-            note: None,
-        };
-        // Warning window opens in 100 s.
-        let d = schedule_refresh(Duration::from_secs(3600), &expiry(day + 100), Duration::from_secs(day as u64), now);
-        assert_eq!(d.as_secs(), 101);
-        // Already inside the window; expiry in 50 s.
-        let d = schedule_refresh(Duration::from_secs(3600), &expiry(50), Duration::from_secs(day as u64), now);
-        assert_eq!(d.as_secs(), 51);
     }
 }

@@ -9,7 +9,10 @@ use k8s_openapi::{
     api::core::v1::{Namespace, Secret},
     apimachinery::pkg::apis::meta::v1::LabelSelector,
 };
-use kube::{Api, Client, ResourceExt};
+use kube::{
+    Api, Client, ResourceExt,
+    core::{ParseExpressionError, Selector, SelectorExt},
+};
 
 use super::{
     error::Error,
@@ -119,13 +122,17 @@ pub async fn broker(client: &Client, operator_namespace: &str, conn: &AzureAdCon
                 return Ok(Err(Problem::new(Reason::BrokerNotFound, format!("ClusterIdentityBroker {} not found", reference.name))));
             };
             if let Some(selector) = &b.spec.allowed_namespaces {
-                let ns = Api::<Namespace>::all(client.clone()).get_opt(&namespace).await.map_err(Error::ReadBroker)?;
+                let ns = Api::<Namespace>::all(client.clone()).get_opt(&namespace).await.map_err(Error::ReadNamespace)?;
                 let labels = ns.and_then(|n| n.metadata.labels).unwrap_or_default();
-                if !selector_matches(selector, &labels) {
-                    return Ok(Err(Problem::new(
-                        Reason::BrokerNotAllowed,
-                        format!("ClusterIdentityBroker {} does not allow namespace {namespace} (allowedNamespaces)", reference.name),
-                    )));
+                let refusal = match namespace_allowed(selector, &labels) {
+                    Ok(true) => None,
+                    Ok(false) => {
+                        Some(format!("ClusterIdentityBroker {} does not allow namespace {namespace} (allowedNamespaces)", reference.name))
+                    }
+                    Err(e) => Some(format!("ClusterIdentityBroker {} has an invalid allowedNamespaces selector: {e}", reference.name)),
+                };
+                if let Some(message) = refusal {
+                    return Ok(Err(Problem::new(Reason::BrokerNotAllowed, message)));
                 }
             }
             (b.metadata.clone(), b.spec.provider(), b.spec.rate_limit.clone(), operator_namespace.to_owned())
@@ -182,23 +189,10 @@ pub async fn credentials(
     })
 }
 
-/// Label selector matching, as the API server does it.
-pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let labels_ok = selector.match_labels.as_ref().is_none_or(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)));
-    let expressions_ok = selector.match_expressions.as_ref().is_none_or(|exprs| {
-        exprs.iter().all(|e| {
-            let values = e.values.as_deref().unwrap_or_default();
-            let value = labels.get(&e.key);
-            match e.operator.as_str() {
-                "In" => value.is_some_and(|v| values.contains(v)),
-                "NotIn" => value.is_none_or(|v| !values.contains(v)),
-                "Exists" => value.is_some(),
-                "DoesNotExist" => value.is_none(),
-                _ => false,
-            }
-        })
-    });
-    labels_ok && expressions_ok
+/// Whether a ClusterIdentityBroker's `allowedNamespaces` admits a namespace with `labels`. A
+/// selector kube-core cannot parse (an unknown operator, `In` without values) is an error.
+pub fn namespace_allowed(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> Result<bool, ParseExpressionError> {
+    Ok(Selector::try_from(selector.clone())?.matches(labels))
 }
 
 #[cfg(test)]
@@ -261,17 +255,20 @@ mod tests {
             match_labels: labels,
             match_expressions: exprs,
         };
-        assert!(selector_matches(&sel(None, None), &labels));
-        assert!(selector_matches(&sel(Some(labels.clone()), None), &labels));
-        assert!(!selector_matches(&sel(Some(BTreeMap::from([("team".into(), "b".into())])), None), &labels));
+        let allowed = |selector: &LabelSelector| namespace_allowed(selector, &labels).unwrap();
+        assert!(allowed(&sel(None, None)));
+        assert!(allowed(&sel(Some(labels.clone()), None)));
+        assert!(!allowed(&sel(Some(BTreeMap::from([("team".into(), "b".into())])), None)));
         let req = |op: &str, values: &[&str]| LabelSelectorRequirement {
             key: "team".into(),
             operator: op.into(),
             values: Some(values.iter().map(|s| s.to_string()).collect()),
         };
-        assert!(selector_matches(&sel(None, Some(vec![req("In", &["a", "b"])])), &labels));
-        assert!(!selector_matches(&sel(None, Some(vec![req("NotIn", &["a"])])), &labels));
-        assert!(selector_matches(&sel(None, Some(vec![req("Exists", &[])])), &labels));
-        assert!(!selector_matches(&sel(None, Some(vec![req("DoesNotExist", &[])])), &labels));
+        assert!(allowed(&sel(None, Some(vec![req("In", &["a", "b"])]))));
+        assert!(!allowed(&sel(None, Some(vec![req("NotIn", &["a"])]))));
+        assert!(allowed(&sel(None, Some(vec![req("Exists", &[])]))));
+        assert!(!allowed(&sel(None, Some(vec![req("DoesNotExist", &[])]))));
+        assert!(!allowed(&sel(Some(labels.clone()), Some(vec![req("DoesNotExist", &[])]))), "labels and expressions must all hold");
+        assert!(namespace_allowed(&sel(None, Some(vec![req("Near", &["a"])])), &labels).is_err(), "unknown operators are refused");
     }
 }

@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use super::observation::{BrokerStage, CredentialsFailure, Expiry, Observation};
 use crate::crd::{
     conditions::{self, BROKER_SYNCED, CREDENTIALS_VALID, Desired, READY, Reason, SECRET_EXPIRING, Status, set_condition},
-    connection::{AzureAdConnectionStatus, BrokerObjectStatus, SecretStatus, ValidationMode},
+    connection::{AzureAdConnection, AzureAdConnectionStatus, BrokerObjectStatus, SecretStatus, ValidationMode},
 };
 
 /// The inputs about the resource itself.
@@ -16,7 +16,32 @@ pub struct Subject<'a> {
     pub generation: Option<i64>,
     pub validation_mode: ValidationMode,
     pub warn_before: std::time::Duration,
+    pub refresh_interval: std::time::Duration,
     pub previous: &'a AzureAdConnectionStatus,
+}
+
+impl<'a> Subject<'a> {
+    pub fn of(conn: &AzureAdConnection, previous: &'a AzureAdConnectionStatus) -> Self {
+        Self {
+            generation: conn.metadata.generation,
+            validation_mode: conn.spec.validation.mode,
+            warn_before: conn.spec.warn_before(),
+            refresh_interval: conn.spec.refresh_interval(),
+            previous,
+        }
+    }
+}
+
+/// Whether someone changed the broker object outside idp-bridge: it differs from the desired
+/// state although neither the spec nor the secret changed since the last sync.
+pub fn drifted(subject: &Subject<'_>, observation: &Observation) -> bool {
+    let BrokerStage::Synced(outcome) = &observation.broker else { return false };
+    let previous = subject.previous;
+    let Some(last_sync) = previous.broker.as_ref() else { return false };
+    let unchanged_inputs = previous.observed_generation == subject.generation
+        && last_sync.synced_fingerprint.is_some()
+        && last_sync.synced_fingerprint == observation.fingerprint;
+    unchanged_inputs && last_sync.id.is_some() && !outcome.differences.is_empty()
 }
 
 fn credentials_condition(subject: &Subject<'_>, observation: &Observation) -> Desired {
@@ -46,7 +71,7 @@ fn credentials_condition(subject: &Subject<'_>, observation: &Observation) -> De
     }
 }
 
-fn broker_condition(observation: &Observation) -> Desired {
+fn broker_condition(subject: &Subject<'_>, observation: &Observation) -> Desired {
     match &observation.broker {
         BrokerStage::NotAttempted => {
             let cause = observation
@@ -77,7 +102,7 @@ fn broker_condition(observation: &Observation) -> Desired {
             }
         }
         BrokerStage::Synced(outcome) => {
-            let message = match (outcome.wrote, observation.drift_corrected) {
+            let message = match (outcome.wrote, drifted(subject, observation)) {
                 (true, true) => format!("corrected drift in {}", outcome.differences.join(", ")),
                 (true, false) => format!("updated {}", outcome.differences.join(", ")),
                 (false, _) => "the broker holds the desired state".to_owned(),
@@ -139,7 +164,7 @@ pub fn compute(subject: &Subject<'_>, observation: &Observation, now: jiff::Time
     let previous = subject.previous;
     let credentials = credentials_condition(subject, observation);
     let expiring = expiry_condition(&observation.expiry, subject.warn_before, now);
-    let broker = broker_condition(observation);
+    let broker = broker_condition(subject, observation);
     let ready = ready_condition(&credentials, &expiring, &broker);
 
     let mut conditions = previous.conditions.clone();
@@ -216,16 +241,16 @@ pub fn suspended(previous: &AzureAdConnectionStatus, generation: Option<i64>, no
     next
 }
 
-/// A condition that changed status or reason, for an Event.
+/// What an Event says: a condition that changed status or reason, a broker write, drift.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transition {
+pub struct Notice {
     pub warning: bool,
     pub reason: String,
     pub note: String,
 }
 
 /// The transitions between two condition lists, in a stable order.
-pub fn transitions(before: &[Condition], after: &[Condition]) -> Vec<Transition> {
+pub fn transitions(before: &[Condition], after: &[Condition]) -> Vec<Notice> {
     after
         .iter()
         .filter(|new| conditions::find(before, &new.type_).is_none_or(|old| old.status != new.status || old.reason != new.reason))
@@ -237,7 +262,7 @@ pub fn transitions(before: &[Condition], after: &[Condition]) -> Vec<Transition>
                 SECRET_EXPIRING => new.status == "True",
                 _ => new.status != "True",
             };
-            Transition { warning, reason: new.reason.clone(), note: format!("{}: {}", new.type_, new.message) }
+            Notice { warning, reason: new.reason.clone(), note: format!("{}: {}", new.type_, new.message) }
         })
         .collect()
 }
@@ -263,6 +288,7 @@ mod tests {
             generation: Some(1),
             validation_mode: ValidationMode::ClientCredentials,
             warn_before: Duration::from_secs(30 * 86_400),
+            refresh_interval: Duration::from_secs(3600),
             previous,
         }
     }
@@ -287,7 +313,6 @@ mod tests {
             expiry: Expiry::Unknown("no date".into()),
             broker,
             observe_only: false,
-            drift_corrected: false,
         }
     }
 

@@ -95,7 +95,7 @@ impl Candidate {
                 async move {
                     let _running = Running::new(&flag);
                     count.fetch_add(1, Ordering::SeqCst);
-                    stop_work.await;
+                    stop_work.cancelled().await;
                     tokio::time::sleep(stop_delay).await;
                 }
             },

@@ -1,0 +1,149 @@
+//! The context every reconcile shares, and everything it does for them: backoff bookkeeping,
+//! broker clients, Events, SCIM credentials waiting to be stored.
+
+use std::{collections::HashMap, sync::Arc, sync::Mutex, time::Duration};
+
+use kube::{
+    Client, Resource, ResourceExt,
+    runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter},
+};
+use tracing::warn;
+
+use super::{readiness::Readiness, resolve::ResolvedBroker};
+use crate::{
+    azure::AzureClient,
+    broker::{BrokerClient, BrokerKey, BrokerRegistry, ScimCredentials},
+    config::Config,
+    crd::connection::AzureAdConnection,
+    metrics::Metrics,
+    secret::Fingerprinter,
+    upstream::Upstream,
+};
+
+/// Everything a reconcile needs, built once at start-up.
+pub struct Context {
+    pub client: Client,
+    pub metrics: Arc<Metrics>,
+    /// Whether the current run's caches have synced (the `/readyz` answer).
+    pub readiness: Readiness,
+    pub azure: AzureClient,
+    pub brokers: BrokerRegistry,
+    pub fingerprinter: Fingerprinter,
+    pub recorder: Recorder,
+    pub config: Arc<Config>,
+    /// Consecutive transient failures per object UID, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+    /// SCIM credentials a broker returned (only once) that are not yet stored in their Secret,
+    /// per connection UID: kept until a write succeeds.
+    pending_scim: Mutex<HashMap<String, ScimCredentials>>,
+}
+
+impl Context {
+    pub fn new(client: Client, config: Arc<Config>, upstream: Upstream, fingerprinter: Fingerprinter, metrics: Arc<Metrics>) -> Self {
+        let upstream = upstream.with_metrics(metrics.clone());
+        let recorder = Recorder::new(client.clone(), Reporter { controller: "idp-bridge".into(), instance: Some(config.instance.clone()) });
+        Self {
+            metrics,
+            readiness: Readiness::default(),
+            azure: AzureClient::new(upstream.clone()),
+            brokers: BrokerRegistry::new(upstream),
+            client,
+            fingerprinter,
+            recorder,
+            config,
+            failures: Mutex::new(HashMap::new()),
+            pending_scim: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The next backoff for a failing object: 2 s doubling to 5 min, with ±20% jitter.
+    pub fn next_backoff<K: Resource>(&self, obj: &K) -> Duration {
+        let uid = obj.meta().uid.clone().unwrap_or_default();
+        let mut failures = self.failures.lock().expect("backoff lock");
+        let count = failures.entry(uid).or_insert(0);
+        *count = count.saturating_add(1);
+        backoff(*count, rand::random::<f64>())
+    }
+
+    pub fn reset_backoff<K: Resource>(&self, obj: &K) {
+        if let Some(uid) = obj.meta().uid.as_deref() {
+            self.failures.lock().expect("backoff lock").remove(uid);
+        }
+    }
+
+    /// Drops what is kept about a connection that is going away.
+    pub fn forget(&self, conn: &AzureAdConnection) {
+        self.reset_backoff(conn);
+        if let Some(uid) = conn.uid() {
+            self.metrics.forget_connection(&uid);
+            self.pending_scim.lock().expect("scim lock").remove(&uid);
+        }
+    }
+
+    /// The shared client for a resolved broker.
+    pub fn broker_client(&self, resolved: &ResolvedBroker) -> Arc<BrokerClient> {
+        let key = BrokerKey {
+            uid: resolved.uid.clone(),
+            generation: resolved.generation,
+            credentials_fingerprint: self
+                .fingerprinter
+                .fingerprint_bytes(format!("{}\0{}", resolved.client_id, resolved.client_secret.expose()).as_bytes()),
+        };
+        self.brokers.get_or_insert(key, |upstream| {
+            BrokerClient::build(upstream, &resolved.provider, &resolved.client_id, resolved.client_secret.clone(), resolved.rate_limit)
+        })
+    }
+
+    /// Publishes an Event; a failure to publish is logged, never fatal.
+    pub async fn publish(&self, conn: &AzureAdConnection, type_: EventType, reason: &str, note: &str) {
+        let event = KubeEvent {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &conn.object_ref(&())).await {
+            warn!(error = %e, "publishing event failed");
+        }
+    }
+
+    /// Holds SCIM credentials for `conn` until they are stored.
+    pub fn hold_scim(&self, conn: &AzureAdConnection, scim: ScimCredentials) {
+        if let Some(uid) = conn.uid() {
+            self.pending_scim.lock().expect("scim lock").insert(uid, scim);
+        }
+    }
+
+    /// The SCIM credentials held for `conn`, if any.
+    pub fn held_scim(&self, conn: &AzureAdConnection) -> Option<ScimCredentials> {
+        self.pending_scim.lock().expect("scim lock").get(&conn.uid()?).cloned()
+    }
+
+    /// Forgets the SCIM credentials held for `conn` (stored, or no longer wanted).
+    pub fn release_scim(&self, conn: &AzureAdConnection) {
+        if let Some(uid) = conn.uid() {
+            self.pending_scim.lock().expect("scim lock").remove(&uid);
+        }
+    }
+}
+
+/// Exponential backoff: `attempt` 1 is about 2 s, capped at 300 s; `unit` in [0, 1) adds jitter.
+fn backoff(attempt: u32, unit: f64) -> Duration {
+    let base = 2f64 * 2f64.powi(attempt.saturating_sub(1).min(16) as i32);
+    let capped = base.min(300.0);
+    Duration::from_secs_f64(capped * (0.8 + 0.4 * unit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(1, 0.5), Duration::from_secs(2));
+        assert_eq!(backoff(2, 0.5), Duration::from_secs(4));
+        assert_eq!(backoff(30, 0.5), Duration::from_secs(300));
+        assert!(backoff(1, 0.0) >= Duration::from_millis(1600) && backoff(1, 0.999) <= Duration::from_millis(2400));
+    }
+}

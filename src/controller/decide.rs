@@ -1,0 +1,303 @@
+//! The pure decision of a reconcile: from what the stages observed and the previous status, the
+//! next status, the Events to publish and when to look again. No I/O, no clock, no randomness:
+//! the reconcile carries the decision out.
+
+use std::time::Duration;
+
+use super::{
+    observation::{BrokerStage, CredentialsFailure, Expiry, Observation},
+    status::{self, Notice, Subject},
+};
+use crate::crd::connection::AzureAdConnectionStatus;
+
+/// What a reconcile does once the stages have run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The status to write (the write is skipped when it equals the previous one).
+    pub status: AzureAdConnectionStatus,
+    /// Published after the status write, in this order.
+    pub events: Vec<Notice>,
+    pub next: Next,
+}
+
+/// When to reconcile again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Healthy, or a problem only a user can fix: the refresh `interval` (jittered), or at
+    /// `threshold` when an expiry threshold comes first. Resets the backoff.
+    Refresh { interval: Duration, threshold: Option<Duration> },
+    /// A transient failure: exponential backoff, never sooner than `at_least` (Retry-After).
+    Backoff { at_least: Duration },
+    /// Suspended: only a change to the connection brings it back.
+    AwaitChange,
+}
+
+/// The decision for an active connection.
+pub fn decide(subject: &Subject<'_>, observation: &Observation, now: jiff::Timestamp) -> Decision {
+    let status = status::compute(subject, observation, now);
+    let mut events = status::transitions(&subject.previous.conditions, &status.conditions);
+    events.extend(broker_events(subject, observation));
+    Decision { status, events, next: next(subject, observation, now) }
+}
+
+/// The decision for a suspended connection: Ready says so, nothing is called.
+pub fn suspended(subject: &Subject<'_>, now: jiff::Timestamp) -> Decision {
+    let status = status::suspended(subject.previous, subject.generation, now);
+    let events = status::transitions(&subject.previous.conditions, &status.conditions);
+    Decision { status, events, next: Next::AwaitChange }
+}
+
+/// Events for what happened on the broker: a write (as drift correction when someone had
+/// edited the object). In ObserveOnly, drift is reported by the BrokerSynced condition, whose
+/// transition already makes an Event; repeating it at every refresh would be noise.
+fn broker_events(subject: &Subject<'_>, observation: &Observation) -> Vec<Notice> {
+    let BrokerStage::Synced(outcome) = &observation.broker else { return Vec::new() };
+    if observation.observe_only || !outcome.wrote {
+        return Vec::new();
+    }
+    let fields = outcome.differences.join(", ");
+    if status::drifted(subject, observation) {
+        vec![
+            Notice {
+                warning: true,
+                reason: "Drifted".into(),
+                note: format!("the broker object was changed outside idp-bridge; corrected: {fields}"),
+            },
+            Notice { warning: false, reason: "DriftCorrected".into(), note: format!("{fields} on the broker") },
+        ]
+    } else {
+        vec![Notice { warning: false, reason: "BrokerUpdated".into(), note: format!("{fields} on the broker") }]
+    }
+}
+
+/// Transient failures back off (at least their Retry-After); everything else, permanent
+/// problems included, waits for the refresh or for a change.
+fn next(subject: &Subject<'_>, observation: &Observation, now: jiff::Timestamp) -> Next {
+    let transient = match (&observation.credentials, &observation.broker) {
+        (Err(CredentialsFailure::Azure(e)), _) if e.is_transient() => Some(e.retry_after()),
+        (_, BrokerStage::Failed(e)) if e.is_transient() => Some(e.retry_after()),
+        _ => None,
+    };
+    match transient {
+        Some(retry_after) => Next::Backoff { at_least: retry_after.unwrap_or_default() },
+        None => {
+            Next::Refresh { interval: subject.refresh_interval, threshold: expiry_threshold(&observation.expiry, subject.warn_before, now) }
+        }
+    }
+}
+
+/// The time until the next expiry threshold (the warning window opening, then the expiry
+/// itself), one second late so it has certainly passed when we look.
+fn expiry_threshold(expiry: &Expiry, warn_before: Duration, now: jiff::Timestamp) -> Option<Duration> {
+    let Expiry::Known { expires_at, .. } = expiry else { return None };
+    let until_expiry = expires_at.as_second() - now.as_second();
+    let until_warning = until_expiry - warn_before.as_secs() as i64;
+    [until_warning, until_expiry].into_iter().find(|t| *t > 0).map(|t| Duration::from_secs(t as u64 + 1))
+}
+
+/// The delay of a refresh: the interval with ±10% jitter (`unit` in [0, 1)), capped by the
+/// expiry threshold, which is never jittered.
+pub fn refresh_delay(interval: Duration, threshold: Option<Duration>, unit: f64) -> Duration {
+    let jittered = interval.mul_f64(0.9 + unit * 0.2);
+    threshold.map_or(jittered, |t| jittered.min(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        azure::{AzureError, Validation},
+        broker::{BrokerError, SyncOutcome},
+        controller::observation::Problem,
+        crd::{
+            conditions::{self, BROKER_SYNCED, READY, Reason},
+            connection::ValidationMode,
+        },
+        upstream::TransportError,
+    };
+
+    const HOUR: Duration = Duration::from_secs(3600);
+    const DAY: i64 = 86_400;
+
+    fn t(s: i64) -> jiff::Timestamp {
+        jiff::Timestamp::from_second(1_700_000_000 + s).unwrap()
+    }
+
+    fn subject(previous: &AzureAdConnectionStatus) -> Subject<'_> {
+        Subject {
+            generation: Some(1),
+            validation_mode: ValidationMode::ClientCredentials,
+            warn_before: Duration::from_secs(30 * DAY as u64),
+            refresh_interval: HOUR,
+            previous,
+        }
+    }
+
+    fn valid() -> Result<Validation, CredentialsFailure> {
+        Ok(Validation { tenant_id: Some("72f988bf-86f1-41af-91ab-2d7cd011db47".into()), validated_at: t(0) })
+    }
+
+    fn synced(differences: &[&str], wrote: bool) -> BrokerStage {
+        BrokerStage::Synced(SyncOutcome {
+            id: Some("con_1".into()),
+            differences: differences.iter().map(|d| d.to_string()).collect(),
+            wrote,
+            extras: None,
+        })
+    }
+
+    fn observation(credentials: Result<Validation, CredentialsFailure>, broker: BrokerStage) -> Observation {
+        Observation { fingerprint: Some("fp-1".into()), credentials, expiry: Expiry::Disabled, broker, observe_only: false }
+    }
+
+    fn reasons(decision: &Decision) -> Vec<&str> {
+        decision.events.iter().map(|e| e.reason.as_str()).collect()
+    }
+
+    /// The status after a first successful sync of fp-1 at generation 1, and one reconcile
+    /// that found the broker as written.
+    fn in_sync() -> AzureAdConnectionStatus {
+        let first =
+            decide(&subject(&AzureAdConnectionStatus::default()), &observation(valid(), synced(&["options.client_secret"], true)), t(1));
+        decide(&subject(&first.status), &observation(valid(), synced(&[], false)), t(2)).status
+    }
+
+    #[test]
+    fn steady_state_publishes_nothing_and_writes_the_same_status() {
+        let previous = in_sync();
+        let decision = decide(&subject(&previous), &observation(valid(), synced(&[], false)), t(600));
+        assert!(decision.events.is_empty(), "{:?}", decision.events);
+        assert_eq!(decision.status, previous, "nothing to write");
+        assert_eq!(decision.next, Next::Refresh { interval: HOUR, threshold: None });
+    }
+
+    #[test]
+    fn a_first_sync_announces_the_write_and_readiness() {
+        let decision =
+            decide(&subject(&AzureAdConnectionStatus::default()), &observation(valid(), synced(&["options.client_secret"], true)), t(1));
+        let events = reasons(&decision);
+        assert!(events.contains(&"Ready") && events.contains(&"BrokerUpdated"), "{events:?}");
+        assert!(!events.contains(&"Drifted"), "a first sync is no drift");
+        assert_eq!(decision.events.last().unwrap().note, "options.client_secret on the broker");
+    }
+
+    #[test]
+    fn drift_with_unchanged_inputs_is_corrected_and_announced() {
+        let previous = in_sync();
+        let decision = decide(&subject(&previous), &observation(valid(), synced(&["options.ext_groups"], true)), t(600));
+        assert_eq!(reasons(&decision), ["Drifted", "DriftCorrected"]);
+        assert!(decision.events[0].warning && !decision.events[1].warning);
+        assert!(decision.events[0].note.contains("corrected: options.ext_groups"));
+        let broker = conditions::find(&decision.status.conditions, BROKER_SYNCED).unwrap();
+        assert_eq!(broker.status, "True");
+        assert!(broker.message.starts_with("corrected drift in"), "{}", broker.message);
+    }
+
+    #[test]
+    fn a_write_after_a_spec_or_secret_change_is_an_update_not_drift() {
+        let previous = in_sync();
+        let mut new_generation = subject(&previous);
+        new_generation.generation = Some(2);
+        let decision = decide(&new_generation, &observation(valid(), synced(&["options.domain_aliases"], true)), t(600));
+        assert_eq!(reasons(&decision), ["BrokerUpdated"]);
+        let mut rotated = observation(valid(), synced(&["options.client_secret"], true));
+        rotated.fingerprint = Some("fp-2".into());
+        let decision = decide(&subject(&previous), &rotated, t(600));
+        assert_eq!(reasons(&decision), ["BrokerUpdated"]);
+    }
+
+    #[test]
+    fn observe_only_drift_is_reported_once_by_the_condition() {
+        let previous = in_sync();
+        let mut drifted = observation(valid(), synced(&["options.ext_groups"], false));
+        drifted.observe_only = true;
+        let first = decide(&subject(&previous), &drifted, t(600));
+        assert!(reasons(&first).contains(&"Drifted"), "the BrokerSynced transition: {:?}", first.events);
+        assert!(first.events.iter().all(|e| e.reason != "DriftCorrected"));
+        assert_eq!(conditions::find(&first.status.conditions, READY).unwrap().reason, "Drifted");
+        // Still drifted at the next refresh: no new Event.
+        let again = decide(&subject(&first.status), &drifted, t(1200));
+        assert!(again.events.is_empty(), "{:?}", again.events);
+    }
+
+    #[test]
+    fn transient_failures_back_off_no_sooner_than_retry_after() {
+        let previous = in_sync();
+        let throttled = CredentialsFailure::Azure(AzureError::Throttled { retry_after: Some(Duration::from_secs(90)) });
+        let decision = decide(&subject(&previous), &observation(Err(throttled), BrokerStage::NotAttempted), t(600));
+        assert_eq!(decision.next, Next::Backoff { at_least: Duration::from_secs(90) });
+        let limited = BrokerError::RateLimited { retry_after: Duration::from_secs(30) };
+        let decision = decide(&subject(&previous), &observation(valid(), BrokerStage::Failed(limited)), t(600));
+        assert_eq!(decision.next, Next::Backoff { at_least: Duration::from_secs(30) });
+        let down = BrokerError::Unreachable(TransportError::Timeout(Duration::from_secs(10)));
+        let decision = decide(&subject(&previous), &observation(valid(), BrokerStage::Failed(down)), t(600));
+        assert_eq!(decision.next, Next::Backoff { at_least: Duration::ZERO }, "no Retry-After: plain backoff");
+    }
+
+    #[test]
+    fn permanent_problems_wait_for_the_refresh() {
+        let previous = in_sync();
+        let rejected =
+            CredentialsFailure::Azure(AzureError::Aadsts { code: 7000215, error: "invalid_client".into(), description: "bad".into() });
+        let missing = CredentialsFailure::Secret(Problem::new(Reason::SecretNotFound, "Secret app/x not found"));
+        let refused = BrokerStage::Failed(BrokerError::Rejected("name taken".into()));
+        let unresolved = BrokerStage::Unresolved(Problem::new(Reason::BrokerNotFound, "IdentityBroker app/b not found"));
+        for obs in [
+            observation(Err(rejected), BrokerStage::NotAttempted),
+            observation(Err(missing), BrokerStage::NotAttempted),
+            observation(valid(), refused),
+            observation(valid(), unresolved),
+        ] {
+            let decision = decide(&subject(&previous), &obs, t(600));
+            assert_eq!(decision.next, Next::Refresh { interval: HOUR, threshold: None }, "{obs:?}");
+            assert!(decision.events.iter().all(|e| e.warning), "failures are Warnings: {:?}", decision.events);
+        }
+    }
+
+    #[test]
+    fn failures_announce_themselves_once() {
+        let previous = in_sync();
+        let rejected =
+            || CredentialsFailure::Azure(AzureError::Aadsts { code: 7000215, error: "invalid_client".into(), description: "bad".into() });
+        let first = decide(&subject(&previous), &observation(Err(rejected()), BrokerStage::NotAttempted), t(600));
+        assert!(reasons(&first).contains(&"InvalidSecret"), "{:?}", first.events);
+        let again = decide(&subject(&first.status), &observation(Err(rejected()), BrokerStage::NotAttempted), t(1200));
+        assert!(again.events.is_empty(), "{:?}", again.events);
+    }
+
+    #[test]
+    fn suspension_waits_for_a_change_and_says_so_once() {
+        let previous = in_sync();
+        let first = suspended(&subject(&previous), t(600));
+        assert_eq!(first.next, Next::AwaitChange);
+        assert_eq!(reasons(&first), ["Suspended"]);
+        assert!(suspended(&subject(&first.status), t(700)).events.is_empty());
+    }
+
+    #[test]
+    fn refresh_lands_on_the_warning_and_expiry_thresholds() {
+        let expiry = |secs: i64| Expiry::Known { expires_at: t(secs), source: "Annotation", key_id: None, note: None };
+        let warn = Duration::from_secs(DAY as u64);
+        // The warning window opens in 100 s.
+        assert_eq!(expiry_threshold(&expiry(DAY + 100), warn, t(0)), Some(Duration::from_secs(101)));
+        // Already inside the window; expiry in 50 s.
+        assert_eq!(expiry_threshold(&expiry(50), warn, t(0)), Some(Duration::from_secs(51)));
+        assert_eq!(expiry_threshold(&expiry(-5), warn, t(0)), None, "expired: nothing left to wait for");
+        assert_eq!(expiry_threshold(&Expiry::Disabled, warn, t(0)), None);
+        let mut obs = observation(valid(), synced(&[], false));
+        obs.expiry = expiry(30 * DAY + 100);
+        let decision = decide(&subject(&in_sync()), &obs, t(0));
+        assert_eq!(decision.next, Next::Refresh { interval: HOUR, threshold: Some(Duration::from_secs(101)) });
+        assert_eq!(refresh_delay(HOUR, Some(Duration::from_secs(101)), 0.5), Duration::from_secs(101));
+    }
+
+    #[test]
+    fn refresh_is_jittered_around_the_interval() {
+        for i in 0..100 {
+            let d = refresh_delay(HOUR, None, f64::from(i) / 100.0);
+            assert!((3240..=3960).contains(&d.as_secs()), "{d:?}");
+        }
+        assert_eq!(refresh_delay(HOUR, None, 0.5), HOUR);
+        assert_eq!(refresh_delay(HOUR, Some(Duration::from_secs(7200)), 0.0), HOUR.mul_f64(0.9), "a far threshold changes nothing");
+    }
+}
