@@ -1,5 +1,6 @@
-//! The test harness itself: admin and impersonated clients, the kubeconfig file, `stop()`, and
-//! the watchdog that stops the servers when the test process dies without dropping them.
+//! The test harness itself: admin and impersonated clients, the kubeconfig file, `stop()`, the
+//! watchdog that stops the servers when the test process dies without dropping them, and the
+//! controller-manager's namespace and garbage-collector controllers.
 
 use std::io::BufRead as _;
 use std::net::TcpStream;
@@ -8,9 +9,14 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use idp_bridge::crd::{AzureAdConnection, IdentityBroker};
 use idp_bridge_devenv::control_plane::ControlPlane;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ListParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde_json::json;
 
 const CHILD_ENV: &str = "IDP_BRIDGE_WATCHDOG_CHILD";
 
@@ -169,7 +175,7 @@ fn run_failure_child(bin_dir: &std::path::Path, expected: &str) {
 #[test]
 fn missing_binaries_fail_with_instructions() {
     let empty = tempfile::tempdir().unwrap();
-    run_failure_child(empty.path(), "is missing etcd, kube-apiserver and kubectl|scripts/control-plane-bins.sh");
+    run_failure_child(empty.path(), "is missing etcd, kube-apiserver, kube-controller-manager and kubectl|scripts/control-plane-bins.sh");
 }
 
 #[test]
@@ -178,6 +184,7 @@ fn a_crashing_apiserver_fails_start_with_both_log_tails() {
     let fake = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(real.etcd(), fake.path().join("etcd")).unwrap();
     std::os::unix::fs::symlink(real.kubectl(), fake.path().join("kubectl")).unwrap();
+    std::os::unix::fs::symlink(real.kube_controller_manager(), fake.path().join("kube-controller-manager")).unwrap();
     let apiserver = fake.path().join("kube-apiserver");
     std::fs::write(&apiserver, "#!/bin/sh\necho 'E0101 fake kube-apiserver: no such flag' >&2\nexit 3\n").unwrap();
     std::fs::set_permissions(&apiserver, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -185,4 +192,111 @@ fn a_crashing_apiserver_fails_start_with_both_log_tails() {
         fake.path(),
         "kube-apiserver exited|exit status: 3|fake kube-apiserver: no such flag|etcd.log -----|kube-apiserver.log -----",
     );
+}
+
+/// How long the controller-manager may take for asynchronous work (its informers sync after
+/// start-up). The CRDs are installed before it starts, so the garbage collector need not wait
+/// for its next discovery refresh to know their kinds.
+const CONTROLLER_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits until `name` is gone from `api`, or panics with its last state and the log tails.
+async fn wait_until_gone<K>(api: &Api<K>, name: &str) -> Duration
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let started = Instant::now();
+    let mut last = None;
+    while started.elapsed() < CONTROLLER_WAIT {
+        match api.get_opt(name).await.unwrap() {
+            None => return started.elapsed(),
+            Some(object) => last = Some(object),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let logs = crate::common::control_plane().await.logs_tail(40);
+    panic!("{name} still exists after {CONTROLLER_WAIT:?}: {last:#?}\n{logs}");
+}
+
+fn from_json<K: DeserializeOwned>(value: serde_json::Value) -> K {
+    serde_json::from_value(value).expect("a valid manifest")
+}
+
+fn config_map(name: &str) -> ConfigMap {
+    from_json(json!({"metadata": {"name": name}, "data": {"key": "value"}}))
+}
+
+fn auth0_broker(name: &str) -> IdentityBroker {
+    from_json(json!({
+        "apiVersion": "idpbridge.io/v1alpha1",
+        "kind": "IdentityBroker",
+        "metadata": {"name": name},
+        "spec": {"auth0": {"domain": "acme.eu.auth0.com", "credentialsSecretRef": {"name": "auth0-m2m"}}},
+    }))
+}
+
+fn connection(name: &str) -> AzureAdConnection {
+    from_json(json!({
+        "apiVersion": "idpbridge.io/v1alpha1",
+        "kind": "AzureAdConnection",
+        "metadata": {"name": name},
+        "spec": {
+            "brokerRef": {"name": "auth0"},
+            "azure": {
+                "tenant": "contoso.onmicrosoft.com",
+                "clientId": "11111111-2222-3333-4444-555555555555",
+                "clientSecretRef": {"name": "contoso-azure"},
+            },
+            "auth0": {"name": "contoso-azure"},
+        },
+    }))
+}
+
+/// A Secret owned by `owner` (a live object, so its uid is set), or by nobody.
+fn secret_owned_by<K: Resource<DynamicType = ()>>(name: &str, owner: Option<&K>) -> Secret {
+    let mut secret: Secret = from_json(json!({"metadata": {"name": name}, "stringData": {"key": "value"}}));
+    let reference: Option<OwnerReference> = owner.map(|o| o.controller_owner_ref(&()).expect("the owner has a name and uid"));
+    secret.metadata.owner_references = reference.map(|r| vec![r]);
+    secret
+}
+
+#[tokio::test]
+async fn deleting_a_namespace_deletes_its_objects_and_then_the_namespace() {
+    let (client, ns) = crate::common::namespace("ns-delete").await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let brokers: Api<IdentityBroker> = Api::namespaced(client.clone(), &ns);
+    config_maps.create(&PostParams::default(), &config_map("settings")).await.unwrap();
+    brokers.create(&PostParams::default(), &auth0_broker("auth0")).await.unwrap();
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces.delete(&ns, &DeleteParams::default()).await.unwrap();
+    let took = wait_until_gone(&namespaces, &ns).await;
+    eprintln!("namespace {ns} was deleted in {:.1}s", took.as_secs_f64());
+    // A namespace is only removed once the namespace controller has emptied it.
+    assert!(config_maps.get_opt("settings").await.unwrap().is_none());
+    assert!(brokers.get_opt("auth0").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn garbage_collection_deletes_the_dependents_of_a_deleted_owner() {
+    let (client, ns) = crate::common::namespace("gc").await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let connections: Api<AzureAdConnection> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let config_map = config_maps.create(&PostParams::default(), &config_map("owner")).await.unwrap();
+    // No operator watches this namespace, so the connection has no finalizer and goes at once.
+    let connection = connections.create(&PostParams::default(), &connection("owner")).await.unwrap();
+    let create = PostParams::default();
+    secrets.create(&create, &secret_owned_by("of-a-config-map", Some(&config_map))).await.unwrap();
+    secrets.create(&create, &secret_owned_by("of-a-connection", Some(&connection))).await.unwrap();
+    secrets.create(&create, &secret_owned_by::<ConfigMap>("of-nobody", None)).await.unwrap();
+
+    let deleted = Instant::now();
+    config_maps.delete("owner", &DeleteParams::default()).await.unwrap();
+    connections.delete("owner", &DeleteParams::default()).await.unwrap();
+    for dependent in ["of-a-config-map", "of-a-connection"] {
+        wait_until_gone(&secrets, dependent).await;
+        eprintln!("Secret {dependent} was collected {:.1}s after its owner's deletion", deleted.elapsed().as_secs_f64());
+    }
+    let unowned = secrets.get_opt("of-nobody").await.unwrap().expect("a Secret without owner is kept");
+    assert!(unowned.owner_references().is_empty());
 }
