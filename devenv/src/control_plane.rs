@@ -912,6 +912,11 @@ impl ControlPlane {
         self.server_url.clone()
     }
 
+    /// `https://127.0.0.1:<port>` of the controller-manager's `/healthz` (same serving CA).
+    pub fn controller_manager_url(&self) -> String {
+        self.controller_manager_url.clone()
+    }
+
     /// The serving CA in PEM, for clients configured by hand.
     pub fn ca_pem(&self) -> &str {
         &self.pki.serving_ca_pem

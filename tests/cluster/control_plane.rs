@@ -58,18 +58,22 @@ async fn impersonated_users_are_subject_to_rbac() {
 }
 
 #[tokio::test]
-async fn stop_ends_both_servers_and_removes_the_temp_dir() {
+async fn stop_ends_every_server_and_removes_the_temp_dir() {
     let mut cp = ControlPlane::start().await.expect("a second control plane starts");
     let dir = cp.dir().to_path_buf();
     let port = port_of(&cp.server_url());
+    let controller_manager_port = port_of(&cp.controller_manager_url());
     assert!(dir.join("kube-apiserver.log").exists());
+    assert!(dir.join("kube-controller-manager.log").exists());
     assert!(is_listening(port));
+    assert!(is_listening(controller_manager_port));
 
     let started = Instant::now();
     cp.stop();
     eprintln!("stop() took {:.1}s", started.elapsed().as_secs_f64());
     assert!(!dir.exists(), "{} still exists", dir.display());
     assert!(!is_listening(port), "the apiserver still listens on {port}");
+    assert!(!is_listening(controller_manager_port), "the controller-manager still listens on {controller_manager_port}");
     cp.stop(); // idempotent
 }
 
@@ -83,6 +87,7 @@ async fn watchdog_child_process() {
     let cp = ControlPlane::start().await.expect("the child's control plane starts");
     println!("CP_DIR={}", cp.dir().display());
     println!("CP_URL={}", cp.server_url());
+    println!("CP_KCM_URL={}", cp.controller_manager_url());
     use std::io::Write as _;
     std::io::stdout().flush().unwrap();
     // SAFETY: raise(3) has no preconditions; SIGKILL ends this process at once.
@@ -102,25 +107,28 @@ fn watchdog_stops_servers_when_the_process_is_killed() {
         .expect("the child test runs");
     let mut dir = None;
     let mut url = None;
+    let mut kcm_url = None;
     for line in output.stdout.lines() {
         let line = line.unwrap();
         // libtest may print "test watchdog_child_process ... " before the first line.
         if let Some((_, d)) = line.split_once("CP_DIR=") {
             dir = Some(PathBuf::from(d));
+        } else if let Some((_, u)) = line.split_once("CP_KCM_URL=") {
+            kcm_url = Some(u.to_owned());
         } else if let Some((_, u)) = line.split_once("CP_URL=") {
             url = Some(u.to_owned());
         }
     }
-    let (dir, url) = match (dir, url) {
-        (Some(d), Some(u)) => (d, u),
+    let (dir, url, kcm_url) = match (dir, url, kcm_url) {
+        (Some(d), Some(u), Some(k)) => (d, u, k),
         _ => panic!("the child did not report its control plane ({}):\n{}", output.status, String::from_utf8_lossy(&output.stdout)),
     };
-    let port = port_of(&url);
+    let (port, kcm_port) = (port_of(&url), port_of(&kcm_url));
 
     let died = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while dir.exists() || is_listening(port) {
-        assert!(Instant::now() < deadline, "30 s after the child died, {} exists or port {port} listens", dir.display());
+    while dir.exists() || is_listening(port) || is_listening(kcm_port) {
+        assert!(Instant::now() < deadline, "30 s after the child died, {} exists or port {port} or {kcm_port} listens", dir.display());
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!("the watchdog cleaned up {:.1}s after the child died", died.elapsed().as_secs_f64());
