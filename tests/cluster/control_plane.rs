@@ -198,7 +198,23 @@ fn a_crashing_apiserver_fails_start_with_both_log_tails() {
     std::fs::set_permissions(&apiserver, std::fs::Permissions::from_mode(0o755)).unwrap();
     run_failure_child(
         fake.path(),
-        "kube-apiserver exited|exit status: 3|fake kube-apiserver: no such flag|etcd.log -----|kube-apiserver.log -----",
+        "kube-apiserver exited|exit status: 3|fake kube-apiserver: no such flag|etcd.log -----|kube-apiserver.log -----|kube-controller-manager.log was not started",
+    );
+}
+
+#[test]
+fn a_crashing_controller_manager_fails_start_with_every_log_tail() {
+    let real = idp_bridge_devenv::control_plane::binaries().expect("the real binaries");
+    let fake = tempfile::tempdir().unwrap();
+    for (binary, name) in [(real.etcd(), "etcd"), (real.kube_apiserver(), "kube-apiserver"), (real.kubectl(), "kubectl")] {
+        std::os::unix::fs::symlink(binary, fake.path().join(name)).unwrap();
+    }
+    let controller_manager = fake.path().join("kube-controller-manager");
+    std::fs::write(&controller_manager, "#!/bin/sh\necho 'E0101 fake kube-controller-manager: unknown controller' >&2\nexit 4\n").unwrap();
+    std::fs::set_permissions(&controller_manager, std::fs::Permissions::from_mode(0o755)).unwrap();
+    run_failure_child(
+        fake.path(),
+        "kube-controller-manager exited|exit status: 4|fake kube-controller-manager: unknown controller|etcd.log -----|kube-apiserver.log -----|kube-controller-manager.log -----",
     );
 }
 
