@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, etcd, helm and kubectl from the Go module proxy with the local Go toolchain and
+# Builds kube-apiserver, kube-controller-manager, etcd, helm and kubectl from the Go module proxy with the local Go toolchain and
 # caches them by version under $IDP_BRIDGE_CACHE (default ~/.cache/idp-bridge). Prints the
 # directory holding the binaries on its last line. Nothing is downloaded but Go modules.
 set -euo pipefail
@@ -27,8 +27,10 @@ new_module() {
 
 timed() { local name=$1 start=$SECONDS; shift; "$@"; log "$name ready in $((SECONDS - start))s"; }
 
-build_kube_apiserver() {
-  local mod gomod
+# A command of k8s.io/kubernetes (kube-apiserver, kube-controller-manager), each in its own module
+# like every other binary; the second one reuses the first one's module and build caches.
+build_kubernetes_cmd() {
+  local cmd=$1 mod gomod
   mod="$(new_module)"; cd "$mod"
   log "resolving k8s.io/kubernetes@v$KUBE_VERSION from the module proxy"
   gomod="$(go mod download -json "k8s.io/kubernetes@v$KUBE_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')"
@@ -38,14 +40,19 @@ build_kube_apiserver() {
   echo "require k8s.io/kubernetes v$KUBE_VERSION" >>go.mod
   grep -oE '^[[:space:]]*k8s\.io/[a-z0-9-]+ => \./staging' "$gomod" | awk '{print $1}' | sort -u |
     while read -r m; do echo "replace $m => $m v0.${KUBE_VERSION#1.}"; done >>go.mod
-  log "building kube-apiserver v$KUBE_VERSION ($(grep -c '^replace' go.mod) staging replaces); a cold build takes 10-20 minutes"
-  go get "k8s.io/kubernetes/cmd/kube-apiserver@v$KUBE_VERSION" >&2
-  go build -trimpath -tags selinux,notest,grpcnotrace -ldflags "$(kube_version_ldflags)" -o "$BIN_DIR/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver
-  mv "$BIN_DIR/kube-apiserver.tmp" "$BIN_DIR/kube-apiserver"
+  log "building $cmd v$KUBE_VERSION ($(grep -c '^replace' go.mod) staging replaces); a cold build takes 10-20 minutes"
+  go get "k8s.io/kubernetes/cmd/$cmd@v$KUBE_VERSION" >&2
+  go build -trimpath -tags selinux,notest,grpcnotrace -ldflags "$(kube_version_ldflags)" -o "$BIN_DIR/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd"
+  mv "$BIN_DIR/$cmd.tmp" "$BIN_DIR/$cmd"
   cd / && rm -rf "$mod"
 }
 
-# The version ldflags of the apiserver and kubectl: client-go's is what `kubectl version` prints.
+build_kube_apiserver() { build_kubernetes_cmd kube-apiserver; }
+
+# The namespace and garbage-collector controllers of the test control plane.
+build_kube_controller_manager() { build_kubernetes_cmd kube-controller-manager; }
+
+# The version ldflags of the k8s.io/kubernetes commands and kubectl: client-go's is what `kubectl version` prints.
 kube_version_ldflags() {
   local ld="-s -w" k
   for k in "gitVersion=v$KUBE_VERSION" gitMajor=1 "gitMinor=$(cut -d. -f2 <<<"$KUBE_VERSION")" gitTreeState=clean; do
@@ -107,7 +114,7 @@ GO
   cd / && rm -rf "$mod"
 }
 
-for bin in etcd kube-apiserver helm kubectl; do
+for bin in etcd kube-apiserver kube-controller-manager helm kubectl; do
   if [[ -x "$BIN_DIR/$bin" ]]; then
     log "$bin: cached in $BIN_DIR"
   else

@@ -1,12 +1,18 @@
-//! A real `kube-apiserver` and `etcd` on loopback, the way controller-runtime's envtest runs them,
-//! for the integration tests and the demo.
+//! A real `kube-apiserver`, `etcd` and `kube-controller-manager` on loopback, the way
+//! controller-runtime's envtest runs the first two, for the integration tests and the demo.
 //!
 //! [`ControlPlane::start`] creates a private temp dir, picks free loopback ports, generates every
-//! certificate with rcgen (serving CA and serving cert, service-account signing key, client CA
-//! and an admin client cert with `CN=admin, O=system:masters`), starts etcd and the apiserver with
-//! envtest's flags, and waits until `/readyz` answers and namespace `default` exists. There is no
-//! controller-manager, scheduler or kubelet: namespaces never finish deleting, nothing is garbage
-//! collected, no Pods run and no default ServiceAccount exists.
+//! certificate with rcgen (serving CA and serving cert, service-account signing key, client CA,
+//! an admin client cert with `CN=admin, O=system:masters` and one for
+//! `CN=system:kube-controller-manager`), starts etcd and the apiserver with envtest's flags, waits
+//! until `/readyz` answers, starts the controller-manager, and waits until namespace `default`
+//! exists and the controller-manager's `/healthz` answers.
+//!
+//! The controller-manager runs only the namespace and garbage-collector controllers, so deleted
+//! namespaces finish deleting and dependents of a deleted owner are collected, as in a real
+//! cluster. Both act asynchronously: a test waits for their effect with a bounded poll. There is
+//! no scheduler or kubelet and no other controller: no Pods run, no default ServiceAccount exists,
+//! no Deployment gets a ReplicaSet.
 //!
 //! # Never outliving the test process
 //!
@@ -16,14 +22,15 @@
 //! is a pipe from this process. The kernel closes the pipe's write end when this process ends, for
 //! whatever reason (exit, panic, SIGKILL), so the watchdog's `read` sees end-of-file at once. It
 //! then sends SIGTERM to the process group of the apiserver and then of etcd, each followed by
-//! SIGKILL if it is still there after 10 s, and removes the temp dir (a few seconds in all). This
+//! SIGKILL if it is still there after 10 s, and removes the temp dir (a few seconds in all). The
+//! controller-manager's group is stopped first, before the apiserver it talks to. This
 //! is more robust than polling the parent's pid with `kill -0` once a second (no delay, no pid
 //! reuse) and than `PR_SET_PDEATHSIG`, which fires when the *thread* that spawned the child exits:
 //! tests spawn from tokio worker threads of per-test runtimes that end long before the process
 //! does. Rust creates the pipe with `O_CLOEXEC`, so no other child (etcd, the apiserver, helm)
 //! holds the write end open.
 //!
-//! etcd, the apiserver and the watchdog each run in their own process group, so a Ctrl-C on the
+//! etcd, the apiserver, the controller-manager and the watchdog each run in their own process group, so a Ctrl-C on the
 //! terminal reaches only the test process; the watchdog ignores INT, HUP and TERM and cleans up
 //! once the test process is gone.
 
@@ -40,6 +47,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::AuthInfo;
@@ -58,6 +66,15 @@ const CRD_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 const LOG_TAIL_LINES: usize = 60;
 const START_ATTEMPTS: usize = 3;
+
+/// The controllers the tests rely on: deleted namespaces are emptied and removed, dependents of a
+/// deleted owner are collected.
+const CONTROLLERS: [&str; 2] = ["namespace-controller", "garbage-collector-controller"];
+/// The bootstrap ClusterRoles of those controllers, bound to [`CONTROLLER_MANAGER_USER`].
+const CONTROLLER_ROLES: [&str; 2] = ["system:controller:namespace-controller", "system:controller:generic-garbage-collector"];
+/// The user name the bootstrap RBAC policy grants the controller-manager's own role to.
+const CONTROLLER_MANAGER_USER: &str = "system:kube-controller-manager";
+const CONTROLLER_MANAGER_KUBECONFIG: &str = "kube-controller-manager.kubeconfig";
 
 const HOW_TO_BUILD: &str = "build them with `bash scripts/control-plane-bins.sh` (needs Go >= 1.25 and the Go module proxy; \
      a cold build takes 10-20 minutes) and/or point IDP_BRIDGE_BIN_DIR at the directory it prints last";
@@ -81,6 +98,8 @@ pub enum ControlPlaneError {
     EtcdNotReady { waited: Duration, reason: String, logs: String },
     #[error("kube-apiserver did not become ready within {waited:?}: {reason}\n{logs}")]
     ApiServerNotReady { waited: Duration, reason: String, logs: String },
+    #[error("kube-controller-manager did not become healthy within {waited:?}: {reason}\n{logs}")]
+    ControllerManagerNotReady { waited: Duration, reason: String, logs: String },
     #[error("{process} exited during start-up ({status})\n{logs}")]
     Exited { process: &'static str, status: ExitStatus, logs: String },
     #[error("namespace `default` did not appear within {waited:?}: {reason}\n{logs}")]
@@ -95,6 +114,12 @@ pub enum ControlPlaneError {
     },
     #[error("CRD {name} was not established and served within {waited:?}: {reason}")]
     CrdNotEstablished { name: String, waited: Duration, reason: String },
+    #[error("installing the CRDs during start-up: {source}\n{logs}")]
+    CrdsNotInstalled {
+        #[source]
+        source: Box<ControlPlaneError>,
+        logs: String,
+    },
 }
 
 impl ControlPlaneError {
@@ -113,6 +138,7 @@ impl ControlPlaneError {
         let logs = match self {
             Self::EtcdNotReady { logs, .. }
             | Self::ApiServerNotReady { logs, .. }
+            | Self::ControllerManagerNotReady { logs, .. }
             | Self::Exited { logs, .. }
             | Self::DefaultNamespace { logs, .. } => logs,
             _ => return false,
@@ -122,9 +148,10 @@ impl ControlPlaneError {
 }
 
 /// The binaries every control plane needs; `helm` is optional (only the chart tests use it).
-const REQUIRED_BINARIES: [&str; 3] = ["etcd", "kube-apiserver", "kubectl"];
+const REQUIRED_BINARIES: [&str; 4] = ["etcd", "kube-apiserver", "kube-controller-manager", "kubectl"];
 
-/// The directory holding `etcd`, `kube-apiserver`, `kubectl` and (optionally) `helm`.
+/// The directory holding `etcd`, `kube-apiserver`, `kube-controller-manager`, `kubectl` and
+/// (optionally) `helm`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BinDir {
     pub dir: PathBuf,
@@ -137,6 +164,10 @@ impl BinDir {
 
     pub fn kube_apiserver(&self) -> PathBuf {
         self.dir.join("kube-apiserver")
+    }
+
+    pub fn kube_controller_manager(&self) -> PathBuf {
+        self.dir.join("kube-controller-manager")
     }
 
     /// kubectl of the apiserver's version; [`ControlPlane::kubectl`] points it at a control plane.
@@ -218,6 +249,8 @@ struct Pki {
     client_ca_pem: String,
     admin_cert_pem: String,
     admin_key_pem: String,
+    controller_manager_cert_pem: String,
+    controller_manager_key_pem: String,
 }
 
 fn ca_params(common_name: &str) -> CertificateParams {
@@ -251,14 +284,10 @@ impl Pki {
         let client_ca = client_ca_params.self_signed(&client_ca_key)?;
         let client_issuer = Issuer::new(client_ca_params, client_ca_key);
 
-        let admin_key = KeyPair::generate()?;
-        let mut admin = CertificateParams::default();
-        admin.distinguished_name.push(DnType::CommonName, "admin");
-        admin.distinguished_name.push(DnType::OrganizationName, "system:masters");
-        admin.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        admin.use_authority_key_identifier_extension = true;
-        let admin_cert = admin.signed_by(&admin_key, &client_issuer)?;
+        let (admin_cert_pem, admin_key_pem) = client_cert("admin", Some("system:masters"), &client_issuer)?;
+        // The user the bootstrap RBAC policy knows as the controller-manager; no group, so it
+        // gets exactly what `grant_controller_roles` binds and nothing from system:masters.
+        let (controller_manager_cert_pem, controller_manager_key_pem) = client_cert(CONTROLLER_MANAGER_USER, None, &client_issuer)?;
 
         Ok(Self {
             serving_ca_pem: serving_ca.pem(),
@@ -268,16 +297,33 @@ impl Pki {
             sa_key_pem: sa_key.serialize_pem(),
             sa_pub_pem: sa_key.public_key_pem(),
             client_ca_pem: client_ca.pem(),
-            admin_cert_pem: admin_cert.pem(),
-            admin_key_pem: admin_key.serialize_pem(),
+            admin_cert_pem,
+            admin_key_pem,
+            controller_manager_cert_pem,
+            controller_manager_key_pem,
         })
     }
+}
+
+/// A client certificate and its key, in PEM, for user `common_name` in `organization` (a group).
+fn client_cert(common_name: &str, organization: Option<&str>, issuer: &Issuer<'_, KeyPair>) -> Result<(String, String), rcgen::Error> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    if let Some(organization) = organization {
+        params.distinguished_name.push(DnType::OrganizationName, organization);
+    }
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    Ok((params.signed_by(&key, issuer)?.pem(), key.serialize_pem()))
 }
 
 /// Running processes of one control plane.
 struct Processes {
     /// The watchdog `sh`; its stdin is the pipe whose end-of-file means "this process is gone".
     watchdog: Child,
+    controller_manager: Option<Child>,
     apiserver: Option<Child>,
     etcd: Option<Child>,
 }
@@ -291,11 +337,12 @@ impl Processes {
     }
 
     /// Stops everything: the watchdog first (so it cannot signal reused pids later), then the
-    /// apiserver, then etcd, each with SIGTERM and, after [`STOP_GRACE`], SIGKILL.
+    /// controller-manager, the apiserver and etcd, each with SIGTERM and, after [`STOP_GRACE`],
+    /// SIGKILL.
     fn stop(&mut self) {
         let _ = self.watchdog.kill();
         let _ = self.watchdog.wait();
-        for child in [self.apiserver.take(), self.etcd.take()].into_iter().flatten() {
+        for child in [self.controller_manager.take(), self.apiserver.take(), self.etcd.take()].into_iter().flatten() {
             terminate_group(child);
         }
     }
@@ -331,7 +378,8 @@ fn terminate_group(mut child: Child) {
 
 /// The watchdog (see the module docs). `$1` is the temp dir; stdin carries one process group
 /// id per line and ends when the test process ends. Groups are stopped in reverse order (the
-/// apiserver before etcd: without etcd it takes much longer to shut down), each with SIGTERM and
+/// controller-manager, then the apiserver before etcd: without etcd it takes much longer to shut
+/// down), each with SIGTERM and
 /// SIGKILL after 10 s. dash's `kill` takes no `--`.
 const WATCHDOG_SCRIPT: &str = r#"
 trap '' INT HUP TERM
@@ -422,8 +470,9 @@ pub fn unique_name(prefix: &str) -> String {
     if clean.is_empty() { format!("x-{}", random_suffix(6)) } else { format!("{clean}-{}", random_suffix(6)) }
 }
 
-/// A running kube-apiserver + etcd pair on loopback. Dropping it (or [`ControlPlane::stop`])
-/// stops both and removes the temp dir; the watchdog does the same if the process ends first.
+/// A running kube-apiserver, etcd and kube-controller-manager on loopback. Dropping it (or
+/// [`ControlPlane::stop`]) stops them and removes the temp dir; the watchdog does the same if the
+/// process ends first.
 ///
 /// It holds no `kube::Client`: a client is bound to the tokio runtime that created it, and tests
 /// share one control plane across many runtimes. Call [`ControlPlane::client`] in each.
@@ -431,10 +480,13 @@ pub struct ControlPlane {
     dir: PathBuf,
     server_url: String,
     etcd_url: String,
+    controller_manager_url: String,
     kubeconfig_path: PathBuf,
     kubectl: PathBuf,
     pki: Pki,
     started_in: Duration,
+    /// Part of `started_in`: until the API was usable, before the controller-manager started.
+    api_ready_in: Duration,
     processes: Option<Processes>,
 }
 
@@ -443,6 +495,7 @@ impl std::fmt::Debug for ControlPlane {
         f.debug_struct("ControlPlane")
             .field("server_url", &self.server_url)
             .field("etcd_url", &self.etcd_url)
+            .field("controller_manager_url", &self.controller_manager_url)
             .field("dir", &self.dir)
             .field("running", &self.processes.is_some())
             .finish_non_exhaustive()
@@ -450,9 +503,18 @@ impl std::fmt::Debug for ControlPlane {
 }
 
 impl ControlPlane {
-    /// Starts etcd and kube-apiserver and waits until the API is usable. On failure both are
-    /// stopped and the error carries the tail of both logs.
+    /// Starts etcd, kube-apiserver and kube-controller-manager and waits until the API is usable
+    /// and the controller-manager healthy. On failure all are stopped and the error carries the
+    /// tail of every log.
     pub async fn start() -> Result<ControlPlane, ControlPlaneError> {
+        Self::start_with_crds(&[]).await
+    }
+
+    /// [`ControlPlane::start`], with `crds` installed (see [`install_crds`]) before the
+    /// controller-manager starts: its garbage collector then knows their kinds from the start.
+    /// It refreshes discovery only every 30 s, so a dependent of a custom resource installed
+    /// later may wait that long to be collected.
+    pub async fn start_with_crds(crds: &[CustomResourceDefinition]) -> Result<ControlPlane, ControlPlaneError> {
         install_crypto_provider();
         let bins = tokio::task::spawn_blocking(binaries)
             .await
@@ -460,11 +522,12 @@ impl ControlPlane {
         let started = Instant::now();
         let mut attempt = 1;
         loop {
-            match Self::start_once(&bins, started).await {
+            match Self::start_once(&bins, crds, started).await {
                 Ok(cp) => {
                     note(&format!(
-                        "control plane ready in {:.1}s: {} (etcd {}, files in {})",
+                        "control plane ready in {:.1}s (API usable after {:.1}s): {} (etcd {}, files in {})",
                         cp.started_in.as_secs_f64(),
+                        cp.api_ready_in.as_secs_f64(),
                         cp.server_url,
                         cp.etcd_url,
                         cp.dir.display()
@@ -480,9 +543,10 @@ impl ControlPlane {
         }
     }
 
-    async fn start_once(bins: &BinDir, started: Instant) -> Result<ControlPlane, ControlPlaneError> {
+    async fn start_once(bins: &BinDir, crds: &[CustomResourceDefinition], started: Instant) -> Result<ControlPlane, ControlPlaneError> {
         let pki = Pki::generate()?;
-        let [etcd_port, peer_port, api_port] = free_ports().map_err(ControlPlaneError::io("picking free loopback ports"))?;
+        let [etcd_port, peer_port, api_port, controller_manager_port] =
+            free_ports().map_err(ControlPlaneError::io("picking free loopback ports"))?;
         let dir = create_temp_dir().map_err(ControlPlaneError::io("creating the control plane's temp dir"))?;
         let watchdog = match spawn_watchdog(&dir) {
             Ok(w) => w,
@@ -494,12 +558,14 @@ impl ControlPlane {
         let mut cp = ControlPlane {
             server_url: format!("https://127.0.0.1:{api_port}"),
             etcd_url: format!("http://127.0.0.1:{etcd_port}"),
+            controller_manager_url: format!("https://127.0.0.1:{controller_manager_port}"),
             kubeconfig_path: dir.join("kubeconfig"),
             kubectl: bins.kubectl(),
             dir,
             pki,
             started_in: Duration::ZERO,
-            processes: Some(Processes { watchdog, apiserver: None, etcd: None }),
+            api_ready_in: Duration::ZERO,
+            processes: Some(Processes { watchdog, controller_manager: None, apiserver: None, etcd: None }),
         };
         // On error `cp` drops here, which stops whatever was started and removes the dir.
         cp.write_files()?;
@@ -507,7 +573,15 @@ impl ControlPlane {
         cp.wait_etcd().await?;
         cp.spawn_apiserver(bins, api_port)?;
         cp.wait_apiserver().await?;
-        cp.wait_default_namespace().await?;
+        cp.api_ready_in = started.elapsed();
+        let client = kube::Client::try_from(cp.config()).map_err(|e| ControlPlaneError::Client(Box::new(e)))?;
+        if let Err(e) = install_crds(&client, crds).await {
+            return Err(ControlPlaneError::CrdsNotInstalled { source: Box::new(e), logs: cp.logs_tail(LOG_TAIL_LINES) });
+        }
+        grant_controller_roles(&client).await?;
+        cp.spawn_controller_manager(bins, controller_manager_port)?;
+        cp.wait_default_namespace(&client).await?;
+        cp.wait_controller_manager().await?;
         cp.started_in = started.elapsed();
         Ok(cp)
     }
@@ -532,11 +606,17 @@ impl ControlPlane {
         ] {
             write_private(&pki_dir.join(name), pem.as_bytes())?;
         }
-        let kubeconfig = serde_yaml::to_string(&self.kubeconfig_value()).expect("a kubeconfig serializes");
-        write_private(&self.kubeconfig_path, kubeconfig.as_bytes())
+        let admin = self.kubeconfig_value("admin", &pki.admin_cert_pem, &pki.admin_key_pem);
+        write_private(&self.kubeconfig_path, serde_yaml::to_string(&admin).expect("a kubeconfig serializes").as_bytes())?;
+        let controller_manager =
+            self.kubeconfig_value(CONTROLLER_MANAGER_USER, &pki.controller_manager_cert_pem, &pki.controller_manager_key_pem);
+        write_private(
+            &self.path(CONTROLLER_MANAGER_KUBECONFIG),
+            serde_yaml::to_string(&controller_manager).expect("a kubeconfig serializes").as_bytes(),
+        )
     }
 
-    fn kubeconfig_value(&self) -> serde_json::Value {
+    fn kubeconfig_value(&self, user: &str, cert_pem: &str, key_pem: &str) -> serde_json::Value {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         serde_json::json!({
             "apiVersion": "v1",
@@ -545,12 +625,12 @@ impl ControlPlane {
                 "server": self.server_url,
                 "certificate-authority-data": b64(&self.pki.serving_ca_pem),
             }}],
-            "users": [{"name": "admin", "user": {
-                "client-certificate-data": b64(&self.pki.admin_cert_pem),
-                "client-key-data": b64(&self.pki.admin_key_pem),
+            "users": [{"name": user, "user": {
+                "client-certificate-data": b64(cert_pem),
+                "client-key-data": b64(key_pem),
             }}],
             "contexts": [{"name": "idp-bridge-test", "context": {
-                "cluster": "idp-bridge-test", "user": "admin", "namespace": "default",
+                "cluster": "idp-bridge-test", "user": user, "namespace": "default",
             }}],
             "current-context": "idp-bridge-test",
             "preferences": {},
@@ -612,11 +692,48 @@ impl ControlPlane {
         processes.guard(pgid).map_err(ControlPlaneError::io("registering kube-apiserver with the watchdog"))
     }
 
-    /// An error if etcd or the apiserver has exited.
+    /// The controller-manager with only the controllers the tests need. It acts as its own user
+    /// (`--use-service-account-credentials=false`: no per-controller ServiceAccounts and tokens
+    /// to set up first) and serves `/healthz` with the apiserver's serving certificate, which is
+    /// valid for 127.0.0.1. The authentication and authorization kubeconfigs are given so that it
+    /// never falls back to an in-cluster configuration when the tests run inside a Pod.
+    fn spawn_controller_manager(&mut self, bins: &BinDir, port: u16) -> Result<(), ControlPlaneError> {
+        let pki = self.path("pki");
+        let p = |name: &str| pki.join(name).display().to_string();
+        let kubeconfig = self.path(CONTROLLER_MANAGER_KUBECONFIG).display().to_string();
+        let args = vec![
+            format!("--kubeconfig={kubeconfig}"),
+            format!("--authentication-kubeconfig={kubeconfig}"),
+            format!("--authorization-kubeconfig={kubeconfig}"),
+            // The apiserver has no request-header CA to publish; looking it up only logs errors.
+            "--authentication-skip-lookup=true".to_owned(),
+            format!("--controllers={}", CONTROLLERS.join(",")),
+            "--leader-elect=false".to_owned(),
+            "--use-service-account-credentials=false".to_owned(),
+            format!("--secure-port={port}"),
+            "--bind-address=127.0.0.1".to_owned(),
+            format!("--tls-cert-file={}", p("apiserver.crt")),
+            format!("--tls-private-key-file={}", p("apiserver.key")),
+            "--profiling=false".to_owned(),
+        ];
+        let binary = bins.kube_controller_manager();
+        let child = spawn_logged(&binary, &args, &self.path("kube-controller-manager.log"))
+            .map_err(ControlPlaneError::io(format!("spawning {}", binary.display())))?;
+        let pgid = child.id();
+        let processes = self.processes();
+        processes.controller_manager = Some(child);
+        processes.guard(pgid).map_err(ControlPlaneError::io("registering kube-controller-manager with the watchdog"))
+    }
+
+    /// An error if etcd, the apiserver or the controller-manager has exited.
     fn check_alive(&mut self) -> Result<(), ControlPlaneError> {
         let processes = self.processes();
         let mut exited = None;
-        for (process, child) in [("etcd", &mut processes.etcd), ("kube-apiserver", &mut processes.apiserver)] {
+        for (process, child) in [
+            ("etcd", &mut processes.etcd),
+            ("kube-apiserver", &mut processes.apiserver),
+            ("kube-controller-manager", &mut processes.controller_manager),
+        ] {
             if let Some(c) = child
                 && let Ok(Some(status)) = c.try_wait()
             {
@@ -656,14 +773,19 @@ impl ControlPlane {
         }
     }
 
-    async fn wait_apiserver(&mut self) -> Result<(), ControlPlaneError> {
+    /// An HTTPS client trusting only the serving CA, for the anonymous health endpoints.
+    fn health_client(&self) -> Result<reqwest::Client, ControlPlaneError> {
         let ca = reqwest::Certificate::from_pem(self.pki.serving_ca_pem.as_bytes())
             .map_err(|e| ControlPlaneError::HttpClient(format!("loading the serving CA: {e}")))?;
-        let http = reqwest::Client::builder()
+        reqwest::Client::builder()
             .tls_certs_only([ca])
             .timeout(Duration::from_secs(5))
             .build()
-            .map_err(|e| ControlPlaneError::HttpClient(e.to_string()))?;
+            .map_err(|e| ControlPlaneError::HttpClient(e.to_string()))
+    }
+
+    async fn wait_apiserver(&mut self) -> Result<(), ControlPlaneError> {
+        let http = self.health_client()?;
         // `/readyz` is readable anonymously (system:public-info-viewer).
         let url = format!("{}/readyz?verbose", self.server_url);
         let timeout = start_timeout();
@@ -688,9 +810,34 @@ impl ControlPlane {
         }
     }
 
-    async fn wait_default_namespace(&mut self) -> Result<(), ControlPlaneError> {
-        let client = kube::Client::try_from(self.config()).map_err(|e| ControlPlaneError::Client(Box::new(e)))?;
-        let namespaces: Api<Namespace> = Api::all(client);
+    /// Waits until the controller-manager serves `/healthz` (always allowed anonymously). It
+    /// serves it once its controllers are started; they act as soon as their informers have
+    /// synced, a moment later, so tests still wait for an effect with a bounded poll.
+    async fn wait_controller_manager(&mut self) -> Result<(), ControlPlaneError> {
+        let http = self.health_client()?;
+        let url = format!("{}/healthz", self.controller_manager_url);
+        let timeout = start_timeout();
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_alive()?;
+            let last = match http.get(&url).send().await {
+                Ok(resp) if resp.status().is_success() => return Ok(()),
+                Ok(resp) => format!("{}: {}", resp.status(), resp.text().await.unwrap_or_default().trim()),
+                Err(e) => format!("{e:?}"),
+            };
+            if Instant::now() > deadline {
+                return Err(ControlPlaneError::ControllerManagerNotReady {
+                    waited: timeout,
+                    reason: last,
+                    logs: self.logs_tail(LOG_TAIL_LINES),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_default_namespace(&mut self, client: &kube::Client) -> Result<(), ControlPlaneError> {
+        let namespaces: Api<Namespace> = Api::all(client.clone());
         let deadline = Instant::now() + NAMESPACE_TIMEOUT;
         loop {
             self.check_alive()?;
@@ -765,6 +912,11 @@ impl ControlPlane {
         self.server_url.clone()
     }
 
+    /// `https://127.0.0.1:<port>` of the controller-manager's `/healthz` (same serving CA).
+    pub fn controller_manager_url(&self) -> String {
+        self.controller_manager_url.clone()
+    }
+
     /// The serving CA in PEM, for clients configured by hand.
     pub fn ca_pem(&self) -> &str {
         &self.pki.serving_ca_pem
@@ -775,15 +927,17 @@ impl ControlPlane {
         &self.dir
     }
 
-    /// How long start-up took, from spawning etcd to namespace `default` being readable.
+    /// How long start-up took, from spawning etcd to namespace `default` being readable and the
+    /// controller-manager healthy.
     pub fn started_in(&self) -> Duration {
         self.started_in
     }
 
-    /// The last `lines` lines of the etcd and kube-apiserver logs, each under a heading.
+    /// The last `lines` lines of the etcd, kube-apiserver and kube-controller-manager logs, each
+    /// under a heading.
     pub fn logs_tail(&self, lines: usize) -> String {
         let mut out = String::new();
-        for name in ["etcd.log", "kube-apiserver.log"] {
+        for name in ["etcd.log", "kube-apiserver.log", "kube-controller-manager.log"] {
             let path = self.path(name);
             if path.exists() {
                 let _ = writeln!(out, "----- last {lines} lines of {} -----", path.display());
@@ -795,8 +949,8 @@ impl ControlPlane {
         out
     }
 
-    /// Stops the apiserver, then etcd (SIGTERM, SIGKILL after ~10 s each), and removes the temp
-    /// dir. Idempotent; `Drop` calls it.
+    /// Stops the controller-manager, the apiserver, then etcd (SIGTERM, SIGKILL after ~10 s
+    /// each), and removes the temp dir. Idempotent; `Drop` calls it.
     pub fn stop(&mut self) {
         if let Some(mut processes) = self.processes.take() {
             processes.stop();
@@ -830,6 +984,31 @@ fn etcd_supports_no_fsync(etcd: &Path) -> bool {
             String::from_utf8_lossy(&o.stdout).contains("unsafe-no-fsync") || String::from_utf8_lossy(&o.stderr).contains("unsafe-no-fsync")
         })
     })
+}
+
+/// Binds the bootstrap ClusterRoles of the namespace and garbage-collector controllers to the
+/// controller-manager's user: acting as itself, it needs what those controllers' ServiceAccounts
+/// get in a real cluster, on top of its own `system:kube-controller-manager` role (informers,
+/// tokenreviews, subjectaccessreviews).
+async fn grant_controller_roles(client: &kube::Client) -> Result<(), ControlPlaneError> {
+    let api: Api<ClusterRoleBinding> = Api::all(client.clone());
+    for role in CONTROLLER_ROLES {
+        let name = format!("idp-bridge-tests:{role}");
+        let binding = ClusterRoleBinding {
+            metadata: kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() },
+            role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".to_owned(), kind: "ClusterRole".to_owned(), name: role.to_owned() },
+            subjects: Some(vec![Subject {
+                api_group: Some("rbac.authorization.k8s.io".to_owned()),
+                kind: "User".to_owned(),
+                name: CONTROLLER_MANAGER_USER.to_owned(),
+                namespace: None,
+            }]),
+        };
+        api.create(&PostParams::default(), &binding)
+            .await
+            .map_err(ControlPlaneError::kube(format!("creating ClusterRoleBinding {name}")))?;
+    }
+    Ok(())
 }
 
 /// Server-side applies each CRD (field manager [`FIELD_MANAGER`], forced) and waits until it is
@@ -913,13 +1092,15 @@ mod tests {
         let pki = Pki::generate().unwrap();
         assert!(pki.admin_cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(pki.admin_key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+        assert!(pki.controller_manager_cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert_ne!(pki.controller_manager_cert_pem, pki.admin_cert_pem);
         assert!(pki.sa_pub_pem.starts_with("-----BEGIN PUBLIC KEY-----"));
     }
 
     #[test]
     fn bin_dir_reports_missing_binaries_with_a_hint() {
         let err = BinDir { dir: PathBuf::from("/nonexistent/idp-bridge") }.check().unwrap_err();
-        assert!(err.contains("is missing etcd, kube-apiserver and kubectl;"), "{err}");
+        assert!(err.contains("is missing etcd, kube-apiserver, kube-controller-manager and kubectl;"), "{err}");
         assert!(err.contains("scripts/control-plane-bins.sh"), "{err}");
     }
 }

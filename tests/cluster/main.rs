@@ -9,4 +9,5 @@ mod crd_validation;
 mod e2e_auth0;
 mod e2e_brokers;
 mod leader_election;
+mod namespace_deletion;
 mod printer_columns;

@@ -1,7 +1,7 @@
 //! Shared set-up for the integration tests: one real control plane per test binary, with the
 //! CRDs installed, and one fresh namespace per test.
 
-use idp_bridge_devenv::control_plane::{ControlPlane, create_namespace, install_crds, unique_name};
+use idp_bridge_devenv::control_plane::{ControlPlane, create_namespace, unique_name};
 use tokio::sync::OnceCell;
 
 static CONTROL_PLANE: OnceCell<ControlPlane> = OnceCell::const_new();
@@ -12,12 +12,9 @@ static CONTROL_PLANE: OnceCell<ControlPlane> = OnceCell::const_new();
 pub async fn control_plane() -> &'static ControlPlane {
     CONTROL_PLANE
         .get_or_init(|| async {
-            let cp = ControlPlane::start().await.unwrap_or_else(|e| panic!("starting the control plane: {e}"));
-            let client = cp.client().await;
-            if let Err(e) = install_crds(&client, &idp_bridge::crd::all()).await {
-                panic!("installing the CRDs: {e}\n{}", cp.logs_tail(60));
-            }
-            cp
+            ControlPlane::start_with_crds(&idp_bridge::crd::all())
+                .await
+                .unwrap_or_else(|e| panic!("starting the control plane with the CRDs: {e}"))
         })
         .await
 }
