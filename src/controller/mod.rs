@@ -20,8 +20,9 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     core::PartialObjectMeta,
     runtime::{
-        Controller, WatchStreamExt,
+        Controller, Predicate, WatchStreamExt,
         controller::{self, Action},
+        predicates,
         reflector::{self, ObjectRef, Store},
         watcher,
     },
@@ -119,6 +120,23 @@ where
     (reader, events)
 }
 
+/// The connections of `api`, kept in a store, and the changes that call for a reconcile: a new
+/// generation (spec edits, and the deletion mark), changed finalizers (the finalizer helper waits
+/// for the watch to see the one it added) or changed annotations (a person asking for a refresh
+/// now). A status write changes none of them, so a reconcile is never re-triggered by its own
+/// status.
+fn connection_triggers(
+    api: Api<AzureAdConnection>,
+    stores: &mut Stores,
+) -> (Store<AzureAdConnection>, impl Stream<Item = Result<AzureAdConnection, watcher::Error>> + use<>) {
+    let (store, events) = reflected(api, watcher::Config::default().any_semantic(), stores);
+    (
+        store,
+        events
+            .predicate_filter(predicates::generation.combine(predicates::finalizers).combine(predicates::annotations), Default::default()),
+    )
+}
+
 /// `Api::namespaced` for a namespace, `Api::all` for the whole cluster.
 pub fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
@@ -140,9 +158,8 @@ fn connection_controller(
     stores: &mut Stores,
 ) -> impl Future<Output = ()> + use<> {
     let client = ctx.client.clone();
-    let connections = Controller::new(scoped::<AzureAdConnection>(&client, namespace), watcher::Config::default().any_semantic());
-    let store = connections.store();
-    stores.add(store.clone());
+    let (store, connection_events) = connection_triggers(scoped::<AzureAdConnection>(&client, namespace), stores);
+    let connections = Controller::for_stream(connection_events, store.clone());
     let (broker_store, broker_events) =
         reflected(scoped::<IdentityBroker>(&client, namespace), watcher::Config::default().any_semantic(), stores);
     let (s1, s2, s3) = (store.clone(), store.clone(), store);
