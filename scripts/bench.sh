@@ -16,5 +16,6 @@ IDP_BRIDGE_BIN_DIR=$(tail -n 1 "$bins_file")
 export IDP_BRIDGE_BIN_DIR
 echo "[bench] building the release operator and the bench (the first build takes a few minutes)" >&2
 cargo build --locked --quiet --release -p idp-bridge --bin idp-bridge
-cargo build --locked --quiet -p idp-bridge-devenv --bin idp-bridge-bench
-exec target/debug/idp-bridge-bench --operator-bin target/release/idp-bridge "$@"
+# Release too: the emulators run inside the bench, and their speed is part of every latency.
+cargo build --locked --quiet --release -p idp-bridge-devenv --bin idp-bridge-bench
+exec target/release/idp-bridge-bench --operator-bin target/release/idp-bridge "$@"

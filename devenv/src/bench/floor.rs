@@ -89,9 +89,10 @@ impl Floor {
     /// One direct pass: update the probe Secret and wait for its watch event, get a token, write
     /// the broker object.
     pub async fn sample(&mut self, n: usize) -> BenchResult<FloorSample> {
+        // A new value every time: an update that changes nothing has no watch event.
         while self.versions.try_recv().is_ok() {}
         let started = Instant::now();
-        let written = put_secret(&self.secrets, PROBE, &[("value", &n.to_string())]).await?.resource_version().unwrap_or_default();
+        let written = put_secret(&self.secrets, PROBE, &[("value", &format!("sample-{n}"))]).await?.resource_version().unwrap_or_default();
         tokio::time::timeout(STEP_TIMEOUT, async {
             while let Some(version) = self.versions.recv().await {
                 if version == written {
