@@ -5,12 +5,7 @@
 
 use futures::{StreamExt as _, TryStreamExt as _, stream};
 use idp_bridge_devenv::{
-    auth0::Auth0Emulator,
-    cloudflare::CloudflareEmulator,
-    control_plane,
-    kit::Kit,
-    logto::LogtoEmulator,
-    stack::Upstreams,
+    auth0::Auth0Emulator, cloudflare::CloudflareEmulator, control_plane, kit::Kit, logto::LogtoEmulator, stack::Upstreams,
     unified::UnifiedEmulator,
 };
 use k8s_openapi::api::core::v1::Secret;
@@ -197,7 +192,10 @@ impl Fleet {
             let spec = json!({"logto": {"endpoint": format!("https://{}", logto_host(index)), "credentialsSecretRef": {"name": "m2m"}}});
             broker_manifest(&c.namespace, &c.broker_name, spec)
         });
-        stream::iter(logto_brokers.map(|doc| async move { apply(client, &doc).await })).buffer_unordered(IN_FLIGHT).try_collect::<Vec<_>>().await?;
+        stream::iter(logto_brokers.map(|doc| async move { apply(client, &doc).await }))
+            .buffer_unordered(IN_FLIGHT)
+            .try_collect::<Vec<_>>()
+            .await?;
         Ok(())
     }
 

@@ -58,7 +58,12 @@ impl Floor {
     /// operator starts, so its overrides include the probe tenant.
     pub fn seed(upstreams: &mut Upstreams) -> BenchResult<()> {
         upstreams.azure.add_app(TENANT_ID, CLIENT_ID);
-        upstreams.azure.add_secret(TENANT_ID, CLIENT_ID, CLIENT_SECRET, jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 365));
+        upstreams.azure.add_secret(
+            TENANT_ID,
+            CLIENT_ID,
+            CLIENT_SECRET,
+            jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 365),
+        );
         upstreams.auth0(DOMAIN)?.add_m2m_client(M2M_ID, M2M_SECRET, &["update:connections"]);
         Ok(())
     }
@@ -72,11 +77,16 @@ impl Floor {
                 "grant_type": "client_credentials", "client_id": M2M_ID, "client_secret": M2M_SECRET, "audience": format!("https://{DOMAIN}/api/v2/"),
             })))
             .await?;
-        let broker_token = token.body.json::<serde_json::Value>()?["access_token"].as_str().ok_or("the floor's Auth0 token answer has no token")?.to_owned();
+        let broker_token = token.body.json::<serde_json::Value>()?["access_token"]
+            .as_str()
+            .ok_or("the floor's Auth0 token answer has no token")?
+            .to_owned();
         let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
         put_secret(&secrets, PROBE, &[("value", "0")]).await?;
         let (sender, versions) = mpsc::unbounded_channel();
-        let events = watcher(secrets.clone(), watcher::Config::default().fields(&format!("metadata.name={PROBE}"))).default_backoff().applied_objects();
+        let events = watcher(secrets.clone(), watcher::Config::default().fields(&format!("metadata.name={PROBE}")))
+            .default_backoff()
+            .applied_objects();
         let watch = tokio::spawn(events.for_each(move |secret| {
             if let Ok(secret) = secret {
                 let _ = sender.send(secret.resource_version().unwrap_or_default());
@@ -121,7 +131,11 @@ impl Floor {
 
         let started = Instant::now();
         let path = format!("/api/v2/connections/{}", self.broker_object);
-        let write = self.upstream.request(Method::PATCH, DOMAIN, &path).bearer_auth(&self.broker_token).json(&json!({"display_name": format!("floor {n}")}));
+        let write = self
+            .upstream
+            .request(Method::PATCH, DOMAIN, &path)
+            .bearer_auth(&self.broker_token)
+            .json(&json!({"display_name": format!("floor {n}")}));
         let answer = self.upstream.send(write).await?;
         if !answer.status.is_success() {
             return Err(format!("the floor's broker write answered {}", answer.status).into());

@@ -111,7 +111,8 @@ impl OperatorProcess {
         let after_name = stat.rsplit_once(')').ok_or("malformed /proc stat")?.1;
         let fields: Vec<&str> = after_name.split_whitespace().collect();
         // utime and stime are fields 14 and 15 of stat(5); the state (field 3) is fields[0].
-        let ticks: u64 = fields.get(11).ok_or("short /proc stat")?.parse::<u64>()? + fields.get(12).ok_or("short /proc stat")?.parse::<u64>()?;
+        let ticks: u64 =
+            fields.get(11).ok_or("short /proc stat")?.parse::<u64>()? + fields.get(12).ok_or("short /proc stat")?.parse::<u64>()?;
         Ok(ticks as f64 / clock_ticks_per_second())
     }
 

@@ -49,7 +49,14 @@ pub struct Bench {
 }
 
 impl Bench {
-    pub fn new(client: Client, upstreams: Upstreams, fleet: Fleet, watch: ConnectionWatch, operator: OperatorProcess, phase_timeout: Duration) -> Self {
+    pub fn new(
+        client: Client,
+        upstreams: Upstreams,
+        fleet: Fleet,
+        watch: ConnectionWatch,
+        operator: OperatorProcess,
+        phase_timeout: Duration,
+    ) -> Self {
         let n = fleet.connections.len();
         Self { client, upstreams, fleet, watch, operator, phase_timeout, values: Vec::new(), rotations: vec![0; n], ids: vec![None; n] }
     }
@@ -164,8 +171,10 @@ pub struct Traffic {
 }
 
 fn traffic(bench: &Bench, from: Instant, to: Instant) -> Traffic {
-    let azure: Vec<LoggedRequest> = bench.upstreams.azure.kit().log().entries_since(from).into_iter().filter(|r| r.arrived_at < to).collect();
-    let brokers = BrokerKind::ALL.into_iter().map(|kind| (kind.label(), Requests::of_broker(&bench.broker_requests(kind, from, to)))).collect();
+    let azure: Vec<LoggedRequest> =
+        bench.upstreams.azure.kit().log().entries_since(from).into_iter().filter(|r| r.arrived_at < to).collect();
+    let brokers =
+        BrokerKind::ALL.into_iter().map(|kind| (kind.label(), Requests::of_broker(&bench.broker_requests(kind, from, to)))).collect();
     Traffic { azure: AzureRequests::of(&azure), brokers }
 }
 
@@ -228,7 +237,13 @@ pub async fn create_unrelated(client: &Client, namespaces: &[String], count: usi
 fn write_after(conn: &Connection, id: &str, since: Instant) -> Option<Instant> {
     let suffix = format!("/{id}");
     let accepted = |r: &LoggedRequest| r.status.is_none_or(|s| s.is_success());
-    conn.broker.kit().log().entries_since(since).into_iter().find(|r| r.write && accepted(r) && r.path.ends_with(&suffix)).map(|r| r.arrived_at)
+    conn.broker
+        .kit()
+        .log()
+        .entries_since(since)
+        .into_iter()
+        .find(|r| r.write && accepted(r) && r.path.ends_with(&suffix))
+        .map(|r| r.arrived_at)
 }
 
 /// Puts `value` into connection `i`'s Secret; returns when the update was sent.
@@ -355,7 +370,8 @@ pub async fn steady(bench: &mut Bench, window: Duration, refresh_interval: Durat
     let after = apiserver_requests(&bench.client).await?;
     let writes = bench.watch.writes_between(from, to);
     let refresh_writes = writes.iter().filter(|w| w.refresh).count();
-    let api_requests = after.into_iter().map(|(k, v)| (k.clone(), v - before.get(&k).copied().unwrap_or(0.0))).filter(|(_, v)| *v > 0.0).collect();
+    let api_requests =
+        after.into_iter().map(|(k, v)| (k.clone(), v - before.get(&k).copied().unwrap_or(0.0))).filter(|(_, v)| *v > 0.0).collect();
     Ok(Steady {
         window: to - from,
         intervals: (to - from).as_secs_f64() / refresh_interval.as_secs_f64(),
@@ -368,8 +384,10 @@ pub async fn steady(bench: &mut Bench, window: Duration, refresh_interval: Durat
 }
 
 /// Resources the operator reads or writes; the API server's own loops touch none of them, and
-/// the bench sends nothing during the window (its two watches stay open).
-const OPERATOR_RESOURCES: &[&str] = &["azureadconnections", "identitybrokers", "clusteridentitybrokers", "secrets", "events", "leases"];
+/// the bench sends nothing during the window (its two watches stay open). Not leases: the bench
+/// runs the operator without leader election, and the API server renews its own identity Lease
+/// every 10 s.
+const OPERATOR_RESOURCES: &[&str] = &["azureadconnections", "identitybrokers", "clusteridentitybrokers", "secrets", "events"];
 
 /// `apiserver_request_total` for the operator's resources, summed by `VERB resource[/sub]`.
 async fn apiserver_requests(client: &Client) -> BenchResult<BTreeMap<String, f64>> {
@@ -416,7 +434,7 @@ mod tests {
         let text = r#"apiserver_request_total{code="200",component="apiserver",dry_run="",group="idpbridge.io",resource="azureadconnections",scope="resource",subresource="status",verb="APPLY",version="v1alpha1"} 7
 apiserver_request_total{code="409",component="apiserver",dry_run="",group="idpbridge.io",resource="azureadconnections",scope="resource",subresource="status",verb="APPLY",version="v1alpha1"} 1
 apiserver_request_total{code="200",component="apiserver",dry_run="",group="",resource="secrets",scope="namespace",subresource="",verb="LIST",version="v1"} 2
-apiserver_request_total{code="200",component="apiserver",dry_run="",group="coordination.k8s.io",resource="leasecandidates",scope="resource",subresource="",verb="PUT",version="v1"} 90
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="coordination.k8s.io",resource="leases",scope="resource",subresource="",verb="PUT",version="v1"} 90
 apiserver_request_duration_seconds_count{resource="secrets",verb="LIST"} 2
 "#;
         let totals = requests_by_resource(text);

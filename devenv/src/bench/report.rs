@@ -63,7 +63,14 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn row(&mut self, measure: impl Into<String>, target: impl Into<String>, value: impl Into<String>, verdict: Verdict, number: Option<f64>) {
+    pub fn row(
+        &mut self,
+        measure: impl Into<String>,
+        target: impl Into<String>,
+        value: impl Into<String>,
+        verdict: Verdict,
+        number: Option<f64>,
+    ) {
         self.rows.push(Row { measure: measure.into(), target: target.into(), value: value.into(), verdict, number });
     }
 
@@ -83,12 +90,31 @@ impl Report {
     /// The table as aligned text.
     pub fn table(&self) -> String {
         let headers = ["measure", "target", "value", "verdict"];
-        let cells: Vec<[&str; 4]> = self.rows.iter().map(|r| [r.measure.as_str(), r.target.as_str(), r.value.as_str(), r.verdict.label()]).collect();
+        let cells: Vec<[&str; 4]> =
+            self.rows.iter().map(|r| [r.measure.as_str(), r.target.as_str(), r.value.as_str(), r.verdict.label()]).collect();
         let width = |i: usize| cells.iter().map(|c| c[i].chars().count()).chain([headers[i].len()]).max().unwrap_or(0);
         let widths = [width(0), width(1), width(2), width(3)];
-        let line = |c: [&str; 4]| format!("| {:<w0$} | {:<w1$} | {:<w2$} | {:<w3$} |\n", c[0], c[1], c[2], c[3], w0 = widths[0], w1 = widths[1], w2 = widths[2], w3 = widths[3]);
+        let line = |c: [&str; 4]| {
+            format!(
+                "| {:<w0$} | {:<w1$} | {:<w2$} | {:<w3$} |\n",
+                c[0],
+                c[1],
+                c[2],
+                c[3],
+                w0 = widths[0],
+                w1 = widths[1],
+                w2 = widths[2],
+                w3 = widths[3]
+            )
+        };
         let mut out = line(headers);
-        out.push_str(&format!("|{}|{}|{}|{}|\n", "-".repeat(widths[0] + 2), "-".repeat(widths[1] + 2), "-".repeat(widths[2] + 2), "-".repeat(widths[3] + 2)));
+        out.push_str(&format!(
+            "|{}|{}|{}|{}|\n",
+            "-".repeat(widths[0] + 2),
+            "-".repeat(widths[1] + 2),
+            "-".repeat(widths[2] + 2),
+            "-".repeat(widths[3] + 2)
+        ));
         for c in cells {
             out.push_str(&line(c));
         }
@@ -128,6 +154,9 @@ mod tests {
         assert!(table.starts_with("| measure "), "{table}");
         assert_eq!(table.lines().count(), 5);
         assert!(table.lines().all(|l| l.starts_with('|') && l.ends_with('|')));
-        assert_eq!((millis(0.0123), millis(12.34), mib(64 * 1024 * 1024)), ("12.3 ms".to_owned(), "12.3 s".to_owned(), "64.0 MiB".to_owned()));
+        assert_eq!(
+            (millis(0.0123), millis(12.34), mib(64 * 1024 * 1024)),
+            ("12.3 ms".to_owned(), "12.3 s".to_owned(), "64.0 MiB".to_owned())
+        );
     }
 }
