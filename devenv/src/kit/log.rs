@@ -1,7 +1,10 @@
 //! Every request an emulator received, in order: what tests inspect instead of per-emulator
 //! counters. Bodies and headers are never recorded (they carry secrets and tokens).
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
 use axum::http::{Method, StatusCode};
 
@@ -21,6 +24,8 @@ pub struct LoggedRequest {
     pub status: Option<StatusCode>,
     /// Answered by an injected fault rather than by the emulated API.
     pub faulted: bool,
+    /// When it arrived, before the gate and any fault: what latency measurements compare.
+    pub arrived_at: Instant,
     seq: u64,
 }
 
@@ -61,6 +66,14 @@ impl RequestLog {
         lock(&self.inner).requests.clone()
     }
 
+    /// The requests that arrived at or after `since`, in arrival order (a cheap tail for
+    /// measurements that poll a long log).
+    pub fn entries_since(&self, since: Instant) -> Vec<LoggedRequest> {
+        let entries = lock(&self.inner);
+        let first = entries.requests.partition_point(|r| r.arrived_at < since);
+        entries.requests[first..].to_vec()
+    }
+
     /// Requests matching `pattern`, however they were answered.
     pub fn count(&self, pattern: &RequestMatch) -> usize {
         self.count_where(|r| r.matches(pattern))
@@ -97,6 +110,7 @@ impl RequestLog {
             write: is_write(method),
             status: None,
             faulted: false,
+            arrived_at: Instant::now(),
             seq,
         };
         entries.requests.push(request);
@@ -140,6 +154,10 @@ mod tests {
         );
         let entries = log.entries();
         assert!(entries[2].write && !entries[1].write);
+        assert!(entries[0].arrived_at <= entries[1].arrived_at && entries[1].arrived_at <= entries[2].arrived_at, "in arrival order");
+        assert_eq!(log.entries_since(entries[2].arrived_at).last(), Some(&entries[2]));
+        assert_eq!(log.entries_since(entries[0].arrived_at).len(), 3);
+        assert!(log.entries_since(Instant::now()).is_empty());
         assert_eq!(entries[1].query.as_deref(), Some("name=x"));
 
         let in_flight = log.arrived(&Method::DELETE, "/api/v2/connections/1", None);
