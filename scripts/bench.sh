@@ -14,8 +14,16 @@ trap 'rm -f "$bins_file"' EXIT
 bash scripts/control-plane-bins.sh >"$bins_file"
 IDP_BRIDGE_BIN_DIR=$(tail -n 1 "$bins_file")
 export IDP_BRIDGE_BIN_DIR
-echo "[bench] building the release operator and the bench (the first build takes a few minutes)" >&2
-cargo build --locked --quiet --release -p idp-bridge --bin idp-bridge
-# Release too: the emulators run inside the bench, and their speed is part of every latency.
-cargo build --locked --quiet --release -p idp-bridge-devenv --bin idp-bridge-bench
-exec target/release/idp-bridge-bench --operator-bin target/release/idp-bridge "$@"
+# Release builds by default: the numbers are the product's. The check in test.sh sets
+# IDP_BRIDGE_BENCH_PROFILE=dev to reuse the test build: it asserts invariants, never timings.
+profile="${IDP_BRIDGE_BENCH_PROFILE:-release}"
+case "$profile" in
+  release) dir=release ;;
+  dev) dir=debug ;;
+  *) echo "[bench] IDP_BRIDGE_BENCH_PROFILE must be release or dev, not $profile" >&2; exit 2 ;;
+esac
+echo "[bench] building the $profile operator and the bench (the first release build takes a few minutes)" >&2
+cargo build --locked --quiet --profile "$profile" -p idp-bridge --bin idp-bridge
+# The same profile for the bench: the emulators run inside it, and their speed is part of every latency.
+cargo build --locked --quiet --profile "$profile" -p idp-bridge-devenv --bin idp-bridge-bench
+exec "target/$dir/idp-bridge-bench" --operator-bin "target/$dir/idp-bridge" "$@"

@@ -55,7 +55,7 @@ stage "cargo build (tests)" cargo test --locked --workspace --no-run
 stage "cargo test" cargo test --locked --workspace
 # The benchmark's small profile: a check that the bench works and its invariants hold (all Ready,
 # every rotation arrived, no broker writes in the steady state), never a timed assertion.
-stage "benchmark (small profile)" bash scripts/bench.sh --small --out target/bench-small.json
+stage "benchmark (small profile)" env IDP_BRIDGE_BENCH_PROFILE=dev bash scripts/bench.sh --small --out target/bench-small.json
 
 echo
 echo "Stage timings:"
