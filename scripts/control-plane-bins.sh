@@ -134,6 +134,7 @@ package main
 
 import (
 	"encoding/json"
+	"io"
 	"os"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -141,8 +142,13 @@ import (
 )
 
 func main() {
+	// Unstructured's own decoder, as client-go's: integers stay int64, which kstatus requires.
 	var object unstructured.Unstructured
-	if err := json.NewDecoder(os.Stdin).Decode(&object.Object); err != nil {
+	input, err := io.ReadAll(os.Stdin)
+	if err == nil {
+		err = object.UnmarshalJSON(input)
+	}
+	if err != nil {
 		os.Stderr.WriteString("kstatus: reading the object from stdin: " + err.Error() + "\n")
 		os.Exit(2)
 	}
