@@ -3,10 +3,12 @@
 
 mod common;
 
+mod alerts;
 mod chart;
 mod control_plane;
 mod crd_validation;
 mod e2e_auth0;
 mod e2e_brokers;
+mod gitops_health;
 mod leader_election;
 mod printer_columns;
