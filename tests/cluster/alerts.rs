@@ -88,16 +88,24 @@ fn rules_and_tests(rules: &Value) -> tempfile::TempDir {
 /// The shipped dashboard's queries (panel title, PromQL), with Grafana's variables as Grafana
 /// would expand them for the chart's release: `$job` its metrics Service, `$__rate_interval` 5m.
 fn dashboard_queries() -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(chart_dir().join("dashboards/idp-bridge.json")).expect("reading the dashboard");
-    let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    raw_dashboard_queries().into_iter().map(|(title, expr)| (title, expand_variables(&expr))).collect()
+}
+
+/// The dashboard's queries as written, with Grafana's variables.
+fn raw_dashboard_queries() -> Vec<(String, String)> {
     let mut queries = Vec::new();
-    for panel in dashboard["panels"].as_array().expect("panels") {
+    for panel in dashboard()["panels"].as_array().expect("panels") {
         for target in panel["targets"].as_array().expect("every panel has targets") {
             let expr = target["expr"].as_str().expect("every target has a PromQL expr");
-            queries.push((panel["title"].as_str().expect("a title").to_owned(), expand_variables(expr)));
+            queries.push((panel["title"].as_str().expect("a title").to_owned(), expr.to_owned()));
         }
     }
     queries
+}
+
+fn dashboard() -> Value {
+    let text = std::fs::read_to_string(chart_dir().join("dashboards/idp-bridge.json")).expect("reading the dashboard");
+    serde_json::from_str(&text).expect("the dashboard is JSON")
 }
 
 fn expand_variables(expr: &str) -> String {
@@ -106,8 +114,7 @@ fn expand_variables(expr: &str) -> String {
 
 /// The metric the dashboard's `$job` variable lists the label values of.
 fn job_variable_metric() -> String {
-    let text = std::fs::read_to_string(chart_dir().join("dashboards/idp-bridge.json")).unwrap();
-    let dashboard: Value = serde_json::from_str(&text).unwrap();
+    let dashboard = dashboard();
     let job = dashboard["templating"]["list"].as_array().unwrap().iter().find(|v| v["name"] == "job").expect("a job variable");
     let query = job["query"]["query"].as_str().expect("a label_values query");
     let inner = query.strip_prefix("label_values(").and_then(|q| q.strip_suffix(", job)")).expect("label_values(<metric>, job)");
@@ -281,6 +288,27 @@ fn dashboard_queries_pass_promtool_check() {
     let check = promtool(dir.path(), &["check", "rules", "dashboard-rules.yaml"]);
     assert!(check.status.success(), "promtool check rules on the dashboard's queries:\n{}", printed(&check));
     assert!(printed(&check).contains(&format!("SUCCESS: {} rules found", queries.len())), "{}", printed(&check));
+}
+
+#[test]
+fn the_readme_lists_every_alert_and_dashboard_query() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("reading README.md");
+    let rules = rendered_rules(json!({}));
+    for alert in rules["groups"][0]["rules"].as_array().unwrap().iter().map(|r| r["alert"].as_str().unwrap()) {
+        assert!(readme.contains(&format!("| `{alert}` |")), "README.md's alerts table lacks {alert}");
+    }
+    let mut panels: Vec<(String, Vec<String>)> = Vec::new();
+    for (title, expr) in raw_dashboard_queries() {
+        let code = format!("`{}`", expr.replace('|', "\\|"));
+        match panels.last_mut() {
+            Some((last, exprs)) if *last == title => exprs.push(code),
+            _ => panels.push((title, vec![code])),
+        }
+    }
+    for (title, exprs) in panels {
+        let row = format!("| {title} | {} |", exprs.join("<br>"));
+        assert!(readme.contains(&row), "README.md's dashboard table lacks the row\n{row}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
