@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager, etcd, helm and kubectl from the Go module proxy with the local Go toolchain and
+# Builds kube-apiserver, kube-controller-manager, etcd, helm, kubectl, promtool and kstatus from the Go module proxy with the local Go toolchain and
 # caches them by version under $IDP_BRIDGE_CACHE (default ~/.cache/idp-bridge). Prints the
 # directory holding the binaries on its last line. Nothing is downloaded but Go modules.
 set -euo pipefail
@@ -7,6 +7,8 @@ set -euo pipefail
 KUBE_VERSION="${KUBE_VERSION:-1.35.4}"
 ETCD_VERSION="${ETCD_VERSION:-3.6.6}"
 HELM_VERSION="${HELM_VERSION:-3.20.2}"
+PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-3.16.0}"
+CLI_UTILS_VERSION="${CLI_UTILS_VERSION:-0.37.2}"
 CACHE="${IDP_BRIDGE_CACHE:-$HOME/.cache/idp-bridge}"
 BIN_DIR="$CACHE/bin/k8s-v$KUBE_VERSION-etcd-v$ETCD_VERSION-helm-v$HELM_VERSION"
 
@@ -114,7 +116,65 @@ GO
   cd / && rm -rf "$mod"
 }
 
-for bin in etcd kube-apiserver kube-controller-manager helm kubectl; do
+# promtool checks and unit-tests the chart's alert rules and the dashboard's queries. Prometheus 3.x
+# publishes its Go module as v0.<major*100+minor>.<patch>; remove_all_sd leaves out the service
+# discovery plugins (cloud SDKs), which rule checking and testing never use.
+build_promtool() {
+  local mod minor patch; mod="$(new_module)"; cd "$mod"
+  minor="$(cut -d. -f2 <<<"$PROMETHEUS_VERSION")"; patch="$(cut -d. -f3 <<<"$PROMETHEUS_VERSION")"
+  log "building promtool v$PROMETHEUS_VERSION"
+  go get "github.com/prometheus/prometheus/cmd/promtool@v0.$((300 + minor)).$patch" >&2
+  go build -trimpath -tags remove_all_sd -ldflags "-s -w -X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION" \
+    -o "$BIN_DIR/promtool.tmp" github.com/prometheus/prometheus/cmd/promtool
+  mv "$BIN_DIR/promtool.tmp" "$BIN_DIR/promtool"
+  cd / && rm -rf "$mod"
+}
+
+# kstatus: Flux's and cli-utils' health verdict for one object, computed by
+# sigs.k8s.io/cli-utils/pkg/kstatus itself. Reads the object as JSON on stdin, prints
+# {"status": ..., "message": ...}.
+build_kstatus() {
+  local mod; mod="$(new_module)"; cd "$mod"
+  log "building kstatus (sigs.k8s.io/cli-utils v$CLI_UTILS_VERSION)"
+  cat >main.go <<'GO'
+package main
+
+import (
+	"encoding/json"
+	"io"
+	"os"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
+)
+
+func main() {
+	// Unstructured's own decoder, as client-go's: integers stay int64, which kstatus requires.
+	var object unstructured.Unstructured
+	input, err := io.ReadAll(os.Stdin)
+	if err == nil {
+		err = object.UnmarshalJSON(input)
+	}
+	if err != nil {
+		os.Stderr.WriteString("kstatus: reading the object from stdin: " + err.Error() + "\n")
+		os.Exit(2)
+	}
+	result, err := status.Compute(&object)
+	if err != nil {
+		os.Stderr.WriteString("kstatus: " + err.Error() + "\n")
+		os.Exit(1)
+	}
+	json.NewEncoder(os.Stdout).Encode(map[string]string{"status": result.Status.String(), "message": result.Message}) //nolint:errcheck
+}
+GO
+  echo "require sigs.k8s.io/cli-utils v$CLI_UTILS_VERSION" >>go.mod
+  go mod tidy >&2
+  go build -trimpath -ldflags "-s -w" -o "$BIN_DIR/kstatus.tmp" .
+  mv "$BIN_DIR/kstatus.tmp" "$BIN_DIR/kstatus"
+  cd / && rm -rf "$mod"
+}
+
+for bin in etcd kube-apiserver kube-controller-manager helm kubectl promtool kstatus; do
   if [[ -x "$BIN_DIR/$bin" ]]; then
     log "$bin: cached in $BIN_DIR"
   else

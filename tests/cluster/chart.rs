@@ -3,8 +3,8 @@
 //! `helm install` (CRDs included), the operator running out of cluster as the chart's
 //! ServiceAccount (impersonation) and reconciling connections to Ready, which proves the RBAC is
 //! enough, while actions outside it are forbidden; the same with `watchNamespaces` (namespaced
-//! Roles), `helm upgrade` and `helm uninstall`, and connection status read the way kstatus reads
-//! it (Flux, kpt, Config Sync).
+//! Roles), `helm upgrade` and `helm uninstall`, and connection status as kstatus itself reads it
+//! (Flux, kpt, Config Sync).
 //!
 //! helm comes from the harness's bin dir (`scripts/control-plane-bins.sh`); a missing helm fails.
 
@@ -52,7 +52,7 @@ const CF_TOKEN: &str = "cf-api-token-value";
 // ---------------------------------------------------------------------------------------------
 // helm
 
-fn chart_dir() -> PathBuf {
+pub(crate) fn chart_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/idp-bridge")
 }
 
@@ -131,7 +131,7 @@ fn path_str(file: &tempfile::NamedTempFile) -> &str {
 }
 
 /// `helm template` of the chart as `release` in `namespace`, with `values`: every object.
-fn render(release: &str, namespace: &str, values: &Value) -> Vec<Value> {
+pub(crate) fn render(release: &str, namespace: &str, values: &Value) -> Vec<Value> {
     let file = values_file(values);
     let out = helm_ok(None, &["template", release, &chart(), "--namespace", namespace, "--values", path_str(&file)]);
     parse_documents(&out)
@@ -144,7 +144,7 @@ fn parse_documents(yaml: &str) -> Vec<Value> {
         .collect()
 }
 
-fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+pub(crate) fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
     docs.iter()
         .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
         .unwrap_or_else(|| panic!("no {kind} {name} among {:?}", kinds(docs)))
@@ -228,6 +228,7 @@ fn full_values(watch: &[&str]) -> Value {
         "metrics": {
             "serviceMonitor": {"enabled": true, "labels": {"release": "prometheus"}},
             "prometheusRule": {"enabled": true, "labels": {"release": "prometheus"}, "alertLabels": {"team": "identity"}},
+            "grafanaDashboard": {"enabled": true, "annotations": {"grafana_folder": "Identity"}},
         },
         "podDisruptionBudget": {"enabled": true},
         "networkPolicy": {"enabled": true, "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]},
@@ -449,12 +450,22 @@ fn lint_and_template_pass_with_default_and_full_values() {
     let expiring = alert("IdpBridgeClientSecretExpiringSoon");
     assert_eq!(expiring["expr"], "idpbridge_client_secret_expiry_timestamp_seconds - time() < 14 * 86400");
     assert_eq!(expiring["labels"], json!({"severity": "warning", "team": "identity"}));
+    let expired = alert("IdpBridgeClientSecretExpired");
+    assert_eq!(expired["expr"], "idpbridge_client_secret_expiry_timestamp_seconds <= time()");
+    assert_eq!(expired["labels"], json!({"severity": "critical", "team": "identity"}));
     let not_ready = alert("IdpBridgeConnectionNotReady");
     assert_eq!(not_ready["expr"], "idpbridge_connection_ready == 0");
     assert_eq!(not_ready["for"], "15m");
     assert!(not_ready["annotations"]["summary"].as_str().unwrap().contains("{{ $labels.namespace }}/{{ $labels.name }}"));
+    let absent = alert("IdpBridgeOperatorAbsent");
+    assert_eq!(absent["expr"], r#"absent(up{job="ops-idp-bridge-metrics",namespace="idp-bridge"} == 1)"#, "the ServiceMonitor's job");
+    assert_eq!(absent["for"], "5m");
+    assert_eq!(absent["labels"], json!({"severity": "critical", "team": "identity"}));
+    assert_eq!(rules.len(), 4, "the alerts the promtool tests cover (alerts.rs)");
     let monitor = find(&docs, "ServiceMonitor", "ops-idp-bridge");
     assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    assert_eq!(monitor["spec"]["endpoints"][0]["honorLabels"], true, "the connection's namespace label stays `namespace`");
+    find(&docs, "Service", "ops-idp-bridge-metrics");
     assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
     assert_eq!(find(&docs, "PodDisruptionBudget", "ops-idp-bridge")["spec"]["maxUnavailable"], 1);
     let policy = find(&docs, "NetworkPolicy", "ops-idp-bridge");
@@ -487,6 +498,36 @@ fn lint_and_template_pass_with_default_and_full_values() {
 }
 
 #[test]
+fn grafana_dashboard_config_map_renders_only_when_enabled() {
+    let config_maps = |docs: &[Value]| docs.iter().filter(|d| d["kind"] == "ConfigMap").count();
+    assert_eq!(config_maps(&render("idp-bridge", "idp-bridge", &json!({}))), 0, "no dashboard by default");
+
+    let docs = render("idp-bridge", "idp-bridge", &json!({"metrics": {"grafanaDashboard": {"enabled": true}}}));
+    let map = find(&docs, "ConfigMap", "idp-bridge-dashboard");
+    assert_eq!(map["metadata"]["namespace"], "idp-bridge");
+    assert_eq!(map["metadata"]["labels"]["grafana_dashboard"], "1", "the label kube-prometheus-stack's Grafana sidecar selects");
+    assert_eq!(map["metadata"]["labels"]["app.kubernetes.io/instance"], "idp-bridge");
+    let shipped = std::fs::read_to_string(chart_dir().join("dashboards/idp-bridge.json")).expect("the chart ships the dashboard");
+    let shipped: Value = serde_json::from_str(&shipped).expect("the dashboard is JSON");
+    let rendered: Value =
+        serde_json::from_str(map["data"]["idp-bridge.json"].as_str().expect("a dashboard key")).expect("JSON in the ConfigMap");
+    assert_eq!(rendered, shipped, "the ConfigMap holds the shipped dashboard unchanged");
+    assert_eq!(rendered["uid"], "idp-bridge");
+
+    // Another sidecar label, in Grafana's namespace, into a folder.
+    let values = json!({"metrics": {"grafanaDashboard": {
+        "enabled": true, "namespace": "monitoring", "labelName": "grafana.example.com/dashboard", "labelValue": "idp",
+        "annotations": {"grafana_folder": "Identity"},
+    }}});
+    let docs = render("ops", "idp-bridge", &values);
+    let map = find(&docs, "ConfigMap", "ops-idp-bridge-dashboard");
+    assert_eq!(map["metadata"]["namespace"], "monitoring");
+    assert_eq!(map["metadata"]["labels"]["grafana.example.com/dashboard"], "idp");
+    assert!(map["metadata"]["labels"].get("grafana_dashboard").is_none(), "{:#}", map["metadata"]);
+    assert_eq!(map["metadata"]["annotations"], json!({"grafana_folder": "Identity"}));
+}
+
+#[test]
 fn wrong_values_fail_with_a_clear_message() {
     let cases = [
         (json!({"replicas": "two"}), "at '/replicas': got string, want integer"),
@@ -508,6 +549,9 @@ fn wrong_values_fail_with_a_clear_message() {
             "rbac.scimSecretNamespaces lists team-b, which is not in watchNamespaces",
         ),
         (json!({"rbac": {"scimSecretNamespaces": ["kube system"]}}), "at '/rbac/scimSecretNamespaces/0'"),
+        (json!({"metrics": {"grafanaDashboard": {"enable": true}}}), "additional properties 'enable' not allowed"),
+        (json!({"metrics": {"grafanaDashboard": {"labelValue": 1}}}), "at '/metrics/grafanaDashboard/labelValue': got number, want string"),
+        (json!({"metrics": {"prometheusRule": {"operatorAbsentFor": "five minutes"}}}), "at '/metrics/prometheusRule/operatorAbsentFor'"),
     ];
     for (values, message) in cases {
         let file = values_file(&values);
@@ -537,7 +581,7 @@ fn monitoring_crds() -> Vec<CustomResourceDefinition> {
             "selector": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
             "namespaceSelector": {"type": "object", "properties": {"matchNames": {"type": "array", "items": string}}},
             "endpoints": {"type": "array", "items": {"type": "object", "properties": {
-                "port": string, "path": string, "interval": string, "scrapeTimeout": string,
+                "port": string, "path": string, "interval": string, "scrapeTimeout": string, "honorLabels": {"type": "boolean"},
             }}},
         }}},
     });
@@ -718,35 +762,10 @@ async fn wait_ready(client: &Client, namespace: &str, name: &str) -> AzureAdConn
     conn
 }
 
-/// How kstatus (sigs.k8s.io/cli-utils/pkg/kstatus/status, used by Flux's health checks, kpt
-/// and Config Sync) computes the status of a custom resource: Terminating while deleting;
-/// InProgress while `status.observedGeneration` differs from `metadata.generation`; then the
-/// standard `Reconciling` (InProgress) and `Stalled` (Failed) conditions; then, for resources
-/// without those, the `Ready` condition: True is Current, anything else InProgress; and Current
-/// when there are no conditions at all.
-fn kstatus(conn: &AzureAdConnection) -> (&'static str, String) {
-    let object = serde_json::to_value(conn).expect("a connection serializes");
-    if object["metadata"]["deletionTimestamp"].is_string() {
-        return ("Terminating", "Resource scheduled for deletion".into());
-    }
-    if let (Some(generation), Some(observed)) = (object["metadata"]["generation"].as_i64(), object["status"]["observedGeneration"].as_i64())
-        && generation != observed
-    {
-        return ("InProgress", format!("AzureAdConnection generation is {generation}, but latest observed generation is {observed}"));
-    }
-    let conditions = object["status"]["conditions"].as_array().cloned().unwrap_or_default();
-    let find = |type_: &str| conditions.iter().find(|c| c["type"] == type_);
-    if find("Reconciling").is_some_and(|c| c["status"] == "True") {
-        return ("InProgress", find("Reconciling").unwrap()["message"].as_str().unwrap_or_default().into());
-    }
-    if find("Stalled").is_some_and(|c| c["status"] == "True") {
-        return ("Failed", find("Stalled").unwrap()["message"].as_str().unwrap_or_default().into());
-    }
-    match find("Ready") {
-        Some(ready) if ready["status"] == "True" => ("Current", ready["message"].as_str().unwrap_or_default().into()),
-        Some(ready) => ("InProgress", ready["message"].as_str().unwrap_or_default().into()),
-        None => ("Current", "Resource is current".into()),
-    }
+/// kstatus' reading of a connection (sigs.k8s.io/cli-utils/pkg/kstatus/status, behind Flux's
+/// health checks, kpt and Config Sync), computed by the library itself (`gitops_health.rs`).
+fn kstatus(conn: &AzureAdConnection) -> (String, String) {
+    crate::gitops_health::kstatus(&serde_json::to_value(conn).expect("a connection serializes"))
 }
 
 fn ready_condition(conn: &AzureAdConnection) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
@@ -883,7 +902,7 @@ async fn helm_install_then_the_operator_reconciles_as_the_chart_service_account(
     // with a reason, which kstatus reads as InProgress (with the Ready message), so Flux waits and
     // reports the message at its timeout.
     let (status, message) = kstatus(&conn);
-    assert_eq!((status, message.as_str()), ("Current", ready_condition(&conn).message.as_str()));
+    assert_eq!((status.as_str(), message.as_str()), ("Current", "Resource is Ready"), "kstatus' own message, not the condition's");
     apply(&admin, Some(team), secret("pasted-id", &[("client-secret", "6f5e2a39-0a42-4a4e-9a55-4f2a3cfe2f0b")])).await;
     apply(&admin, Some(team), connection("pasted-id", json!({"name": "auth0"}), "pasted-id", json!({"auth0": {"name": "pasted"}}))).await;
     let failing = wait_for(&admin, team, "pasted-id", "Ready False at the current generation", |c| {
@@ -893,7 +912,7 @@ async fn helm_install_then_the_operator_reconciles_as_the_chart_service_account(
     .await;
     let ready = ready_condition(&failing);
     assert_eq!(ready.reason, "SecretIdInsteadOfValue");
-    assert_eq!(kstatus(&failing), ("InProgress", ready.message.clone()));
+    assert_eq!(kstatus(&failing), ("InProgress".to_owned(), ready.message.clone()));
 
     // Things outside the role are forbidden.
     assert_forbidden(Api::<Secret>::namespaced(sa.clone(), team).delete("web-secret", &DeleteParams::default()).await, "deleting a Secret");
@@ -917,7 +936,10 @@ async fn helm_install_then_the_operator_reconciles_as_the_chart_service_account(
     let patch = json!({"spec": {"auth0": {"displayName": "Web, renamed"}}});
     Api::<AzureAdConnection>::namespaced(admin.clone(), team).patch("web", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     let stale = Api::<AzureAdConnection>::namespaced(admin.clone(), team).get("web").await.unwrap();
-    assert_eq!(kstatus(&stale), ("InProgress", "AzureAdConnection generation is 2, but latest observed generation is 1".to_owned()));
+    assert_eq!(
+        kstatus(&stale),
+        ("InProgress".to_owned(), "AzureAdConnection generation is 2, but latest observed generation is 1".to_owned())
+    );
     let operator = RunningOperator::start(sa, config).await.unwrap();
     wait_ready(&admin, team, "web").await;
     assert_eq!(auth0.connection_by_name("web").unwrap()["display_name"], "Web, renamed");

@@ -3,11 +3,13 @@
 
 mod common;
 
+mod alerts;
 mod chart;
 mod control_plane;
 mod crd_validation;
 mod e2e_auth0;
 mod e2e_brokers;
+mod gitops_health;
 mod leader_election;
 mod namespace_deletion;
 mod printer_columns;
