@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: format, lint, dependency hygiene, unit, adapter, mock-controller and real
-# control-plane tiers. Builds (or reuses) kube-apiserver, etcd, helm and kubectl first; a missing
-# binary fails the run.
+# control-plane tiers, and the benchmark's small profile. Builds (or reuses) the Go binaries of
+# scripts/control-plane-bins.sh first (kube-apiserver, kube-controller-manager, etcd, helm,
+# kubectl, promtool, kstatus); a missing binary fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
