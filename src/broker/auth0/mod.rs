@@ -21,6 +21,13 @@ use crate::{crd::connection::Auth0ConnectionSpec, secret::SecretValue, upstream:
 
 /// Auth0 allows at most 50 client changes per PATCH of `/connections/{id}/clients`.
 const CLIENTS_PER_PATCH: usize = 50;
+/// Enabled clients read per page of `/connections/{id}/clients` (Auth0 accepts up to 1,000).
+const CLIENTS_PAGE_SIZE: usize = 100;
+/// At most this many pages of enabled clients are read: 2,000 clients. A connection is enabled
+/// for the applications that sign in with it, a handful to a few hundred in practice, so a list
+/// that runs past this is a broken or hostile cursor, not a tenant. Reading on would loop, and
+/// stopping silently would take enabled clients for missing ones: past the cap the sync fails.
+const MAX_CLIENT_PAGES: usize = 20;
 /// The longest token lifetime Auth0 allows (30 days); longer claims are not believed.
 const TOKEN_MAX_TTL: Duration = Duration::from_secs(2_592_000);
 /// Auth0's default Management API token lifetime, when the answer does not say.
@@ -180,10 +187,10 @@ async fn enabled_clients(api: &Session<'_>, id: &str) -> Result<BTreeSet<String>
     }
     let mut all = BTreeSet::new();
     let mut from: Option<String> = None;
-    loop {
+    for _ in 0..MAX_CLIENT_PAGES {
         let query = {
             let mut query = url::form_urlencoded::Serializer::new(String::new());
-            query.append_pair("take", "100");
+            query.append_pair("take", &CLIENTS_PAGE_SIZE.to_string());
             if let Some(cursor) = &from {
                 query.append_pair("from", cursor);
             }
@@ -192,11 +199,18 @@ async fn enabled_clients(api: &Session<'_>, id: &str) -> Result<BTreeSet<String>
         let answer = api.call(Method::GET, &format!("/connections/{id}/clients?{query}"), None).await?;
         let page: Page = json(&answer, "enabled clients page")?;
         all.extend(page.clients.into_iter().map(|c| c.client_id));
+        if all.len() > MAX_CLIENT_PAGES * CLIENTS_PAGE_SIZE {
+            break;
+        }
         match page.next.filter(|n| !n.is_empty()) {
             Some(next) if Some(&next) != from.as_ref() => from = Some(next),
             _ => return Ok(all),
         }
     }
+    Err(BrokerError::Unexpected(format!(
+        "the connection's enabled clients run past {MAX_CLIENT_PAGES} pages of {CLIENTS_PAGE_SIZE} (more than {} clients); Auth0's paging looks broken",
+        MAX_CLIENT_PAGES * CLIENTS_PAGE_SIZE
+    )))
 }
 
 fn is_ours(connection: &Value, name: &str) -> bool {
