@@ -17,8 +17,10 @@ use url::Url;
 
 use crate::metrics::Metrics;
 
-/// Host -> base URL replacements, set by flag or environment only.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Host -> base URL replacements, set by flag or environment only. Its `Display` and `Debug`
+/// (which end up in logs) show a base URL's user and password as `***`: a proxy URL may carry
+/// credentials.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct EndpointOverrides(BTreeMap<String, Url>);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -36,10 +38,11 @@ impl FromStr for EndpointOverrides {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut map = BTreeMap::new();
         for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (host, url) = pair.split_once('=').ok_or_else(|| OverrideParseError::Shape(pair.into()))?;
+            let shape = || OverrideParseError::Shape(redact_userinfo_text(pair));
+            let (host, url) = pair.split_once('=').ok_or_else(shape)?;
             let host = host.trim().to_ascii_lowercase();
             if host.is_empty() || host.contains('/') {
-                return Err(OverrideParseError::Shape(pair.into()));
+                return Err(shape());
             }
             let url = Url::parse(url.trim()).map_err(|e| OverrideParseError::Url { host: host.clone(), reason: e.to_string() })?;
             if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
@@ -75,8 +78,38 @@ impl EndpointOverrides {
 
 impl std::fmt::Display for EndpointOverrides {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let pairs: Vec<String> = self.0.iter().map(|(h, u)| format!("{h}={u}")).collect();
+        let pairs: Vec<String> = self.0.iter().map(|(h, u)| format!("{h}={}", redact_userinfo(u))).collect();
         f.write_str(&pairs.join(","))
+    }
+}
+
+impl std::fmt::Debug for EndpointOverrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EndpointOverrides({self})")
+    }
+}
+
+/// `url` with any user and password replaced by `***`.
+fn redact_userinfo(url: &Url) -> Url {
+    let mut url = url.clone();
+    if !url.username().is_empty() || url.password().is_some() {
+        // Both only fail for URLs that cannot have userinfo, which then has none to hide.
+        let _ = url.set_password(None);
+        let _ = url.set_username("***");
+    }
+    url
+}
+
+/// Text that may hold a URL (an override that failed to parse): whatever sits between `://` and
+/// the next `@` of the authority is replaced by `***`.
+fn redact_userinfo_text(text: &str) -> String {
+    let Some(start) = text.find("://").map(|i| i + 3) else {
+        return text.to_owned();
+    };
+    let authority_end = text[start..].find(['/', '?', '#', ',']).map_or(text.len(), |i| start + i);
+    match text[start..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &text[..start], &text[start + at..]),
+        None => text.to_owned(),
     }
 }
 
@@ -304,6 +337,24 @@ mod tests {
         assert_eq!(o.url("login.microsoftonline.com", "/t/v2.0/x?a=b").as_str(), "https://127.0.0.1:8443/t/v2.0/x?a=b");
         assert_eq!(o.url("ACME.auth0.com", "/api/v2/connections").as_str(), "http://localhost:9/prefix/api/v2/connections");
         assert_eq!(o.url("other.auth0.com", "/oauth/token").as_str(), "https://other.auth0.com/oauth/token");
+    }
+
+    #[test]
+    fn display_and_debug_hide_userinfo() {
+        let o: EndpointOverrides = "login.microsoftonline.com=https://proxy-user:canary-pass@proxy.internal:3128/azure, \
+             acme.auth0.com=https://only-user@proxy.internal, api.cloudflare.com=https://proxy.internal/cf"
+            .parse()
+            .unwrap();
+        for shown in [o.to_string(), format!("{o:?}")] {
+            assert!(!shown.contains("canary-pass") && !shown.contains("proxy-user") && !shown.contains("only-user"), "{shown}");
+            assert!(shown.contains("login.microsoftonline.com=https://***@proxy.internal:3128/azure"), "{shown}");
+            assert!(shown.contains("acme.auth0.com=https://***@proxy.internal/"), "{shown}");
+            assert!(shown.contains("api.cloudflare.com=https://proxy.internal/cf"), "{shown}");
+        }
+        // The URL used for requests keeps its userinfo.
+        assert_eq!(o.url("login.microsoftonline.com", "/t").password(), Some("canary-pass"));
+        let err = "https://proxy-user:canary-pass@proxy.internal".parse::<EndpointOverrides>().unwrap_err();
+        assert!(!err.to_string().contains("canary-pass"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,13 @@
 //! the name, `name` and `strategy` are immutable, reads return `client_secret` in plain text, and
 //! every /api/v2 answer carries the `x-ratelimit-*` headers (a 429 says when to come back in
 //! `x-ratelimit-reset`, never in `Retry-After`). Request bodies and tokens are never logged.
+//!
+//! It also enforces the connection-options scopes Auth0 introduced in 2025
+//! (<https://auth0.com/docs/troubleshoot/product-lifecycle/deprecations-and-migrations/migrate-connection-options-scope>):
+//! without `read:connections_options` a connection is shown without `options` (reads, lists, and
+//! the answers of create and update alike), and without `update:connections_options` an update
+//! whose body carries `options` is refused with 403. Create is not affected: `create:connections`
+//! alone may send `options`.
 
 #![allow(clippy::result_large_err, reason = "early returns carry whole HTTP answers; size does not matter in a test emulator")]
 
@@ -39,6 +46,10 @@ use super::{
 };
 
 const DEFAULT_TOKEN_TTL_SECS: i64 = 86_400;
+/// The scope without which connections are shown without `options`.
+pub const READ_OPTIONS_SCOPE: &str = "read:connections_options";
+/// The scope without which an update carrying `options` is refused.
+pub const UPDATE_OPTIONS_SCOPE: &str = "update:connections_options";
 /// Requests per window advertised in `x-ratelimit-limit` (the emulator never enforces it).
 const RATE_LIMIT: u64 = 50;
 const MAX_CLIENTS_PER_PATCH: usize = 50;
@@ -91,10 +102,26 @@ impl Auth0Emulator {
         self.state().domain.clone()
     }
 
-    /// A machine-to-machine application authorized for the Management API with `scopes`.
+    /// A machine-to-machine application authorized for the Management API with `scopes` and the
+    /// two connection-options scopes, as an application set up today is. [`Self::set_m2m_scopes`]
+    /// sets an exact grant.
     pub fn add_m2m_client(&self, client_id: &str, secret: &str, scopes: &[&str]) {
-        let client = M2mClient { secret: secret.to_owned(), scopes: scopes.iter().map(|s| s.to_string()).collect() };
+        let mut granted: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+        for scope in [READ_OPTIONS_SCOPE, UPDATE_OPTIONS_SCOPE] {
+            if !granted.iter().any(|s| s == scope) {
+                granted.push(scope.to_owned());
+            }
+        }
+        let client = M2mClient { secret: secret.to_owned(), scopes: granted };
         self.state().clients.insert(client_id.to_owned(), client);
+    }
+
+    /// Replaces a client's grant with exactly `scopes`; tokens issued from now on carry them (and
+    /// tokens already issued keep theirs, as with real JWTs).
+    pub fn set_m2m_scopes(&self, client_id: &str, scopes: &[&str]) {
+        let mut st = self.state();
+        let client = st.clients.get_mut(client_id).unwrap_or_else(|| panic!("unknown M2M client {client_id}"));
+        client.scopes = scopes.iter().map(|s| s.to_string()).collect();
     }
 
     /// Rotates a client's secret; tokens already issued stay valid, as with real JWTs.
@@ -227,20 +254,36 @@ async fn oauth_token(AxState(s): AxState<Shared>, headers: HeaderMap, body: Byte
     reply(lock(&s).issue_token(&headers, &body))
 }
 
-async fn list(AxState(s): AxState<Shared>, RawQuery(query): RawQuery) -> Response {
-    reply(lock(&s).list(&query_pairs(query.as_deref())))
+async fn list(AxState(s): AxState<Shared>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+    let st = lock(&s);
+    reply(st.list(&query_pairs(query.as_deref()), st.grants(&headers, READ_OPTIONS_SCOPE)))
 }
 
-async fn create(AxState(s): AxState<Shared>, body: Bytes) -> Response {
-    reply(lock(&s).create(&body))
+async fn create(AxState(s): AxState<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let mut st = lock(&s);
+    let read_options = st.grants(&headers, READ_OPTIONS_SCOPE);
+    reply(st.create(&body).map(|c| (StatusCode::CREATED, Json(shown(&c, read_options))).into_response()))
 }
 
-async fn read(AxState(s): AxState<Shared>, Path(id): Path<String>) -> Response {
-    reply(lock(&s).find(&id).map(|c| Json(c).into_response()).ok_or_else(not_found))
+async fn read(AxState(s): AxState<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let st = lock(&s);
+    let read_options = st.grants(&headers, READ_OPTIONS_SCOPE);
+    reply(st.find(&id).map(|c| Json(shown(c, read_options)).into_response()).ok_or_else(not_found))
 }
 
-async fn update(AxState(s): AxState<Shared>, Path(id): Path<String>, body: Bytes) -> Response {
-    reply(lock(&s).update(&id, &body))
+async fn update(AxState(s): AxState<Shared>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
+    let mut st = lock(&s);
+    let (read_options, update_options) = (st.grants(&headers, READ_OPTIONS_SCOPE), st.grants(&headers, UPDATE_OPTIONS_SCOPE));
+    reply(st.update(&id, &body, update_options).map(|c| Json(shown(&c, read_options)).into_response()))
+}
+
+/// A connection as a caller sees it: without `options` unless it may read them.
+fn shown(connection: &Value, read_options: bool) -> Value {
+    let mut connection = connection.clone();
+    if !read_options && let Some(object) = connection.as_object_mut() {
+        object.remove("options");
+    }
+    connection
 }
 
 async fn remove(AxState(s): AxState<Shared>, Path(id): Path<String>) -> Response {
@@ -273,6 +316,14 @@ impl Auth0State {
 
     fn find_mut(&mut self, id: &str) -> Option<&mut Value> {
         self.connections.iter_mut().find(|c| c["id"] == id)
+    }
+
+    /// Whether the request's token (already checked by [`Self::authorize`]) holds `scope`.
+    fn grants(&self, headers: &HeaderMap, scope: &str) -> bool {
+        match bearer(headers).map(|token| self.tokens.presented(token)) {
+            Some(Presented::Valid(scopes)) => scopes.iter().any(|s| s == scope),
+            _ => false,
+        }
     }
 
     /// A bearer token this emulator issued, unexpired, holding the operation's scope.
@@ -341,15 +392,17 @@ impl Auth0State {
         Ok(Json(body).into_response())
     }
 
-    fn list(&self, query: &[(String, String)]) -> Reply {
+    fn list(&self, query: &[(String, String)], read_options: bool) -> Reply {
         let name = query_value(query, "name");
         let strategies: Vec<&str> = query.iter().filter(|(k, _)| k == "strategy").map(|(_, v)| v.as_str()).collect();
-        let matches: Vec<&Value> = self
+        let shown: Vec<Value> = self
             .connections
             .iter()
             .filter(|c| name.is_none_or(|n| c["name"] == n))
             .filter(|c| strategies.is_empty() || strategies.iter().any(|s| c["strategy"] == *s))
+            .map(|c| shown(c, read_options))
             .collect();
+        let matches: Vec<&Value> = shown.iter().collect();
         if query_value(query, "from").is_some() || query_value(query, "take").is_some() {
             // Checkpoint paging: `from` is the id of the first connection of the page.
             let take = query_int(query, "take", 1, 100)?.unwrap_or(50);
@@ -382,7 +435,8 @@ impl Auth0State {
         Ok(Json(json!({"start": start, "limit": per_page, "total": matches.len(), "connections": slice})).into_response())
     }
 
-    fn create(&mut self, body: &[u8]) -> Reply {
+    /// Stores a new connection and returns it.
+    fn create(&mut self, body: &[u8]) -> Result<Value, Response> {
         const SCHEMA: &str = "Connection create";
         let body = parse_object(body, SCHEMA)?;
         check_fields(&body, CREATE_FIELDS, SCHEMA)?;
@@ -431,13 +485,19 @@ impl Auth0State {
             }
         }
         self.connections.push(connection.clone());
-        Ok((StatusCode::CREATED, Json(connection)).into_response())
+        Ok(connection)
     }
 
-    fn update(&mut self, id: &str, body: &[u8]) -> Reply {
+    /// Updates a connection and returns it; `update_options` says whether the caller may send
+    /// `options`.
+    fn update(&mut self, id: &str, body: &[u8], update_options: bool) -> Result<Value, Response> {
         const SCHEMA: &str = "Connection update";
         let body = parse_object(body, SCHEMA)?;
         check_fields(&body, UPDATE_FIELDS, SCHEMA)?;
+        if body.contains_key("options") && !update_options {
+            let message = format!("Updating the \"options\" property requires the \"{UPDATE_OPTIONS_SCOPE}\" scope");
+            return Err(api_error(StatusCode::FORBIDDEN, Some("insufficient_scope"), &message));
+        }
         let connection = self.find_mut(id).ok_or_else(not_found)?;
         let strategy = connection["strategy"].as_str().unwrap_or_default().to_owned();
         if let Some(options) = body.get("options").filter(|o| !o.is_null()) {
@@ -456,7 +516,7 @@ impl Auth0State {
         if !body.contains_key("display_name") {
             connection["display_name"] = json!(name);
         }
-        Ok(Json(connection.clone()).into_response())
+        Ok(connection.clone())
     }
 
     /// A page of a connection's enabled clients. `endless` (a request marked by the kit's

@@ -8,16 +8,22 @@
 //! ([`crate::secret::safe_message`]). An adapter only says how its broker spells an error body
 //! ([`Dialect`]) and what its paths are.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use super::{BrokerError, budget::RequestBudget};
+use super::{
+    BrokerError,
+    budget::{Rate, RequestBudget},
+};
 use crate::{
-    secret::{SecretValue, safe_message},
+    secret::{Fingerprinter, SecretValue, safe_message},
     upstream::{Answer, Upstream, retry_after},
 };
 
@@ -33,9 +39,30 @@ pub(crate) struct Dialect {
     pub name: &'static str,
     /// How long a 429 without `Retry-After` or `X-RateLimit-Reset` blocks the account.
     pub default_retry: Duration,
+    /// What the broker's rate limits count against.
+    pub limits: Limits,
     /// Reads an unsuccessful answer's body. The text it returns is raw (it may echo a secret);
     /// the core scrubs and bounds it.
     pub read_error: fn(&Answer) -> ErrorBody,
+}
+
+/// What a broker counts its rate limits against, and so what shares one [`RequestBudget`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Limits {
+    /// The API host (a tenant): every credential for it shares the limits.
+    PerHost,
+    /// The credential (a user's or workspace's token), wherever it is used.
+    PerCredential,
+}
+
+/// The account a broker's rate limits count against: the broker, its API host and, when the
+/// limits are per credential, a keyed fingerprint of the credential's identity (never the
+/// credential itself).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct AccountKey {
+    broker: &'static str,
+    host: String,
+    credential: Option<String>,
 }
 
 /// What an error body says, raw.
@@ -52,6 +79,8 @@ pub(crate) struct ErrorBody {
 pub(crate) enum Meaning {
     /// The management credentials were refused (whatever the status).
     Credentials,
+    /// The credentials were accepted but lack a permission the request needs.
+    PermissionMissing,
     /// The broker already holds a conflicting object; the text says which rule.
     Conflict(&'static str),
 }
@@ -112,6 +141,15 @@ impl Auth {
             Auth::ClientCredentials(grant) => &grant.secret,
         }
     }
+
+    /// What identifies the credential: the token itself, or the client id of a grant (a new
+    /// client secret is still the same application).
+    fn identity(&self) -> &str {
+        match self {
+            Auth::Token(token) => token.expose(),
+            Auth::ClientCredentials(grant) => &grant.client_id,
+        }
+    }
 }
 
 /// One broker account's management API.
@@ -123,7 +161,10 @@ pub(crate) struct ManagementApi {
     /// Prefix of every API path (`/api/v2`), or why the broker spec gives none usable.
     prefix: Result<String, String>,
     auth: Auth,
-    budget: RequestBudget,
+    /// The rate this client was configured with (the spec's `rateLimit` or the broker's default).
+    rate: Option<Rate>,
+    /// The account's budget, shared with every other client of the account.
+    budget: Arc<RequestBudget>,
     dialect: Dialect,
 }
 
@@ -133,10 +174,35 @@ impl ManagementApi {
         host: Result<String, String>,
         prefix: Result<String, String>,
         auth: Auth,
-        rate: Option<(u32, u32)>,
+        rate: Option<Rate>,
         dialect: Dialect,
     ) -> Self {
-        Self { upstream, host, prefix, auth, budget: RequestBudget::new(rate), dialect }
+        Self { upstream, host, prefix, auth, rate, budget: Arc::new(RequestBudget::new(rate)), dialect }
+    }
+
+    /// The account this client's requests count against; `fingerprints` keys the credential's
+    /// fingerprint.
+    pub fn account(&self, fingerprints: &Fingerprinter) -> AccountKey {
+        let host = match &self.host {
+            Ok(host) => host.to_ascii_lowercase(),
+            Err(why) => format!("(unusable: {why})"),
+        };
+        let credential = match self.dialect.limits {
+            Limits::PerHost => None,
+            Limits::PerCredential => Some(fingerprints.fingerprint_bytes(self.auth.identity().as_bytes())),
+        };
+        AccountKey { broker: self.dialect.name, host, credential }
+    }
+
+    pub fn budget(&self) -> &Arc<RequestBudget> {
+        &self.budget
+    }
+
+    /// Uses the account's shared budget from now on, at this client's configured rate (the most
+    /// recently configured client of an account sets its pace).
+    pub fn share_budget(&mut self, budget: Arc<RequestBudget>) {
+        budget.set_rate(self.rate);
+        self.budget = budget;
     }
 
     /// Calls for one operation; `synced` is the Azure secret it pushes, if any, so no error text
@@ -246,6 +312,7 @@ impl ManagementApi {
             message = format!("{message} ({code})");
         }
         match (status, body.meaning) {
+            (_, Some(Meaning::PermissionMissing)) => BrokerError::PermissionMissing(message),
             (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, _) => BrokerError::Auth(message),
             (s, _) if s.is_server_error() => BrokerError::Server { status: s.as_u16(), message },
             (_, Some(Meaning::Credentials)) => BrokerError::Auth(message),

@@ -6,8 +6,9 @@
 //! `core::ManagementApi`, which owns what all four share (auth and the token cache, the request
 //! budget and 429 block, 404 handling, safe error text). An adapter sees only its own broker
 //! block ([`BrokerTarget`]); [`BrokerClient`] dispatches statically. A [`BrokerRegistry`] keeps one
-//! client per broker object and credential, so token caches and request budgets are shared across
-//! reconciles.
+//! client per broker object and credential, so token caches are shared across reconciles, and one
+//! request budget (with its 429 block) per broker account, shared by every client of the account
+//! and kept across spec edits.
 
 pub mod auth0;
 pub mod budget;
@@ -18,7 +19,7 @@ pub mod unified;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
     time::Duration,
 };
 
@@ -31,15 +32,21 @@ use crate::{
             SignInAudience, UnifiedConnectionSpec,
         },
     },
-    secret::SecretValue,
+    secret::{Fingerprinter, SecretValue},
     upstream::{TransportError, Upstream},
 };
+
+use self::{budget::RequestBudget, core::AccountKey};
 
 /// Broker failures, classified.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("the broker rejected the operator's management credentials: {0}")]
     Auth(String),
+    /// The credentials work but lack a permission the operation needs (Auth0's
+    /// `read:connections_options`, ...); the text names it.
+    #[error("the operator's management credentials lack a permission: {0}")]
+    PermissionMissing(String),
     #[error("the broker could not be reached: {0}")]
     Unreachable(#[from] TransportError),
     #[error("the broker answered HTTP {status}: {message}")]
@@ -62,6 +69,7 @@ impl BrokerError {
     pub fn reason(&self) -> Reason {
         match self {
             BrokerError::Auth(_) => Reason::BrokerAuthFailed,
+            BrokerError::PermissionMissing(_) => Reason::BrokerPermissionMissing,
             BrokerError::Unreachable(_) | BrokerError::Server { .. } | BrokerError::Unexpected(_) => Reason::BrokerUnreachable,
             BrokerError::RateLimited { .. } => Reason::BrokerRateLimited,
             BrokerError::Rejected(_) | BrokerError::NotFound => Reason::BrokerRejected,
@@ -260,6 +268,24 @@ impl BrokerClient {
         }
     }
 
+    fn api(&self) -> &core::ManagementApi {
+        match self {
+            BrokerClient::Auth0(c) => &c.api,
+            BrokerClient::Cloudflare(c) => &c.api,
+            BrokerClient::Logto(c) => &c.api,
+            BrokerClient::Unified(c) => &c.api,
+        }
+    }
+
+    fn api_mut(&mut self) -> &mut core::ManagementApi {
+        match self {
+            BrokerClient::Auth0(c) => &mut c.api,
+            BrokerClient::Cloudflare(c) => &mut c.api,
+            BrokerClient::Logto(c) => &mut c.api,
+            BrokerClient::Unified(c) => &mut c.api,
+        }
+    }
+
     /// The broker type (`auth0`, ...).
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -310,34 +336,66 @@ pub struct BrokerKey {
     pub credentials_fingerprint: String,
 }
 
-/// One client per broker key, shared by every reconcile.
+/// One client per broker key, shared by every reconcile, and one request budget per account.
+///
+/// A client is rebuilt when its broker's spec or credential changes; the account's budget is
+/// not: the new client joins it, so an edit neither refills the burst nor lifts a 429 block, and
+/// brokers that share an account share its budget. The registry holds budgets weakly: the budget
+/// of an account goes away with the last client that uses it.
 #[derive(Debug)]
 pub struct BrokerRegistry {
     upstream: Upstream,
+    /// Keys the credential fingerprints of account keys; they never leave the process.
+    fingerprints: Fingerprinter,
     clients: Mutex<HashMap<BrokerKey, Arc<BrokerClient>>>,
+    budgets: Mutex<HashMap<AccountKey, Weak<RequestBudget>>>,
 }
 
 impl BrokerRegistry {
     pub fn new(upstream: Upstream) -> Self {
-        Self { upstream, clients: Mutex::new(HashMap::new()) }
+        Self {
+            upstream,
+            fingerprints: Fingerprinter::new(Fingerprinter::random_key()),
+            clients: Mutex::new(HashMap::new()),
+            budgets: Mutex::new(HashMap::new()),
+        }
     }
 
-    /// The client for `key`, built by `build` on first use. Clients of older generations or
-    /// credentials of the same broker are dropped.
+    /// The client for `key`, built by `build` on first use and joined to its account's budget.
+    /// Clients of older generations or credentials of the same broker are dropped.
     pub fn get_or_insert(&self, key: BrokerKey, build: impl FnOnce(&Upstream) -> BrokerClient) -> Arc<BrokerClient> {
         let mut clients = self.clients.lock().expect("registry lock");
         if let Some(client) = clients.get(&key) {
             return client.clone();
         }
+        let mut client = build(&self.upstream);
+        // Joined while the broker's previous client still holds the budget, so an edit of the
+        // only broker of an account keeps it.
+        self.join_account(&mut client);
         clients.retain(|k, _| k.uid != key.uid);
-        let client = Arc::new(build(&self.upstream));
+        let client = Arc::new(client);
         clients.insert(key, client.clone());
         client
     }
 
-    /// Forgets every client of a deleted broker.
+    /// Gives `client` its account's budget, or records its own as the account's.
+    fn join_account(&self, client: &mut BrokerClient) {
+        let account = client.api().account(&self.fingerprints);
+        let mut budgets = self.budgets.lock().expect("registry lock");
+        budgets.retain(|_, budget| budget.strong_count() > 0);
+        match budgets.get(&account).and_then(Weak::upgrade) {
+            Some(shared) => client.api_mut().share_budget(shared),
+            None => {
+                budgets.insert(account, Arc::downgrade(client.api().budget()));
+            }
+        }
+    }
+
+    /// Forgets every client of a deleted broker; the budget of an account no other broker uses
+    /// goes with them (once in-flight calls end).
     pub fn forget(&self, uid: &str) {
         self.clients.lock().expect("registry lock").retain(|k, _| k.uid != uid);
+        self.budgets.lock().expect("registry lock").retain(|_, budget| budget.strong_count() > 0);
     }
 }
 
@@ -346,6 +404,7 @@ impl BrokerError {
     pub fn scrubbed(self, secret: &SecretValue) -> Self {
         match self {
             BrokerError::Auth(m) => BrokerError::Auth(secret.scrub(&m)),
+            BrokerError::PermissionMissing(m) => BrokerError::PermissionMissing(secret.scrub(&m)),
             BrokerError::Server { status, message } => BrokerError::Server { status, message: secret.scrub(&message) },
             BrokerError::Rejected(m) => BrokerError::Rejected(secret.scrub(&m)),
             BrokerError::Unsupported(m) => BrokerError::Unsupported(secret.scrub(&m)),
@@ -378,4 +437,155 @@ pub(crate) fn object_id(object: &serde_json::Value, max_len: usize, what: &str) 
 pub(crate) fn token_refresh_at(lifetime: Duration) -> std::time::Instant {
     const TOKEN_EARLY_REFRESH: Duration = Duration::from_secs(300);
     std::time::Instant::now() + lifetime - TOKEN_EARLY_REFRESH.min(lifetime / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::{
+        crd::broker::{Auth0BrokerSpec, ClientCredentialsSecretRef, CloudflareBrokerSpec, TokenSecretRef},
+        upstream::EndpointOverrides,
+    };
+
+    const ACCOUNT_A: &str = "023e105f4ecef8ad9ca31a8372d0c353";
+    const ACCOUNT_B: &str = "99999999999999999999999999999999";
+
+    fn registry() -> BrokerRegistry {
+        crate::install_crypto_provider();
+        BrokerRegistry::new(Upstream::new(EndpointOverrides::default(), None, Duration::from_secs(5)).unwrap())
+    }
+
+    fn key(uid: &str, generation: i64) -> BrokerKey {
+        BrokerKey { uid: uid.into(), generation, credentials_fingerprint: format!("{uid}-{generation}") }
+    }
+
+    fn cloudflare(account: &str) -> BrokerProvider {
+        BrokerProvider::Cloudflare(CloudflareBrokerSpec {
+            account_id: Some(account.into()),
+            zone_id: None,
+            api_token_secret_ref: TokenSecretRef { name: "cf".into(), key: "api-token".into() },
+        })
+    }
+
+    fn auth0() -> BrokerProvider {
+        BrokerProvider::Auth0(Auth0BrokerSpec {
+            domain: "acme.auth0.com".into(),
+            credentials_secret_ref: ClientCredentialsSecretRef {
+                name: "auth0".into(),
+                client_id_key: "client-id".into(),
+                client_secret_key: "client-secret".into(),
+            },
+        })
+    }
+
+    fn client(registry: &BrokerRegistry, key: BrokerKey, provider: &BrokerProvider, id: &str, secret: &str) -> Arc<BrokerClient> {
+        registry.get_or_insert(key, |upstream| BrokerClient::build(upstream, provider, id, SecretValue::new(secret), None))
+    }
+
+    fn budget(client: &BrokerClient) -> &Arc<RequestBudget> {
+        client.api().budget()
+    }
+
+    #[tokio::test]
+    async fn brokers_of_one_account_share_one_budget() {
+        let registry = registry();
+        let a = client(&registry, key("a", 1), &cloudflare(ACCOUNT_A), "", "token-1");
+        // Another broker, another Cloudflare account, the same token: Cloudflare counts the token.
+        let b = client(&registry, key("b", 1), &cloudflare(ACCOUNT_B), "", "token-1");
+        let c = client(&registry, key("c", 1), &cloudflare(ACCOUNT_A), "", "token-2");
+        assert!(Arc::ptr_eq(budget(&a), budget(&b)));
+        assert!(!Arc::ptr_eq(budget(&a), budget(&c)), "another token is another account");
+        // Auth0 counts the tenant: two machine-to-machine applications share it.
+        let d = client(&registry, key("d", 1), &auth0(), "m2m-1", "secret-1");
+        let e = client(&registry, key("e", 1), &auth0(), "m2m-2", "secret-2");
+        assert!(Arc::ptr_eq(budget(&d), budget(&e)));
+        assert!(!Arc::ptr_eq(budget(&a), budget(&d)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_block_and_the_spent_burst_survive_spec_and_credential_edits() {
+        let registry = registry();
+        let first = client(&registry, key("a", 1), &auth0(), "m2m", "secret-1");
+        for _ in 0..auth0::DEFAULT_RATE.burst {
+            budget(&first).acquire().await.unwrap();
+        }
+        budget(&first).block_for(Duration::from_secs(30)).await;
+        drop(first);
+        // A spec edit (new generation), then a rotated management secret: new clients, one budget.
+        for (generation, secret) in [(2, "secret-1"), (3, "secret-2")] {
+            let edited = client(&registry, key("a", generation), &auth0(), "m2m", secret);
+            let blocked = budget(&edited).acquire().await.unwrap_err();
+            assert!(blocked.remaining > Duration::from_secs(29), "{blocked:?}");
+        }
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let edited = client(&registry, key("a", 3), &auth0(), "m2m", "secret-2");
+        let start = Instant::now();
+        budget(&edited).acquire().await.unwrap();
+        assert!(Instant::now() - start < auth0::DEFAULT_RATE.per_request, "30s earned tokens back");
+        for _ in 0..auth0::DEFAULT_RATE.burst {
+            budget(&edited).acquire().await.unwrap();
+        }
+        assert!(Instant::now() - start >= auth0::DEFAULT_RATE.per_request, "but the burst was not refilled beyond its size");
+    }
+
+    #[tokio::test]
+    async fn an_edited_rate_limit_changes_the_shared_budget() {
+        let registry = registry();
+        let provider = cloudflare(ACCOUNT_A);
+        let provider = &provider;
+        let build = |rate| move |upstream: &Upstream| BrokerClient::build(upstream, provider, "", SecretValue::new("t"), rate);
+        let first = registry.get_or_insert(key("a", 1), build(None));
+        assert_eq!(budget(&first).rate(), Some(budget::Rate::from(cloudflare::DEFAULT_RATE)));
+        let edited = registry.get_or_insert(key("a", 2), build(Some((5, 20))));
+        assert!(Arc::ptr_eq(budget(&first), budget(&edited)));
+        assert_eq!(budget(&first).rate(), Some(budget::Rate::per_second(5, 20)));
+    }
+
+    #[tokio::test]
+    async fn deleting_the_last_broker_of_an_account_frees_its_budget() {
+        let registry = registry();
+        let a = client(&registry, key("a", 1), &cloudflare(ACCOUNT_A), "", "token-1");
+        let b = client(&registry, key("b", 1), &cloudflare(ACCOUNT_A), "", "token-1");
+        let shared = Arc::downgrade(budget(&a));
+        drop((a, b));
+        registry.forget("a");
+        assert!(shared.upgrade().is_some(), "broker b still uses the account");
+        assert_eq!(registry.budgets.lock().unwrap().len(), 1);
+        registry.forget("b");
+        assert!(shared.upgrade().is_none(), "no client holds the budget any more");
+        assert!(registry.budgets.lock().unwrap().is_empty());
+        assert!(registry.clients.lock().unwrap().is_empty());
+    }
+
+    /// Auth0's smallest paid plans (Self Service, Essentials) as a token bucket: connection reads
+    /// may burst 5 and refill at 50 a minute. Every request of the default budget, as fast as it
+    /// lets them go for an hour, finds a token there.
+    #[tokio::test(start_paused = true)]
+    async fn the_auth0_default_stays_within_the_smallest_paid_plan() {
+        let registry = registry();
+        let client = client(&registry, key("a", 1), &auth0(), "m2m", "secret");
+        assert_eq!(budget(&client).rate(), Some(auth0::DEFAULT_RATE), "no rateLimit: Auth0's default");
+        let (capacity, per_minute) = (5.0, 50.0);
+        let start = Instant::now();
+        let (mut tokens, mut last) = (capacity, start);
+        let mut sent = Vec::new();
+        while Instant::now() - start < Duration::from_secs(3600) {
+            budget(&client).acquire().await.unwrap();
+            let now = Instant::now();
+            tokens = f64::min(capacity, tokens + (now - last).as_secs_f64() * per_minute / 60.0);
+            last = now;
+            assert!(tokens >= 1.0, "request {} at {:?} would exceed Auth0's limit", sent.len(), now - start);
+            tokens -= 1.0;
+            sent.push(now - start);
+        }
+        for (i, at) in sent.iter().enumerate() {
+            let in_minute = sent[i..].iter().take_while(|t| **t < *at + Duration::from_secs(60)).count();
+            assert!(in_minute <= 5 + 50, "{in_minute} requests in the minute from {at:?}");
+        }
+        assert!(sent.len() > 2000, "the budget is used, not starved: {}", sent.len());
+    }
 }

@@ -102,6 +102,9 @@ reasons! {
     BrokerCredentialsMissing,
     /// The broker rejected the operator's management credentials.
     BrokerAuthFailed,
+    /// The broker accepted the operator's management credentials, but they lack a permission the
+    /// sync needs (e.g. Auth0's `read:connections_options`); the message names it.
+    BrokerPermissionMissing,
     /// The broker could not be reached or answered with a server error.
     BrokerUnreachable,
     /// The broker answered 429; the operator waits as told.

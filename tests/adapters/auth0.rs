@@ -41,6 +41,9 @@ const M2M: &str = "m2m-client";
 /// The operator's own Management API secret; no error text may contain it either.
 const M2M_SECRET: &str = "m2m-canary-secret-must-not-leak";
 const ALL_SCOPES: [&str; 4] = ["read:connections", "create:connections", "update:connections", "delete:connections"];
+/// A budget far above what the tests send, so Auth0's default pacing (40 a minute) does not slow
+/// them; the default itself is covered by the conformance suite and the unit tests.
+const FAST_RATE: Option<(u32, u32)> = Some((1000, 1000));
 const OBSERVE: bool = true;
 const FULL: bool = false;
 
@@ -68,7 +71,7 @@ fn env() -> Env {
 impl Env {
     /// The operator's client for the tenant, with the M2M credentials given.
     fn client_as(&self, client_id: &str, secret: &str) -> BrokerClient {
-        BrokerClient::Auth0(Auth0Client::new(self.up.clone(), DOMAIN, client_id, SecretValue::new(secret), None))
+        BrokerClient::Auth0(Auth0Client::new(self.up.clone(), DOMAIN, client_id, SecretValue::new(secret), FAST_RATE))
     }
 
     fn client(&self) -> BrokerClient {
@@ -491,6 +494,76 @@ async fn missing_scope_is_an_auth_failure() {
     // Observing needs only read access.
     let outcome = client.sync(&request(&spec(), &creds, None, None, OBSERVE)).await.unwrap();
     assert_eq!(outcome, SyncOutcome { id: None, differences: vec!["connection (missing)".into()], wrote: false, extras: None });
+}
+
+/// Auth0's connection-options scopes (since May 2025), which `ALL_SCOPES` leaves out.
+const READ_OPTIONS: &str = "read:connections_options";
+const UPDATE_OPTIONS: &str = "update:connections_options";
+
+/// A client granted exactly `ALL_SCOPES` plus `extra`.
+fn client_granted(env: &Env, client_id: &str, extra: &[&str]) -> BrokerClient {
+    let secret = format!("{client_id}-secret");
+    env.auth0.add_m2m_client(client_id, &secret, &ALL_SCOPES);
+    let scopes: Vec<&str> = ALL_SCOPES.iter().chain(extra).copied().collect();
+    env.auth0.set_m2m_scopes(client_id, &scopes);
+    env.client_as(client_id, &secret)
+}
+
+#[tokio::test]
+async fn a_connection_read_without_options_is_never_written() {
+    let env = env();
+    let creds = env.creds(CANARY);
+    let id = created(&env, &env.client(), &spec(), &creds).await;
+    let before = env.connection();
+    assert!(before["options"]["thumbprints"].is_array(), "server-set options to keep: {before}");
+    // Without read:connections_options the read has no options; with update:connections_options
+    // a merge onto nothing would go through and wipe thumbprints, tenantId and the rest.
+    for (client_id, extra) in [("no-options", &[][..]), ("update-options-only", &[UPDATE_OPTIONS][..])] {
+        let client = client_granted(&env, client_id, extra);
+        let rotated = env.creds("a-rotated-secret-value");
+        for observe_only in [FULL, OBSERVE] {
+            let err = expect_err(client.sync(&request(&spec(), &rotated, Some(&id), Some(&creds.fingerprint), observe_only)).await);
+            assert!(matches!(err, BrokerError::PermissionMissing(ref m) if m.contains(READ_OPTIONS)), "{client_id}: {err:?}");
+            assert_eq!(err.reason(), Reason::BrokerPermissionMissing);
+            assert!(!err.is_transient());
+        }
+    }
+    assert_eq!(env.count(&format!("PATCH /api/v2/connections/{id}")), 0, "{:?}", env.log());
+    assert_eq!(env.connection(), before, "the connection is untouched");
+}
+
+#[tokio::test]
+async fn an_options_update_without_its_scope_is_a_missing_permission() {
+    let env = env();
+    let creds = env.creds(CANARY);
+    let id = created(&env, &env.client(), &spec(), &creds).await;
+    let before = env.connection();
+    let client = client_granted(&env, "read-options-only", &[READ_OPTIONS]);
+    // Reading and comparing works; in sync, nothing to write.
+    let outcome = client.sync(&request(&spec(), &creds, Some(&id), Some(&creds.fingerprint), FULL)).await.unwrap();
+    assert!(!outcome.wrote && outcome.differences.is_empty(), "{outcome:?}");
+    // A rotated secret must be written, and Auth0 refuses the options without the update scope.
+    let rotated = env.creds("a-rotated-secret-value");
+    let err = expect_err(client.sync(&request(&spec(), &rotated, Some(&id), Some(&creds.fingerprint), FULL)).await);
+    assert!(matches!(err, BrokerError::PermissionMissing(ref m) if m.contains(UPDATE_OPTIONS)), "{err:?}");
+    assert_eq!(err.reason(), Reason::BrokerPermissionMissing);
+    assert!(!err.is_transient());
+    assert_eq!(env.connection(), before);
+}
+
+#[tokio::test]
+async fn creating_a_connection_needs_no_options_scope() {
+    let env = env();
+    let client = client_granted(&env, "no-options", &[]);
+    // Create needs only create:connections, options included (the operator reads only the id of
+    // the answer, which shows no options).
+    let outcome = client.sync(&request(&spec(), &env.creds(CANARY), None, None, FULL)).await.unwrap();
+    assert!(outcome.wrote);
+    let stored = env.connection();
+    assert_eq!(stored["options"]["client_secret"], CANARY, "the options were stored");
+    let full = env.client();
+    let read = full.sync(&request(&spec(), &env.creds(CANARY), outcome.id.as_deref(), None, OBSERVE)).await.unwrap();
+    assert!(read.differences.is_empty(), "a fully scoped read sees the options: {read:?}");
 }
 
 /// A tenant whose errors echo whatever they were sent (token requests and connection writes).

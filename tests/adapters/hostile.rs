@@ -13,9 +13,9 @@ use idp_bridge::{
     crd::{
         BrokerProvider,
         broker::{Auth0BrokerSpec, ClientCredentialsSecretRef, CloudflareBrokerSpec, TokenSecretRef},
-        connection::{AzureCloud, CloudflareConnectionSpec},
+        connection::{Auth0ConnectionSpec, AzureCloud, CloudflareConnectionSpec},
     },
-    secret::SecretValue,
+    secret::{Fingerprinter, SecretValue},
     upstream::{EndpointOverrides, MAX_BODY, MAX_SERVER_DELAY, TransportError, Upstream},
 };
 use idp_bridge_devenv::{
@@ -263,4 +263,33 @@ async fn the_auth0_emulator_pages_enabled_clients_endlessly() {
         cursors.push(next);
     }
     assert!(env.auth0.enabled_clients(&id).is_empty(), "filler only: the connection itself is unchanged");
+}
+
+/// `broker::auth0::MAX_CLIENT_PAGES`: how many pages of enabled clients the Auth0 client reads.
+const AUTH0_MAX_CLIENT_PAGES: usize = 20;
+
+#[tokio::test]
+async fn endless_auth0_enabled_clients_stop_at_the_page_cap_with_an_error() {
+    let env = env();
+    let broker = env.auth0_broker();
+    let id = env.auth0.insert_connection(json!({"name": "contoso-entra", "strategy": "waad", "options": {"client_id": "x"}}));
+    let clients = format!("/api/v2/connections/{id}/clients");
+    env.auth0.kit().faults().push(Fault::endless_pages().on(RequestMatch::any().method(Method::GET).path(&clients)).forever());
+    let spec = common::connection_spec("auth0", |spec| {
+        spec.auth0 =
+            Some(Auth0ConnectionSpec { name: "contoso-entra".into(), enabled_clients: vec!["web-app".into()], ..Default::default() })
+    });
+    let creds = common::Creds::new(&Fingerprinter::new(b"k".to_vec()), "azure-secret-value");
+
+    // Without a cap the client would follow the cursors for ever; with it the sync fails clearly.
+    let request = common::request(&spec, &creds, Some(&id), None, false);
+    let sync = broker.sync(&request);
+    let err = tokio::time::timeout(Duration::from_secs(60), sync).await.expect("the page cap ends the listing").unwrap_err();
+    assert!(matches!(err, BrokerError::Unexpected(ref m) if m.contains("20 pages of 100")), "{err:?}");
+    assert_eq!(env.auth0.kit().log().count(&RequestMatch::any().method(Method::GET).path(&clients)), AUTH0_MAX_CLIENT_PAGES);
+    assert_eq!(
+        env.auth0.kit().log().count(&RequestMatch::any().method(Method::PATCH).path(&clients)),
+        0,
+        "no client is enabled on a truncated list"
+    );
 }

@@ -4,6 +4,12 @@
 //! before it expires. Connections: find by id or exact name, create, read-merge-write update
 //! (PATCH replaces `options` wholesale), delete (404 is done), and enabled clients through the
 //! `/connections/{id}/clients` sub-resource.
+//!
+//! Since May 2025 Auth0 leaves `options` out of connection reads unless the token has
+//! `read:connections_options`, and refuses a PATCH carrying `options` without
+//! `update:connections_options`. A read without `options` never leads to a write: merging the
+//! managed options onto nothing would wipe the fields Auth0 and Azure set (`thumbprints`,
+//! `tenantId`, ...), so the sync stops with [`BrokerError::PermissionMissing`] instead.
 
 pub mod plan;
 
@@ -15,23 +21,43 @@ use serde_json::{Value, json};
 
 use super::{
     Broker, BrokerError, DeleteRequest, SyncOutcome, SyncRequest,
-    core::{Auth, ClientCredentials, Dialect, ErrorBody, Found, ManagementApi, Session, TokenRequest, json},
+    budget::Rate,
+    core::{Auth, ClientCredentials, Dialect, ErrorBody, Found, Limits, ManagementApi, Meaning, Session, TokenRequest, json},
 };
 use crate::{crd::connection::Auth0ConnectionSpec, secret::SecretValue, upstream::Answer, upstream::Upstream};
 
 /// Auth0 allows at most 50 client changes per PATCH of `/connections/{id}/clients`.
 const CLIENTS_PER_PATCH: usize = 50;
+/// Enabled clients read per page of `/connections/{id}/clients` (Auth0 accepts up to 1,000).
+const CLIENTS_PAGE_SIZE: usize = 100;
+/// At most this many pages of enabled clients are read: 2,000 clients. A connection is enabled
+/// for the applications that sign in with it, a handful to a few hundred in practice, so a list
+/// that runs past this is a broken or hostile cursor, not a tenant. Reading on would loop, and
+/// stopping silently would take enabled clients for missing ones: past the cap the sync fails.
+const MAX_CLIENT_PAGES: usize = 20;
 /// The longest token lifetime Auth0 allows (30 days); longer claims are not believed.
 const TOKEN_MAX_TTL: Duration = Duration::from_secs(2_592_000);
 /// Auth0's default Management API token lifetime, when the answer does not say.
 const TOKEN_DEFAULT_TTL: Duration = Duration::from_secs(86_400);
 
+/// The request budget when the broker sets no `rateLimit`: 40 requests a minute, bursts of 5.
+///
+/// Auth0's limits depend on the plan (brokers.md §6). The smallest paid plans (Self Service,
+/// Essentials) allow reads of connections a burst of 5 and 50 per minute, and every other
+/// endpoint together a burst of 10 and 150 per minute; Enterprise allows far more. One bucket
+/// paces all of the client's requests, so it must fit the strictest of these, GET connections:
+/// a burst of 5 refilled at 40 a minute stays inside Auth0's 5 + 50 a minute at every instant,
+/// with a fifth of the rate to spare for jitter and for other users of the tenant. A configured
+/// `rateLimit` replaces it. Auth0 counts its limits per tenant, so every client of a tenant
+/// shares this budget.
+pub const DEFAULT_RATE: Rate = Rate::per_minute(40, 5);
+
 /// Auth0 sends `X-RateLimit-Reset`; without it, try again after a second.
-const DIALECT: Dialect = Dialect { name: "Auth0", default_retry: Duration::from_secs(1), read_error };
+const DIALECT: Dialect = Dialect { name: "Auth0", default_retry: Duration::from_secs(1), limits: Limits::PerHost, read_error };
 
 #[derive(Debug)]
 pub struct Auth0Client {
-    api: ManagementApi,
+    pub(super) api: ManagementApi,
 }
 
 /// Auth0's error body, with the OAuth fields the token endpoint uses.
@@ -47,7 +73,14 @@ struct ApiErrorBody {
     error_description: Option<String>,
 }
 
-/// The OAuth description on the token endpoint, else the Management API's message.
+/// The scope without which Auth0 leaves `options` out of connection reads.
+const READ_OPTIONS_SCOPE: &str = "read:connections_options";
+/// The scope without which Auth0 refuses a connection update that carries `options`.
+const UPDATE_OPTIONS_SCOPE: &str = "update:connections_options";
+
+/// The OAuth description on the token endpoint, else the Management API's message. A refusal
+/// that names an options scope ("Updating the \"options\" property requires the
+/// \"update:connections_options\" scope") is a missing permission, not refused credentials.
 fn read_error(answer: &Answer) -> ErrorBody {
     let body: ApiErrorBody = answer.body.json().unwrap_or_default();
     let message = [body.error_description, Some(body.message), body.error]
@@ -55,7 +88,16 @@ fn read_error(answer: &Answer) -> ErrorBody {
         .flatten()
         .find(|m| !m.is_empty())
         .unwrap_or_else(|| answer.body.text().into_owned());
-    ErrorBody { message, code: body.error_code, meaning: None }
+    let names_options_scope = [READ_OPTIONS_SCOPE, UPDATE_OPTIONS_SCOPE].iter().any(|scope| message.contains(scope));
+    let meaning = (answer.status == reqwest::StatusCode::FORBIDDEN && names_options_scope).then_some(Meaning::PermissionMissing);
+    ErrorBody { message, code: body.error_code, meaning }
+}
+
+/// The error for a connection read without `options`: nothing can be compared or merged.
+fn options_unreadable(name: &str) -> BrokerError {
+    BrokerError::PermissionMissing(format!(
+        "Auth0 returned connection {name} without its options: grant the operator's machine-to-machine application the Management API scopes {READ_OPTIONS_SCOPE} and {UPDATE_OPTIONS_SCOPE}; nothing was written"
+    ))
 }
 
 impl Auth0Client {
@@ -70,6 +112,7 @@ impl Auth0Client {
             TOKEN_DEFAULT_TTL,
             TOKEN_MAX_TTL,
         );
+        let rate = Some(rate.map_or(DEFAULT_RATE, Rate::from));
         Self { api: ManagementApi::new(upstream, Ok(domain), Ok("/api/v2".into()), Auth::ClientCredentials(grant), rate, DIALECT) }
     }
 
@@ -112,6 +155,9 @@ impl Auth0Client {
             }
         };
         let id = connection_id(&observed)?;
+        if !observed.get("options").is_some_and(Value::is_object) {
+            return Err(options_unreadable(&desired.name));
+        }
         let mut differences = plan::diff(&desired, &observed, request.synced_fingerprint, request.azure.fingerprint);
         let mut wrote = false;
         if !differences.is_empty() && !request.observe_only {
@@ -180,10 +226,10 @@ async fn enabled_clients(api: &Session<'_>, id: &str) -> Result<BTreeSet<String>
     }
     let mut all = BTreeSet::new();
     let mut from: Option<String> = None;
-    loop {
+    for _ in 0..MAX_CLIENT_PAGES {
         let query = {
             let mut query = url::form_urlencoded::Serializer::new(String::new());
-            query.append_pair("take", "100");
+            query.append_pair("take", &CLIENTS_PAGE_SIZE.to_string());
             if let Some(cursor) = &from {
                 query.append_pair("from", cursor);
             }
@@ -192,11 +238,18 @@ async fn enabled_clients(api: &Session<'_>, id: &str) -> Result<BTreeSet<String>
         let answer = api.call(Method::GET, &format!("/connections/{id}/clients?{query}"), None).await?;
         let page: Page = json(&answer, "enabled clients page")?;
         all.extend(page.clients.into_iter().map(|c| c.client_id));
+        if all.len() > MAX_CLIENT_PAGES * CLIENTS_PAGE_SIZE {
+            break;
+        }
         match page.next.filter(|n| !n.is_empty()) {
             Some(next) if Some(&next) != from.as_ref() => from = Some(next),
             _ => return Ok(all),
         }
     }
+    Err(BrokerError::Unexpected(format!(
+        "the connection's enabled clients run past {MAX_CLIENT_PAGES} pages of {CLIENTS_PAGE_SIZE} (more than {} clients); Auth0's paging looks broken",
+        MAX_CLIENT_PAGES * CLIENTS_PAGE_SIZE
+    )))
 }
 
 fn is_ours(connection: &Value, name: &str) -> bool {

@@ -6,6 +6,7 @@ use serde_json::{Map, Value, json};
 use crate::{
     broker::{AzureCredentials, BrokerError},
     crd::connection::{Auth0ConnectionSpec, Auth0UserIdAttribute, SignInAudience, is_dns_name},
+    secret::SecretValue,
 };
 
 /// Option keys the operator owns. Every other key in `options` (server-set fields such as
@@ -35,9 +36,21 @@ pub struct DesiredConnection {
     pub name: String,
     pub display_name: String,
     pub show_as_button: Option<bool>,
-    /// Managed options; a key absent here is removed from Auth0's options.
+    /// Managed options but the secret; a key absent here is removed from Auth0's options.
     pub options: Map<String, Value>,
+    /// `options.client_secret`, held apart so that `Debug` redacts it; only the request bodies
+    /// show it.
+    pub client_secret: SecretValue,
     pub enabled_clients: Vec<String>,
+}
+
+impl DesiredConnection {
+    /// The managed options with the client secret, for a request body.
+    fn options_with_secret(&self) -> Map<String, Value> {
+        let mut options = self.options.clone();
+        options.insert("client_secret".into(), json!(self.client_secret.expose()));
+        options
+    }
 }
 
 /// Builds the desired connection from the spec and the validated credentials.
@@ -64,7 +77,6 @@ pub fn desired(spec: &Auth0ConnectionSpec, azure: &AzureCredentials<'_>) -> Resu
         options.insert(k.to_owned(), v);
     };
     set("client_id", json!(azure.client_id));
-    set("client_secret", json!(azure.secret.expose()));
     set("tenant_domain", json!(domain.as_deref().unwrap_or(azure.tenant)));
     if let Some(domain) = &domain {
         set("domain", json!(domain));
@@ -91,6 +103,7 @@ pub fn desired(spec: &Auth0ConnectionSpec, azure: &AzureCredentials<'_>) -> Resu
         display_name: spec.display_name.clone().unwrap_or_else(|| spec.name.clone()),
         show_as_button: spec.show_as_button,
         options,
+        client_secret: azure.secret.clone(),
         enabled_clients,
     })
 }
@@ -101,7 +114,7 @@ pub fn create_body(desired: &DesiredConnection) -> Value {
         "name": desired.name,
         "strategy": "waad",
         "display_name": desired.display_name,
-        "options": desired.options,
+        "options": desired.options_with_secret(),
     });
     if let Some(show) = desired.show_as_button {
         body["show_as_button"] = json!(show);
@@ -118,7 +131,7 @@ fn secret_differs(
 ) -> bool {
     match observed_options.get("client_secret").and_then(Value::as_str) {
         // Auth0 returns the secret in plaintext today; compare it when it looks real.
-        Some(held) if !looks_masked(held) => desired.options.get("client_secret").and_then(Value::as_str) != Some(held),
+        Some(held) if !looks_masked(held) => held != desired.client_secret.expose(),
         // Missing or masked: trust the fingerprint of what was last pushed.
         _ => synced_fingerprint != Some(fingerprint),
     }
@@ -162,8 +175,9 @@ pub fn diff(desired: &DesiredConnection, observed: &Value, synced_fingerprint: O
 /// Auth0 resets an omitted one to the connection name.
 pub fn update_body(desired: &DesiredConnection, observed: &Value) -> Value {
     let mut options = observed.get("options").and_then(Value::as_object).cloned().unwrap_or_default();
+    let managed = desired.options_with_secret();
     for key in MANAGED_OPTIONS {
-        match desired.options.get(*key) {
+        match managed.get(*key) {
             Some(value) => options.insert((*key).to_owned(), value.clone()),
             None => options.remove(*key),
         };
@@ -180,7 +194,7 @@ pub fn update_body(desired: &DesiredConnection, observed: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{crd::connection::AzureCloud, secret::SecretValue};
+    use crate::crd::connection::AzureCloud;
 
     const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
     const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
@@ -240,7 +254,7 @@ mod tests {
     }
 
     fn observed_from(d: &DesiredConnection) -> Value {
-        let mut options = d.options.clone();
+        let mut options = d.options_with_secret();
         options.insert("thumbprints".into(), json!(["abc"]));
         options.insert("tenantId".into(), json!(TENANT));
         json!({"id": "con_1", "name": d.name, "strategy": "waad", "display_name": d.display_name, "options": options})
@@ -305,5 +319,14 @@ mod tests {
         assert_eq!(body["strategy"], "waad");
         assert_eq!(body["name"], "contoso");
         assert_eq!(body["show_as_button"], true);
+        assert_eq!(body["options"]["client_secret"], "s3cret-value");
+        assert_eq!(update_body(&d, &json!({}))["options"]["client_secret"], "s3cret-value");
+    }
+
+    #[test]
+    fn debug_of_the_desired_connection_redacts_the_secret() {
+        let secret = SecretValue::new("canary-secret-value");
+        let d = desired(&spec(), &creds(&secret, TENANT, SignInAudience::SingleTenant)).unwrap();
+        assert!(!format!("{d:?}").contains("canary-secret-value"), "{d:?}");
     }
 }

@@ -17,7 +17,8 @@ use serde_json::Value;
 
 use super::{
     Broker, BrokerError, BrokerExtras, DeleteRequest, SyncOutcome, SyncRequest,
-    core::{Auth, Dialect, ErrorBody, Found, ManagementApi, Meaning, Session},
+    budget::Rate,
+    core::{Auth, Dialect, ErrorBody, Found, Limits, ManagementApi, Meaning, Session},
 };
 use crate::{
     crd::{broker::CloudflareBrokerSpec, connection::CloudflareConnectionSpec},
@@ -41,7 +42,7 @@ pub const DEFAULT_RATE: (u32, u32) = (3, 240);
 pub const RATE_WINDOW: Duration = Duration::from_secs(300);
 
 /// A 429 blocks the token for 5 minutes; without `Retry-After` assume the whole block.
-const DIALECT: Dialect = Dialect { name: "Cloudflare", default_retry: RATE_WINDOW, read_error };
+const DIALECT: Dialect = Dialect { name: "Cloudflare", default_retry: RATE_WINDOW, limits: Limits::PerCredential, read_error };
 
 /// The page size used to list providers (the largest Cloudflare accepts).
 const PER_PAGE: usize = 50;
@@ -59,7 +60,7 @@ const AUTH_CODES: &[i64] = &[
 
 #[derive(Debug)]
 pub struct CloudflareClient {
-    api: ManagementApi,
+    pub(super) api: ManagementApi,
     /// "account 0123…" or "zone 0123…", for messages.
     scope: String,
 }
@@ -123,7 +124,7 @@ impl CloudflareClient {
             }
             _ => (Err("the Cloudflare broker's accountId or zoneId is not 32 hexadecimal characters".to_owned()), "no account".to_owned()),
         };
-        let rate = Some(rate.unwrap_or(DEFAULT_RATE));
+        let rate = Some(Rate::from(rate.unwrap_or(DEFAULT_RATE)));
         Self { api: ManagementApi::new(upstream, Ok(HOST.to_owned()), base, Auth::Token(token), rate, DIALECT), scope }
     }
 
@@ -326,7 +327,7 @@ fn is_cloudflare_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::budget::RequestBudget;
+    use crate::broker::budget::{Rate, RequestBudget};
     use tokio::time::Instant;
 
     #[test]
@@ -351,7 +352,7 @@ mod tests {
     /// Cloudflare's 1,200 requests in any 5-minute window.
     #[tokio::test(start_paused = true)]
     async fn default_budget_stays_under_cloudflares_window() {
-        let budget = RequestBudget::new(Some(DEFAULT_RATE));
+        let budget = RequestBudget::new(Some(Rate::from(DEFAULT_RATE)));
         let start = Instant::now();
         let mut sent = Vec::new();
         while Instant::now() - start < Duration::from_secs(1200) {

@@ -33,14 +33,24 @@ const BOOL_KEYS: &[&str] =
 #[derive(Debug, Clone, PartialEq)]
 pub struct DesiredProvider {
     pub name: String,
-    /// Managed `config` keys, `client_secret` included.
+    /// Managed `config` keys but the secret.
     pub config: Map<String, Value>,
+    /// `config.client_secret`, held apart so that `Debug` redacts it; only the request bodies
+    /// show it.
+    pub client_secret: SecretValue,
     pub scim_config: Map<String, Value>,
 }
 
 impl DesiredProvider {
     pub fn scim_enabled(&self) -> bool {
         self.scim_config.get("enabled").and_then(Value::as_bool).unwrap_or(false)
+    }
+
+    /// The managed `config` with the client secret, for a request body.
+    fn config_with_secret(&self) -> Map<String, Value> {
+        let mut config = self.config.clone();
+        config.insert("client_secret".into(), json!(self.client_secret.expose()));
+        config
     }
 
     /// Whether the operator owns `key` of `config`.
@@ -85,7 +95,6 @@ pub fn desired(spec: &CloudflareConnectionSpec, azure: &AzureCredentials<'_>) ->
         config.insert(k.to_owned(), v);
     };
     set("client_id", json!(azure.client_id.to_ascii_lowercase()));
-    set("client_secret", json!(azure.secret.expose()));
     set("directory_id", json!(directory_id));
     set("support_groups", json!(spec.support_groups));
     set("conditional_access_enabled", json!(spec.conditional_access_enabled));
@@ -107,7 +116,7 @@ pub fn desired(spec: &CloudflareConnectionSpec, azure: &AzureCredentials<'_>) ->
         "identity_update_behavior": scim.identity_update_behavior,
     });
     let Value::Object(scim_config) = scim_config else { unreachable!("a JSON object literal") };
-    Ok(DesiredProvider { name: spec.name.clone(), config, scim_config })
+    Ok(DesiredProvider { name: spec.name.clone(), config, client_secret: azure.secret.clone(), scim_config })
 }
 
 /// The body of `POST …/access/identity_providers`: the complete provider. `read_only` is never
@@ -116,7 +125,7 @@ pub fn create_body(desired: &DesiredProvider) -> Value {
     json!({
         "name": desired.name,
         "type": TYPE,
-        "config": desired.config,
+        "config": desired.config_with_secret(),
         "scim_config": desired.scim_config,
     })
 }
@@ -134,7 +143,7 @@ pub fn update_body(desired: &DesiredProvider, observed: &Value) -> Value {
             }
         }
     }
-    config.extend(desired.config.clone());
+    config.extend(desired.config_with_secret());
     json!({
         "name": desired.name,
         "type": TYPE,
@@ -264,7 +273,10 @@ mod tests {
         let d = desired(&spec(), &creds(&secret, Some(TENANT))).unwrap();
         assert_eq!(d.config["directory_id"], TENANT);
         assert_eq!(d.config["client_id"], CLIENT);
-        assert_eq!(d.config["client_secret"], "s3cret");
+        assert_eq!(d.config_with_secret()["client_secret"], "s3cret");
+        assert_eq!(create_body(&d)["config"]["client_secret"], "s3cret");
+        assert_eq!(update_body(&d, &json!({}))["config"]["client_secret"], "s3cret");
+        assert!(!format!("{d:?}").contains("s3cret"), "Debug of the plan redacts the secret: {d:?}");
         assert_eq!(d.config["support_groups"], true);
         assert_eq!(d.config["conditional_access_enabled"], false);
         assert_eq!(d.config["claims"], json!([]));

@@ -19,7 +19,8 @@ use url::Url;
 use self::plan::{DesiredConnector, Owner};
 use super::{
     Broker, BrokerError, DeleteRequest, SyncOutcome, SyncRequest,
-    core::{Auth, ClientCredentials, Dialect, ErrorBody, Found, ManagementApi, Meaning, Session, TokenRequest, json},
+    budget::Rate,
+    core::{Auth, ClientCredentials, Dialect, ErrorBody, Found, Limits, ManagementApi, Meaning, Session, TokenRequest, json},
 };
 use crate::{
     crd::{broker::LogtoBrokerSpec, connection::LogtoConnectionSpec},
@@ -35,14 +36,15 @@ const TOKEN_DEFAULT_TTL: Duration = Duration::from_secs(3600);
 const MANAGEMENT_SCOPE: &str = "all";
 
 /// Logto's 429 guidance is unconfirmed; without a header, try again after a second.
-const DIALECT: Dialect = Dialect { name: "Logto", default_retry: Duration::from_secs(1), read_error };
+/// Logto's limits, where it has any (Logto Cloud), are the tenant's: one budget per endpoint host.
+const DIALECT: Dialect = Dialect { name: "Logto", default_retry: Duration::from_secs(1), limits: Limits::PerHost, read_error };
 
 /// Logto's answer when a second Microsoft connector is created.
 const ONE_PER_TENANT: &str = "Logto allows one Microsoft connector per tenant and another one is already there";
 
 #[derive(Debug)]
 pub struct LogtoClient {
-    api: ManagementApi,
+    pub(super) api: ManagementApi,
 }
 
 /// Logto's error body (`RequestError`), with the OAuth fields the token endpoint adds.
@@ -82,8 +84,14 @@ impl LogtoClient {
     pub fn new(upstream: Upstream, spec: &LogtoBrokerSpec, client_id: &str, secret: SecretValue, rate: Option<(u32, u32)>) -> Self {
         let request = TokenRequest::BasicForm { resource: spec.resource.clone(), scope: MANAGEMENT_SCOPE };
         let grant = ClientCredentials::new(client_id, secret, "/oidc/token", request, TOKEN_DEFAULT_TTL, TOKEN_MAX_TTL);
-        let api =
-            ManagementApi::new(upstream, endpoint_host(&spec.endpoint), Ok("/api".into()), Auth::ClientCredentials(grant), rate, DIALECT);
+        let api = ManagementApi::new(
+            upstream,
+            endpoint_host(&spec.endpoint),
+            Ok("/api".into()),
+            Auth::ClientCredentials(grant),
+            rate.map(Rate::from),
+            DIALECT,
+        );
         Self { api }
     }
 

@@ -11,6 +11,7 @@ use crate::{
     azure::cloud,
     broker::AzureCredentials,
     crd::connection::{AzureCloud, LogtoConnectionSpec, SignInAudience},
+    secret::SecretValue,
 };
 
 /// The connector factory of Logto's Microsoft social connector.
@@ -25,8 +26,20 @@ pub const MANAGED_CONFIG: &[&str] = &["clientId", "clientSecret", "tenantId", "c
 pub struct DesiredConnector {
     /// The fixed database id (`logto.connectorId`), if the spec sets one.
     pub id: Option<String>,
-    /// Managed config; a managed key absent here is removed from Logto's config.
+    /// Managed config but the secret; a managed key absent here is removed from Logto's config.
     pub config: Map<String, Value>,
+    /// `config.clientSecret`, held apart so that `Debug` redacts it; only the request bodies
+    /// show it.
+    pub client_secret: SecretValue,
+}
+
+impl DesiredConnector {
+    /// The managed config with the client secret, for a request body.
+    fn config_with_secret(&self) -> Map<String, Value> {
+        let mut config = self.config.clone();
+        config.insert("clientSecret".into(), json!(self.client_secret.expose()));
+        config
+    }
 }
 
 /// `https://{login host}` of the named cloud: Entra ID's authority host, never typed by a user.
@@ -50,7 +63,6 @@ pub fn tenant_id(azure: &AzureCredentials<'_>) -> String {
 pub fn desired(spec: &LogtoConnectionSpec, azure: &AzureCredentials<'_>) -> DesiredConnector {
     let mut config = Map::new();
     config.insert("clientId".into(), json!(azure.client_id));
-    config.insert("clientSecret".into(), json!(azure.secret.expose()));
     config.insert("tenantId".into(), json!(tenant_id(azure)));
     config.insert("cloudInstance".into(), json!(cloud_instance(azure.cloud)));
     let mut prompts: Vec<Value> = Vec::new();
@@ -66,7 +78,7 @@ pub fn desired(spec: &LogtoConnectionSpec, azure: &AzureCredentials<'_>) -> Desi
     if let Some(scopes) = spec.scopes.as_deref().map(normalize_scopes).filter(|s| !s.is_empty()) {
         config.insert("scopes".into(), json!(scopes));
     }
-    DesiredConnector { id: spec.connector_id.clone(), config }
+    DesiredConnector { id: spec.connector_id.clone(), config, client_secret: azure.secret.clone() }
 }
 
 /// Space-separated scopes with runs of whitespace collapsed, as Logto splits them.
@@ -99,7 +111,7 @@ pub fn owner(connector: &Value, client_id: &str) -> Owner {
 /// The body of `POST /api/connectors`. Never `metadata`: Logto refuses it for this non-standard
 /// connector.
 pub fn create_body(desired: &DesiredConnector) -> Value {
-    let mut body = json!({ "connectorId": FACTORY_ID, "config": desired.config });
+    let mut body = json!({ "connectorId": FACTORY_ID, "config": desired.config_with_secret() });
     if let Some(id) = &desired.id {
         body["id"] = json!(id);
     }
@@ -133,7 +145,7 @@ pub fn diff(desired: &DesiredConnector, observed: &Value, synced_fingerprint: Op
         let (want, held) = (desired.config.get(*key), config.get(*key));
         let differs = match *key {
             "clientSecret" => match held.and_then(Value::as_str) {
-                Some(held) if !looks_masked(held) => want.and_then(Value::as_str) != Some(held),
+                Some(held) if !looks_masked(held) => held != desired.client_secret.expose(),
                 // Absent or masked: trust the fingerprint of what was last pushed.
                 _ => synced_fingerprint != Some(fingerprint),
             },
@@ -155,8 +167,9 @@ pub fn diff(desired: &DesiredConnector, observed: &Value, synced_fingerprint: Op
 /// back as Logto reported them.
 pub fn update_body(desired: &DesiredConnector, observed: &Value) -> Value {
     let mut config = observed.get("config").and_then(Value::as_object).cloned().unwrap_or_default();
+    let managed = desired.config_with_secret();
     for key in MANAGED_CONFIG {
-        match desired.config.get(*key) {
+        match managed.get(*key) {
             Some(value) => config.insert((*key).to_owned(), value.clone()),
             None => config.remove(*key),
         };
@@ -173,7 +186,7 @@ pub fn callback_url(endpoint: &str, id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{crd::connection::LogtoPrompt, secret::SecretValue};
+    use crate::crd::connection::LogtoPrompt;
 
     const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
     const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
@@ -195,7 +208,7 @@ mod tests {
     }
 
     fn observed_from(d: &DesiredConnector) -> Value {
-        json!({"id": "abc", "connectorId": FACTORY_ID, "target": TARGET, "config": d.config, "metadata": {}})
+        json!({"id": "abc", "connectorId": FACTORY_ID, "target": TARGET, "config": d.config_with_secret(), "metadata": {}})
     }
 
     #[test]
@@ -203,10 +216,13 @@ mod tests {
         let secret = SecretValue::new("s3cret-value");
         let d = desired(&LogtoConnectionSpec::default(), &single(&secret));
         assert_eq!(
-            Value::Object(d.config.clone()),
+            Value::Object(d.config_with_secret()),
             json!({"clientId": CLIENT, "clientSecret": "s3cret-value", "tenantId": TENANT, "cloudInstance": "https://login.microsoftonline.com"})
         );
         assert_eq!(d.id, None);
+        assert_eq!(create_body(&d)["config"]["clientSecret"], "s3cret-value");
+        assert_eq!(update_body(&d, &json!({}))["config"]["clientSecret"], "s3cret-value");
+        assert!(!format!("{d:?}").contains("s3cret-value"), "Debug of the plan redacts the secret: {d:?}");
     }
 
     #[test]

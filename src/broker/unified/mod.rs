@@ -18,7 +18,8 @@ use serde_json::Value;
 
 use super::{
     Broker, BrokerError, DeleteRequest, SyncOutcome, SyncRequest,
-    core::{Auth, Dialect, ErrorBody, Found, ManagementApi, Session, json},
+    budget::Rate,
+    core::{Auth, Dialect, ErrorBody, Found, Limits, ManagementApi, Session, json},
 };
 use crate::{
     crd::{broker::UnifiedBrokerSpec, connection::UnifiedConnectionSpec},
@@ -32,11 +33,12 @@ const PAGE: usize = 100;
 const MAX_PAGES: usize = 50;
 
 /// Unified.to's 429 guidance is unconfirmed; without a header, try again after a second.
-const DIALECT: Dialect = Dialect { name: "Unified.to", default_retry: Duration::from_secs(1), read_error };
+/// Unified.to's limits are the workspace's, which its API token stands for.
+const DIALECT: Dialect = Dialect { name: "Unified.to", default_retry: Duration::from_secs(1), limits: Limits::PerCredential, read_error };
 
 #[derive(Debug)]
 pub struct UnifiedClient {
-    api: ManagementApi,
+    pub(super) api: ManagementApi,
 }
 
 /// Unified.to's error body: `{statusCode, error, message}`.
@@ -63,7 +65,16 @@ fn read_error(answer: &Answer) -> ErrorBody {
 
 impl UnifiedClient {
     pub fn new(upstream: Upstream, spec: &UnifiedBrokerSpec, token: SecretValue, rate: Option<(u32, u32)>) -> Self {
-        Self { api: ManagementApi::new(upstream, Ok(spec.region.host().to_owned()), Ok(String::new()), Auth::Token(token), rate, DIALECT) }
+        Self {
+            api: ManagementApi::new(
+                upstream,
+                Ok(spec.region.host().to_owned()),
+                Ok(String::new()),
+                Auth::Token(token),
+                rate.map(Rate::from),
+                DIALECT,
+            ),
+        }
     }
 }
 
