@@ -96,8 +96,8 @@ pub struct Auth0BrokerSpec {
     #[x_kube(validation = Rule::new("self.matches('^([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\\\\.)+[a-zA-Z]{2,63}$')").message("domain must be a host name such as acme.eu.auth0.com, without https:// or a path"))]
     pub domain: String,
     /// Secret with the machine-to-machine application's client ID and secret. It needs the
-    /// Management API scopes read:connections, create:connections, update:connections and
-    /// delete:connections.
+    /// Management API scopes read:connections, create:connections, update:connections,
+    /// delete:connections, read:connections_options and update:connections_options.
     pub credentials_secret_ref: ClientCredentialsSecretRef,
 }
 

@@ -180,7 +180,13 @@ impl Fleet {
             put_secret(&secrets, "cf-token", &[("api-token", &format!("cf-token-{i}"))]).await?;
             put_secret(&secrets, "unified-token", &[("api-token", &format!("unified-token-{i}"))]).await?;
             let brokers = [
-                ("auth0", json!({"auth0": {"domain": AUTH0_DOMAIN, "credentialsSecretRef": {"name": "m2m"}}})),
+                // Every namespace's Auth0 broker is on one emulated tenant, which has no plan limit:
+                // lift the operator's default budget (sized for Auth0's smallest paid plan), as the
+                // design's targets assume unthrottled brokers.
+                (
+                    "auth0",
+                    json!({"auth0": {"domain": AUTH0_DOMAIN, "credentialsSecretRef": {"name": "m2m"}}, "rateLimit": {"requestsPerSecond": 1000, "burst": 1000}}),
+                ),
                 ("cloudflare", json!({"cloudflare": {"accountId": cloudflare_account(i), "apiTokenSecretRef": {"name": "cf-token"}}})),
                 ("unified", json!({"unified": {"region": "us", "apiTokenSecretRef": {"name": "unified-token"}}})),
             ];
