@@ -11,6 +11,7 @@
 
 pub mod azure;
 pub mod broker;
+pub mod broker_hosts;
 pub mod cache;
 pub mod check;
 pub mod config;

@@ -16,6 +16,7 @@ use super::{
 };
 use idp_bridge::crd::broker::UnifiedRegion;
 use idp_bridge::{
+    broker_hosts::{BrokerHosts, DEFAULT_BROKER_HOSTS},
     config::{Config, LeaderElectionConfig},
     leader::{LeaderElection, LeaderState},
     operator::{self, StartError},
@@ -99,6 +100,19 @@ impl Upstreams {
         overrides
     }
 
+    /// The operator's default broker hosts plus each emulated Auth0 or Logto host outside them,
+    /// listed exactly as a platform team lists a self-hosted broker (`--broker-hosts`).
+    pub fn broker_hosts(&self) -> BrokerHosts {
+        let defaults = BrokerHosts::default();
+        let custom = self.auth0.keys().chain(self.logto.keys()).filter(|host| !defaults.allows(host));
+        std::iter::once(DEFAULT_BROKER_HOSTS)
+            .chain(custom.map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(",")
+            .parse()
+            .expect("emulated hosts are host names")
+    }
+
     /// The CA bundle that makes the emulators' certificates trusted.
     pub fn ca_path(&self) -> &Path {
         &self.ca_path
@@ -115,6 +129,7 @@ impl Upstreams {
             namespace: namespace.to_owned(),
             fingerprint_key_secret: "idp-bridge-fingerprint-key".into(),
             endpoint_overrides: self.overrides(),
+            broker_hosts: self.broker_hosts(),
             ca_bundle: Some(self.ca_path.clone()),
             http_timeout: Duration::from_secs(5),
             deletion_timeout: Duration::from_secs(60),
