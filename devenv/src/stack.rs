@@ -31,6 +31,8 @@ pub struct Upstreams {
     pub azure: AzureEmulator,
     auth0: BTreeMap<String, Auth0Emulator>,
     logto: BTreeMap<String, LogtoEmulator>,
+    /// Broker hosts allowed beyond the operator's defaults.
+    extra_broker_hosts: Vec<String>,
     cloudflare: Option<CloudflareEmulator>,
     unified: Option<UnifiedEmulator>,
     dir: tempfile::TempDir,
@@ -46,7 +48,17 @@ impl Upstreams {
         let ca_path = dir.path().join("ca.pem");
         ca.write_pem(&ca_path)?;
         let azure = AzureEmulator::start(&ca)?;
-        Ok(Self { ca, azure, auth0: BTreeMap::new(), logto: BTreeMap::new(), cloudflare: None, unified: None, dir, ca_path })
+        Ok(Self {
+            ca,
+            azure,
+            auth0: BTreeMap::new(),
+            logto: BTreeMap::new(),
+            extra_broker_hosts: Vec::new(),
+            cloudflare: None,
+            unified: None,
+            dir,
+            ca_path,
+        })
     }
 
     /// Starts an emulated Auth0 tenant for `domain` (or returns the running one).
@@ -100,17 +112,20 @@ impl Upstreams {
         overrides
     }
 
-    /// The operator's default broker hosts plus each emulated Auth0 or Logto host outside them,
-    /// listed exactly as a platform team lists a self-hosted broker (`--broker-hosts`).
+    /// Adds `pattern` to the operator's allowed broker hosts, as a platform team lists a
+    /// self-hosted broker with `--broker-hosts`; vendor hosts are allowed by default.
+    pub fn allow_broker_host(&mut self, pattern: &str) {
+        self.extra_broker_hosts.push(pattern.to_owned());
+    }
+
+    /// The operator's default broker hosts plus those [`Self::allow_broker_host`] added.
     pub fn broker_hosts(&self) -> BrokerHosts {
-        let defaults = BrokerHosts::default();
-        let custom = self.auth0.keys().chain(self.logto.keys()).filter(|host| !defaults.allows(host));
         std::iter::once(DEFAULT_BROKER_HOSTS)
-            .chain(custom.map(String::as_str))
+            .chain(self.extra_broker_hosts.iter().map(String::as_str))
             .collect::<Vec<_>>()
             .join(",")
             .parse()
-            .expect("emulated hosts are host names")
+            .expect("allowed broker hosts are patterns")
     }
 
     /// The CA bundle that makes the emulators' certificates trusted.
