@@ -330,6 +330,12 @@ fn lint_and_template_pass_with_default_and_full_values() {
 
     // Defaults: the whole cluster, with a ClusterRole.
     let docs = render("idp-bridge", "idp-bridge", &json!({}));
+    let default_run = parse_run_args(&container_args(find(&docs, "Deployment", "idp-bridge")));
+    assert_eq!(
+        default_run.broker_hosts,
+        idp_bridge::broker_hosts::BrokerHosts::default(),
+        "empty brokerHosts keeps the operator's defaults"
+    );
     let mut found: Vec<String> =
         docs.iter().map(|d| format!("{} {}", d["kind"].as_str().unwrap(), d["metadata"]["name"].as_str().unwrap())).collect();
     found.sort();
@@ -501,6 +507,8 @@ fn wrong_values_fail_with_a_clear_message() {
         (json!({"watchNamespaces": "team-a"}), "at '/watchNamespaces': got string, want array"),
         (json!({"watchNamespaces": ["Team_A"]}), "at '/watchNamespaces/0'"),
         (json!({"httpTimeout": "15 seconds"}), "at '/httpTimeout'"),
+        (json!({"brokerHosts": "*.auth0.com"}), "at '/brokerHosts': got string, want array"),
+        (json!({"brokerHosts": ["https://auth.example.com"]}), "at '/brokerHosts/0'"),
         (
             json!({"endpointOverrides": {"login.microsoftonline.com": "proxy.internal"}}),
             "at '/endpointOverrides/login.microsoftonline.com'",
