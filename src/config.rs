@@ -5,7 +5,12 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum, builder::BoolishValueParser};
 
-use crate::{crd::duration, leader, upstream::EndpointOverrides};
+use crate::{
+    broker_hosts::{BrokerHosts, DEFAULT_BROKER_HOSTS},
+    crd::duration,
+    leader,
+    upstream::EndpointOverrides,
+};
 
 #[derive(Parser, Debug)]
 #[command(name = "idp-bridge", version, about = "Validates Entra ID client secrets and pushes them into identity brokers")]
@@ -53,6 +58,12 @@ pub struct RunArgs {
     /// Operator-level only: no resource field can do this.
     #[arg(long, env = "IDP_BRIDGE_ENDPOINT_OVERRIDES", default_value = "")]
     pub endpoint_overrides: EndpointOverrides,
+    /// Broker management hosts the operator may call, as comma-separated patterns: HOST,
+    /// HOST:PORT or *.SUFFIX (any depth, port 443 only). IP literals, localhost, link-local names
+    /// and ports other than 443 need an exact pattern. Replaces the default list (the vendors'
+    /// hosts); checked against the host a broker's spec names, before any endpoint override.
+    #[arg(long, env = "IDP_BRIDGE_BROKER_HOSTS", default_value = DEFAULT_BROKER_HOSTS)]
+    pub broker_hosts: BrokerHosts,
     /// PEM bundle of extra CA certificates trusted for outbound HTTPS.
     #[arg(long, env = "IDP_BRIDGE_CA_BUNDLE")]
     pub ca_bundle: Option<PathBuf>,
@@ -119,6 +130,8 @@ pub struct Config {
     pub namespace: String,
     pub fingerprint_key_secret: String,
     pub endpoint_overrides: EndpointOverrides,
+    /// Broker management hosts the operator may call.
+    pub broker_hosts: BrokerHosts,
     pub ca_bundle: Option<PathBuf>,
     pub http_timeout: Duration,
     pub deletion_timeout: Duration,
@@ -218,6 +231,7 @@ impl TryFrom<RunArgs> for Config {
             namespace: args.namespace,
             fingerprint_key_secret: args.fingerprint_key_secret,
             endpoint_overrides: args.endpoint_overrides,
+            broker_hosts: args.broker_hosts,
             ca_bundle: args.ca_bundle,
             http_timeout: args.http_timeout,
             deletion_timeout: args.deletion_timeout,
@@ -245,6 +259,8 @@ mod tests {
         assert_eq!(config.http_timeout, Duration::from_secs(15));
         assert_eq!(config.deletion_timeout, Duration::from_secs(600));
         assert!(config.endpoint_overrides.is_empty());
+        assert_eq!(config.broker_hosts, BrokerHosts::default());
+        assert!(config.broker_hosts.allows("acme.eu.auth0.com"));
         assert_eq!(config.leader_election, Some(LeaderElectionConfig::default()));
     }
 
@@ -292,9 +308,28 @@ mod tests {
     }
 
     #[test]
+    fn broker_hosts_flag_replaces_the_defaults() {
+        let hosts = |args: &[&str]| {
+            let Command::Run(args) = parse(args).unwrap().command else { panic!() };
+            Config::try_from(args).unwrap().broker_hosts
+        };
+        let custom = hosts(&["run", "--broker-hosts", "auth.corp.example, logto.corp.example:8443"]);
+        assert!(custom.allows("auth.corp.example"));
+        assert!(custom.allows("logto.corp.example:8443"));
+        assert!(!custom.allows("acme.eu.auth0.com"), "the flag replaces the defaults");
+        assert_eq!(hosts(&["run", "--broker-hosts=acme.eu.auth0.com"]).to_string(), "acme.eu.auth0.com");
+    }
+
+    #[test]
     fn bad_flags_are_clear_errors() {
         let err = parse(&["run", "--endpoint-overrides", "nohost"]).unwrap_err().to_string();
         assert!(err.contains("HOST=https://"), "{err}");
+        let err = parse(&["run", "--broker-hosts", "https://auth.example.com"]).unwrap_err().to_string();
+        assert!(err.contains("not HOST, HOST:PORT or *.SUFFIX"), "{err}");
+        let err = parse(&["run", "--broker-hosts", ""]).unwrap_err().to_string();
+        assert!(err.contains("no broker could be reached"), "{err}");
+        let err = parse(&["run", "--broker-hosts", "*.example.com:8443"]).unwrap_err().to_string();
+        assert!(err.contains("wildcard may not carry a port"), "{err}");
         let err = parse(&["run", "--http-timeout", "5 seconds"]).unwrap_err().to_string();
         assert!(err.contains("not a duration"), "{err}");
         let Command::Run(args) = parse(&["run", "--ca-bundle", "/nonexistent/ca.pem"]).unwrap().command else { panic!() };

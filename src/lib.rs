@@ -3,7 +3,7 @@
 //!
 //! Layout: `crd` (the API), `config` (flags, parsed once), `controller` (watch and reconcile:
 //! resolve -> validate -> sync -> a pure decision -> status, Events, requeue), `azure` and
-//! `broker::*` (one module per external API), `upstream` (the single outbound HTTP client),
+//! `broker::*` (one module per external API), `broker_hosts` (where broker credentials may go), `upstream` (the single outbound HTTP client),
 //! `cache` (the TTL cache behind the Azure client), `secret` (redaction and fingerprints),
 //! `leader` (leader election on a Lease), `operator` (start-up), `http` (metrics and probes). The emulators and the local control plane used by the
 //! demo and the tests live in the `idp-bridge-devenv` workspace member, never in this crate.
@@ -11,6 +11,7 @@
 
 pub mod azure;
 pub mod broker;
+pub mod broker_hosts;
 pub mod cache;
 pub mod check;
 pub mod config;

@@ -92,6 +92,7 @@ pub async fn context(client: Client, config: Config) -> Result<Arc<Context>, Sta
     if !config.endpoint_overrides.is_empty() {
         info!(overrides = %config.endpoint_overrides, "outbound endpoint overrides are active");
     }
+    info!(broker_hosts = %config.broker_hosts, "brokers are called only on these hosts");
     let key = fingerprint_key(&client, &config).await?;
     Ok(Arc::new(Context::new(client, Arc::new(config), upstream, Fingerprinter::new(key), Arc::new(Metrics::new()))))
 }

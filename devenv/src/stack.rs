@@ -16,6 +16,7 @@ use super::{
 };
 use idp_bridge::crd::broker::UnifiedRegion;
 use idp_bridge::{
+    broker_hosts::{BrokerHosts, DEFAULT_BROKER_HOSTS},
     config::{Config, LeaderElectionConfig},
     leader::{LeaderElection, LeaderState},
     operator::{self, StartError},
@@ -30,6 +31,8 @@ pub struct Upstreams {
     pub azure: AzureEmulator,
     auth0: BTreeMap<String, Auth0Emulator>,
     logto: BTreeMap<String, LogtoEmulator>,
+    /// Broker hosts allowed beyond the operator's defaults.
+    extra_broker_hosts: Vec<String>,
     cloudflare: Option<CloudflareEmulator>,
     unified: Option<UnifiedEmulator>,
     dir: tempfile::TempDir,
@@ -45,7 +48,17 @@ impl Upstreams {
         let ca_path = dir.path().join("ca.pem");
         ca.write_pem(&ca_path)?;
         let azure = AzureEmulator::start(&ca)?;
-        Ok(Self { ca, azure, auth0: BTreeMap::new(), logto: BTreeMap::new(), cloudflare: None, unified: None, dir, ca_path })
+        Ok(Self {
+            ca,
+            azure,
+            auth0: BTreeMap::new(),
+            logto: BTreeMap::new(),
+            extra_broker_hosts: Vec::new(),
+            cloudflare: None,
+            unified: None,
+            dir,
+            ca_path,
+        })
     }
 
     /// Starts an emulated Auth0 tenant for `domain` (or returns the running one).
@@ -99,6 +112,22 @@ impl Upstreams {
         overrides
     }
 
+    /// Adds `pattern` to the operator's allowed broker hosts, as a platform team lists a
+    /// self-hosted broker with `--broker-hosts`; vendor hosts are allowed by default.
+    pub fn allow_broker_host(&mut self, pattern: &str) {
+        self.extra_broker_hosts.push(pattern.to_owned());
+    }
+
+    /// The operator's default broker hosts plus those [`Self::allow_broker_host`] added.
+    pub fn broker_hosts(&self) -> BrokerHosts {
+        std::iter::once(DEFAULT_BROKER_HOSTS)
+            .chain(self.extra_broker_hosts.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(",")
+            .parse()
+            .expect("allowed broker hosts are patterns")
+    }
+
     /// The CA bundle that makes the emulators' certificates trusted.
     pub fn ca_path(&self) -> &Path {
         &self.ca_path
@@ -115,6 +144,7 @@ impl Upstreams {
             namespace: namespace.to_owned(),
             fingerprint_key_secret: "idp-bridge-fingerprint-key".into(),
             endpoint_overrides: self.overrides(),
+            broker_hosts: self.broker_hosts(),
             ca_bundle: Some(self.ca_path.clone()),
             http_timeout: Duration::from_secs(5),
             deletion_timeout: Duration::from_secs(60),

@@ -251,6 +251,17 @@ pub enum BrokerClient {
     Unified(unified::UnifiedClient),
 }
 
+/// `host[:port]` the client built for `provider` calls (before any operator-level endpoint
+/// override), or why the spec names none usable: what `--broker-hosts` is checked against.
+pub fn management_host(provider: &BrokerProvider) -> Result<String, String> {
+    match provider {
+        BrokerProvider::Auth0(spec) => Ok(auth0::api_host(&spec.domain)),
+        BrokerProvider::Cloudflare(_) => Ok(cloudflare::HOST.to_owned()),
+        BrokerProvider::Logto(spec) => logto::endpoint_host(&spec.endpoint),
+        BrokerProvider::Unified(spec) => Ok(spec.region.host().to_owned()),
+    }
+}
+
 impl BrokerClient {
     /// The client for a broker spec and the operator's credentials for it (`client_id` is empty
     /// for token-based brokers). `rate` is the spec's request budget.

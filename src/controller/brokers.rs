@@ -98,6 +98,9 @@ async fn check<B: BrokerObject>(broker: &B, ctx: &Context) -> Result<Desired, Er
     let Some(provider) = broker.provider() else {
         return Ok(Desired::new(READY, Status::False, Reason::BrokerTypeMismatch, "no provider block is set"));
     };
+    if let Err(problem) = resolve::host_allowed(&ctx.config.broker_hosts, &broker.name_any(), &provider) {
+        return Ok(Desired::new(READY, Status::False, problem.reason, problem.message));
+    }
     let namespace = broker.credentials_namespace(&ctx.config.namespace);
     let (client_id, client_secret) = match resolve::credentials(&ctx.client, &namespace, &provider).await? {
         Ok(c) => c,

@@ -174,7 +174,7 @@ async fn sync_broker(ctx: &Context, conn: &AzureAdConnection, resolved: &Resolve
     let (Ok(secret), Ok(validation)) = (&resolved.secret, &validated.credentials) else {
         return Ok(BrokerStage::NotAttempted);
     };
-    let broker = match resolve::broker(&ctx.client, &ctx.config.namespace, conn).await? {
+    let broker = match resolve::broker(&ctx.client, &ctx.config, conn).await? {
         Ok(broker) => ctx.broker_client(&broker),
         Err(problem) => return Ok(BrokerStage::Unresolved(problem)),
     };
@@ -353,7 +353,7 @@ async fn cleanup(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Erro
         ctx.publish(conn, EventType::Warning, "Orphaned", "the connection is suspended, so the broker object was left in place").await;
         return Ok(Action::await_change());
     }
-    let resolved = match resolve::broker(&ctx.client, &ctx.config.namespace, conn).await? {
+    let resolved = match resolve::broker(&ctx.client, &ctx.config, conn).await? {
         Ok(resolved) => resolved,
         Err(Problem { message, .. }) => {
             ctx.publish(

@@ -19,6 +19,9 @@ use super::{
     observation::{Expiry, Problem},
 };
 use crate::{
+    broker::management_host,
+    broker_hosts::BrokerHosts,
+    config::Config,
     crd::{
         BrokerProvider, ClusterIdentityBroker, EXPIRES_AT_ANNOTATION, IdentityBroker,
         broker::CredentialKeys,
@@ -104,8 +107,9 @@ pub struct ResolvedBroker {
 }
 
 /// Finds the connection's broker, checks it may be used from the connection's namespace and is
-/// of the connection's type, and reads its credentials.
-pub async fn broker(client: &Client, operator_namespace: &str, conn: &AzureAdConnection) -> Result<Result<ResolvedBroker, Problem>, Error> {
+/// of the connection's type and on an allowed host, and reads its credentials.
+pub async fn broker(client: &Client, config: &Config, conn: &AzureAdConnection) -> Result<Result<ResolvedBroker, Problem>, Error> {
+    let operator_namespace = config.namespace.as_str();
     let namespace = conn.namespace().unwrap_or_default();
     let reference = &conn.spec.broker_ref;
     let (meta, provider, rate_limit, secret_namespace) = match reference.kind {
@@ -148,6 +152,10 @@ pub async fn broker(client: &Client, operator_namespace: &str, conn: &AzureAdCon
             format!("broker {} is of type {}, but the connection has a {wanted} block", reference.name, provider.type_name()),
         )));
     }
+    // Before the credentials are read: nothing about them may go to a host the platform refused.
+    if let Err(problem) = host_allowed(&config.broker_hosts, &reference.name, &provider) {
+        return Ok(Err(problem));
+    }
     let credentials = match credentials(client, &secret_namespace, &provider).await? {
         Ok(c) => c,
         Err(problem) => return Ok(Err(problem)),
@@ -187,6 +195,21 @@ pub async fn credentials(
         }
         CredentialKeys::Token { key } => read(key).map(|token| (String::new(), token)),
     })
+}
+
+/// Whether the operator may call the management host `provider` names (the spec's host, before any
+/// operator-level endpoint override). A spec naming no usable host passes: its client refuses to
+/// send anything and says why.
+pub fn host_allowed(hosts: &BrokerHosts, broker_name: &str, provider: &BrokerProvider) -> Result<(), Problem> {
+    match management_host(provider) {
+        Ok(host) if !hosts.allows(&host) => Err(Problem::new(
+            Reason::BrokerHostNotAllowed,
+            format!(
+                "broker {broker_name} names the host {host}, which the operator's allowed broker hosts (--broker-hosts) do not include; nothing was sent to it. The platform team adds self-hosted or custom hosts"
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Whether a ClusterIdentityBroker's `allowedNamespaces` admits a namespace with `labels`. A
@@ -270,5 +293,45 @@ mod tests {
         assert!(!allowed(&sel(None, Some(vec![req("DoesNotExist", &[])]))));
         assert!(!allowed(&sel(Some(labels.clone()), Some(vec![req("DoesNotExist", &[])]))), "labels and expressions must all hold");
         assert!(namespace_allowed(&sel(None, Some(vec![req("Near", &["a"])])), &labels).is_err(), "unknown operators are refused");
+    }
+
+    #[test]
+    fn broker_hosts_are_checked_on_the_host_each_provider_calls() {
+        let provider = |spec: serde_json::Value| {
+            serde_json::from_value::<IdentityBroker>(serde_json::json!({
+                "apiVersion": "idpbridge.io/v1alpha1", "kind": "IdentityBroker", "metadata": {"name": "b"}, "spec": spec,
+            }))
+            .unwrap()
+            .spec
+            .provider()
+            .unwrap()
+        };
+        let creds = serde_json::json!({"name": "m2m"});
+        let token = serde_json::json!({"name": "token"});
+        let auth0 = |domain: &str| provider(serde_json::json!({"auth0": {"domain": domain, "credentialsSecretRef": creds}}));
+        let logto = |endpoint: &str| provider(serde_json::json!({"logto": {"endpoint": endpoint, "credentialsSecretRef": creds}}));
+        let defaults = BrokerHosts::default();
+        let reason = |hosts: &BrokerHosts, p: &BrokerProvider| host_allowed(hosts, "b", p).err().map(|problem| problem.reason);
+        assert_eq!(reason(&defaults, &auth0("Acme.EU.auth0.com")), None);
+        assert_eq!(reason(&defaults, &logto("https://abc123.logto.app")), None);
+        assert_eq!(
+            reason(&defaults, &provider(serde_json::json!({"cloudflare": {"accountId": "0".repeat(32), "apiTokenSecretRef": token}}))),
+            None
+        );
+        for region in ["us", "eu", "au"] {
+            let unified = provider(serde_json::json!({"unified": {"region": region, "apiTokenSecretRef": token}}));
+            assert_eq!(reason(&defaults, &unified), None, "{region}");
+        }
+        for refused in
+            [auth0("evil.internal"), logto("https://10.0.0.1:8443"), logto("https://[::1]"), logto("https://abc123.logto.app:8443")]
+        {
+            assert_eq!(reason(&defaults, &refused), Some(Reason::BrokerHostNotAllowed), "{refused:?}");
+        }
+        let problem = host_allowed(&defaults, "b", &logto("https://10.0.0.1:8443")).unwrap_err();
+        assert!(problem.message.contains("10.0.0.1:8443") && problem.message.contains("--broker-hosts"), "{}", problem.message);
+        let custom: BrokerHosts = "10.0.0.1:8443,auth.corp.example".parse().unwrap();
+        assert_eq!(reason(&custom, &logto("https://10.0.0.1:8443")), None, "listed exactly");
+        assert_eq!(reason(&custom, &auth0("auth.corp.example")), None);
+        assert_eq!(reason(&custom, &auth0("acme.eu.auth0.com")), Some(Reason::BrokerHostNotAllowed));
     }
 }

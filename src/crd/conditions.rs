@@ -98,6 +98,9 @@ reasons! {
     BrokerTypeMismatch,
     /// The ClusterIdentityBroker does not allow this namespace.
     BrokerNotAllowed,
+    /// The broker's management host is not in the operator's `--broker-hosts` allowlist, so
+    /// nothing was sent to it.
+    BrokerHostNotAllowed,
     /// The broker's own credential Secret is missing or incomplete.
     BrokerCredentialsMissing,
     /// The broker rejected the operator's management credentials.

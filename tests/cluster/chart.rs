@@ -224,6 +224,7 @@ fn full_values(watch: &[&str]) -> Value {
         "watchNamespaces": watch,
         "log": {"format": "json", "level": "debug"},
         "endpointOverrides": {"login.microsoftonline.com": "https://egress.internal:8443/login", "acme.eu.auth0.com": "https://egress.internal:8443/auth0"},
+        "brokerHosts": ["acme.eu.auth0.com", "*.logto.app", "logto.corp.example:8443"],
         "caBundle": {"configMapName": "egress-ca"},
         "metrics": {
             "serviceMonitor": {"enabled": true, "labels": {"release": "prometheus"}},
@@ -277,7 +278,8 @@ fn emulator_values(upstreams: &Upstreams, ca_from: &str) -> Value {
         .map(|(h, u)| (h.to_owned(), json!(u)))
         .collect();
     let ca_bundle = if ca_from == "Secret" { json!({"secretName": "egress-ca"}) } else { json!({"configMapName": "egress-ca"}) };
-    json!({"endpointOverrides": overrides, "caBundle": ca_bundle})
+    let broker_hosts: Vec<String> = upstreams.broker_hosts().to_string().split(',').map(str::to_owned).collect();
+    json!({"endpointOverrides": overrides, "brokerHosts": broker_hosts, "caBundle": ca_bundle})
 }
 
 /// The Secret or ConfigMap `egress-ca` holding the emulators' CA under `ca.crt`.
@@ -329,6 +331,12 @@ fn lint_and_template_pass_with_default_and_full_values() {
 
     // Defaults: the whole cluster, with a ClusterRole.
     let docs = render("idp-bridge", "idp-bridge", &json!({}));
+    let default_run = parse_run_args(&container_args(find(&docs, "Deployment", "idp-bridge")));
+    assert_eq!(
+        default_run.broker_hosts,
+        idp_bridge::broker_hosts::BrokerHosts::default(),
+        "empty brokerHosts keeps the operator's defaults"
+    );
     let mut found: Vec<String> =
         docs.iter().map(|d| format!("{} {}", d["kind"].as_str().unwrap(), d["metadata"]["name"].as_str().unwrap())).collect();
     found.sort();
@@ -431,8 +439,11 @@ fn lint_and_template_pass_with_default_and_full_values() {
         run.endpoint_overrides.to_string(),
         "acme.eu.auth0.com=https://egress.internal:8443/auth0,login.microsoftonline.com=https://egress.internal:8443/login"
     );
+    assert_eq!(run.broker_hosts.to_string(), "acme.eu.auth0.com,*.logto.app,logto.corp.example:8443");
+    assert!(!run.broker_hosts.allows("other.eu.auth0.com"), "brokerHosts replaces the defaults");
     for expected in [
         "--watch-namespaces=team-a,team-b",
+        "--broker-hosts=acme.eu.auth0.com,*.logto.app,logto.corp.example:8443",
         "--endpoint-overrides=acme.eu.auth0.com=https://egress.internal:8443/auth0,login.microsoftonline.com=https://egress.internal:8443/login",
         "--ca-bundle=/etc/idp-bridge/ca-bundle/ca.crt",
         "--log-format=json",
@@ -537,6 +548,8 @@ fn wrong_values_fail_with_a_clear_message() {
         (json!({"watchNamespaces": "team-a"}), "at '/watchNamespaces': got string, want array"),
         (json!({"watchNamespaces": ["Team_A"]}), "at '/watchNamespaces/0'"),
         (json!({"httpTimeout": "15 seconds"}), "at '/httpTimeout'"),
+        (json!({"brokerHosts": "*.auth0.com"}), "at '/brokerHosts': got string, want array"),
+        (json!({"brokerHosts": ["https://auth.example.com"]}), "at '/brokerHosts/0'"),
         (
             json!({"endpointOverrides": {"login.microsoftonline.com": "proxy.internal"}}),
             "at '/endpointOverrides/login.microsoftonline.com'",

@@ -235,6 +235,8 @@ fn logto_connector(logto: &idp_bridge_devenv::logto::LogtoEmulator) -> Option<Va
 async fn logto_microsoft_connector() {
     let mut env = Env::without_operator("e2e-logto").await;
     let logto = env.upstreams.logto(LOGTO_HOST, "https://default.logto.app/api").unwrap();
+    // A self-hosted Logto: the platform team lists its host.
+    env.upstreams.allow_broker_host(LOGTO_HOST);
     logto.add_m2m_app(LOGTO_APP, LOGTO_SECRET);
     env.put_secret("logto-m2m", &[("client-id", LOGTO_APP), ("client-secret", LOGTO_SECRET)], &[]).await;
     env.apply(

@@ -8,6 +8,7 @@ mod chart;
 mod control_plane;
 mod crd_validation;
 mod e2e_auth0;
+mod e2e_broker_hosts;
 mod e2e_brokers;
 mod gitops_health;
 mod leader_election;

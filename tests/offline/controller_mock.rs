@@ -52,6 +52,7 @@ fn context(client: Client) -> Arc<Context> {
         namespace: "idp-bridge".into(),
         fingerprint_key_secret: "key".into(),
         endpoint_overrides: EndpointOverrides::default(),
+        broker_hosts: Default::default(),
         ca_bundle: None,
         http_timeout: Duration::from_secs(1),
         deletion_timeout: Duration::from_secs(600),

@@ -279,7 +279,10 @@ fn seed_broker(upstreams: &mut Upstreams, docs: &[Value], spec: &Value) -> DemoR
         let endpoint = url::Url::parse(logto["endpoint"].as_str().ok_or("broker without endpoint")?)?;
         let resource = logto["resource"].as_str().unwrap_or("https://default.logto.app/api");
         let (id, value) = client_credentials(logto)?;
-        upstreams.logto(endpoint.host_str().ok_or("endpoint without host")?, resource)?.add_m2m_app(id, value);
+        let host = endpoint.host_str().ok_or("endpoint without host")?;
+        upstreams.logto(host, resource)?.add_m2m_app(id, value);
+        // A self-hosted Logto: listed in --broker-hosts, as a platform team would.
+        upstreams.allow_broker_host(host);
     } else if let Some(unified) = spec.get("unified") {
         let emulator = upstreams.unified()?;
         emulator.add_token(token(unified)?);

@@ -100,9 +100,14 @@ fn options_unreadable(name: &str) -> BrokerError {
     ))
 }
 
+/// The Management API host of a tenant domain.
+pub(crate) fn api_host(domain: &str) -> String {
+    domain.to_ascii_lowercase()
+}
+
 impl Auth0Client {
     pub fn new(upstream: Upstream, domain: &str, client_id: &str, client_secret: SecretValue, rate: Option<(u32, u32)>) -> Self {
-        let domain = domain.to_ascii_lowercase();
+        let domain = api_host(domain);
         let audience = format!("https://{domain}/api/v2/");
         let grant = ClientCredentials::new(
             client_id,

@@ -221,7 +221,7 @@ async fn create(api: &Session<'_>, desired: &DesiredConnector) -> Result<SyncOut
 
 /// `host[:port]` of an `https://HOST[:PORT]` endpoint (the CRD's shape); anything else is refused
 /// rather than guessed at, so management calls only ever go to the host the spec names.
-fn endpoint_host(endpoint: &str) -> Result<String, String> {
+pub(crate) fn endpoint_host(endpoint: &str) -> Result<String, String> {
     let refuse = || format!("Logto endpoint {endpoint:?} is not https://HOST[:PORT]");
     let url = Url::parse(endpoint.trim()).map_err(|_| refuse())?;
     let plain = url.scheme() == "https"
