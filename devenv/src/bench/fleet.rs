@@ -136,6 +136,8 @@ impl Fleet {
     pub fn plan(upstreams: &mut Upstreams, connections: usize, namespaces: usize, refresh_interval: &str) -> BenchResult<Fleet> {
         let namespace_names: Vec<String> = (0..namespaces.max(1)).map(|i| format!("bench-{i}")).collect();
         upstreams.azure.add_tenant(TENANT_ID, &[TENANT_DOMAIN]);
+        // The self-hosted Logto tenants are no vendor host: the platform team lists them.
+        upstreams.allow_broker_host(LOGTO_HOSTS);
         let auth0 = upstreams.auth0(AUTH0_DOMAIN)?;
         auth0.add_m2m_client(M2M_ID, M2M_SECRET, &["read:connections", "create:connections", "update:connections", "delete:connections"]);
         let cloudflare = upstreams.cloudflare()?;
@@ -216,6 +218,9 @@ impl Fleet {
         Ok(())
     }
 }
+
+/// Every bench Logto tenant's host matches this pattern.
+const LOGTO_HOSTS: &str = "*.bench.example.com";
 
 fn logto_host(index: usize) -> String {
     format!("logto-{index}.bench.example.com")

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use idp_bridge::upstream::EndpointOverrides;
+use idp_bridge::{broker_hosts::BrokerHosts, upstream::EndpointOverrides};
 use tokio::process::{Child, Command};
 
 use super::{BenchResult, fleet::OPERATOR_NAMESPACE};
@@ -36,13 +36,21 @@ pub struct OperatorProcess {
 impl OperatorProcess {
     /// Starts `binary run` against the cluster of `kubeconfig`, logging (JSON) to `log`, and
     /// waits until its /readyz answers 200.
-    pub async fn start(binary: &Path, kubeconfig: &Path, overrides: &EndpointOverrides, ca_bundle: &Path, log: &Path) -> BenchResult<Self> {
+    pub async fn start(
+        binary: &Path,
+        kubeconfig: &Path,
+        upstreams: (&EndpointOverrides, &BrokerHosts),
+        ca_bundle: &Path,
+        log: &Path,
+    ) -> BenchResult<Self> {
+        let (overrides, broker_hosts) = upstreams;
         let http = free_loopback_address()?;
         let log_file = std::fs::File::create(log)?;
         let child = Command::new(binary)
             .arg("run")
             .arg(format!("--namespace={OPERATOR_NAMESPACE}"))
             .arg(format!("--endpoint-overrides={overrides}"))
+            .arg(format!("--broker-hosts={broker_hosts}"))
             .arg(format!("--ca-bundle={}", ca_bundle.display()))
             .arg("--leader-election=false")
             .arg(format!("--http-address={http}"))

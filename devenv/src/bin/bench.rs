@@ -146,7 +146,7 @@ async fn run(args: &Args, profile: &Profile, report: &mut Report) -> BenchResult
     let operator = OperatorProcess::start(
         &args.operator_bin,
         control_plane.kubeconfig_path(),
-        &upstreams.overrides(),
+        (&upstreams.overrides(), &upstreams.broker_hosts()),
         upstreams.ca_path(),
         &args.operator_log,
     )
