@@ -234,6 +234,7 @@ fn full_values(watch: &[&str]) -> Value {
         "podAnnotations": {"example.com/audit": "enabled"},
         "podLabels": {"team": "identity"},
         "image": {"repository": "registry.internal/idp-bridge"},
+        "reconcileTimeout": "5m",
     })
 }
 
@@ -375,6 +376,7 @@ fn lint_and_template_pass_with_default_and_full_values() {
     assert_eq!(args[0], "run");
     let run = parse_run_args(&container_args(deployment));
     assert!(run.leader_election && run.watch_namespaces.is_empty() && run.ca_bundle.is_none());
+    assert_eq!(run.reconcile_timeout, std::time::Duration::from_secs(120), "the chart's reconcile deadline is the binary's default");
     Config::try_from(run).expect("the default args make a valid configuration");
     for expected in
         ["--leader-election=true", "--http-address=0.0.0.0:8080", "--log-format=text", "--leader-election-lease=idp-bridge-leader"]
@@ -425,6 +427,7 @@ fn lint_and_template_pass_with_default_and_full_values() {
     let args: Vec<&str> = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
     let run = parse_run_args(&container_args(deployment));
     assert_eq!(run.watch_namespaces, ["team-a", "team-b"]);
+    assert_eq!(run.reconcile_timeout, std::time::Duration::from_secs(300));
     assert_eq!(run.log_format, idp_bridge::config::LogFormat::Json);
     assert_eq!(
         run.endpoint_overrides.to_string(),
@@ -496,6 +499,7 @@ fn wrong_values_fail_with_a_clear_message() {
         (json!({"watchNamespaces": "team-a"}), "at '/watchNamespaces': got string, want array"),
         (json!({"watchNamespaces": ["Team_A"]}), "at '/watchNamespaces/0'"),
         (json!({"httpTimeout": "15 seconds"}), "at '/httpTimeout'"),
+        (json!({"reconcileTimeout": "2 minutes"}), "at '/reconcileTimeout'"),
         (
             json!({"endpointOverrides": {"login.microsoftonline.com": "proxy.internal"}}),
             "at '/endpointOverrides/login.microsoftonline.com'",
