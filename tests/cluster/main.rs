@@ -8,6 +8,7 @@ mod control_plane;
 mod crd_validation;
 mod e2e_auth0;
 mod e2e_brokers;
+mod hostile;
 mod leader_election;
 mod namespace_deletion;
 mod printer_columns;
