@@ -100,3 +100,70 @@ async fn slow_brokers_hold_no_concurrency_slot_past_the_deadline() {
     assert!(env.connections().get("healthy").await.is_ok_and(|c| condition_is(&c, READY, "True", "Ready")));
     env.assert_no_canary_leaks().await;
 }
+
+/// A broker tenant of its own for one hostile behaviour, with a connection using it.
+async fn hostile_auth0(env: &mut Env, name: &str, fault: Fault) {
+    let domain = format!("{name}.eu.auth0.com");
+    let tenant = env.upstreams.auth0(&domain).unwrap();
+    tenant.add_m2m_client("m2m", "m2m-hostile-secret", &["read:connections", "create:connections", "update:connections"]);
+    tenant.kit().faults().push(fault.on(RequestMatch::any().under("/api/v2")).forever());
+    env.put_secret(&format!("{name}-management"), &[("client-id", "m2m"), ("client-secret", "m2m-hostile-secret")], &[]).await;
+    env.apply(
+        "IdentityBroker",
+        name,
+        json!({"spec": {"auth0": {"domain": domain, "credentialsSecretRef": {"name": format!("{name}-management")}}}}),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_answers_end_in_conditions_while_healthy_connections_sync() {
+    let mut env = Env::without_operator("hostile-answers").await;
+    // Each hostile broker with the Ready its connection must reach. Auth0 finds a connection by
+    // name in one request, so endless pages end at the page cap of the enabled-clients listing,
+    // and the sync completes.
+    let hostile = [
+        ("drip", Fault::drip(1, Duration::from_secs(1)), "False", "BrokerUnreachable"),
+        ("retry-forever", Fault::status(429).retry_after(u64::MAX), "False", "BrokerRateLimited"),
+        ("huge-body", Fault::huge_body(u64::MAX), "False", "BrokerUnreachable"),
+        ("endless", Fault::endless_pages(), "True", "Ready"),
+    ];
+    for (name, fault, _, _) in &hostile {
+        hostile_auth0(&mut env, name, fault.clone()).await;
+    }
+    env.start_operator_with(|config| config.reconcile_timeout = DEADLINE).await;
+
+    let secret = env.canary("shared");
+    env.upstreams.azure.add_secret(TENANT_ID, CLIENT_ID, &secret, in_a_year());
+    env.put_secret("hostile-secret", &[("client-secret", &secret)], &[]).await;
+    for (name, _, _, _) in &hostile {
+        env.connect_to(name, name, json!({"auth0": {"name": name}}), "hostile-secret", json!({})).await;
+    }
+    let healthy = ["healthy-a", "healthy-b", "healthy-c"];
+    let first = env.canary("first");
+    env.upstreams.azure.add_secret(TENANT_ID, CLIENT_ID, &first, in_a_year());
+    for name in healthy {
+        env.put_secret(&format!("{name}-secret"), &[("client-secret", &first)], &[]).await;
+        env.connect(name, &format!("{name}-secret"), json!({})).await;
+    }
+    for name in healthy {
+        env.wait_ready(name).await;
+    }
+    let second = env.canary("second");
+    env.upstreams.azure.add_secret(TENANT_ID, CLIENT_ID, &second, in_a_year());
+    env.put_secret("healthy-a-secret", &[("client-secret", &second)], &[]).await;
+    wait_until("the rotation reaches Auth0 beside the hostile brokers", async || env.broker_secret("healthy-a") == second).await;
+
+    for (name, _, ready, reason) in hostile {
+        env.wait_for(name, reason, |conn| {
+            condition_is(conn, READY, ready, reason) && (ready == "True" || condition_is(conn, "BrokerSynced", "False", reason))
+        })
+        .await;
+    }
+    let (status, _) = env.http_get("/healthz").await;
+    assert_eq!(status, 200, "the operator is still up");
+    for name in healthy {
+        assert!(env.connections().get(name).await.is_ok_and(|c| condition_is(&c, READY, "True", "Ready")), "{name} stays Ready");
+    }
+    env.assert_no_canary_leaks().await;
+}
