@@ -70,6 +70,11 @@ pub struct RunArgs {
     /// Timeout of one outbound HTTP request.
     #[arg(long, env = "IDP_BRIDGE_HTTP_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub http_timeout: Duration,
+    /// Deadline of one reconcile (a connection's or a broker's status check), so that a slow or
+    /// hanging endpoint cannot hold a --concurrency slot; past it the reconcile is retried with
+    /// backoff and the connection reports ReconcileTimedOut.
+    #[arg(long, env = "IDP_BRIDGE_RECONCILE_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    pub reconcile_timeout: Duration,
     /// How long deletion under deletionPolicy Delete keeps retrying a failing broker before it
     /// releases the resource and leaves the broker object behind (with a Warning event).
     #[arg(long, env = "IDP_BRIDGE_DELETION_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
@@ -134,6 +139,7 @@ pub struct Config {
     pub broker_hosts: BrokerHosts,
     pub ca_bundle: Option<PathBuf>,
     pub http_timeout: Duration,
+    pub reconcile_timeout: Duration,
     pub deletion_timeout: Duration,
     pub concurrency: u16,
     pub instance: String,
@@ -183,6 +189,8 @@ impl LeaderElectionConfig {
 pub enum ConfigError {
     #[error("--ca-bundle {0} does not exist")]
     MissingCaBundle(String),
+    #[error("--reconcile-timeout must be at least --http-timeout: a reconcile makes one request or more")]
+    ReconcileTimeout,
     #[error("--concurrency must be at least 1")]
     Concurrency,
     #[error("--namespace must not be empty")]
@@ -201,6 +209,9 @@ impl TryFrom<RunArgs> for Config {
             && !path.exists()
         {
             return Err(ConfigError::MissingCaBundle(path.display().to_string()));
+        }
+        if args.reconcile_timeout < args.http_timeout {
+            return Err(ConfigError::ReconcileTimeout);
         }
         if args.concurrency == 0 {
             return Err(ConfigError::Concurrency);
@@ -234,6 +245,7 @@ impl TryFrom<RunArgs> for Config {
             broker_hosts: args.broker_hosts,
             ca_bundle: args.ca_bundle,
             http_timeout: args.http_timeout,
+            reconcile_timeout: args.reconcile_timeout,
             deletion_timeout: args.deletion_timeout,
             concurrency: args.concurrency,
             instance: args.instance,
@@ -253,11 +265,20 @@ mod tests {
     }
 
     #[test]
+    fn a_reconcile_timeout_shorter_than_one_request_is_refused() {
+        let Command::Run(args) = parse(&["run", "--http-timeout=30s", "--reconcile-timeout=10s"]).unwrap().command else { panic!() };
+        assert!(matches!(Config::try_from(args), Err(ConfigError::ReconcileTimeout)));
+        let Command::Run(args) = parse(&["run", "--reconcile-timeout=5m"]).unwrap().command else { panic!() };
+        assert_eq!(Config::try_from(args).unwrap().reconcile_timeout, Duration::from_secs(300));
+    }
+
+    #[test]
     fn run_defaults() {
         let Command::Run(args) = parse(&["run"]).unwrap().command else { panic!() };
         let config = Config::try_from(args).unwrap();
         assert_eq!(config.http_timeout, Duration::from_secs(15));
         assert_eq!(config.deletion_timeout, Duration::from_secs(600));
+        assert_eq!(config.reconcile_timeout, Duration::from_secs(120));
         assert!(config.endpoint_overrides.is_empty());
         assert_eq!(config.broker_hosts, BrokerHosts::default());
         assert!(config.broker_hosts.allows("acme.eu.auth0.com"));

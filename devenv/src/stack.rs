@@ -147,6 +147,7 @@ impl Upstreams {
             broker_hosts: self.broker_hosts(),
             ca_bundle: Some(self.ca_path.clone()),
             http_timeout: Duration::from_secs(5),
+            reconcile_timeout: Duration::from_secs(60),
             deletion_timeout: Duration::from_secs(60),
             concurrency: 8,
             instance: "devenv".into(),

@@ -120,7 +120,12 @@ async fn check<B: BrokerObject>(broker: &B, ctx: &Context) -> Result<Desired, Er
     })
 }
 
+/// The status check under the reconcile deadline, its panics contained, like a connection's.
 #[tracing::instrument(skip_all, fields(kind = B::kind(&()).as_ref(), namespace = %broker.namespace().unwrap_or_default(), name = %broker.name_any()))]
+async fn guarded_reconcile<B: BrokerObject>(broker: Arc<B>, ctx: Arc<Context>) -> Result<Action, Error> {
+    super::guard::guarded(ctx.config.reconcile_timeout, reconcile::<B>(broker, ctx)).await
+}
+
 async fn reconcile<B: BrokerObject>(broker: Arc<B>, ctx: Arc<Context>) -> Result<Action, Error> {
     if broker.meta().deletion_timestamp.is_some() {
         ctx.brokers.forget(broker.meta().uid.as_deref().unwrap_or_default());
@@ -189,7 +194,7 @@ fn controller<B: BrokerObject>(
     controller
         .watches_stream(secret_events, move |s| brokers_using_secret(&store, &s, &operator_namespace))
         .graceful_shutdown_on(stop.clone().cancelled_owned())
-        .run(reconcile::<B>, error_policy::<B>, ctx)
+        .run(guarded_reconcile::<B>, error_policy::<B>, ctx)
         .for_each(|_| future::ready(()))
 }
 

@@ -28,6 +28,14 @@ pub enum Error {
     /// a bug, not a cluster condition.
     #[error("finalizer: {0}")]
     Finalizer(String),
+    /// The reconcile ran out of its deadline (`--reconcile-timeout`): an endpoint too slow or
+    /// hostile. The text is stable: it ends up in conditions and logs, where a changing number
+    /// would only add noise.
+    #[error("the reconcile did not finish within its deadline (--reconcile-timeout); an endpoint is too slow")]
+    DeadlineExceeded,
+    /// A bug hit by this object; the payload is deliberately not kept (it could carry a secret).
+    #[error("the reconcile panicked (a bug); see the operator's log")]
+    Panicked,
 }
 
 impl Error {
@@ -43,6 +51,8 @@ impl Error {
             Error::AddFinalizer(_) => "add_finalizer",
             Error::RemoveFinalizer(_) => "remove_finalizer",
             Error::Finalizer(_) => "finalizer",
+            Error::DeadlineExceeded => "deadline",
+            Error::Panicked => "panic",
         }
     }
 }

@@ -6,6 +6,7 @@ mod brokers;
 mod context;
 mod decide;
 mod error;
+mod guard;
 mod observation;
 mod readiness;
 pub mod reconcile;

@@ -20,6 +20,7 @@ use super::{
     Context,
     decide::{self, Decision, Next},
     error::Error,
+    guard::guarded,
     observation::{BrokerStage, CredentialsFailure, Expiry, Observation, Problem},
     resolve,
     status::Subject,
@@ -29,7 +30,7 @@ use crate::{
     broker::{AzureCredentials, BrokerExtras, BrokerTarget, DeleteRequest, SyncRequest},
     crd::{
         EXPIRES_AT_ANNOTATION, FINALIZER,
-        conditions::Reason,
+        conditions::{Desired, READY, Reason, Status, set_condition},
         connection::{AzureAdConnection, AzureAdConnectionStatus, DeletionPolicy, ExpirySource, ManagementPolicy, ValidationMode},
     },
     metrics::{ConnectionLabels, ExpiryLabels},
@@ -40,20 +41,52 @@ use crate::{
 pub const MANAGER: &str = "idp-bridge";
 
 /// Every log line of a reconcile carries the connection's namespace and name (the span fields).
+/// The stages run under the reconcile deadline with their panics contained ([`guarded`]): a
+/// connection whose endpoints hang or that hits a bug fails alone, with a Ready condition that
+/// says so, and holds its concurrency slot no longer than the deadline.
 #[tracing::instrument(skip_all, fields(namespace = %conn.namespace().unwrap_or_default(), name = %conn.name_any()))]
 pub async fn reconcile(conn: Arc<AzureAdConnection>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
+    let result = guarded(ctx.config.reconcile_timeout, stages(conn.clone(), &ctx)).await;
+    if let Err(error @ (Error::DeadlineExceeded | Error::Panicked)) = &result {
+        report_unfinished(&conn, &ctx, error).await;
+    }
+    let outcome = match &result {
+        Ok(_) => "success",
+        Err(Error::DeadlineExceeded) => "timeout",
+        Err(Error::Panicked) => "panic",
+        Err(_) => "error",
+    };
+    ctx.metrics.reconciled(outcome, started.elapsed());
+    result
+}
+
+async fn stages(conn: Arc<AzureAdConnection>, ctx: &Context) -> Result<Action, Error> {
     let api: Api<AzureAdConnection> = Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
-    let result = finalizer(&api, FINALIZER, conn, |event| async {
+    finalizer(&api, FINALIZER, conn, |event| async {
         match event {
-            Finalizer::Apply(conn) => apply(&conn, &ctx).await,
-            Finalizer::Cleanup(conn) => cleanup(&conn, &ctx).await,
+            Finalizer::Apply(conn) => apply(&conn, ctx).await,
+            Finalizer::Cleanup(conn) => cleanup(&conn, ctx).await,
         }
     })
     .await
-    .map_err(Error::from);
-    ctx.metrics.reconciled(if result.is_ok() { "success" } else { "error" }, started.elapsed());
-    result
+    .map_err(Error::from)
+}
+
+/// A reconcile cut by its deadline or a panic decided nothing: only Ready changes, to say why,
+/// so a person sees the connection is stuck rather than a stale Ready. Best effort: the error
+/// is retried with backoff either way.
+async fn report_unfinished(conn: &AzureAdConnection, ctx: &Context, error: &Error) {
+    let reason = if matches!(error, Error::Panicked) { Reason::ReconcilePanicked } else { Reason::ReconcileTimedOut };
+    let previous = conn.status.clone().unwrap_or_default();
+    let mut next = previous.clone();
+    let ready = Desired::new(READY, Status::False, reason, error.to_string());
+    let _ = set_condition(&mut next.conditions, &ready, conn.meta().generation, jiff::Timestamp::now());
+    match tokio::time::timeout(ctx.config.http_timeout, write_status(conn, ctx, &previous, &next)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "could not report the unfinished reconcile"),
+        Err(_) => warn!("could not report the unfinished reconcile in time"),
+    }
 }
 
 /// The resolve stage: what the connection's Secret holds.

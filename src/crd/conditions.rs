@@ -48,6 +48,10 @@ reasons! {
     Ready,
     /// `spec.suspend` is true: no calls to Azure or the broker.
     Suspended,
+    /// The reconcile ran out of `--reconcile-timeout` (an endpoint too slow); retried with backoff.
+    ReconcileTimedOut,
+    /// The reconcile panicked (a bug in the operator); retried with backoff.
+    ReconcilePanicked,
     /// CredentialsValid: Azure issued a token for the secret.
     Valid,
     /// CredentialsValid: `validation.mode: Discovery` resolved the tenant; the secret was not tried.

@@ -236,6 +236,7 @@ fn full_values(watch: &[&str]) -> Value {
         "podAnnotations": {"example.com/audit": "enabled"},
         "podLabels": {"team": "identity"},
         "image": {"repository": "registry.internal/idp-bridge"},
+        "reconcileTimeout": "5m",
     })
 }
 
@@ -384,6 +385,7 @@ fn lint_and_template_pass_with_default_and_full_values() {
     assert_eq!(args[0], "run");
     let run = parse_run_args(&container_args(deployment));
     assert!(run.leader_election && run.watch_namespaces.is_empty() && run.ca_bundle.is_none());
+    assert_eq!(run.reconcile_timeout, std::time::Duration::from_secs(120), "the chart's reconcile deadline is the binary's default");
     Config::try_from(run).expect("the default args make a valid configuration");
     for expected in
         ["--leader-election=true", "--http-address=0.0.0.0:8080", "--log-format=text", "--leader-election-lease=idp-bridge-leader"]
@@ -434,6 +436,7 @@ fn lint_and_template_pass_with_default_and_full_values() {
     let args: Vec<&str> = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
     let run = parse_run_args(&container_args(deployment));
     assert_eq!(run.watch_namespaces, ["team-a", "team-b"]);
+    assert_eq!(run.reconcile_timeout, std::time::Duration::from_secs(300));
     assert_eq!(run.log_format, idp_bridge::config::LogFormat::Json);
     assert_eq!(
         run.endpoint_overrides.to_string(),
@@ -550,6 +553,7 @@ fn wrong_values_fail_with_a_clear_message() {
         (json!({"httpTimeout": "15 seconds"}), "at '/httpTimeout'"),
         (json!({"brokerHosts": "*.auth0.com"}), "at '/brokerHosts': got string, want array"),
         (json!({"brokerHosts": ["https://auth.example.com"]}), "at '/brokerHosts/0'"),
+        (json!({"reconcileTimeout": "2 minutes"}), "at '/reconcileTimeout'"),
         (
             json!({"endpointOverrides": {"login.microsoftonline.com": "proxy.internal"}}),
             "at '/endpointOverrides/login.microsoftonline.com'",

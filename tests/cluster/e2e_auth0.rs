@@ -400,7 +400,9 @@ async fn graph_expiry_and_an_expiry_during_the_test() {
     .await;
     let conn = env.wait_condition("contoso", READY, "False", "SecretExpired").await;
     let flipped = jiff::Timestamp::now();
-    assert!(flipped >= soon && flipped.as_second() - soon.as_second() <= 3, "flipped at {flipped}, expiry {soon}");
+    // The flip comes from the requeue at the expiry, not from the next refresh (an hour away); the
+    // slack only absorbs a loaded 2-core machine.
+    assert!(flipped >= soon && flipped.as_second() - soon.as_second() <= 10, "flipped at {flipped}, expiry {soon}");
     assert!(condition_is(&conn, SECRET_EXPIRING, "True", "SecretExpired"));
     assert_eq!(env.wait_events("contoso", "SecretExpired", 1).await.len(), 1, "one Warning at expiry");
 

@@ -11,6 +11,7 @@ mod e2e_auth0;
 mod e2e_broker_hosts;
 mod e2e_brokers;
 mod gitops_health;
+mod hostile;
 mod leader_election;
 mod namespace_deletion;
 mod printer_columns;

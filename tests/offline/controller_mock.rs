@@ -55,6 +55,7 @@ fn context(client: Client) -> Arc<Context> {
         broker_hosts: Default::default(),
         ca_bundle: None,
         http_timeout: Duration::from_secs(1),
+        reconcile_timeout: Duration::from_secs(30),
         deletion_timeout: Duration::from_secs(600),
         concurrency: 1,
         instance: "test".into(),

@@ -101,7 +101,13 @@ impl Env {
     }
 
     pub async fn start_operator(&mut self) {
-        let config = self.upstreams.operator_config(&self.ns, vec![self.ns.clone()]);
+        self.start_operator_with(|_| {}).await;
+    }
+
+    /// Starts the operator with the usual configuration changed by `adjust`.
+    pub async fn start_operator_with(&mut self, adjust: impl FnOnce(&mut idp_bridge::config::Config)) {
+        let mut config = self.upstreams.operator_config(&self.ns, vec![self.ns.clone()]);
+        adjust(&mut config);
         self.operator = Some(RunningOperator::start(self.client.clone(), config).await.expect("operator starts"));
     }
 
