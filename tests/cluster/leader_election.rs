@@ -373,17 +373,25 @@ fn state_of(op: &RunningOperator) -> watch::Receiver<LeaderState> {
 }
 
 /// Instances that reported events about connection `name`.
+/// The instances that published events about `name`. Events follow the status write that made
+/// the connection Ready, so this waits (bounded) for the first of them instead of racing it.
 async fn reporters(env: &Env, name: &str) -> Vec<String> {
-    let mut reporters: Vec<String> = env
-        .events()
-        .await
-        .into_iter()
-        .filter(|e| e.involved_object.name.as_deref() == Some(name))
-        .map(|e| e.reporting_instance.unwrap_or_default())
-        .collect();
-    reporters.sort();
-    reporters.dedup();
-    reporters
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut reporters: Vec<String> = env
+            .events()
+            .await
+            .into_iter()
+            .filter(|e| e.involved_object.name.as_deref() == Some(name))
+            .map(|e| e.reporting_instance.unwrap_or_default())
+            .collect();
+        reporters.sort();
+        reporters.dedup();
+        if !reporters.is_empty() || Instant::now() > deadline {
+            return reporters;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn connection_creates(env: &Env) -> usize {
