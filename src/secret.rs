@@ -5,9 +5,10 @@
 //! key, so status can say "the secret changed" without revealing or enabling an offline guess of
 //! the value.
 
-use std::fmt;
+use std::{fmt, sync::LazyLock};
 
 use hmac::{Hmac, Mac};
+use regex::Regex;
 use sha2::Sha256;
 
 /// A secret string that refuses to be printed.
@@ -59,17 +60,56 @@ const REDACTED: &str = "[redacted]";
 /// The longest upstream text an error message keeps (characters), after scrubbing.
 pub const MAX_MESSAGE_CHARS: usize = 200;
 
-/// Upstream text made fit for an error message: every form of every secret in play is removed
-/// first, and only then is the text cut to its first line and [`MAX_MESSAGE_CHARS`]. In the other
-/// order a secret straddling the cut would leave its prefix behind, unrecognisable to the scrub.
+/// Upstream text made fit for a condition message, and stable for the same cause: every form of
+/// every secret in play is removed first; a JSON error body is reduced to its code and message
+/// (Graph's `innerError`, with its request ids and date, goes); then the first meaningful line is
+/// kept without the ids and times upstreams embed (AADSTS "Trace ID", "Correlation ID",
+/// "Timestamp", `request-id`, date-times), and cut to [`MAX_MESSAGE_CHARS`]. Scrubbing comes
+/// first: in the other order a secret straddling the cut would leave its prefix behind,
+/// unrecognisable to the scrub. Every path that puts upstream text into status goes through here,
+/// so a failure repeated with fresh ids writes the same message, not a new status each time.
 pub fn safe_message(text: &str, secrets: &[&SecretValue]) -> String {
     let scrubbed = secrets.iter().fold(text.to_owned(), |text, secret| secret.scrub(&text));
-    let first_line = scrubbed.lines().next().unwrap_or_default();
-    if first_line.chars().count() > MAX_MESSAGE_CHARS {
-        format!("{}…", first_line.chars().take(MAX_MESSAGE_CHARS).collect::<String>())
-    } else {
-        first_line.to_owned()
+    let summary = json_error_summary(&scrubbed).unwrap_or(scrubbed);
+    let line = summary.lines().map(without_volatile_parts).find(|line| !line.is_empty()).unwrap_or_default();
+    if line.chars().count() > MAX_MESSAGE_CHARS { format!("{}…", line.chars().take(MAX_MESSAGE_CHARS).collect::<String>()) } else { line }
+}
+
+/// "code: message" of the JSON error shapes upstreams send: Graph's and other OData services'
+/// `{"error": {"code", "message", "innerError"}}`, OAuth's `{"error", "error_description"}`, and a
+/// plain `{"message"}`. None for anything else, which is then treated as text.
+fn json_error_summary(text: &str) -> Option<String> {
+    let body: serde_json::Value = serde_json::from_str(text.trim()).ok()?;
+    let text_of = |v: &serde_json::Value| v.as_str().map(str::to_owned).or_else(|| v.as_i64().map(|n| n.to_string()));
+    let (code, message) = match body.get("error") {
+        Some(error @ serde_json::Value::Object(_)) => (error.get("code").and_then(text_of), error.get("message").and_then(text_of)),
+        Some(error) => (text_of(error), body.get("error_description").or_else(|| body.get("message")).and_then(text_of)),
+        None => (body.get("code").and_then(text_of), body.get("message").and_then(text_of)),
+    };
+    match (code, message) {
+        (Some(code), Some(message)) => Some(format!("{code}: {message}")),
+        (None, Some(text)) | (Some(text), None) => Some(text),
+        (None, None) => None,
     }
+}
+
+/// `line` without request, trace and correlation ids, timestamps and date-times, whitespace
+/// collapsed.
+fn without_volatile_parts(line: &str) -> String {
+    static LABELLED_ID: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r#"(?i)["']?(?:x-ms-)?(?:client[ _-]?request|request|correlation|trace|activity|ray)[ _-]?id["']?\s*[:=]\s*["']?[\w.:-]+["']?[,;]?"#)
+            .expect("a valid pattern")
+    });
+    static LABELLED_TIME: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r#"(?i)["']?(?:timestamp|date|time)["']?\s*[:=]\s*["']?\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})?["']?[,;]?"#)
+            .expect("a valid pattern")
+    });
+    static DATE_TIME: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})?").expect("a valid pattern"));
+    let line = LABELLED_ID.replace_all(line, "");
+    let line = LABELLED_TIME.replace_all(&line, "");
+    let line = DATE_TIME.replace_all(&line, "");
+    line.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// `%2F` as `%2f`: the escapes' hex digits in lower case, everything else as is.

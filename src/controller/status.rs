@@ -117,7 +117,9 @@ fn expiry_condition(expiry: &Expiry, warn_before: std::time::Duration, now: jiff
         Expiry::Disabled => {
             Desired::new(SECRET_EXPIRING, Status::Unknown, Reason::ExpiryUnknown, "expiry tracking is off (expiry.source: None)")
         }
-        Expiry::Unknown(message) => Desired::new(SECRET_EXPIRING, Status::Unknown, Reason::ExpiryUnknown, message.clone()),
+        Expiry::Unknown(message) | Expiry::Unavailable(message) => {
+            Desired::new(SECRET_EXPIRING, Status::Unknown, Reason::ExpiryUnknown, message.clone())
+        }
         Expiry::Invalid(problem) => Desired::new(SECRET_EXPIRING, Status::Unknown, problem.reason, problem.message.clone()),
         Expiry::Known { expires_at, source, note, .. } => {
             let left = expires_at.as_second() - now.as_second();
@@ -162,8 +164,9 @@ fn ready_condition(credentials: &Desired, expiring: &Desired, broker: &Desired) 
 /// The next status after a reconcile.
 pub fn compute(subject: &Subject<'_>, observation: &Observation, now: jiff::Timestamp) -> AzureAdConnectionStatus {
     let previous = subject.previous;
+    let expiry = in_whole_seconds(&observation.expiry);
     let credentials = credentials_condition(subject, observation);
-    let expiring = expiry_condition(&observation.expiry, subject.warn_before, now);
+    let expiring = expiry_condition(&expiry, subject.warn_before, now);
     let broker = broker_condition(subject, observation);
     let ready = ready_condition(&credentials, &expiring, &broker);
 
@@ -186,7 +189,7 @@ pub fn compute(subject: &Subject<'_>, observation: &Observation, now: jiff::Time
         if observation.fingerprint.is_some() {
             s.fingerprint.clone_from(&observation.fingerprint);
         }
-        match &observation.expiry {
+        match &expiry {
             Expiry::Known { expires_at, source, key_id, .. } => {
                 s.expires_at = Some(Time(*expires_at));
                 s.expiry_source = Some((*source).to_owned());
@@ -224,6 +227,21 @@ pub fn compute(subject: &Subject<'_>, observation: &Observation, now: jiff::Time
         secret,
         broker: broker_status,
         last_validated_time,
+    }
+}
+
+/// The expiry as status stores it: Kubernetes serialises whole seconds, so a date kept with
+/// Graph's sub-second precision would differ from its stored self at every reconcile and send a
+/// status patch that changes nothing. Truncated, like the serialisation.
+fn in_whole_seconds(expiry: &Expiry) -> Expiry {
+    match expiry {
+        Expiry::Known { expires_at, source, key_id, note } => Expiry::Known {
+            expires_at: jiff::Timestamp::from_second(expires_at.as_second()).unwrap_or(*expires_at),
+            source: *source,
+            key_id: key_id.clone(),
+            note: note.clone(),
+        },
+        other => other.clone(),
     }
 }
 
@@ -294,7 +312,7 @@ mod tests {
     }
 
     fn valid() -> Result<Validation, CredentialsFailure> {
-        Ok(Validation { tenant_id: Some(GUID.into()), validated_at: t(0) })
+        Ok(Validation { tenant_id: Some(GUID.into()), validated_at: t(0), trusted_until: None })
     }
 
     fn synced(wrote: bool) -> BrokerStage {
