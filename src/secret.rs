@@ -97,11 +97,11 @@ fn json_error_summary(text: &str) -> Option<String> {
 /// collapsed.
 fn without_volatile_parts(line: &str) -> String {
     static LABELLED_ID: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r#"(?i)["']?(?:x-ms-)?(?:client[ _-]?request|request|correlation|trace|activity|ray)[ _-]?id["']?\s*[:=]\s*["']?[\w.:-]+["']?[,;]?"#)
+        Regex::new(r#"(?i)["']?\b(?:x-ms-)?(?:client[ _-]?request|request|correlation|trace|activity|ray)[ _-]?id["']?\s*[:=]\s*["']?[\w.:-]+["']?[,;]?"#)
             .expect("a valid pattern")
     });
     static LABELLED_TIME: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r#"(?i)["']?(?:timestamp|date|time)["']?\s*[:=]\s*["']?\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})?["']?[,;]?"#)
+        Regex::new(r#"(?i)["']?\b(?:timestamp|date|time)["']?\s*[:=]\s*["']?\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})?["']?[,;]?"#)
             .expect("a valid pattern")
     });
     static DATE_TIME: LazyLock<Regex> =
@@ -109,7 +109,9 @@ fn without_volatile_parts(line: &str) -> String {
     let line = LABELLED_ID.replace_all(line, "");
     let line = LABELLED_TIME.replace_all(&line, "");
     let line = DATE_TIME.replace_all(&line, "");
-    line.split_whitespace().collect::<Vec<_>>().join(" ")
+    let collapsed = line.split_whitespace().collect::<Vec<_>>().join(" ");
+    // What held only ids, e.g. "(request-id: …)", is left empty.
+    collapsed.replace(" ()", "").replace("()", "").replace(" []", "")
 }
 
 /// `%2F` as `%2f`: the escapes' hex digits in lower case, everything else as is.
@@ -234,6 +236,43 @@ mod tests {
         assert_eq!(message.chars().count(), MAX_MESSAGE_CHARS + 1, "bounded, with an ellipsis");
         assert_eq!(safe_message("first\nsecond", &[]), "first");
         assert_eq!(safe_message("short", &[&s]), "short");
+    }
+
+    #[test]
+    fn the_same_cause_gives_the_same_message_whatever_its_ids_and_times() {
+        let aadsts = |trace: &str, at: &str| {
+            format!("AADSTS7000215: Invalid client secret provided.\r\nTrace ID: {trace}\r\nCorrelation ID: {trace}\r\nTimestamp: {at}")
+        };
+        let first = safe_message(&aadsts("0f1e2d3c-aaaa-bbbb-cccc-000000000001", "2026-01-01 00:00:00Z"), &[]);
+        assert_eq!(first, "AADSTS7000215: Invalid client secret provided.");
+        assert_eq!(safe_message(&aadsts("9a8b7c6d-aaaa-bbbb-cccc-000000000002", "2026-06-30 23:59:59Z"), &[]), first);
+
+        let graph = |id: &str, date: &str| {
+            serde_json::json!({"error": {"code": "serviceNotAvailable", "message": "Service unavailable.",
+                "innerError": {"date": date, "request-id": id, "client-request-id": id}}})
+            .to_string()
+        };
+        let first = safe_message(&graph("11111111-0000-0000-0000-000000000001", "2026-12-02T07:30:00"), &[]);
+        assert_eq!(first, "serviceNotAvailable: Service unavailable.");
+        assert_eq!(safe_message(&graph("22222222-0000-0000-0000-000000000002", "2026-12-02T07:31:12"), &[]), first);
+
+        assert_eq!(
+            safe_message(r#"{"error": "invalid_client", "error_description": "bad secret\nTrace ID: 1"}"#, &[]),
+            "invalid_client: bad secret"
+        );
+        let text =
+            |id: &str| format!("upstream failed (request-id: {id}, timestamp: 2026-12-02T07:30:00.123Z) at 2026-12-02 07:30:00Z, retry");
+        assert_eq!(safe_message(&text("abc-123"), &[]), safe_message(&text("def-456"), &[]));
+        assert!(!safe_message(&text("abc-123"), &[]).contains("abc-123"));
+        assert_eq!(safe_message("Bad Gateway (x-ms-request-id: 42)", &[]), "Bad Gateway");
+        assert_eq!(safe_message("\n\n  \nTrace ID: 5\nGateway Timeout", &[]), "Gateway Timeout", "the first meaningful line");
+    }
+
+    #[test]
+    fn json_errors_are_scrubbed_before_they_are_summarised() {
+        let s = SecretValue::new("abc8Q~json-echoed-secret");
+        let body = serde_json::json!({"error": {"code": "BadRequest", "message": format!("bad value {}", s.expose())}}).to_string();
+        assert_eq!(safe_message(&body, &[&s]), "BadRequest: bad value [redacted]");
     }
 
     #[test]

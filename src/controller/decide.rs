@@ -310,6 +310,35 @@ mod tests {
     }
 
     #[test]
+    fn the_refresh_comes_when_the_cached_validation_runs_out() {
+        let previous = in_sync();
+        let mut cached = observation(valid(), synced(&[], false));
+        if let Ok(v) = &mut cached.credentials {
+            v.trusted_until = Some(t(0) + jiff::SignedDuration::from_secs(2880));
+        }
+        // A reconcile 10 minutes after the read (a Secret or broker event) was served from the
+        // cache: the refresh still comes when the cache runs out, not a whole interval later.
+        let decision = decide(&subject(&previous), &cached, t(600));
+        assert_eq!(decision.next, Next::Refresh { interval: HOUR, threshold: Some(Duration::from_secs(2281)) });
+        assert_eq!(refresh_delay(HOUR, Some(Duration::from_secs(2281)), 0.99), Duration::from_secs(2281));
+        // The cache already ran out: look again at once.
+        let decision = decide(&subject(&previous), &cached, t(4000));
+        assert_eq!(decision.next, Next::Refresh { interval: HOUR, threshold: Some(Duration::from_secs(1)) });
+    }
+
+    #[test]
+    fn the_cache_runs_out_before_the_refresh_comes() {
+        for i in 0..100 {
+            let unit = f64::from(i) / 100.0;
+            let ttl = cache_ttl(HOUR, unit);
+            assert!(ttl >= HOUR.mul_f64(0.8) && ttl < HOUR.mul_f64(0.9), "{ttl:?}");
+            // Scheduled at the cache's end plus a second: still within the interval.
+            assert!(refresh_delay(HOUR, Some(ttl + Duration::from_secs(1)), unit) <= HOUR);
+        }
+        assert!(cache_ttl(Duration::from_secs(60), 0.99) + Duration::from_secs(1) < Duration::from_secs(60), "even at the 1m minimum");
+    }
+
+    #[test]
     fn refresh_is_jittered_within_the_interval() {
         for i in 0..100 {
             let d = refresh_delay(HOUR, None, f64::from(i) / 100.0);

@@ -436,6 +436,48 @@ mod tests {
         assert_eq!(s.secret.as_ref().unwrap().expiry_source.as_deref(), Some("Annotation"));
     }
 
+    /// The status as the API server gives it back: Kubernetes times in whole seconds.
+    fn stored(status: &AzureAdConnectionStatus) -> AzureAdConnectionStatus {
+        serde_json::from_value(serde_json::to_value(status).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_sub_second_expiry_is_stored_once_and_then_left_alone() {
+        let precise = t(90 * 86_400) + jiff::SignedDuration::from_millis(123);
+        let mut obs = observation(valid(), synced(false));
+        obs.expiry = Expiry::Known { expires_at: precise, source: "Graph", key_id: Some("k1".into()), note: None };
+        let first = stored(&compute(&subject(&AzureAdConnectionStatus::default()), &obs, t(1)));
+        assert_eq!(first.secret.as_ref().unwrap().expires_at.as_ref().unwrap().0.as_second(), precise.as_second());
+        // A no-op reconcile: the status it computes is the one already stored, so nothing is sent.
+        let again = compute(&subject(&first), &obs, t(600));
+        assert_eq!(again, first);
+    }
+
+    #[test]
+    fn an_outage_keeps_the_last_known_expiry_without_new_events() {
+        let mut obs = observation(valid(), synced(false));
+        obs.expiry = Expiry::Known { expires_at: t(10 * 86_400), source: "Graph", key_id: Some("k1".into()), note: None };
+        let before = stored(&compute(&subject(&AzureAdConnectionStatus::default()), &obs, t(1)));
+        assert_eq!(cond(&before, SECRET_EXPIRING).reason, "SecretExpiring");
+        let outage = |previous: &AzureAdConnectionStatus| {
+            let down = CredentialsFailure::Azure(AzureError::Unreachable(crate::upstream::TransportError::Connect("refused".into())));
+            let mut obs = observation(Err(down), BrokerStage::NotAttempted);
+            obs.expiry = Expiry::Unavailable("Azure is unreachable".into()).or_last_known(previous.secret.as_ref());
+            obs
+        };
+        let during = stored(&compute(&subject(&before), &outage(&before), t(60)));
+        assert_eq!(during.secret, before.secret, "the date, its source and key id stay");
+        let expiring = cond(&during, SECRET_EXPIRING);
+        assert_eq!((expiring.status.as_str(), expiring.reason.as_str()), ("True", "SecretExpiring"));
+        assert!(expiring.message.contains("cannot be asked now"), "{}", expiring.message);
+        assert!(transitions(&before.conditions, &during.conditions).iter().all(|e| e.reason != "SecretExpiring"), "no second Warning");
+        let later = compute(&subject(&during), &outage(&during), t(120));
+        assert_eq!(later, during, "the outage goes on: nothing to write");
+        // Nothing known before: Unknown, as without an outage.
+        let unknown = Expiry::Unavailable("Graph is down".into()).or_last_known(None);
+        assert_eq!(unknown, Expiry::Unknown("Graph is down".into()));
+    }
+
     #[test]
     fn transitions_only_for_changes() {
         let first = compute(&subject(&AzureAdConnectionStatus::default()), &observation(valid(), synced(true)), t(1));
