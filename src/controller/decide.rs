@@ -28,7 +28,8 @@ pub enum Next {
     /// cached validation runs out, so the refresh finds it expired and asks Azure again. Resets
     /// the backoff.
     Refresh { interval: Duration, threshold: Option<Duration> },
-    /// A transient failure: exponential backoff, never sooner than `at_least` (Retry-After).
+    /// A transient failure: exponential backoff or, when the upstream said when (`at_least`,
+    /// its Retry-After), at that time.
     Backoff { at_least: Duration },
     /// Suspended: only a change to the connection brings it back.
     AwaitChange,

@@ -159,7 +159,12 @@ fn schedule(ctx: &Context, conn: &AzureAdConnection, next: Next) -> Action {
             ctx.reset_backoff(conn);
             Action::requeue(decide::refresh_delay(interval, threshold, rand::random()))
         }
-        Next::Backoff { at_least } => Action::requeue(ctx.next_backoff(conn).max(at_least)),
+        Next::Backoff { at_least } if at_least.is_zero() => Action::requeue(ctx.next_backoff(conn)),
+        // The upstream said when (Retry-After): look again then, up to 10% later so the
+        // connections of one throttled app do not all return at the same instant. Reconciles
+        // answered from a block meanwhile (re-triggered by events) sent nothing, so they do not
+        // advance the backoff: it would otherwise outgrow the block many times over.
+        Next::Backoff { at_least } => Action::requeue(at_least.mul_f64(1.0 + 0.1 * rand::random::<f64>())),
     }
 }
 

@@ -237,7 +237,7 @@ fn in_whole_seconds(expiry: &Expiry) -> Expiry {
     match expiry {
         Expiry::Known { expires_at, source, key_id, note } => Expiry::Known {
             expires_at: jiff::Timestamp::from_second(expires_at.as_second()).unwrap_or(*expires_at),
-            source: *source,
+            source,
             key_id: key_id.clone(),
             note: note.clone(),
         },
