@@ -5,9 +5,10 @@
 //! key, so status can say "the secret changed" without revealing or enabling an offline guess of
 //! the value.
 
-use std::fmt;
+use std::{fmt, sync::LazyLock};
 
 use hmac::{Hmac, Mac};
+use regex::Regex;
 use sha2::Sha256;
 
 /// A secret string that refuses to be printed.
@@ -59,17 +60,58 @@ const REDACTED: &str = "[redacted]";
 /// The longest upstream text an error message keeps (characters), after scrubbing.
 pub const MAX_MESSAGE_CHARS: usize = 200;
 
-/// Upstream text made fit for an error message: every form of every secret in play is removed
-/// first, and only then is the text cut to its first line and [`MAX_MESSAGE_CHARS`]. In the other
-/// order a secret straddling the cut would leave its prefix behind, unrecognisable to the scrub.
+/// Upstream text made fit for a condition message, and stable for the same cause: every form of
+/// every secret in play is removed first; a JSON error body is reduced to its code and message
+/// (Graph's `innerError`, with its request ids and date, goes); then the first meaningful line is
+/// kept without the ids and times upstreams embed (AADSTS "Trace ID", "Correlation ID",
+/// "Timestamp", `request-id`, date-times), and cut to [`MAX_MESSAGE_CHARS`]. Scrubbing comes
+/// first: in the other order a secret straddling the cut would leave its prefix behind,
+/// unrecognisable to the scrub. Every path that puts upstream text into status goes through here,
+/// so a failure repeated with fresh ids writes the same message, not a new status each time.
 pub fn safe_message(text: &str, secrets: &[&SecretValue]) -> String {
     let scrubbed = secrets.iter().fold(text.to_owned(), |text, secret| secret.scrub(&text));
-    let first_line = scrubbed.lines().next().unwrap_or_default();
-    if first_line.chars().count() > MAX_MESSAGE_CHARS {
-        format!("{}…", first_line.chars().take(MAX_MESSAGE_CHARS).collect::<String>())
-    } else {
-        first_line.to_owned()
+    let summary = json_error_summary(&scrubbed).unwrap_or(scrubbed);
+    let line = summary.lines().map(without_volatile_parts).find(|line| !line.is_empty()).unwrap_or_default();
+    if line.chars().count() > MAX_MESSAGE_CHARS { format!("{}…", line.chars().take(MAX_MESSAGE_CHARS).collect::<String>()) } else { line }
+}
+
+/// "code: message" of the JSON error shapes upstreams send: Graph's and other OData services'
+/// `{"error": {"code", "message", "innerError"}}`, OAuth's `{"error", "error_description"}`, and a
+/// plain `{"message"}`. None for anything else, which is then treated as text.
+fn json_error_summary(text: &str) -> Option<String> {
+    let body: serde_json::Value = serde_json::from_str(text.trim()).ok()?;
+    let text_of = |v: &serde_json::Value| v.as_str().map(str::to_owned).or_else(|| v.as_i64().map(|n| n.to_string()));
+    let (code, message) = match body.get("error") {
+        Some(error @ serde_json::Value::Object(_)) => (error.get("code").and_then(text_of), error.get("message").and_then(text_of)),
+        Some(error) => (text_of(error), body.get("error_description").or_else(|| body.get("message")).and_then(text_of)),
+        None => (body.get("code").and_then(text_of), body.get("message").and_then(text_of)),
+    };
+    match (code, message) {
+        (Some(code), Some(message)) => Some(format!("{code}: {message}")),
+        (None, Some(text)) | (Some(text), None) => Some(text),
+        (None, None) => None,
     }
+}
+
+/// `line` without request, trace and correlation ids, timestamps and date-times, whitespace
+/// collapsed.
+fn without_volatile_parts(line: &str) -> String {
+    static LABELLED_ID: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r#"(?i)["']?\b(?:x-ms-)?(?:client[ _-]?request|request|correlation|trace|activity|ray)[ _-]?id["']?\s*[:=]\s*["']?[\w.:-]+["']?[,;]?"#)
+            .expect("a valid pattern")
+    });
+    static LABELLED_TIME: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r#"(?i)["']?\b(?:timestamp|date|time)["']?\s*[:=]\s*["']?\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})?["']?[,;]?"#)
+            .expect("a valid pattern")
+    });
+    static DATE_TIME: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})?").expect("a valid pattern"));
+    let line = LABELLED_ID.replace_all(line, "");
+    let line = LABELLED_TIME.replace_all(&line, "");
+    let line = DATE_TIME.replace_all(&line, "");
+    let collapsed = line.split_whitespace().collect::<Vec<_>>().join(" ");
+    // What held only ids, e.g. "(request-id: …)", is left empty.
+    collapsed.replace(" ()", "").replace("()", "").replace(" []", "")
 }
 
 /// `%2F` as `%2f`: the escapes' hex digits in lower case, everything else as is.
@@ -194,6 +236,43 @@ mod tests {
         assert_eq!(message.chars().count(), MAX_MESSAGE_CHARS + 1, "bounded, with an ellipsis");
         assert_eq!(safe_message("first\nsecond", &[]), "first");
         assert_eq!(safe_message("short", &[&s]), "short");
+    }
+
+    #[test]
+    fn the_same_cause_gives_the_same_message_whatever_its_ids_and_times() {
+        let aadsts = |trace: &str, at: &str| {
+            format!("AADSTS7000215: Invalid client secret provided.\r\nTrace ID: {trace}\r\nCorrelation ID: {trace}\r\nTimestamp: {at}")
+        };
+        let first = safe_message(&aadsts("0f1e2d3c-aaaa-bbbb-cccc-000000000001", "2026-01-01 00:00:00Z"), &[]);
+        assert_eq!(first, "AADSTS7000215: Invalid client secret provided.");
+        assert_eq!(safe_message(&aadsts("9a8b7c6d-aaaa-bbbb-cccc-000000000002", "2026-06-30 23:59:59Z"), &[]), first);
+
+        let graph = |id: &str, date: &str| {
+            serde_json::json!({"error": {"code": "serviceNotAvailable", "message": "Service unavailable.",
+                "innerError": {"date": date, "request-id": id, "client-request-id": id}}})
+            .to_string()
+        };
+        let first = safe_message(&graph("11111111-0000-0000-0000-000000000001", "2026-12-02T07:30:00"), &[]);
+        assert_eq!(first, "serviceNotAvailable: Service unavailable.");
+        assert_eq!(safe_message(&graph("22222222-0000-0000-0000-000000000002", "2026-12-02T07:31:12"), &[]), first);
+
+        assert_eq!(
+            safe_message(r#"{"error": "invalid_client", "error_description": "bad secret\nTrace ID: 1"}"#, &[]),
+            "invalid_client: bad secret"
+        );
+        let text =
+            |id: &str| format!("upstream failed (request-id: {id}, timestamp: 2026-12-02T07:30:00.123Z) at 2026-12-02 07:30:00Z, retry");
+        assert_eq!(safe_message(&text("abc-123"), &[]), safe_message(&text("def-456"), &[]));
+        assert!(!safe_message(&text("abc-123"), &[]).contains("abc-123"));
+        assert_eq!(safe_message("Bad Gateway (x-ms-request-id: 42)", &[]), "Bad Gateway");
+        assert_eq!(safe_message("\n\n  \nTrace ID: 5\nGateway Timeout", &[]), "Gateway Timeout", "the first meaningful line");
+    }
+
+    #[test]
+    fn json_errors_are_scrubbed_before_they_are_summarised() {
+        let s = SecretValue::new("abc8Q~json-echoed-secret");
+        let body = serde_json::json!({"error": {"code": "BadRequest", "message": format!("bad value {}", s.expose())}}).to_string();
+        assert_eq!(safe_message(&body, &[&s]), "BadRequest: bad value [redacted]");
     }
 
     #[test]

@@ -11,7 +11,9 @@ pub enum AzureError {
     /// trace and correlation ids.
     #[error("AADSTS{code} ({error}): {description}")]
     Aadsts { code: u32, error: String, description: String },
-    #[error("Azure is throttling requests{}", .retry_after.map(|d| format!("; retry after {}s", d.as_secs())).unwrap_or_default())]
+    /// `retry_after` is the time left of Azure's block. It is not in the text: a message that
+    /// counted down would change status at every reconcile during the block.
+    #[error("Azure is throttling requests")]
     Throttled { retry_after: Option<Duration> },
     #[error("Azure is unreachable: {0}")]
     Unreachable(#[from] TransportError),

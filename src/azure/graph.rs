@@ -2,6 +2,8 @@
 //! expires. Graph only shows a credential's `hint` (its first three characters), so the held
 //! value is matched by hint; several credentials may share one.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
 use crate::{crd::conditions::Reason, secret::SecretValue, upstream::TransportError};
@@ -35,8 +37,10 @@ pub enum GraphError {
     SecretNotInApplication,
     #[error("the application was not found in Microsoft Graph")]
     ApplicationNotFound,
+    /// Graph (or the login service, for a new Graph token) asked to wait; `retry_after` is the
+    /// time left. Not in the text, which must stay the same for the whole block.
     #[error("Microsoft Graph is throttling requests")]
-    Throttled,
+    Throttled { retry_after: Option<Duration> },
     #[error("Microsoft Graph is unreachable: {0}")]
     Unreachable(#[from] TransportError),
     #[error("Microsoft Graph answered HTTP {status}: {message}")]
@@ -50,9 +54,15 @@ impl GraphError {
         match self {
             GraphError::PermissionMissing => Reason::GraphPermissionMissing,
             GraphError::SecretNotInApplication => Reason::SecretNotInApplication,
+            GraphError::Unexpected { status, .. } if *status >= 500 => Reason::GraphUnreachable,
             GraphError::ApplicationNotFound | GraphError::Unexpected { .. } | GraphError::Token(_) => Reason::GraphError,
-            GraphError::Throttled | GraphError::Unreachable(_) => Reason::GraphUnreachable,
+            GraphError::Throttled { .. } | GraphError::Unreachable(_) => Reason::GraphUnreachable,
         }
+    }
+
+    /// Graph is down or throttling: it says nothing about the secret, and may answer later.
+    pub fn is_transient(&self) -> bool {
+        self.reason() == Reason::GraphUnreachable
     }
 }
 

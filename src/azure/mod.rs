@@ -5,6 +5,7 @@
 pub mod cloud;
 pub mod error;
 pub mod graph;
+pub mod throttle;
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use serde::Deserialize;
 pub use self::{
     error::AzureError,
     graph::{GraphError, SecretExpiry},
+    throttle::{Throttle, ThrottleKey},
 };
 use crate::{
     cache::TtlCache,
@@ -43,6 +45,10 @@ pub struct Validation {
     pub tenant_id: Option<String>,
     /// When Azure last confirmed it.
     pub validated_at: jiff::Timestamp,
+    /// Until when the client serves it from its cache (`validated_at` plus the request's `ttl`):
+    /// the next real look at Azure can come no sooner, so the refresh is scheduled from here.
+    /// None when nothing is cached (`validation.mode: None` asks nobody).
+    pub trusted_until: Option<jiff::Timestamp>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -52,6 +58,12 @@ struct CacheKey {
     client_id: String,
     fingerprint: String,
     mode: ValidationMode,
+}
+
+impl ThrottleKey {
+    fn of(request: &ValidationRequest<'_>) -> Self {
+        ThrottleKey::new(request.cloud, request.tenant, request.client_id)
+    }
 }
 
 impl CacheKey {
@@ -78,6 +90,10 @@ pub struct AzureClient {
     tokens: TtlCache<CacheKey, AccessToken>,
     /// Expiry lookups, trusted as long as validations.
     expiries: TtlCache<CacheKey, SecretExpiry>,
+    /// Retry-After of the login service (discovery and token requests), per app.
+    login_throttle: Throttle,
+    /// Retry-After of Microsoft Graph, per app.
+    graph_throttle: Throttle,
 }
 
 #[derive(Deserialize)]
@@ -103,57 +119,73 @@ impl AzureClient {
             validations: TtlCache::new(),
             tokens: TtlCache::new(),
             expiries: TtlCache::new(),
+            login_throttle: Throttle::default(),
+            graph_throttle: Throttle::default(),
         }
     }
 
-    /// Validates per `request.mode`, from cache when a success is still fresh.
+    /// Validates per `request.mode`, from cache when a success is still fresh. While Azure's
+    /// Retry-After for the app lasts, nothing is sent: the answer is `Throttled` with the time left.
     pub async fn validate(&self, request: &ValidationRequest<'_>) -> Result<Validation, AzureError> {
         let key = CacheKey::of(request);
         if let Some(hit) = self.validations.get(&key) {
             return Ok(hit);
         }
-        let validation = match request.mode {
-            ValidationMode::None => {
-                return Ok(Validation {
-                    tenant_id: is_guid(request.tenant).then(|| request.tenant.to_ascii_lowercase()),
-                    validated_at: jiff::Timestamp::now(),
-                });
-            }
-            ValidationMode::Discovery => {
-                Validation { tenant_id: Some(self.discover(request.cloud, request.tenant).await?), validated_at: jiff::Timestamp::now() }
-            }
-            ValidationMode::ClientCredentials => {
-                let tenant_id = self.discover(request.cloud, request.tenant).await?;
-                let token = self.request_token(request.cloud, &tenant_id, request.client_id, request.secret).await?;
-                let expires_at = token.expires_at;
-                self.tokens.insert(key.clone(), token, expires_at);
-                Validation { tenant_id: Some(tenant_id), validated_at: jiff::Timestamp::now() }
-            }
-        };
-        self.validations.insert(key, validation.clone(), Instant::now() + request.ttl);
+        if request.mode == ValidationMode::None {
+            return Ok(Validation {
+                tenant_id: is_guid(request.tenant).then(|| request.tenant.to_ascii_lowercase()),
+                validated_at: jiff::Timestamp::now(),
+                trusted_until: None,
+            });
+        }
+        let throttle_key = ThrottleKey::of(request);
+        if let Some(left) = self.login_throttle.remaining(&throttle_key) {
+            return Err(AzureError::Throttled { retry_after: Some(left) });
+        }
+        let tenant_id = self.ask_login(request, &key).await.inspect_err(|e| self.note_login_throttle(&throttle_key, e))?;
+        let validated_at = jiff::Timestamp::now();
+        let trusted_until =
+            validated_at.checked_add(jiff::SignedDuration::try_from(request.ttl).unwrap_or(jiff::SignedDuration::ZERO)).ok();
+        let validation = Validation { tenant_id: Some(tenant_id), validated_at, trusted_until };
+        self.validations.insert(key.clone(), validation.clone(), Instant::now() + request.ttl);
+        // A fresh validation comes with a fresh expiry lookup: an older cached one would outlive
+        // this validation and delay the next real Graph read by up to a whole interval.
+        self.expiries.remove(&key);
         Ok(validation)
+    }
+
+    /// Discovery, then (for ClientCredentials) the token request; the tenant GUID on success.
+    async fn ask_login(&self, request: &ValidationRequest<'_>, key: &CacheKey) -> Result<String, AzureError> {
+        let tenant_id = self.discover(request.cloud, request.tenant).await?;
+        if request.mode == ValidationMode::ClientCredentials {
+            let token = self.request_token(request.cloud, &tenant_id, request.client_id, request.secret).await?;
+            let expires_at = token.expires_at;
+            self.tokens.insert(key.clone(), token, expires_at);
+        }
+        Ok(tenant_id)
+    }
+
+    /// Remembers the login service's Retry-After, if `error` carries one.
+    fn note_login_throttle(&self, key: &ThrottleKey, error: &AzureError) {
+        if let Some(wait) = error.retry_after() {
+            self.login_throttle.block(key.clone(), wait);
+        }
     }
 
     /// When the held secret expires, from the application's credentials in Microsoft Graph.
     /// Needs a successful ClientCredentials validation of the same request first (its token);
-    /// results are cached for `request.ttl`.
+    /// results are cached for `request.ttl`. While Graph's (or, for a new token, the login
+    /// service's) Retry-After for the app lasts, nothing is sent.
     pub async fn secret_expiry(&self, request: &ValidationRequest<'_>, tenant_id: &str) -> Result<SecretExpiry, GraphError> {
         let key = CacheKey::of(request);
         if let Some(hit) = self.expiries.get(&key) {
             return Ok(hit);
         }
-        // A token with less than a minute left could expire in flight.
-        let token = match self.tokens.get_valid_for(&key, Duration::from_secs(60)) {
-            Some(token) => token,
-            None => {
-                let token = self
-                    .request_token(request.cloud, tenant_id, request.client_id, request.secret)
-                    .await
-                    .map_err(|e| GraphError::Token(e.to_string()))?;
-                self.tokens.insert(key.clone(), token.clone(), token.expires_at);
-                token
-            }
-        };
+        let throttle_key = ThrottleKey::of(request);
+        if let Some(left) = self.graph_throttle.remaining(&throttle_key) {
+            return Err(GraphError::Throttled { retry_after: Some(left) });
+        }
+        let token = self.graph_token(request, tenant_id, &key, &throttle_key).await?;
         let hosts = cloud::hosts(request.cloud);
         if !is_guid(request.client_id) {
             return Err(GraphError::ApplicationNotFound);
@@ -176,9 +208,12 @@ impl AzureClient {
             }
             StatusCode::FORBIDDEN => return Err(GraphError::PermissionMissing),
             StatusCode::NOT_FOUND => return Err(GraphError::ApplicationNotFound),
-            StatusCode::TOO_MANY_REQUESTS => return Err(GraphError::Throttled),
-            s if s.is_server_error() => {
-                return Err(GraphError::Unexpected { status: s.as_u16(), message: answer.body.safe_message(&[request.secret]) });
+            StatusCode::TOO_MANY_REQUESTS => {
+                let retry_after = retry_after(&answer.headers, jiff::Timestamp::now());
+                if let Some(wait) = retry_after {
+                    self.graph_throttle.block(throttle_key, wait);
+                }
+                return Err(GraphError::Throttled { retry_after });
             }
             s => {
                 if s == StatusCode::UNAUTHORIZED {
@@ -190,6 +225,35 @@ impl AzureClient {
         let expiry = graph::match_secret(&credentials, request.secret)?;
         self.expiries.insert(key, expiry.clone(), Instant::now() + request.ttl);
         Ok(expiry)
+    }
+
+    /// The validation's Graph token, or a new one (honouring the login service's Retry-After).
+    async fn graph_token(
+        &self,
+        request: &ValidationRequest<'_>,
+        tenant_id: &str,
+        key: &CacheKey,
+        throttle_key: &ThrottleKey,
+    ) -> Result<AccessToken, GraphError> {
+        // A token with less than a minute left could expire in flight.
+        if let Some(token) = self.tokens.get_valid_for(key, Duration::from_secs(60)) {
+            return Ok(token);
+        }
+        if let Some(left) = self.login_throttle.remaining(throttle_key) {
+            return Err(GraphError::Throttled { retry_after: Some(left) });
+        }
+        let token = match self.request_token(request.cloud, tenant_id, request.client_id, request.secret).await {
+            Ok(token) => token,
+            Err(error) => {
+                self.note_login_throttle(throttle_key, &error);
+                return Err(match error {
+                    AzureError::Throttled { retry_after } => GraphError::Throttled { retry_after },
+                    other => GraphError::Token(other.to_string()),
+                });
+            }
+        };
+        self.tokens.insert(key.clone(), token.clone(), token.expires_at);
+        Ok(token)
     }
 
     /// Resolves a tenant (GUID or domain) to its GUID through OIDC discovery.

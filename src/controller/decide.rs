@@ -23,10 +23,13 @@ pub struct Decision {
 /// When to reconcile again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
-    /// Healthy, or a problem only a user can fix: the refresh `interval` (jittered), or at
-    /// `threshold` when an expiry threshold comes first. Resets the backoff.
+    /// Healthy, or a problem only a user can fix: the refresh `interval` (jittered, never
+    /// later), or at `threshold` when that comes first: an expiry threshold, or the moment the
+    /// cached validation runs out, so the refresh finds it expired and asks Azure again. Resets
+    /// the backoff.
     Refresh { interval: Duration, threshold: Option<Duration> },
-    /// A transient failure: exponential backoff, never sooner than `at_least` (Retry-After).
+    /// A transient failure: exponential backoff or, when the upstream said when (`at_least`,
+    /// its Retry-After), at that time.
     Backoff { at_least: Duration },
     /// Suspended: only a change to the connection brings it back.
     AwaitChange,
@@ -81,9 +84,25 @@ fn next(subject: &Subject<'_>, observation: &Observation, now: jiff::Timestamp) 
     match transient {
         Some(retry_after) => Next::Backoff { at_least: retry_after.unwrap_or_default() },
         None => {
-            Next::Refresh { interval: subject.refresh_interval, threshold: expiry_threshold(&observation.expiry, subject.warn_before, now) }
+            let thresholds = [expiry_threshold(&observation.expiry, subject.warn_before, now), cache_end(observation, now)];
+            Next::Refresh { interval: subject.refresh_interval, threshold: thresholds.into_iter().flatten().min() }
         }
     }
+}
+
+/// The time until the cached validation runs out, one second late so it certainly has.
+fn cache_end(observation: &Observation, now: jiff::Timestamp) -> Option<Duration> {
+    let trusted_until = observation.credentials.as_ref().ok()?.trusted_until?;
+    let left = trusted_until.as_millisecond().saturating_sub(now.as_millisecond()).max(0);
+    Some(Duration::from_millis(left as u64) + Duration::from_secs(1))
+}
+
+/// How long a validation (and the expiry read with it) is trusted: 80 to 90% of the refresh
+/// interval (`unit` in [0, 1) spreads connections apart). The refresh is scheduled at its end
+/// plus a second, so Azure and Graph are asked again within every `refreshInterval`, however
+/// the reconciles in between were triggered.
+pub fn cache_ttl(interval: Duration, unit: f64) -> Duration {
+    interval.mul_f64(0.8 + unit * 0.1)
 }
 
 /// The time until the next expiry threshold (the warning window opening, then the expiry
@@ -95,10 +114,10 @@ fn expiry_threshold(expiry: &Expiry, warn_before: Duration, now: jiff::Timestamp
     [until_warning, until_expiry].into_iter().find(|t| *t > 0).map(|t| Duration::from_secs(t as u64 + 1))
 }
 
-/// The delay of a refresh: the interval with ±10% jitter (`unit` in [0, 1)), capped by the
-/// expiry threshold, which is never jittered.
+/// The delay of a refresh: 90 to 100% of the interval (`unit` in [0, 1)), so it is never late,
+/// capped by the threshold, which is never jittered.
 pub fn refresh_delay(interval: Duration, threshold: Option<Duration>, unit: f64) -> Duration {
-    let jittered = interval.mul_f64(0.9 + unit * 0.2);
+    let jittered = interval.mul_f64(0.9 + unit * 0.1);
     threshold.map_or(jittered, |t| jittered.min(t))
 }
 
@@ -134,7 +153,7 @@ mod tests {
     }
 
     fn valid() -> Result<Validation, CredentialsFailure> {
-        Ok(Validation { tenant_id: Some("72f988bf-86f1-41af-91ab-2d7cd011db47".into()), validated_at: t(0) })
+        Ok(Validation { tenant_id: Some("72f988bf-86f1-41af-91ab-2d7cd011db47".into()), validated_at: t(0), trusted_until: None })
     }
 
     fn synced(differences: &[&str], wrote: bool) -> BrokerStage {
@@ -292,12 +311,41 @@ mod tests {
     }
 
     #[test]
-    fn refresh_is_jittered_around_the_interval() {
+    fn the_refresh_comes_when_the_cached_validation_runs_out() {
+        let previous = in_sync();
+        let mut cached = observation(valid(), synced(&[], false));
+        if let Ok(v) = &mut cached.credentials {
+            v.trusted_until = Some(t(0) + jiff::SignedDuration::from_secs(2880));
+        }
+        // A reconcile 10 minutes after the read (a Secret or broker event) was served from the
+        // cache: the refresh still comes when the cache runs out, not a whole interval later.
+        let decision = decide(&subject(&previous), &cached, t(600));
+        assert_eq!(decision.next, Next::Refresh { interval: HOUR, threshold: Some(Duration::from_secs(2281)) });
+        assert_eq!(refresh_delay(HOUR, Some(Duration::from_secs(2281)), 0.99), Duration::from_secs(2281));
+        // The cache already ran out: look again at once.
+        let decision = decide(&subject(&previous), &cached, t(4000));
+        assert_eq!(decision.next, Next::Refresh { interval: HOUR, threshold: Some(Duration::from_secs(1)) });
+    }
+
+    #[test]
+    fn the_cache_runs_out_before_the_refresh_comes() {
+        for i in 0..100 {
+            let unit = f64::from(i) / 100.0;
+            let ttl = cache_ttl(HOUR, unit);
+            assert!(ttl >= HOUR.mul_f64(0.8) && ttl < HOUR.mul_f64(0.9), "{ttl:?}");
+            // Scheduled at the cache's end plus a second: still within the interval.
+            assert!(refresh_delay(HOUR, Some(ttl + Duration::from_secs(1)), unit) <= HOUR);
+        }
+        assert!(cache_ttl(Duration::from_secs(60), 0.99) + Duration::from_secs(1) < Duration::from_secs(60), "even at the 1m minimum");
+    }
+
+    #[test]
+    fn refresh_is_jittered_within_the_interval() {
         for i in 0..100 {
             let d = refresh_delay(HOUR, None, f64::from(i) / 100.0);
-            assert!((3240..=3960).contains(&d.as_secs()), "{d:?}");
+            assert!((3240..=3600).contains(&d.as_secs()), "{d:?}");
         }
-        assert_eq!(refresh_delay(HOUR, None, 0.5), HOUR);
+        assert_eq!(refresh_delay(HOUR, None, 0.5), HOUR.mul_f64(0.95));
         assert_eq!(refresh_delay(HOUR, Some(Duration::from_secs(7200)), 0.0), HOUR.mul_f64(0.9), "a far threshold changes nothing");
     }
 }

@@ -3,7 +3,7 @@
 use crate::{
     azure::{AzureError, Validation},
     broker::{BrokerError, SyncOutcome},
-    crd::conditions::Reason,
+    crd::{conditions::Reason, connection::SecretStatus},
 };
 
 /// A problem found in Kubernetes objects the connection references, with its condition reason.
@@ -35,6 +35,31 @@ pub enum Expiry {
         /// Anything the user should know about how the date was found.
         note: Option<String>,
     },
+    /// The source could not be asked now (Azure or Graph down or throttling): this says nothing
+    /// about the date, so the last known one stands ([`Expiry::or_last_known`]).
+    Unavailable(String),
+}
+
+/// The sources a stored expiry can name (`status.secret.expirySource`).
+const SOURCES: [&str; 2] = ["Graph", "Annotation"];
+
+impl Expiry {
+    /// An `Unavailable` expiry replaced by the last known one in `previous` (status), with its
+    /// source and key id, so an outage neither resolves expiry alerts nor fires them again; with
+    /// none known, `Unknown`. Any other expiry is a fresh answer and stands as it is.
+    pub fn or_last_known(self, previous: Option<&SecretStatus>) -> Expiry {
+        let Expiry::Unavailable(why) = self else { return self };
+        let last = previous.and_then(|s| {
+            let source = SOURCES.into_iter().find(|known| s.expiry_source.as_deref() == Some(known))?;
+            Some((s.expires_at.as_ref()?.0, source, s.key_id.clone()))
+        });
+        match last {
+            Some((expires_at, source, key_id)) => {
+                Expiry::Known { expires_at, source, key_id, note: Some(format!("the last date read; {source} cannot be asked now")) }
+            }
+            None => Expiry::Unknown(why),
+        }
+    }
 }
 
 /// The broker stage's result.

@@ -122,7 +122,7 @@ async fn apply(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error>
     let observation = Observation {
         fingerprint: resolved.fingerprint,
         credentials: validated.credentials,
-        expiry: validated.expiry,
+        expiry: validated.expiry.or_last_known(previous.secret.as_ref()),
         broker,
         observe_only: conn.spec.management_policy == ManagementPolicy::ObserveOnly,
     };
@@ -159,7 +159,12 @@ fn schedule(ctx: &Context, conn: &AzureAdConnection, next: Next) -> Action {
             ctx.reset_backoff(conn);
             Action::requeue(decide::refresh_delay(interval, threshold, rand::random()))
         }
-        Next::Backoff { at_least } => Action::requeue(ctx.next_backoff(conn).max(at_least)),
+        Next::Backoff { at_least } if at_least.is_zero() => Action::requeue(ctx.next_backoff(conn)),
+        // The upstream said when (Retry-After): look again then, up to 10% later so the
+        // connections of one throttled app do not all return at the same instant. Reconciles
+        // answered from a block meanwhile (re-triggered by events) sent nothing, so they do not
+        // advance the backoff: it would otherwise outgrow the block many times over.
+        Next::Backoff { at_least } => Action::requeue(at_least.mul_f64(1.0 + 0.1 * rand::random::<f64>())),
     }
 }
 
@@ -186,7 +191,7 @@ async fn validate(ctx: &Context, conn: &AzureAdConnection, resolved: &Resolved) 
         secret,
         fingerprint: resolved.fingerprint.as_deref().unwrap_or_default(),
         mode: spec.validation.mode,
-        ttl: spec.refresh_interval(),
+        ttl: decide::cache_ttl(spec.refresh_interval(), rand::random()),
     };
     match ctx.azure.validate(&request).await {
         Ok(validation) => {
@@ -195,8 +200,23 @@ async fn validate(ctx: &Context, conn: &AzureAdConnection, resolved: &Resolved) 
         }
         Err(error) => {
             warn!(reason = error.reason().as_str(), "credentials not confirmed by Azure");
-            Validated { credentials: Err(CredentialsFailure::Azure(error)), expiry: from_annotation }
+            let expiry = if error.is_transient() {
+                graph_unavailable(spec.expiry.source, from_annotation, error.to_string())
+            } else {
+                from_annotation
+            };
+            Validated { credentials: Err(CredentialsFailure::Azure(error)), expiry }
         }
+    }
+}
+
+/// The expiry when Graph could not be asked for a transient reason: for `Graph`, and for `Auto`
+/// without a usable annotation, `Unavailable` (the last known date stands); otherwise the
+/// annotation's answer.
+fn graph_unavailable(source: ExpirySource, from_annotation: Expiry, why: String) -> Expiry {
+    match (source, &from_annotation) {
+        (ExpirySource::Graph, _) | (ExpirySource::Auto, Expiry::Unknown(_)) => Expiry::Unavailable(why),
+        _ => from_annotation,
     }
 }
 
@@ -333,6 +353,7 @@ async fn graph_expiry(
         }
     };
     match lookup {
+        Err(error) if error.is_transient() => graph_unavailable(source, from_annotation, error.to_string()),
         Ok(found) => Expiry::Known {
             expires_at: found.expires_at,
             source: "Graph",
@@ -348,10 +369,7 @@ async fn graph_expiry(
             Expiry::Unknown(_) => Expiry::Unknown(format!("{error}; and the Secret has no {EXPIRES_AT_ANNOTATION} annotation")),
             other => other,
         },
-        Err(error) => match error.reason() {
-            Reason::GraphUnreachable => Expiry::Unknown(error.to_string()),
-            reason => Expiry::Invalid(Problem::new(reason, error.to_string())),
-        },
+        Err(error) => Expiry::Invalid(Problem::new(error.reason(), error.to_string())),
     }
 }
 

@@ -117,7 +117,9 @@ fn expiry_condition(expiry: &Expiry, warn_before: std::time::Duration, now: jiff
         Expiry::Disabled => {
             Desired::new(SECRET_EXPIRING, Status::Unknown, Reason::ExpiryUnknown, "expiry tracking is off (expiry.source: None)")
         }
-        Expiry::Unknown(message) => Desired::new(SECRET_EXPIRING, Status::Unknown, Reason::ExpiryUnknown, message.clone()),
+        Expiry::Unknown(message) | Expiry::Unavailable(message) => {
+            Desired::new(SECRET_EXPIRING, Status::Unknown, Reason::ExpiryUnknown, message.clone())
+        }
         Expiry::Invalid(problem) => Desired::new(SECRET_EXPIRING, Status::Unknown, problem.reason, problem.message.clone()),
         Expiry::Known { expires_at, source, note, .. } => {
             let left = expires_at.as_second() - now.as_second();
@@ -162,8 +164,9 @@ fn ready_condition(credentials: &Desired, expiring: &Desired, broker: &Desired) 
 /// The next status after a reconcile.
 pub fn compute(subject: &Subject<'_>, observation: &Observation, now: jiff::Timestamp) -> AzureAdConnectionStatus {
     let previous = subject.previous;
+    let expiry = in_whole_seconds(&observation.expiry);
     let credentials = credentials_condition(subject, observation);
-    let expiring = expiry_condition(&observation.expiry, subject.warn_before, now);
+    let expiring = expiry_condition(&expiry, subject.warn_before, now);
     let broker = broker_condition(subject, observation);
     let ready = ready_condition(&credentials, &expiring, &broker);
 
@@ -186,7 +189,7 @@ pub fn compute(subject: &Subject<'_>, observation: &Observation, now: jiff::Time
         if observation.fingerprint.is_some() {
             s.fingerprint.clone_from(&observation.fingerprint);
         }
-        match &observation.expiry {
+        match &expiry {
             Expiry::Known { expires_at, source, key_id, .. } => {
                 s.expires_at = Some(Time(*expires_at));
                 s.expiry_source = Some((*source).to_owned());
@@ -224,6 +227,21 @@ pub fn compute(subject: &Subject<'_>, observation: &Observation, now: jiff::Time
         secret,
         broker: broker_status,
         last_validated_time,
+    }
+}
+
+/// The expiry as status stores it: Kubernetes serialises whole seconds, so a date kept with
+/// Graph's sub-second precision would differ from its stored self at every reconcile and send a
+/// status patch that changes nothing. Truncated, like the serialisation.
+fn in_whole_seconds(expiry: &Expiry) -> Expiry {
+    match expiry {
+        Expiry::Known { expires_at, source, key_id, note } => Expiry::Known {
+            expires_at: jiff::Timestamp::from_second(expires_at.as_second()).unwrap_or(*expires_at),
+            source,
+            key_id: key_id.clone(),
+            note: note.clone(),
+        },
+        other => other.clone(),
     }
 }
 
@@ -294,7 +312,7 @@ mod tests {
     }
 
     fn valid() -> Result<Validation, CredentialsFailure> {
-        Ok(Validation { tenant_id: Some(GUID.into()), validated_at: t(0) })
+        Ok(Validation { tenant_id: Some(GUID.into()), validated_at: t(0), trusted_until: None })
     }
 
     fn synced(wrote: bool) -> BrokerStage {
@@ -416,6 +434,48 @@ mod tests {
         let s = compute(&subject(&AzureAdConnectionStatus::default()), &obs, t(0));
         assert_eq!(cond(&s, READY).reason, "SecretExpired", "expired is not Ready even if the broker holds it");
         assert_eq!(s.secret.as_ref().unwrap().expiry_source.as_deref(), Some("Annotation"));
+    }
+
+    /// The status as the API server gives it back: Kubernetes times in whole seconds.
+    fn stored(status: &AzureAdConnectionStatus) -> AzureAdConnectionStatus {
+        serde_json::from_value(serde_json::to_value(status).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_sub_second_expiry_is_stored_once_and_then_left_alone() {
+        let precise = t(90 * 86_400) + jiff::SignedDuration::from_millis(123);
+        let mut obs = observation(valid(), synced(false));
+        obs.expiry = Expiry::Known { expires_at: precise, source: "Graph", key_id: Some("k1".into()), note: None };
+        let first = stored(&compute(&subject(&AzureAdConnectionStatus::default()), &obs, t(1)));
+        assert_eq!(first.secret.as_ref().unwrap().expires_at.as_ref().unwrap().0.as_second(), precise.as_second());
+        // A no-op reconcile: the status it computes is the one already stored, so nothing is sent.
+        let again = compute(&subject(&first), &obs, t(600));
+        assert_eq!(again, first);
+    }
+
+    #[test]
+    fn an_outage_keeps_the_last_known_expiry_without_new_events() {
+        let mut obs = observation(valid(), synced(false));
+        obs.expiry = Expiry::Known { expires_at: t(10 * 86_400), source: "Graph", key_id: Some("k1".into()), note: None };
+        let before = stored(&compute(&subject(&AzureAdConnectionStatus::default()), &obs, t(1)));
+        assert_eq!(cond(&before, SECRET_EXPIRING).reason, "SecretExpiring");
+        let outage = |previous: &AzureAdConnectionStatus| {
+            let down = CredentialsFailure::Azure(AzureError::Unreachable(crate::upstream::TransportError::Connect("refused".into())));
+            let mut obs = observation(Err(down), BrokerStage::NotAttempted);
+            obs.expiry = Expiry::Unavailable("Azure is unreachable".into()).or_last_known(previous.secret.as_ref());
+            obs
+        };
+        let during = stored(&compute(&subject(&before), &outage(&before), t(60)));
+        assert_eq!(during.secret, before.secret, "the date, its source and key id stay");
+        let expiring = cond(&during, SECRET_EXPIRING);
+        assert_eq!((expiring.status.as_str(), expiring.reason.as_str()), ("True", "SecretExpiring"));
+        assert!(expiring.message.contains("cannot be asked now"), "{}", expiring.message);
+        assert!(transitions(&before.conditions, &during.conditions).iter().all(|e| e.reason != "SecretExpiring"), "no second Warning");
+        let later = compute(&subject(&during), &outage(&during), t(120));
+        assert_eq!(later, during, "the outage goes on: nothing to write");
+        // Nothing known before: Unknown, as without an outage.
+        let unknown = Expiry::Unavailable("Graph is down".into()).or_last_known(None);
+        assert_eq!(unknown, Expiry::Unknown("Graph is down".into()));
     }
 
     #[test]

@@ -12,12 +12,12 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::Path,
-    http::StatusCode,
+    http::{Method, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use idp_bridge::{
-    azure::{AzureClient, AzureError, Validation, ValidationRequest},
+    azure::{AzureClient, AzureError, GraphError, Validation, ValidationRequest},
     crd::{
         conditions::Reason,
         connection::{AzureCloud, ValidationMode},
@@ -27,6 +27,7 @@ use idp_bridge::{
 };
 use idp_bridge_devenv::{
     azure::{AzureCloud as EmulatedCloud, AzureEmulator},
+    kit::{Fault, RequestMatch},
     tls::{TestCa, install_crypto_provider, serve_tls},
 };
 use jiff::{SignedDuration, Timestamp};
@@ -374,8 +375,127 @@ async fn throttling_is_transient_with_retry_after() {
     assert_eq!(reason_of(&err), Reason::AzureThrottled);
     assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
     assert!(err.is_transient());
-    // Once the throttling ends, the same request succeeds.
-    assert!(env.validate(TENANT, CANARY, ValidationMode::ClientCredentials).await.is_ok());
+    // Once the throttling ends, the same request succeeds. This client still honours the 60 s
+    // block of the throttled discovery (see `a_throttled_app_sees_no_request_until_retry_after_ends`);
+    // one without that block shows Azure answers again.
+    let fresh = env.fresh_client();
+    validate_with(&fresh, &env.fingerprints, AzureCloud::AzurePublic, TENANT, CLIENT, CANARY, ValidationMode::ClientCredentials, HOUR)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_throttled_app_sees_no_request_until_retry_after_ends() {
+    let env = env();
+    let other_client = "99999999-2222-3333-4444-555555555555";
+    env.emu.add_app(TENANT, other_client);
+    env.emu.add_secret(TENANT, other_client, CANARY, Timestamp::now() + SignedDuration::from_hours(24));
+    env.emu.kit().faults().push(Fault::status(429).on(RequestMatch::any().method(Method::POST)).retry_after(30));
+    let err = expect_err(env.validate(TENANT, CANARY, ValidationMode::ClientCredentials).await);
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(30)));
+    let requests = env.emu.kit().log().entries().len();
+
+    // Every later reconcile (whatever triggered it) is answered from the block, counting down.
+    for _ in 0..5 {
+        let err = expect_err(env.validate(TENANT, CANARY, ValidationMode::ClientCredentials).await);
+        assert_eq!(reason_of(&err), Reason::AzureThrottled);
+        assert!(err.is_transient());
+        let left = err.retry_after().expect("the time left");
+        assert!(left <= Duration::from_secs(30) && left > Duration::from_secs(20), "{left:?}");
+    }
+    let err_text = expect_err(env.validate(TENANT, CANARY, ValidationMode::ClientCredentials).await).advice();
+    assert_eq!(env.emu.kit().log().entries().len(), requests, "nothing was sent during the block");
+    assert_eq!(expect_err(env.validate(TENANT, CANARY, ValidationMode::ClientCredentials).await).advice(), err_text, "a stable message");
+
+    // Another app of the tenant is not blocked.
+    validate_with(
+        &env.client,
+        &env.fingerprints,
+        AzureCloud::AzurePublic,
+        TENANT,
+        other_client,
+        CANARY,
+        ValidationMode::ClientCredentials,
+        HOUR,
+    )
+    .await
+    .unwrap();
+
+    // A block ends with its Retry-After.
+    env.emu.kit().faults().push(Fault::status(429).on(RequestMatch::any().method(Method::POST)).retry_after(1));
+    let short = |client| {
+        validate_with(
+            &env.client,
+            &env.fingerprints,
+            AzureCloud::AzurePublic,
+            TENANT,
+            client,
+            "another-value",
+            ValidationMode::ClientCredentials,
+            HOUR,
+        )
+    };
+    assert_eq!(expect_err(short(other_client).await).reason(), Reason::AzureThrottled);
+    assert_eq!(expect_err(short(other_client).await).reason(), Reason::AzureThrottled);
+    let before = env.emu.token_requests();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(expect_err(short(other_client).await).reason(), Reason::InvalidSecret, "Azure is asked again");
+    assert_eq!(env.emu.token_requests(), before + 1);
+}
+
+#[tokio::test]
+async fn graph_throttling_is_honoured_and_graph_outages_read_the_same() {
+    let env = env();
+    env.emu.set_graph_read_all(TENANT, CLIENT, true);
+    let secret = SecretValue::new(CANARY);
+    let fingerprint = env.fingerprints.fingerprint(&secret);
+    let request = graph_request(&secret, &fingerprint);
+    env.client.validate(&request).await.unwrap();
+
+    // Graph down: each answer carries a fresh request-id and date, the error reads the same.
+    env.emu.kit().faults().push(Fault::status(503).on(RequestMatch::any().under("/v1.0")).times(2));
+    let first = env.client.secret_expiry(&request, TENANT).await.unwrap_err();
+    let second = env.client.secret_expiry(&request, TENANT).await.unwrap_err();
+    assert_eq!(first.reason(), Reason::GraphUnreachable, "{first}");
+    assert!(first.is_transient());
+    assert_eq!(first.to_string(), second.to_string());
+    assert!(!first.to_string().contains("request-id"), "{first}");
+
+    // Graph throttling: nothing goes to Graph until its Retry-After ends.
+    env.emu.kit().faults().push(Fault::status(429).on(RequestMatch::any().under("/v1.0")).retry_after(30));
+    assert_eq!(env.client.secret_expiry(&request, TENANT).await.unwrap_err().reason(), Reason::GraphUnreachable);
+    let graph = env.emu.graph_requests();
+    for _ in 0..3 {
+        match env.client.secret_expiry(&request, TENANT).await.unwrap_err() {
+            GraphError::Throttled { retry_after: Some(left) } => assert!(left <= Duration::from_secs(30) && left > Duration::from_secs(20)),
+            other => panic!("expected the block, got {other:?}"),
+        }
+    }
+    assert_eq!(env.emu.graph_requests(), graph, "nothing was sent during the block");
+}
+
+#[tokio::test]
+async fn a_new_validation_reads_graph_again() {
+    let env = env();
+    env.emu.set_graph_read_all(TENANT, CLIENT, true);
+    let secret = SecretValue::new(CANARY);
+    let fingerprint = env.fingerprints.fingerprint(&secret);
+    let mut request = graph_request(&secret, &fingerprint);
+    request.ttl = Duration::from_secs(2);
+    let validation = env.client.validate(&request).await.unwrap();
+    let trusted_until = validation.trusted_until.expect("a cached validation says until when");
+    assert!(trusted_until > validation.validated_at && trusted_until <= validation.validated_at + SignedDuration::from_secs(2));
+    // The expiry is read a second after the validation (a reconcile that came later), so its
+    // entry would outlive the validation's.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    env.client.secret_expiry(&request, TENANT).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let graph = env.emu.graph_requests();
+    let (_, tokens, _) = env.seen();
+    env.client.validate(&request).await.unwrap();
+    assert_eq!(env.emu.token_requests(), tokens + 1, "the validation ran out and was asked again");
+    env.client.secret_expiry(&request, TENANT).await.unwrap();
+    assert_eq!(env.emu.graph_requests(), graph + 1, "the expiry is read again with it, not a whole interval later");
 }
 
 #[tokio::test]
@@ -580,8 +700,10 @@ async fn no_error_ever_shows_the_secret() {
     errors.push(expect_err(run("not a tenant", CLIENT, AzureCloud::AzurePublic).await));
     errors.push(expect_err(run(TENANT, unknown_app, AzureCloud::AzurePublic).await));
     errors.push(expect_err(run(TENANT, CLIENT, AzureCloud::AzureUSGovernment).await));
-    env.emu.throttle_next(1, 3);
+    env.emu.throttle_next(1, 1);
     errors.push(expect_err(run(TENANT, CLIENT, AzureCloud::AzurePublic).await));
+    // The client honours the Retry-After: the next request waits for it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     env.emu.fail_next(1, 500);
     errors.push(expect_err(run(TENANT, CLIENT, AzureCloud::AzurePublic).await));
     env.emu.set_app_disabled(TENANT, CLIENT, true);

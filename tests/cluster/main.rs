@@ -10,6 +10,7 @@ mod crd_validation;
 mod e2e_auth0;
 mod e2e_broker_hosts;
 mod e2e_brokers;
+mod faults_azure;
 mod gitops_health;
 mod hostile;
 mod leader_election;
