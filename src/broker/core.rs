@@ -107,18 +107,17 @@ pub(crate) struct ClientCredentials {
     default_ttl: Duration,
     /// Longer claimed lifetimes are not believed.
     max_ttl: Duration,
-    /// The login's token or refusal, shared with every client of the same login.
-    login: SharedLogin,
 }
 
-/// What the last token request of one login (credential, token endpoint and audience) gave,
-/// shared by every client of that login (see [`super::BrokerRegistry`]).
+/// What the last login of one credential gave (for a grant: with its token endpoint and
+/// audience), shared by every client of that credential (see [`super::BrokerRegistry`]).
 pub(crate) type SharedLogin = Arc<Mutex<LoginState>>;
 
-/// The cached token of a login, or why the grant was refused. A refusal (wrong credentials, no
-/// such application, no token endpoint) is answered from here until its backoff ends, so the
-/// connections of a broker with wrong management credentials cost one failing request per
-/// backoff period, not one each. Transient failures are not kept: their callers back off.
+/// The cached token of a login, or why the login was refused: the grant refused (wrong
+/// credentials, no such application, no token endpoint), or a static token answered 401. A
+/// refusal is answered from here until its backoff ends, so the connections of a broker with
+/// wrong management credentials cost one failing request per backoff period, not one each.
+/// Transient failures are not kept: their callers back off.
 #[derive(Debug, Default)]
 pub(crate) struct LoginState {
     /// The token and when to refresh it.
@@ -175,7 +174,7 @@ impl ClientCredentials {
         default_ttl: Duration,
         max_ttl: Duration,
     ) -> Self {
-        Self { client_id: client_id.to_owned(), secret, path, request, default_ttl, max_ttl, login: SharedLogin::default() }
+        Self { client_id: client_id.to_owned(), secret, path, request, default_ttl, max_ttl }
     }
 
     /// What identifies the login: the client, its secret, where and for what it asks.
@@ -205,6 +204,15 @@ impl Auth {
             Auth::ClientCredentials(grant) => &grant.client_id,
         }
     }
+
+    /// What identifies a login: the token, or the grant's client, secret, endpoint and audience
+    /// (a new secret is a new login, tried at once).
+    fn login_identity(&self) -> Vec<u8> {
+        match self {
+            Auth::Token(token) => ["token", token.expose()].join("\0").into_bytes(),
+            Auth::ClientCredentials(grant) => grant.login_identity(),
+        }
+    }
 }
 
 /// One broker account's management API.
@@ -220,6 +228,8 @@ pub(crate) struct ManagementApi {
     rate: Option<Rate>,
     /// The account's budget, shared with every other client of the account.
     budget: Arc<RequestBudget>,
+    /// The credential's login, shared with every other client of the same credential.
+    login: SharedLogin,
     dialect: Dialect,
 }
 
@@ -232,7 +242,7 @@ impl ManagementApi {
         rate: Option<Rate>,
         dialect: Dialect,
     ) -> Self {
-        Self { upstream, host, prefix, auth, rate, budget: Arc::new(RequestBudget::new(rate)), dialect }
+        Self { upstream, host, prefix, auth, rate, budget: Arc::new(RequestBudget::new(rate)), login: SharedLogin::default(), dialect }
     }
 
     /// The account this client's requests count against; `fingerprints` keys the credential's
@@ -253,26 +263,20 @@ impl ManagementApi {
         &self.budget
     }
 
-    /// The login this client's token requests belong to, keyed by `fingerprints` (never the
-    /// credential itself); `None` for a static token, which needs no login.
+    /// The login this client's credential belongs to, keyed by `fingerprints` (never the
+    /// credential itself); `None` when the spec gives no usable host (nothing is called).
     pub fn login_account(&self, fingerprints: &Fingerprinter) -> Option<AccountKey> {
-        let Auth::ClientCredentials(grant) = &self.auth else { return None };
         let host = self.host.as_ref().ok()?.to_ascii_lowercase();
-        Some(AccountKey { broker: self.dialect.name, host, credential: Some(fingerprints.fingerprint_bytes(&grant.login_identity())) })
+        Some(AccountKey { broker: self.dialect.name, host, credential: Some(fingerprints.fingerprint_bytes(&self.auth.login_identity())) })
     }
 
-    pub fn login(&self) -> Option<&SharedLogin> {
-        match &self.auth {
-            Auth::ClientCredentials(grant) => Some(&grant.login),
-            Auth::Token(_) => None,
-        }
+    pub fn login(&self) -> &SharedLogin {
+        &self.login
     }
 
     /// Uses the login state shared by every client of the same login from now on.
     pub fn share_login(&mut self, login: SharedLogin) {
-        if let Auth::ClientCredentials(grant) = &mut self.auth {
-            grant.login = login;
-        }
+        self.login = login;
     }
 
     /// Uses the account's shared budget from now on, at this client's configured rate (the most
@@ -304,11 +308,11 @@ impl ManagementApi {
     /// still good, else a new one, unless the login was refused and its backoff still runs. The
     /// lock is held across the request, so concurrent callers wait for its answer.
     async fn bearer(&self, synced: Option<&SecretValue>) -> Result<SecretValue, BrokerError> {
+        let mut login = self.login.lock().await;
         let grant = match &self.auth {
-            Auth::Token(token) => return Ok(token.clone()),
+            Auth::Token(token) => return login.refusal().map_or_else(|| Ok(token.clone()), Err),
             Auth::ClientCredentials(grant) => grant,
         };
-        let mut login = grant.login.lock().await;
         if let Some((token, refresh_at)) = login.token.as_ref()
             && *refresh_at > Instant::now()
         {
@@ -376,11 +380,9 @@ impl ManagementApi {
 
     /// Drops the cached token, if it is still `token`.
     async fn forget(&self, token: &SecretValue) {
-        if let Auth::ClientCredentials(grant) = &self.auth {
-            let mut login = grant.login.lock().await;
-            if login.token.as_ref().is_some_and(|(held, _)| held == token) {
-                login.token = None;
-            }
+        let mut login = self.login.lock().await;
+        if login.token.as_ref().is_some_and(|(held, _)| held == token) {
+            login.token = None;
         }
     }
 
@@ -455,7 +457,12 @@ impl Session<'_> {
                 attempt += 1;
                 continue;
             }
-            return Err(api.error_from(&answer, &[Some(&token), self.synced]).await);
+            let error = api.error_from(&answer, &[Some(&token), self.synced]).await;
+            if answer.status == StatusCode::UNAUTHORIZED && matches!(api.auth, Auth::Token(_)) {
+                // A static token the broker does not accept: refused for every caller alike.
+                api.login.lock().await.record_failure(&error);
+            }
+            return Err(error);
         }
     }
 

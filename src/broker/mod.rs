@@ -374,9 +374,9 @@ pub struct BrokerKey {
 ///
 /// A client is rebuilt when its broker's spec or credential changes; the account's budget is
 /// not: the new client joins it, so an edit neither refills the burst nor lifts a 429 block, and
-/// brokers that share an account share its budget. Likewise every client of one login (client
-/// credentials, token endpoint, audience) shares its token and a refusal's backoff, so an edit
-/// of the broker's spec does not retry a refused login early. The registry holds both weakly:
+/// brokers that share an account share its budget. Likewise every client of one login (a static
+/// token, or client credentials with their token endpoint and audience) shares its token and a
+/// refusal's backoff, so an edit of the broker's spec does not retry a refused login early. The registry holds both weakly:
 /// they go away with the last client that uses them.
 #[derive(Debug)]
 pub struct BrokerRegistry {
@@ -438,9 +438,7 @@ impl BrokerRegistry {
         match logins.get(&login).and_then(Weak::upgrade) {
             Some(shared) => client.api_mut().share_login(shared),
             None => {
-                if let Some(own) = client.api().login() {
-                    logins.insert(login, Arc::downgrade(own));
-                }
+                logins.insert(login, Arc::downgrade(client.api().login()));
             }
         }
     }
@@ -588,7 +586,7 @@ mod tests {
     }
 
     fn login(client: &BrokerClient) -> &core::SharedLogin {
-        client.api().login().expect("a client-credentials client")
+        client.api().login()
     }
 
     /// One login state per credential and audience: the connections of a broker, its spec
@@ -602,11 +600,15 @@ mod tests {
         assert!(Arc::ptr_eq(login(&first), login(&edited)) && Arc::ptr_eq(login(&first), login(&other_broker)));
         let fixed = client(&registry, key("a", 3), &auth0(), "m2m", "right");
         assert!(!Arc::ptr_eq(login(&first), login(&fixed)), "a new secret is a new login, tried at once");
-        let cloudflare = client(&registry, key("c", 1), &cloudflare(ACCOUNT_A), "", "token");
-        assert!(cloudflare.api().login().is_none(), "a static token needs no login");
-        drop((first, edited, other_broker, fixed));
-        registry.forget("a");
-        registry.forget("b");
+        // A static token is its own login, whichever account it is used for.
+        let token = client(&registry, key("c", 1), &cloudflare(ACCOUNT_A), "", "token");
+        let same_token = client(&registry, key("d", 1), &cloudflare(ACCOUNT_B), "", "token");
+        let other_token = client(&registry, key("e", 1), &cloudflare(ACCOUNT_A), "", "token-2");
+        assert!(Arc::ptr_eq(login(&token), login(&same_token)) && !Arc::ptr_eq(login(&token), login(&other_token)));
+        drop((first, edited, other_broker, fixed, token, same_token, other_token));
+        for uid in ["a", "b", "c", "d", "e"] {
+            registry.forget(uid);
+        }
         assert!(registry.logins.lock().unwrap().is_empty());
     }
 

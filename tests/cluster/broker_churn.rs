@@ -85,14 +85,59 @@ async fn wait_broker(env: &Env, status: &str, reason: &str) {
 
 /// `CONNECTIONS` connections on broker `auth0`, all reading Secret `web`.
 async fn connections(env: &mut Env) -> Vec<String> {
-    let value = env.canary("value");
-    env.upstreams.azure.add_secret(TENANT_ID, CLIENT_ID, &value, jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 90));
-    env.put_secret("web", &[("client-secret", &value)], &[]).await;
-    let names: Vec<String> = (0..CONNECTIONS).map(|i| format!("app-{i}")).collect();
+    let names = azure_secret_and_names(env).await;
     for name in &names {
         env.connect(name, "web", json!({})).await;
     }
     names
+}
+
+/// Secret `web` with a valid Azure secret, and the names of `CONNECTIONS` connections.
+async fn azure_secret_and_names(env: &mut Env) -> Vec<String> {
+    let value = env.canary("value");
+    env.upstreams.azure.add_secret(TENANT_ID, CLIENT_ID, &value, jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 90));
+    env.put_secret("web", &[("client-secret", &value)], &[]).await;
+    (0..CONNECTIONS).map(|i| format!("app-{i}")).collect()
+}
+
+/// Token-based brokers have no token request: a 401 to any call refuses the token, and is
+/// remembered for the same backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_static_token_is_tried_once_per_backoff_for_all_connections() {
+    const ACCOUNT: &str = "0123456789abcdef0123456789abcdef";
+    let mut env = Env::without_operator("broker-token-refused").await;
+    let cf = env.upstreams.cloudflare().unwrap();
+    cf.add_account(ACCOUNT);
+    cf.add_token("the-granted-token", &[ACCOUNT]);
+    env.put_secret("cf-token", &[("api-token", "a-revoked-token")], &[]).await;
+    env.apply("IdentityBroker", "cf", json!({"spec": {"cloudflare": {"accountId": ACCOUNT, "apiTokenSecretRef": {"name": "cf-token"}}}}))
+        .await;
+    let names = azure_secret_and_names(&mut env).await;
+    for (i, name) in names.iter().enumerate() {
+        env.connect_to(name, "cf", json!({"cloudflare": {"name": format!("App {i}")}}), "web", json!({})).await;
+    }
+    env.start_operator().await;
+    let started = Instant::now();
+    for name in &names {
+        env.wait_condition(name, "Ready", "False", "BrokerAuthFailed").await;
+    }
+    // Every connection re-triggered by its Secret, well inside the backoff: no new request.
+    let value = env.canary("value");
+    env.upstreams.azure.add_secret(TENANT_ID, CLIENT_ID, &value, jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 90));
+    env.put_secret("web", &[("client-secret", &value)], &[]).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let elapsed = started.elapsed();
+    assert!(elapsed < REFUSED_LOGIN_BACKOFF, "the scenario took {elapsed:?}, longer than the backoff it checks");
+    let requests = cf.requests();
+    println!("{CONNECTIONS} connections of one broker with a refused token: {} Cloudflare requests in {elapsed:?}", requests.len());
+    assert_eq!(requests.len(), 1, "one refused call for {CONNECTIONS} connections and the broker check: {requests:?}");
+
+    env.put_secret("cf-token", &[("api-token", "the-granted-token")], &[]).await;
+    for name in &names {
+        env.wait_ready(name).await;
+    }
+    env.assert_no_canary_leaks().await;
+    env.stop_operator().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
