@@ -236,3 +236,36 @@ pub(super) fn controllers(
     let cluster = controller::<ClusterIdentityBroker>(ctx, None, stop, stores);
     future::join(future::join_all(namespaced), cluster).map(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broker(generation: i64) -> IdentityBroker {
+        serde_json::from_value(json!({
+            "apiVersion": "idpbridge.io/v1alpha1",
+            "kind": "IdentityBroker",
+            "metadata": {"name": "auth0", "namespace": "ns", "generation": generation},
+            "spec": {"auth0": {"domain": "acme.eu.auth0.com", "credentialsSecretRef": {"name": "auth0-management"}}},
+        }))
+        .expect("a valid IdentityBroker")
+    }
+
+    fn refused() -> Desired {
+        Desired::new(READY, Status::False, Reason::BrokerAuthFailed, "token request refused: Unauthorized (access_denied)")
+    }
+
+    #[test]
+    fn a_check_that_finds_nothing_new_writes_no_status_until_an_hour_has_passed() {
+        let start: jiff::Timestamp = "2026-12-02T08:00:00Z".parse().unwrap();
+        let first = next_status(&broker(1), &IdentityBrokerStatus::default(), &refused(), start).expect("the first check is written");
+        let minutes = |m: i64| start + jiff::SignedDuration::from_mins(m);
+        assert_eq!(next_status(&broker(1), &first, &refused(), minutes(1)), None, "the same refusal a minute later");
+        assert_eq!(next_status(&broker(1), &first, &refused(), minutes(59)), None);
+        let refreshed = next_status(&broker(1), &first, &refused(), minutes(60)).expect("an hour-old lastCheckTime is refreshed");
+        assert_eq!(refreshed.conditions, first.conditions, "nothing else changed, the transition time included");
+        assert!(next_status(&broker(2), &first, &refused(), minutes(1)).is_some(), "a new generation is written");
+        let ready = Desired::new(READY, Status::True, Reason::Ready, "obtained a management API token");
+        assert!(next_status(&broker(1), &first, &ready, minutes(1)).is_some(), "a new result is written");
+    }
+}
