@@ -1,9 +1,14 @@
 //! Prometheus metrics. Series of a connection are keyed by its UID, so a deleted connection or a
-//! changed label value (a new tenant, say) never leaves a stale series behind.
+//! changed label value (a new tenant, a new Ready reason) never leaves a stale series behind.
+//!
+//! Only the leader exports per-connection series: they exist from the start of a leadership term
+//! ([`Metrics::leading_term`]) and are all removed when it ends, so a standby (from start-up, or
+//! after losing the Lease) exports none, and a connection deleted while this replica stood by is
+//! never exported again. `idpbridge_leader` says which replica leads.
 
 use std::{
     collections::HashMap,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -26,6 +31,9 @@ pub struct ConnectionLabels {
     pub namespace: String,
     pub name: String,
     pub broker: String,
+    /// The Ready condition's reason: one of the closed set of [`crate::crd::conditions::Reason`]
+    /// names, so the series count stays bounded.
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,6 +61,14 @@ struct ConnectionSeries {
     expiry: Option<ExpiryLabels>,
 }
 
+/// Every connection's series, and whether they may exist at all (this replica leads). One lock
+/// for both, so a reconcile finishing as the term ends cannot export a series after the clear.
+#[derive(Default)]
+struct ConnectionSeriesByUid {
+    leading: bool,
+    by_uid: HashMap<String, ConnectionSeries>,
+}
+
 pub struct Metrics {
     registry: Registry,
     expiry: Family<ExpiryLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -62,7 +78,9 @@ pub struct Metrics {
     upstream_requests: Family<UpstreamLabels, Counter>,
     upstream_seconds: Family<UpstreamOperationLabels, Histogram>,
     rotation_seconds: Histogram,
-    series: Mutex<HashMap<String, ConnectionSeries>>,
+    series: Mutex<ConnectionSeriesByUid>,
+    /// 1 while this replica leads (runs the controllers), else 0.
+    leader: Gauge,
     /// When a Secret change was first seen for a connection (`namespace/name`), until its
     /// broker holds the new value.
     secret_changes: Mutex<HashMap<String, Instant>>,
@@ -113,6 +131,8 @@ impl Metrics {
             "Time from a Secret change being observed to the broker holding the new value",
             rotation_seconds.clone(),
         );
+        let leader = Gauge::default();
+        registry.register("leader", "1 on the replica that leads (and exports per-connection series), 0 on a standby", leader.clone());
         Self {
             registry,
             expiry,
@@ -122,7 +142,8 @@ impl Metrics {
             upstream_requests,
             upstream_seconds,
             rotation_seconds,
-            series: Mutex::new(HashMap::new()),
+            series: Mutex::new(ConnectionSeriesByUid::default()),
+            leader,
             secret_changes: Mutex::new(HashMap::new()),
         }
     }
@@ -148,10 +169,14 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// Sets a connection's series, replacing any with other label values.
+    /// Sets a connection's series, replacing any with other label values; ignored outside a
+    /// leadership term.
     pub fn connection(&self, uid: &str, ready_labels: ConnectionLabels, ready: bool, expiry: Option<(ExpiryLabels, f64)>) {
         let mut series = self.series.lock().expect("series lock");
-        let entry = series.entry(uid.to_owned()).or_default();
+        if !series.leading {
+            return;
+        }
+        let entry = series.by_uid.entry(uid.to_owned()).or_default();
         if let Some(old) = entry.ready.replace(ready_labels.clone())
             && old != ready_labels
         {
@@ -172,14 +197,38 @@ impl Metrics {
 
     /// Removes every series of a deleted connection.
     pub fn forget_connection(&self, uid: &str) {
-        if let Some(entry) = self.series.lock().expect("series lock").remove(uid) {
-            if let Some(labels) = entry.ready {
-                self.ready.remove(&labels);
-            }
-            if let Some(labels) = entry.expiry {
-                self.expiry.remove(&labels);
-            }
+        if let Some(entry) = self.series.lock().expect("series lock").by_uid.remove(uid) {
+            self.remove_series(entry);
         }
+    }
+
+    fn remove_series(&self, entry: ConnectionSeries) {
+        if let Some(labels) = entry.ready {
+            self.ready.remove(&labels);
+        }
+        if let Some(labels) = entry.expiry {
+            self.expiry.remove(&labels);
+        }
+    }
+
+    /// Starts a leadership term: `idpbridge_leader` is 1 and connections export their series
+    /// until the returned guard is dropped (the term's work ended, or was aborted).
+    pub fn leading_term(self: &Arc<Self>) -> LeadershipTerm {
+        self.series.lock().expect("series lock").leading = true;
+        self.leader.set(1);
+        LeadershipTerm(self.clone())
+    }
+
+    /// Ends the term: every per-connection series goes, and so do pending rotation timings
+    /// (the next leader measures its own).
+    fn stop_leading(&self) {
+        let mut series = self.series.lock().expect("series lock");
+        series.leading = false;
+        for (_, entry) in series.by_uid.drain() {
+            self.remove_series(entry);
+        }
+        self.secret_changes.lock().expect("changes lock").clear();
+        self.leader.set(0);
     }
 
     /// A Secret the connection `key` (`namespace/name`) reads changed; keeps the first sighting.
@@ -197,6 +246,17 @@ impl Metrics {
     /// Nothing to sync after a Secret change (it failed validation, or the value is the same).
     pub fn secret_change_settled(&self, key: &str) {
         self.secret_changes.lock().expect("changes lock").remove(key);
+    }
+}
+
+/// A leadership term's hold on the metrics: dropping it removes every per-connection series and
+/// sets `idpbridge_leader` to 0.
+#[must_use = "the term ends when this is dropped"]
+pub struct LeadershipTerm(Arc<Metrics>);
+
+impl Drop for LeadershipTerm {
+    fn drop(&mut self) {
+        self.0.stop_leading();
     }
 }
 
@@ -230,14 +290,15 @@ mod tests {
 
     fn labels(tenant: &str) -> (ConnectionLabels, ExpiryLabels) {
         (
-            ConnectionLabels { namespace: "ns".into(), name: "web".into(), broker: "auth0".into() },
+            ConnectionLabels { namespace: "ns".into(), name: "web".into(), broker: "auth0".into(), reason: "Ready".into() },
             ExpiryLabels { namespace: "ns".into(), name: "web".into(), client_id: "c".into(), tenant_id: tenant.into() },
         )
     }
 
     #[test]
     fn relabelled_and_deleted_connections_leave_no_stale_series() {
-        let m = Metrics::new();
+        let m = Arc::new(Metrics::new());
+        let _term = m.leading_term();
         let (ready, expiry) = labels("t1");
         m.connection("uid", ready.clone(), true, Some((expiry, 100.0)));
         assert!(m.encode().contains("tenant_id=\"t1\""));
@@ -248,6 +309,40 @@ mod tests {
         m.forget_connection("uid");
         let text = m.encode();
         assert!(!text.contains("name=\"web\""), "{text}");
+    }
+
+    #[test]
+    fn a_changed_ready_reason_replaces_the_series() {
+        let m = Arc::new(Metrics::new());
+        let _term = m.leading_term();
+        let (ready, _) = labels("t1");
+        m.connection("uid", ConnectionLabels { reason: "InvalidSecret".into(), ..ready.clone() }, false, None);
+        m.connection("uid", ConnectionLabels { reason: "BrokerAuthFailed".into(), ..ready.clone() }, false, None);
+        let text = m.encode();
+        assert!(!text.contains("InvalidSecret") && text.contains("reason=\"BrokerAuthFailed\"} 0"), "{text}");
+        m.connection("uid", ready, true, None);
+        let text = m.encode();
+        assert!(!text.contains("BrokerAuthFailed") && text.contains("reason=\"Ready\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn only_a_leadership_term_exports_connection_series() {
+        let m = Arc::new(Metrics::new());
+        let (ready, expiry) = labels("t1");
+        m.connection("uid", ready.clone(), true, Some((expiry.clone(), 100.0)));
+        let standby = m.encode();
+        assert!(!standby.contains("name=\"web\"") && standby.contains("idpbridge_leader 0"), "a standby from start-up:\n{standby}");
+        let term = m.leading_term();
+        m.connection("uid", ready.clone(), true, Some((expiry.clone(), 100.0)));
+        m.secret_changed("ns/web".into());
+        let leading = m.encode();
+        assert!(leading.contains("name=\"web\"") && leading.contains("idpbridge_leader 1"), "{leading}");
+        drop(term);
+        // A reconcile that finishes after the term ended exports nothing either.
+        m.connection("uid", ready, true, Some((expiry, 100.0)));
+        let lost = m.encode();
+        assert!(!lost.contains("name=\"web\"") && lost.contains("idpbridge_leader 0"), "after losing the Lease:\n{lost}");
+        assert!(m.secret_changes.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -121,11 +121,18 @@ pub fn leader_election(client: &Client, config: &Config) -> Result<Option<Leader
 
 /// Runs the controllers until `shutdown` is cancelled: directly, or under `election` only while
 /// this process leads (each term stops on its own token; the Lease is released on shutdown).
+/// Per-connection metrics exist only during a term: its end (or abort) removes them all.
 pub async fn run_controllers(ctx: Arc<Context>, election: Option<LeaderElection>, shutdown: CancellationToken) {
     match election {
-        Some(election) => election.run(shutdown.cancelled_owned(), move |stop| controller::run(ctx.clone(), stop)).await,
-        None => controller::run(ctx, shutdown).await,
+        Some(election) => election.run(shutdown.cancelled_owned(), move |stop| term(ctx.clone(), stop)).await,
+        None => term(ctx, shutdown).await,
     }
+}
+
+/// The controllers for one leadership term (or the whole run, without an election).
+async fn term(ctx: Arc<Context>, stop: CancellationToken) {
+    let _term = ctx.metrics.leading_term();
+    controller::run(ctx, stop).await;
 }
 
 /// Runs the controllers and the HTTP endpoints until `shutdown` is cancelled, the controllers

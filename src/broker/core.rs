@@ -2,7 +2,8 @@
 //!
 //! It owns what the four management APIs have in common: the bearer credential (a static API
 //! token, or OAuth client credentials exchanged for a token that is cached and, on a 401, dropped
-//! and fetched again once), the account's [`RequestBudget`] and the block a 429 starts, 404 as
+//! and fetched again once; a refused grant is remembered for a backoff, see [`LoginState`]), the
+//! account's [`RequestBudget`] and the block a 429 starts, 404 as
 //! "absent" on reads and "done" on deletes, and the one way an upstream answer becomes error
 //! text: every secret in play is scrubbed first, and only then is the text bounded
 //! ([`crate::secret::safe_message`]). An adapter only says how its broker spells an error body
@@ -19,7 +20,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 use super::{
-    BrokerError,
+    BrokerError, REFUSED_LOGIN_BACKOFF, REFUSED_LOGIN_MAX_BACKOFF,
     budget::{Rate, RequestBudget},
 };
 use crate::{
@@ -106,8 +107,52 @@ pub(crate) struct ClientCredentials {
     default_ttl: Duration,
     /// Longer claimed lifetimes are not believed.
     max_ttl: Duration,
-    /// The cached token and when to refresh it.
-    cache: Mutex<Option<(SecretValue, Instant)>>,
+}
+
+/// What the last login of one credential gave (for a grant: with its token endpoint and
+/// audience), shared by every client of that credential (see [`super::BrokerRegistry`]).
+pub(crate) type SharedLogin = Arc<Mutex<LoginState>>;
+
+/// The cached token of a login, or why the login was refused: the grant refused (wrong
+/// credentials, no such application, no token endpoint), or a static token answered 401. A
+/// refusal is answered from here until its backoff ends, so the connections of a broker with
+/// wrong management credentials cost one failing request per backoff period, not one each.
+/// Transient failures are not kept: their callers back off.
+#[derive(Debug, Default)]
+pub(crate) struct LoginState {
+    /// The token and when to refresh it.
+    token: Option<(SecretValue, Instant)>,
+    refused: Option<Refusal>,
+}
+
+#[derive(Debug)]
+struct Refusal {
+    /// The refusal as it was first reported: replaying the same text keeps conditions stable.
+    error: BrokerError,
+    retry_at: tokio::time::Instant,
+    /// Consecutive refusals, for the doubling backoff.
+    count: u32,
+}
+
+impl LoginState {
+    /// The refusal to answer with while its backoff runs.
+    fn refusal(&self) -> Option<BrokerError> {
+        self.refused.as_ref().filter(|r| tokio::time::Instant::now() < r.retry_at).and_then(|r| r.error.replayed())
+    }
+
+    /// Keeps a permanent failure of the grant for its backoff; a transient one is not kept.
+    fn record_failure(&mut self, error: &BrokerError) {
+        let Some(error) = error.replayed() else { return };
+        let count = self.refused.as_ref().map_or(0, |r| r.count).saturating_add(1);
+        let backoff = refusal_backoff(count);
+        self.refused = Some(Refusal { error, retry_at: tokio::time::Instant::now() + backoff, count });
+    }
+}
+
+/// The wait after the `count`th consecutive refusal: doubling from [`REFUSED_LOGIN_BACKOFF`] up
+/// to [`REFUSED_LOGIN_MAX_BACKOFF`].
+fn refusal_backoff(count: u32) -> Duration {
+    REFUSED_LOGIN_BACKOFF.saturating_mul(2u32.saturating_pow(count.saturating_sub(1).min(16))).min(REFUSED_LOGIN_MAX_BACKOFF)
 }
 
 /// How the grant is sent.
@@ -129,7 +174,16 @@ impl ClientCredentials {
         default_ttl: Duration,
         max_ttl: Duration,
     ) -> Self {
-        Self { client_id: client_id.to_owned(), secret, path, request, default_ttl, max_ttl, cache: Mutex::new(None) }
+        Self { client_id: client_id.to_owned(), secret, path, request, default_ttl, max_ttl }
+    }
+
+    /// What identifies the login: the client, its secret, where and for what it asks.
+    fn login_identity(&self) -> Vec<u8> {
+        let target = match &self.request {
+            TokenRequest::JsonBody { audience } => audience.as_str(),
+            TokenRequest::BasicForm { resource, .. } => resource.as_str(),
+        };
+        [self.client_id.as_str(), self.secret.expose(), self.path, target].join("\0").into_bytes()
     }
 }
 
@@ -150,6 +204,15 @@ impl Auth {
             Auth::ClientCredentials(grant) => &grant.client_id,
         }
     }
+
+    /// What identifies a login: the token, or the grant's client, secret, endpoint and audience
+    /// (a new secret is a new login, tried at once).
+    fn login_identity(&self) -> Vec<u8> {
+        match self {
+            Auth::Token(token) => ["token", token.expose()].join("\0").into_bytes(),
+            Auth::ClientCredentials(grant) => grant.login_identity(),
+        }
+    }
 }
 
 /// One broker account's management API.
@@ -165,6 +228,8 @@ pub(crate) struct ManagementApi {
     rate: Option<Rate>,
     /// The account's budget, shared with every other client of the account.
     budget: Arc<RequestBudget>,
+    /// The credential's login, shared with every other client of the same credential.
+    login: SharedLogin,
     dialect: Dialect,
 }
 
@@ -177,7 +242,7 @@ impl ManagementApi {
         rate: Option<Rate>,
         dialect: Dialect,
     ) -> Self {
-        Self { upstream, host, prefix, auth, rate, budget: Arc::new(RequestBudget::new(rate)), dialect }
+        Self { upstream, host, prefix, auth, rate, budget: Arc::new(RequestBudget::new(rate)), login: SharedLogin::default(), dialect }
     }
 
     /// The account this client's requests count against; `fingerprints` keys the credential's
@@ -196,6 +261,22 @@ impl ManagementApi {
 
     pub fn budget(&self) -> &Arc<RequestBudget> {
         &self.budget
+    }
+
+    /// The login this client's credential belongs to, keyed by `fingerprints` (never the
+    /// credential itself); `None` when the spec gives no usable host (nothing is called).
+    pub fn login_account(&self, fingerprints: &Fingerprinter) -> Option<AccountKey> {
+        let host = self.host.as_ref().ok()?.to_ascii_lowercase();
+        Some(AccountKey { broker: self.dialect.name, host, credential: Some(fingerprints.fingerprint_bytes(&self.auth.login_identity())) })
+    }
+
+    pub fn login(&self) -> &SharedLogin {
+        &self.login
+    }
+
+    /// Uses the login state shared by every client of the same login from now on.
+    pub fn share_login(&mut self, login: SharedLogin) {
+        self.login = login;
     }
 
     /// Uses the account's shared budget from now on, at this client's configured rate (the most
@@ -224,21 +305,32 @@ impl ManagementApi {
     }
 
     /// The bearer to send: the static token, or a client-credentials token from cache when it is
-    /// still good, else a new one.
+    /// still good, else a new one, unless the login was refused and its backoff still runs. The
+    /// lock is held across the request, so concurrent callers wait for its answer.
     async fn bearer(&self, synced: Option<&SecretValue>) -> Result<SecretValue, BrokerError> {
+        let mut login = self.login.lock().await;
         let grant = match &self.auth {
-            Auth::Token(token) => return Ok(token.clone()),
+            Auth::Token(token) => return login.refusal().map_or_else(|| Ok(token.clone()), Err),
             Auth::ClientCredentials(grant) => grant,
         };
-        let mut cached = grant.cache.lock().await;
-        if let Some((token, refresh_at)) = cached.as_ref()
+        if let Some((token, refresh_at)) = login.token.as_ref()
             && *refresh_at > Instant::now()
         {
             return Ok(token.clone());
         }
-        let (token, ttl) = self.fetch_token(grant, synced).await?;
-        *cached = Some((token.clone(), super::token_refresh_at(ttl)));
-        Ok(token)
+        if let Some(refused) = login.refusal() {
+            return Err(refused);
+        }
+        match self.fetch_token(grant, synced).await {
+            Ok((token, ttl)) => {
+                *login = LoginState { token: Some((token.clone(), super::token_refresh_at(ttl))), refused: None };
+                Ok(token)
+            }
+            Err(error) => {
+                login.record_failure(&error);
+                Err(error)
+            }
+        }
     }
 
     async fn fetch_token(&self, grant: &ClientCredentials, synced: Option<&SecretValue>) -> Result<(SecretValue, Duration), BrokerError> {
@@ -288,11 +380,9 @@ impl ManagementApi {
 
     /// Drops the cached token, if it is still `token`.
     async fn forget(&self, token: &SecretValue) {
-        if let Auth::ClientCredentials(grant) = &self.auth {
-            let mut cached = grant.cache.lock().await;
-            if cached.as_ref().is_some_and(|(held, _)| held == token) {
-                *cached = None;
-            }
+        let mut login = self.login.lock().await;
+        if login.token.as_ref().is_some_and(|(held, _)| held == token) {
+            login.token = None;
         }
     }
 
@@ -367,7 +457,12 @@ impl Session<'_> {
                 attempt += 1;
                 continue;
             }
-            return Err(api.error_from(&answer, &[Some(&token), self.synced]).await);
+            let error = api.error_from(&answer, &[Some(&token), self.synced]).await;
+            if answer.status == StatusCode::UNAUTHORIZED && matches!(api.auth, Auth::Token(_)) {
+                // A static token the broker does not accept: refused for every caller alike.
+                api.login.lock().await.record_failure(&error);
+            }
+            return Err(error);
         }
     }
 
@@ -424,4 +519,36 @@ pub(crate) enum Found {
     Foreign {
         kind: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused() -> BrokerError {
+        BrokerError::Auth("token request refused: Unauthorized (access_denied)".into())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_login_is_replayed_until_its_doubling_backoff_ends() {
+        let mut login = LoginState::default();
+        login.record_failure(&refused());
+        for (count, backoff) in [(1, REFUSED_LOGIN_BACKOFF), (2, REFUSED_LOGIN_BACKOFF * 2), (3, REFUSED_LOGIN_BACKOFF * 4)] {
+            tokio::time::advance(backoff - Duration::from_millis(1)).await;
+            let replayed = login.refusal().unwrap_or_else(|| panic!("refusal {count} is replayed for {backoff:?}"));
+            assert_eq!(replayed.to_string(), refused().to_string(), "the same text, so conditions stay stable");
+            tokio::time::advance(Duration::from_millis(1)).await;
+            assert!(login.refusal().is_none(), "refusal {count} is retried after {backoff:?}");
+            login.record_failure(&refused());
+        }
+        assert_eq!(refusal_backoff(30), REFUSED_LOGIN_MAX_BACKOFF);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_login_failures_are_not_kept() {
+        let mut login = LoginState::default();
+        login.record_failure(&BrokerError::Server { status: 503, message: "unavailable".into() });
+        login.record_failure(&BrokerError::RateLimited { retry_after: Duration::from_secs(5) });
+        assert!(login.refusal().is_none());
+    }
 }

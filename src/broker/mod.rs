@@ -38,6 +38,13 @@ use crate::{
 
 use self::{budget::RequestBudget, core::AccountKey};
 
+/// How long a refused management login is not tried again for its account (the first time;
+/// each further refusal doubles it, up to [`REFUSED_LOGIN_MAX_BACKOFF`]). A changed credential is
+/// another login, tried at once.
+pub const REFUSED_LOGIN_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest a refused login waits.
+pub const REFUSED_LOGIN_MAX_BACKOFF: Duration = Duration::from_secs(300);
+
 /// Broker failures, classified.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -91,6 +98,22 @@ impl BrokerError {
             BrokerError::RateLimited { retry_after } => Some(*retry_after),
             _ => None,
         }
+    }
+
+    /// The same permanent error again, to answer a later caller with; `None` for a transient
+    /// one, which is never replayed.
+    pub(crate) fn replayed(&self) -> Option<BrokerError> {
+        Some(match self {
+            BrokerError::Auth(m) => BrokerError::Auth(m.clone()),
+            BrokerError::PermissionMissing(m) => BrokerError::PermissionMissing(m.clone()),
+            BrokerError::Rejected(m) => BrokerError::Rejected(m.clone()),
+            BrokerError::Unsupported(m) => BrokerError::Unsupported(m.clone()),
+            BrokerError::Conflict(m) => BrokerError::Conflict(m.clone()),
+            BrokerError::NotFound => BrokerError::NotFound,
+            BrokerError::Unreachable(_) | BrokerError::Server { .. } | BrokerError::RateLimited { .. } | BrokerError::Unexpected(_) => {
+                return None;
+            }
+        })
     }
 }
 
@@ -351,8 +374,10 @@ pub struct BrokerKey {
 ///
 /// A client is rebuilt when its broker's spec or credential changes; the account's budget is
 /// not: the new client joins it, so an edit neither refills the burst nor lifts a 429 block, and
-/// brokers that share an account share its budget. The registry holds budgets weakly: the budget
-/// of an account goes away with the last client that uses it.
+/// brokers that share an account share its budget. Likewise every client of one login (a static
+/// token, or client credentials with their token endpoint and audience) shares its token and a
+/// refusal's backoff, so an edit of the broker's spec does not retry a refused login early. The registry holds both weakly:
+/// they go away with the last client that uses them.
 #[derive(Debug)]
 pub struct BrokerRegistry {
     upstream: Upstream,
@@ -360,6 +385,7 @@ pub struct BrokerRegistry {
     fingerprints: Fingerprinter,
     clients: Mutex<HashMap<BrokerKey, Arc<BrokerClient>>>,
     budgets: Mutex<HashMap<AccountKey, Weak<RequestBudget>>>,
+    logins: Mutex<HashMap<AccountKey, Weak<tokio::sync::Mutex<core::LoginState>>>>,
 }
 
 impl BrokerRegistry {
@@ -369,6 +395,7 @@ impl BrokerRegistry {
             fingerprints: Fingerprinter::new(Fingerprinter::random_key()),
             clients: Mutex::new(HashMap::new()),
             budgets: Mutex::new(HashMap::new()),
+            logins: Mutex::new(HashMap::new()),
         }
     }
 
@@ -383,6 +410,7 @@ impl BrokerRegistry {
         // Joined while the broker's previous client still holds the budget, so an edit of the
         // only broker of an account keeps it.
         self.join_account(&mut client);
+        self.join_login(&mut client);
         clients.retain(|k, _| k.uid != key.uid);
         let client = Arc::new(client);
         clients.insert(key, client.clone());
@@ -402,11 +430,25 @@ impl BrokerRegistry {
         }
     }
 
-    /// Forgets every client of a deleted broker; the budget of an account no other broker uses
-    /// goes with them (once in-flight calls end).
+    /// Gives `client` the state of its login, or records its own as the login's.
+    fn join_login(&self, client: &mut BrokerClient) {
+        let Some(login) = client.api().login_account(&self.fingerprints) else { return };
+        let mut logins = self.logins.lock().expect("registry lock");
+        logins.retain(|_, state| state.strong_count() > 0);
+        match logins.get(&login).and_then(Weak::upgrade) {
+            Some(shared) => client.api_mut().share_login(shared),
+            None => {
+                logins.insert(login, Arc::downgrade(client.api().login()));
+            }
+        }
+    }
+
+    /// Forgets every client of a deleted broker; the budget of an account and the state of a
+    /// login no other broker uses go with them (once in-flight calls end).
     pub fn forget(&self, uid: &str) {
         self.clients.lock().expect("registry lock").retain(|k, _| k.uid != uid);
         self.budgets.lock().expect("registry lock").retain(|_, budget| budget.strong_count() > 0);
+        self.logins.lock().expect("registry lock").retain(|_, state| state.strong_count() > 0);
     }
 }
 
@@ -541,6 +583,33 @@ mod tests {
             budget(&edited).acquire().await.unwrap();
         }
         assert!(Instant::now() - start >= auth0::DEFAULT_RATE.per_request, "but the burst was not refilled beyond its size");
+    }
+
+    fn login(client: &BrokerClient) -> &core::SharedLogin {
+        client.api().login()
+    }
+
+    /// One login state per credential and audience: the connections of a broker, its spec
+    /// edits and other brokers with the same credentials wait out one refusal together.
+    #[tokio::test]
+    async fn clients_of_one_login_share_its_token_and_refusal() {
+        let registry = registry();
+        let first = client(&registry, key("a", 1), &auth0(), "m2m", "wrong");
+        let edited = client(&registry, key("a", 2), &auth0(), "m2m", "wrong");
+        let other_broker = client(&registry, key("b", 1), &auth0(), "m2m", "wrong");
+        assert!(Arc::ptr_eq(login(&first), login(&edited)) && Arc::ptr_eq(login(&first), login(&other_broker)));
+        let fixed = client(&registry, key("a", 3), &auth0(), "m2m", "right");
+        assert!(!Arc::ptr_eq(login(&first), login(&fixed)), "a new secret is a new login, tried at once");
+        // A static token is its own login, whichever account it is used for.
+        let token = client(&registry, key("c", 1), &cloudflare(ACCOUNT_A), "", "token");
+        let same_token = client(&registry, key("d", 1), &cloudflare(ACCOUNT_B), "", "token");
+        let other_token = client(&registry, key("e", 1), &cloudflare(ACCOUNT_A), "", "token-2");
+        assert!(Arc::ptr_eq(login(&token), login(&same_token)) && !Arc::ptr_eq(login(&token), login(&other_token)));
+        drop((first, edited, other_broker, fixed, token, same_token, other_token));
+        for uid in ["a", "b", "c", "d", "e"] {
+            registry.forget(uid);
+        }
+        assert!(registry.logins.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

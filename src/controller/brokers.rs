@@ -1,18 +1,22 @@
 //! Status of IdentityBroker and ClusterIdentityBroker: Ready once the operator obtained a
 //! management token with the broker's credentials, re-checked periodically and whenever the
-//! broker or its credential Secret changes.
+//! broker's spec or its credential Secret changes. The status is written only when the check
+//! says something new (or `lastCheckTime` is an hour old), so checks do not churn the object,
+//! its own watch, or the watches of its connections.
 
 use std::{fmt::Debug, sync::Arc, time::Duration};
 
 use futures::{FutureExt, StreamExt, future};
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
     core::PartialObjectMeta,
     runtime::{
-        Controller,
+        Controller, Predicate, WatchStreamExt,
         controller::Action,
+        predicates,
         reflector::{ObjectRef, Store},
         watcher,
     },
@@ -31,6 +35,9 @@ use crate::crd::{
 
 /// How often a healthy broker's credentials are re-checked.
 const CHECK_INTERVAL: Duration = Duration::from_secs(600);
+/// How old `lastCheckTime` may grow while the checks find nothing new: only then does a check
+/// that changes nothing else write the status.
+const LAST_CHECK_REFRESH: jiff::SignedDuration = jiff::SignedDuration::from_hours(1);
 
 /// What the broker status controller needs from either broker kind.
 trait BrokerObject: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {
@@ -132,25 +139,42 @@ async fn reconcile<B: BrokerObject>(broker: Arc<B>, ctx: Arc<Context>) -> Result
         return Ok(Action::await_change());
     }
     let desired = check(broker.as_ref(), &ctx).await?;
-    let now = jiff::Timestamp::now();
     let previous = broker.broker_status().cloned().unwrap_or_default();
-    let mut next = previous.clone();
-    let generation = broker.meta().generation;
-    let _ = set_condition(&mut next.conditions, &desired, generation, now);
-    next.observed_generation = generation;
-    next.type_ = broker.provider().map(|p| p.type_name().to_owned());
-    next.last_check_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now.round(jiff::Unit::Second).unwrap_or(now)));
-    let patch = json!({ "apiVersion": "idpbridge.io/v1alpha1", "kind": B::kind(&()), "status": next });
-    B::api(ctx.client.clone(), broker.namespace().as_deref())
-        .patch_status(&broker.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map_err(Error::WriteStatus)?;
+    if let Some(next) = next_status(broker.as_ref(), &previous, &desired, jiff::Timestamp::now()) {
+        let patch = json!({ "apiVersion": "idpbridge.io/v1alpha1", "kind": B::kind(&()), "status": next });
+        B::api(ctx.client.clone(), broker.namespace().as_deref())
+            .patch_status(&broker.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+            .await
+            .map_err(Error::WriteStatus)?;
+    }
     Ok(if desired.status == Status::True {
         ctx.reset_backoff(broker.as_ref());
         Action::requeue(CHECK_INTERVAL)
     } else {
         Action::requeue(ctx.next_backoff(broker.as_ref()).max(Duration::from_secs(30)))
     })
+}
+
+/// The status to write after a check, or `None` when the current one still says it all: the
+/// same conditions, generation and type, and a `lastCheckTime` younger than
+/// [`LAST_CHECK_REFRESH`].
+fn next_status<B: BrokerObject>(
+    broker: &B,
+    previous: &IdentityBrokerStatus,
+    desired: &Desired,
+    now: jiff::Timestamp,
+) -> Option<IdentityBrokerStatus> {
+    let mut next = previous.clone();
+    let generation = broker.meta().generation;
+    let _ = set_condition(&mut next.conditions, desired, generation, now);
+    next.observed_generation = generation;
+    next.type_ = broker.provider().map(|p| p.type_name().to_owned());
+    let checked_recently = previous.last_check_time.as_ref().is_some_and(|t| now.duration_since(t.0) < LAST_CHECK_REFRESH);
+    if next == *previous && checked_recently {
+        return None;
+    }
+    next.last_check_time = Some(Time(now.round(jiff::Unit::Second).unwrap_or(now)));
+    Some(next)
 }
 
 fn error_policy<B: BrokerObject>(broker: Arc<B>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -182,9 +206,11 @@ fn controller<B: BrokerObject>(
     stores: &mut Stores,
 ) -> impl std::future::Future<Output = ()> + use<B> {
     let client = ctx.client.clone();
-    let controller = Controller::new(B::watch_api(client.clone(), namespace), watcher::Config::default().any_semantic());
-    let store = controller.store();
-    stores.add(store.clone());
+    // Spec edits (and the deletion mark) bump the generation; the controller's own status
+    // writes, and labels or annotations, do not, and start no check.
+    let (store, brokers) = super::reflected(B::watch_api(client.clone(), namespace), watcher::Config::default().any_semantic(), stores);
+    let brokers = brokers.predicate_filter(predicates::generation.combine(predicates::finalizers), Default::default());
+    let controller = Controller::for_stream(brokers, store.clone());
     let operator_namespace = ctx.config.namespace.clone();
     let secrets = match B::credentials_namespace_fixed(&operator_namespace).or(namespace) {
         Some(ns) => Api::<PartialObjectMeta<Secret>>::namespaced(client, ns),
@@ -209,4 +235,37 @@ pub(super) fn controllers(
     let namespaced: Vec<_> = scopes.iter().map(|ns| controller::<IdentityBroker>(ctx.clone(), ns.as_deref(), stop, stores)).collect();
     let cluster = controller::<ClusterIdentityBroker>(ctx, None, stop, stores);
     future::join(future::join_all(namespaced), cluster).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broker(generation: i64) -> IdentityBroker {
+        serde_json::from_value(json!({
+            "apiVersion": "idpbridge.io/v1alpha1",
+            "kind": "IdentityBroker",
+            "metadata": {"name": "auth0", "namespace": "ns", "generation": generation},
+            "spec": {"auth0": {"domain": "acme.eu.auth0.com", "credentialsSecretRef": {"name": "auth0-management"}}},
+        }))
+        .expect("a valid IdentityBroker")
+    }
+
+    fn refused() -> Desired {
+        Desired::new(READY, Status::False, Reason::BrokerAuthFailed, "token request refused: Unauthorized (access_denied)")
+    }
+
+    #[test]
+    fn a_check_that_finds_nothing_new_writes_no_status_until_an_hour_has_passed() {
+        let start: jiff::Timestamp = "2026-12-02T08:00:00Z".parse().unwrap();
+        let first = next_status(&broker(1), &IdentityBrokerStatus::default(), &refused(), start).expect("the first check is written");
+        let minutes = |m: i64| start + jiff::SignedDuration::from_mins(m);
+        assert_eq!(next_status(&broker(1), &first, &refused(), minutes(1)), None, "the same refusal a minute later");
+        assert_eq!(next_status(&broker(1), &first, &refused(), minutes(59)), None);
+        let refreshed = next_status(&broker(1), &first, &refused(), minutes(60)).expect("an hour-old lastCheckTime is refreshed");
+        assert_eq!(refreshed.conditions, first.conditions, "nothing else changed, the transition time included");
+        assert!(next_status(&broker(2), &first, &refused(), minutes(1)).is_some(), "a new generation is written");
+        let ready = Desired::new(READY, Status::True, Reason::Ready, "obtained a management API token");
+        assert!(next_status(&broker(1), &first, &ready, minutes(1)).is_some(), "a new result is written");
+    }
 }

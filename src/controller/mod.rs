@@ -138,6 +138,17 @@ fn connection_triggers(
     )
 }
 
+/// The broker events that concern its connections: a new generation (a spec edit, a new broker,
+/// the deletion mark). The broker's status, labels and annotations do not; a changed credential
+/// comes as an event of its Secret.
+fn broker_changes<K, S>(events: S) -> impl Stream<Item = Result<K, watcher::Error>> + use<K, S>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+    S: Stream<Item = Result<K, watcher::Error>>,
+{
+    events.predicate_filter(predicates::generation, Default::default())
+}
+
 /// `Api::namespaced` for a namespace, `Api::all` for the whole cluster.
 pub fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
@@ -163,6 +174,9 @@ fn connection_controller(
     let connections = Controller::for_stream(connection_events, store.clone());
     let (broker_store, broker_events) =
         reflected(scoped::<IdentityBroker>(&client, namespace), watcher::Config::default().any_semantic(), stores);
+    let cluster_broker_events = watcher(Api::<ClusterIdentityBroker>::all(client.clone()), watcher::Config::default().any_semantic())
+        .default_backoff()
+        .touched_objects();
     let (s1, s2, s3) = (store.clone(), store.clone(), store);
     let operator_namespace = ctx.config.namespace.clone();
     let metrics = ctx.metrics.clone();
@@ -181,10 +195,10 @@ fn connection_controller(
         secrets.push(Api::namespaced(client.clone(), &ctx.config.namespace));
     }
     let mut controller = connections
-        .watches_stream(broker_events, move |b| {
+        .watches_stream(broker_changes(broker_events), move |b| {
             connections_using_broker(&s1, BrokerRefKind::IdentityBroker, b.namespace().as_deref(), &b.name_any())
         })
-        .watches(Api::<ClusterIdentityBroker>::all(client.clone()), watcher::Config::default(), move |b| {
+        .watches_stream(broker_changes(cluster_broker_events), move |b| {
             connections_using_broker(&s2, BrokerRefKind::ClusterIdentityBroker, None, &b.name_any())
         });
     for api in secrets {

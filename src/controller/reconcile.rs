@@ -294,12 +294,27 @@ async fn store_pending_scim(conn: &AzureAdConnection, ctx: &Context) -> Result<(
     Ok(())
 }
 
+/// The `reason` label when Ready has no reason the operator knows (there is no Ready yet).
+const UNKNOWN_REASON: &str = "Unknown";
+
+/// A reason from the closed set, for a metric label: anything else is [`UNKNOWN_REASON`].
+fn bounded_reason(reason: &str) -> &'static str {
+    Reason::ALL.iter().map(|r| r.as_str()).find(|known| *known == reason).unwrap_or(UNKNOWN_REASON)
+}
+
 /// The connection's ready and expiry gauges, from the status about to be written.
 fn record_series(conn: &AzureAdConnection, ctx: &Context, status: &AzureAdConnectionStatus) {
     let Some(uid) = conn.uid() else { return };
     let (namespace, name) = (conn.namespace().unwrap_or_default(), conn.name_any());
-    let ready = crate::crd::conditions::find(&status.conditions, crate::crd::conditions::READY).is_some_and(|c| c.status == "True");
-    let ready_labels = ConnectionLabels { namespace: namespace.clone(), name: name.clone(), broker: conn.spec.broker_ref.name.clone() };
+    let condition = crate::crd::conditions::find(&status.conditions, crate::crd::conditions::READY);
+    let ready = condition.is_some_and(|c| c.status == "True");
+    let reason = condition.map_or(UNKNOWN_REASON, |c| bounded_reason(&c.reason));
+    let ready_labels = ConnectionLabels {
+        namespace: namespace.clone(),
+        name: name.clone(),
+        broker: conn.spec.broker_ref.name.clone(),
+        reason: reason.into(),
+    };
     let expiry = status.secret.as_ref().and_then(|s| s.expires_at.as_ref()).map(|at| {
         let tenant_id = status.tenant_id.clone().unwrap_or_else(|| conn.spec.azure.tenant.clone());
         (ExpiryLabels { namespace, name, client_id: conn.spec.azure.client_id.clone(), tenant_id }, at.0.as_second() as f64)

@@ -251,7 +251,8 @@ pub struct IdentityBrokerStatus {
     /// The broker type (auth0).
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "type")]
     pub type_: Option<String>,
-    /// When the credentials were last checked.
+    /// When a check last changed the status, or last confirmed it: a check that finds nothing
+    /// new writes no status unless this is an hour old.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_check_time: Option<Time>,
 }

@@ -27,7 +27,9 @@ const RELEASE_NAMESPACE: &str = "idp-bridge";
 /// What the dashboard's `$job` variable resolves to for that release (the metrics Service).
 const JOB: &str = "idp-bridge-metrics";
 /// Labels Prometheus adds to every scraped series from its target; the operator does not export them.
-const TARGET_LABELS: [&str; 2] = ["job", "instance"];
+/// `pod` is the one the chart's ServiceMonitor adds that differs between replicas: the alerts
+/// drop it (with `instance`) so that a failover does not change an alert's identity.
+const TARGET_LABELS: [&str; 3] = ["job", "instance", "pod"];
 const RULES_FILE: &str = "idp-bridge-rules.yaml";
 const TEST_FILE: &str = "alerts.test.yaml";
 
@@ -272,7 +274,8 @@ fn dashboard_queries_pass_promtool_check() {
         "Upstream requests by upstream and status",
         "Upstream errors by upstream and status",
         "Reconcile errors",
-        "Operator replicas up",
+        "Connections by state and reason",
+        "Leader",
     ] {
         assert!(titles.contains(expected), "the dashboard has a panel {expected:?}: {titles:?}");
     }
@@ -328,7 +331,12 @@ async fn alerts_and_dashboard_use_what_a_real_operator_exports() {
     let (status, exposition) = env.http_get("/metrics").await;
     assert_eq!(status, 200);
     let exported = exported_series(&exposition);
-    for metric in ["idpbridge_connection_ready", "idpbridge_client_secret_expiry_timestamp_seconds", "idpbridge_upstream_requests_total"] {
+    for metric in [
+        "idpbridge_connection_ready",
+        "idpbridge_client_secret_expiry_timestamp_seconds",
+        "idpbridge_upstream_requests_total",
+        "idpbridge_leader",
+    ] {
         assert!(exported.contains_key(metric), "a Ready connection with a known expiry exports {metric}:\n{exposition}");
     }
 

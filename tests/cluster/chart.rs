@@ -462,13 +462,18 @@ fn lint_and_template_pass_with_default_and_full_values() {
     let rules = rule["spec"]["groups"][0]["rules"].as_array().unwrap();
     let alert = |name: &str| rules.iter().find(|r| r["alert"] == name).unwrap_or_else(|| panic!("alert {name}"));
     let expiring = alert("IdpBridgeClientSecretExpiringSoon");
-    assert_eq!(expiring["expr"], "idpbridge_client_secret_expiry_timestamp_seconds - time() < 14 * 86400");
+    let expiry_on_leader =
+        "max without (instance, pod) (idpbridge_client_secret_expiry_timestamp_seconds and on (job, instance) idpbridge_leader == 1)";
+    assert_eq!(expiring["expr"], format!("{expiry_on_leader} - time() < 14 * 86400"));
     assert_eq!(expiring["labels"], json!({"severity": "warning", "team": "identity"}));
     let expired = alert("IdpBridgeClientSecretExpired");
-    assert_eq!(expired["expr"], "idpbridge_client_secret_expiry_timestamp_seconds <= time()");
+    assert_eq!(expired["expr"], format!("{expiry_on_leader} <= time()"));
     assert_eq!(expired["labels"], json!({"severity": "critical", "team": "identity"}));
     let not_ready = alert("IdpBridgeConnectionNotReady");
-    assert_eq!(not_ready["expr"], "idpbridge_connection_ready == 0");
+    assert_eq!(
+        not_ready["expr"],
+        "max without (instance, pod, reason) (idpbridge_connection_ready and on (job, instance) idpbridge_leader == 1) == 0"
+    );
     assert_eq!(not_ready["for"], "15m");
     assert!(not_ready["annotations"]["summary"].as_str().unwrap().contains("{{ $labels.namespace }}/{{ $labels.name }}"));
     let absent = alert("IdpBridgeOperatorAbsent");

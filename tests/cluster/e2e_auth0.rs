@@ -454,7 +454,10 @@ async fn metrics_and_probes_are_served_and_cleaned_up() {
         "idpbridge_client_secret_expiry_timestamp_seconds{{namespace=\"{ns}\",name=\"contoso\",client_id=\"{CLIENT_ID}\",tenant_id=\"{TENANT_ID}\"}}"
     );
     assert_eq!(sample(&metrics, &expiry), Some(expires.as_second() as f64), "{metrics}");
-    assert_eq!(sample(&metrics, &format!("idpbridge_connection_ready{{namespace=\"{ns}\",name=\"contoso\",broker=\"auth0\"}}")), Some(1.0));
+    assert_eq!(
+        sample(&metrics, &format!("idpbridge_connection_ready{{namespace=\"{ns}\",name=\"contoso\",broker=\"auth0\",reason=\"Ready\"}}")),
+        Some(1.0)
+    );
     assert!(sample(&metrics, "idpbridge_reconcile_total{result=\"success\"}").unwrap() >= 1.0);
     assert!(sample(&metrics, "idpbridge_reconcile_duration_seconds_count{result=\"success\"}").unwrap() >= 1.0);
     assert!(
@@ -481,7 +484,9 @@ async fn metrics_and_probes_are_served_and_cleaned_up() {
     env.put_secret("web", &[("client-secret", "Wr0Q~not-the-value-at-all-000000")], &[]).await;
     env.wait_condition("contoso", READY, "False", "InvalidSecret").await;
     let metrics = env.http_get("/metrics").await.1;
-    assert_eq!(sample(&metrics, &format!("idpbridge_connection_ready{{namespace=\"{ns}\",name=\"contoso\",broker=\"auth0\"}}")), Some(0.0));
+    let not_ready = format!("idpbridge_connection_ready{{namespace=\"{ns}\",name=\"contoso\",broker=\"auth0\",reason=\"InvalidSecret\"}}");
+    assert_eq!(sample(&metrics, &not_ready), Some(0.0), "{metrics}");
+    assert!(!metrics.contains("reason=\"Ready\""), "the Ready series made way for the new reason:\n{metrics}");
     assert!(sample(&metrics, &expiry).is_none(), "no expiry series once the date is unknown");
     env.connections().delete("contoso", &DeleteParams::default()).await.unwrap();
     wait_gone(&env, "contoso").await;

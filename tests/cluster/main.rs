@@ -4,6 +4,7 @@
 mod common;
 
 mod alerts;
+mod broker_churn;
 mod chart;
 mod control_plane;
 mod crd_validation;
@@ -14,5 +15,6 @@ mod faults_azure;
 mod gitops_health;
 mod hostile;
 mod leader_election;
+mod leader_metrics;
 mod namespace_deletion;
 mod printer_columns;
