@@ -12,6 +12,7 @@ mod e2e_broker_hosts;
 mod e2e_brokers;
 mod gitops_health;
 mod hostile;
+mod image;
 mod leader_election;
 mod namespace_deletion;
 mod printer_columns;
