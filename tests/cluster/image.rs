@@ -204,6 +204,8 @@ impl ContainerSpec {
     /// user, dropping every capability) → the entrypoint, which is PID 1 of its namespace.
     fn command(&self) -> tokio::process::Command {
         assert!(running_as_root(), "running the image needs root for the mount namespace (CI runs as root)");
+        // Mount points, made in the unpacked rootfs before it turns read-only, as a runtime makes
+        // them in the container's own layer; the image itself has none.
         for mount in &self.mounts {
             std::fs::create_dir_all(self.rootfs.join(mount.target.trim_start_matches('/'))).unwrap();
         }
