@@ -2,7 +2,8 @@
 # The whole test suite: format, lint, dependency hygiene, unit, adapter, mock-controller and real
 # control-plane tiers, and the benchmark's small profile. Builds (or reuses) the Go binaries of
 # scripts/control-plane-bins.sh first (kube-apiserver, kube-controller-manager, etcd, helm,
-# kubectl, promtool, kstatus); a missing binary fails the run.
+# kubectl, promtool, kstatus), and the container image of scripts/image.sh before the tests that
+# run it (tests/cluster/image.rs); a missing binary or image fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,6 +53,11 @@ stage "cargo fmt --check" cargo fmt --all -- --check
 stage "cargo clippy" cargo clippy --locked --workspace --all-targets -- -D warnings
 stage "unused dependencies" unused_dependencies
 stage "cargo deny" dependency_policy
+image_file=$(mktemp)
+stage "container image" bash -c "scripts/image.sh > '$image_file'"
+IDP_BRIDGE_IMAGE_DIR=$(tail -n 1 "$image_file")
+rm -f "$image_file"
+export IDP_BRIDGE_IMAGE_DIR
 stage "cargo build (tests)" cargo test --locked --workspace --no-run
 stage "cargo test" cargo test --locked --workspace
 # The benchmark's small profile: a check that the bench works and its invariants hold (all Ready,

@@ -15,7 +15,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Version => {
-            println!("idp-bridge {}", env!("CARGO_PKG_VERSION"));
+            println!("{}", version_line());
             ExitCode::SUCCESS
         }
         Command::Crds { out_dir } => print_crds(out_dir.as_deref()),
@@ -49,6 +49,16 @@ async fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
+    }
+}
+
+/// The crate version and, when the build names it (scripts/image.sh and the Dockerfile set
+/// IDP_BRIDGE_GIT_COMMIT), the git commit it was built from.
+fn version_line() -> String {
+    let version = env!("CARGO_PKG_VERSION");
+    match option_env!("IDP_BRIDGE_GIT_COMMIT") {
+        Some(commit) if !commit.is_empty() => format!("idp-bridge {version} (commit {commit})"),
+        _ => format!("idp-bridge {version}"),
     }
 }
 

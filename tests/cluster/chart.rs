@@ -56,7 +56,7 @@ pub(crate) fn chart_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/idp-bridge")
 }
 
-fn chart() -> String {
+pub(crate) fn chart() -> String {
     chart_dir().display().to_string()
 }
 
@@ -94,7 +94,7 @@ fn helm(kubeconfig: Option<&Path>, args: &[&str]) -> Output {
 }
 
 /// helm that must succeed; returns its standard output.
-fn helm_ok(kubeconfig: Option<&Path>, args: &[&str]) -> String {
+pub(crate) fn helm_ok(kubeconfig: Option<&Path>, args: &[&str]) -> String {
     let output = helm(kubeconfig, args);
     assert!(
         output.status.success(),
@@ -120,13 +120,13 @@ fn helm_err(args: &[&str]) -> String {
 }
 
 /// A values file holding `values`.
-fn values_file(values: &Value) -> tempfile::NamedTempFile {
+pub(crate) fn values_file(values: &Value) -> tempfile::NamedTempFile {
     let file = tempfile::Builder::new().prefix("values").suffix(".yaml").tempfile().expect("a temp values file");
     std::fs::write(file.path(), serde_yaml::to_string(values).expect("values serialize")).expect("writing the values file");
     file
 }
 
-fn path_str(file: &tempfile::NamedTempFile) -> &str {
+pub(crate) fn path_str(file: &tempfile::NamedTempFile) -> &str {
     file.path().to_str().expect("temp paths are UTF-8")
 }
 
@@ -270,7 +270,7 @@ fn chart_config(deployment: &Deployment, namespace: &str, local_ca_bundle: &Path
 
 /// Values that send the operator to the emulators the way an air-gapped install sends it to a
 /// proxy: `endpointOverrides` and a CA bundle from the Secret or ConfigMap `egress-ca`.
-fn emulator_values(upstreams: &Upstreams, ca_from: &str) -> Value {
+pub(crate) fn emulator_values(upstreams: &Upstreams, ca_from: &str) -> Value {
     let overrides: serde_json::Map<String, Value> = upstreams
         .overrides()
         .to_string()
@@ -284,7 +284,7 @@ fn emulator_values(upstreams: &Upstreams, ca_from: &str) -> Value {
 }
 
 /// The Secret or ConfigMap `egress-ca` holding the emulators' CA under `ca.crt`.
-async fn put_ca_bundle(client: &Client, namespace: &str, upstreams: &Upstreams, kind: &str) {
+pub(crate) async fn put_ca_bundle(client: &Client, namespace: &str, upstreams: &Upstreams, kind: &str) {
     let pem = std::fs::read_to_string(upstreams.ca_path()).expect("the test CA");
     let object = if kind == "Secret" {
         secret("egress-ca", &[("ca.crt", &pem)])
@@ -308,20 +308,7 @@ fn chart_and_image_follow_the_crate_version() {
     assert_eq!(values["image"]["repository"], "ghcr.io/idp-bridge/idp-bridge");
     assert_eq!(values["image"]["tag"], "", "the tag defaults to appVersion");
 
-    let dockerfile = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile")).unwrap();
-    for expected in [
-        "cargo build --release --locked --bin idp-bridge",
-        "FROM gcr.io/distroless/cc-debian12:nonroot",
-        "USER 65532",
-        r#"ENTRYPOINT ["/idp-bridge"]"#,
-        r#"CMD ["run"]"#,
-    ] {
-        assert!(dockerfile.contains(expected), "the Dockerfile lacks {expected:?}");
-    }
-    let rust = dockerfile.lines().find(|l| l.starts_with("FROM rust:")).expect("a Rust builder stage");
-    let rust_version: Vec<u32> =
-        rust.trim_start_matches("FROM rust:").split(['-', ' ']).next().unwrap().split('.').map(|p| p.parse().unwrap()).collect();
-    assert!(rust_version >= vec![1, 89], "the builder's Rust ({rust}) is at least the crate's rust-version");
+    // The image itself and the Dockerfile: image.rs.
 }
 
 #[test]
@@ -697,12 +684,12 @@ fn service_account_config(cp: &ControlPlane, namespace: &str, name: &str) -> kub
     cp.impersonating_config(&user, &["system:serviceaccounts", &namespace_group, "system:authenticated"])
 }
 
-fn in_a_year() -> jiff::Timestamp {
+pub(crate) fn in_a_year() -> jiff::Timestamp {
     jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 365)
 }
 
 /// Emulated Azure (with the app `CLIENT_ID` in `TENANT_ID`) and Auth0 (with the M2M client).
-fn upstreams() -> Upstreams {
+pub(crate) fn upstreams() -> Upstreams {
     let mut upstreams = Upstreams::start().expect("emulators start");
     upstreams.azure.add_tenant(TENANT_ID, &[TENANT_DOMAIN]);
     upstreams.azure.add_app(TENANT_ID, CLIENT_ID);
@@ -712,7 +699,7 @@ fn upstreams() -> Upstreams {
 }
 
 /// Server-side applies an object as the admin.
-async fn apply(client: &Client, namespace: Option<&str>, object: Value) {
+pub(crate) async fn apply(client: &Client, namespace: Option<&str>, object: Value) {
     let api_version = object["apiVersion"].as_str().unwrap();
     let kind = object["kind"].as_str().unwrap();
     let name = object["metadata"]["name"].as_str().unwrap().to_owned();
@@ -727,21 +714,21 @@ async fn apply(client: &Client, namespace: Option<&str>, object: Value) {
         .unwrap_or_else(|e| panic!("applying {kind} {name}: {e}"));
 }
 
-fn secret(name: &str, data: &[(&str, &str)]) -> Value {
+pub(crate) fn secret(name: &str, data: &[(&str, &str)]) -> Value {
     let data: serde_json::Map<String, Value> = data.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
     json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data})
 }
 
-fn idp(kind: &str, name: &str, spec: Value) -> Value {
+pub(crate) fn idp(kind: &str, name: &str, spec: Value) -> Value {
     json!({"apiVersion": "idpbridge.io/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec})
 }
 
-fn auth0_broker() -> Value {
+pub(crate) fn auth0_broker() -> Value {
     json!({"auth0": {"domain": AUTH0_DOMAIN, "credentialsSecretRef": {"name": "auth0-management"}}})
 }
 
 /// A connection of `CLIENT_ID` reading Secret `secret`, to the broker `broker` (`{kind, name}`).
-fn connection(name: &str, broker: Value, secret: &str, block: Value) -> Value {
+pub(crate) fn connection(name: &str, broker: Value, secret: &str, block: Value) -> Value {
     let mut spec = json!({
         "brokerRef": broker,
         "azure": {"tenant": TENANT_DOMAIN, "clientId": CLIENT_ID, "clientSecretRef": {"name": secret}},
@@ -774,7 +761,7 @@ async fn wait_for(
 }
 
 /// Waits for Ready True at the current generation (which kstatus reads as Current).
-async fn wait_ready(client: &Client, namespace: &str, name: &str) -> AzureAdConnection {
+pub(crate) async fn wait_ready(client: &Client, namespace: &str, name: &str) -> AzureAdConnection {
     let conn = wait_for(client, namespace, name, "Ready True at the current generation", |c| {
         c.status.as_ref().is_some_and(|s| s.observed_generation == c.metadata.generation)
             && c.status.as_ref().and_then(|s| conditions::find(&s.conditions, conditions::READY)).is_some_and(|r| r.status == "True")
@@ -790,7 +777,7 @@ fn kstatus(conn: &AzureAdConnection) -> (String, String) {
     crate::gitops_health::kstatus(&serde_json::to_value(conn).expect("a connection serializes"))
 }
 
-fn ready_condition(conn: &AzureAdConnection) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+pub(crate) fn ready_condition(conn: &AzureAdConnection) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
     conn.status.as_ref().and_then(|s| conditions::find(&s.conditions, conditions::READY)).cloned().expect("a Ready condition")
 }
 

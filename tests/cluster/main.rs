@@ -1,5 +1,6 @@
 //! Tier 3: the operator on a real kube-apiserver and etcd (one control plane for this binary),
-//! with the emulators behind a test CA, and the Helm chart installed into it.
+//! with the emulators behind a test CA, the Helm chart installed into it, and the container image
+//! run as the chart's pod.
 
 mod common;
 
@@ -14,6 +15,7 @@ mod e2e_brokers;
 mod faults_azure;
 mod gitops_health;
 mod hostile;
+mod image;
 mod leader_election;
 mod leader_metrics;
 mod namespace_deletion;
