@@ -69,8 +69,11 @@ pub const MAX_MESSAGE_CHARS: usize = 200;
 /// unrecognisable to the scrub. Every path that puts upstream text into status goes through here,
 /// so a failure repeated with fresh ids writes the same message, not a new status each time.
 pub fn safe_message(text: &str, secrets: &[&SecretValue]) -> String {
-    let scrubbed = secrets.iter().fold(text.to_owned(), |text, secret| secret.scrub(&text));
-    let summary = json_error_summary(&scrubbed).unwrap_or(scrubbed);
+    let scrub = |text: String| secrets.iter().fold(text, |text, secret| secret.scrub(&text));
+    let scrubbed = scrub(text.to_owned());
+    // Decoding the JSON undoes escapes the first scrub cannot recognise (`\u0061` for `a`), so
+    // the decoded text is scrubbed again.
+    let summary = json_error_summary(&scrubbed).map(scrub).unwrap_or(scrubbed);
     let line = summary.lines().map(without_volatile_parts).find(|line| !line.is_empty()).unwrap_or_default();
     if line.chars().count() > MAX_MESSAGE_CHARS { format!("{}…", line.chars().take(MAX_MESSAGE_CHARS).collect::<String>()) } else { line }
 }
@@ -273,6 +276,13 @@ mod tests {
         let s = SecretValue::new("abc8Q~json-echoed-secret");
         let body = serde_json::json!({"error": {"code": "BadRequest", "message": format!("bad value {}", s.expose())}}).to_string();
         assert_eq!(safe_message(&body, &[&s]), "BadRequest: bad value [redacted]");
+    }
+
+    #[test]
+    fn a_secret_escaped_in_json_is_scrubbed_once_decoded() {
+        let s = SecretValue::new("abc8Q~json-escaped-secret");
+        let body = r#"{"error": {"code": "BadRequest", "message": "bad value \u0061bc8Q\u007ejson-escaped-secret"}}"#;
+        assert_eq!(safe_message(body, &[&s]), "BadRequest: bad value [redacted]");
     }
 
     #[test]
