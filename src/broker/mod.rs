@@ -384,8 +384,8 @@ pub struct BrokerRegistry {
     /// Keys the credential fingerprints of account keys; they never leave the process.
     fingerprints: Fingerprinter,
     clients: Mutex<HashMap<BrokerKey, Arc<BrokerClient>>>,
-    budgets: Mutex<HashMap<AccountKey, Weak<RequestBudget>>>,
-    logins: Mutex<HashMap<AccountKey, Weak<tokio::sync::Mutex<core::LoginState>>>>,
+    budgets: Shared<RequestBudget>,
+    logins: Shared<tokio::sync::Mutex<core::LoginState>>,
 }
 
 impl BrokerRegistry {
@@ -394,8 +394,8 @@ impl BrokerRegistry {
             upstream,
             fingerprints: Fingerprinter::new(Fingerprinter::random_key()),
             clients: Mutex::new(HashMap::new()),
-            budgets: Mutex::new(HashMap::new()),
-            logins: Mutex::new(HashMap::new()),
+            budgets: Shared::default(),
+            logins: Shared::default(),
         }
     }
 
@@ -420,26 +420,16 @@ impl BrokerRegistry {
     /// Gives `client` its account's budget, or records its own as the account's.
     fn join_account(&self, client: &mut BrokerClient) {
         let account = client.api().account(&self.fingerprints);
-        let mut budgets = self.budgets.lock().expect("registry lock");
-        budgets.retain(|_, budget| budget.strong_count() > 0);
-        match budgets.get(&account).and_then(Weak::upgrade) {
-            Some(shared) => client.api_mut().share_budget(shared),
-            None => {
-                budgets.insert(account, Arc::downgrade(client.api().budget()));
-            }
+        if let Some(shared) = self.budgets.join(account, client.api().budget()) {
+            client.api_mut().share_budget(shared);
         }
     }
 
     /// Gives `client` the state of its login, or records its own as the login's.
     fn join_login(&self, client: &mut BrokerClient) {
         let Some(login) = client.api().login_account(&self.fingerprints) else { return };
-        let mut logins = self.logins.lock().expect("registry lock");
-        logins.retain(|_, state| state.strong_count() > 0);
-        match logins.get(&login).and_then(Weak::upgrade) {
-            Some(shared) => client.api_mut().share_login(shared),
-            None => {
-                logins.insert(login, Arc::downgrade(client.api().login()));
-            }
+        if let Some(shared) = self.logins.join(login, client.api().login()) {
+            client.api_mut().share_login(shared);
         }
     }
 
@@ -447,8 +437,37 @@ impl BrokerRegistry {
     /// login no other broker uses go with them (once in-flight calls end).
     pub fn forget(&self, uid: &str) {
         self.clients.lock().expect("registry lock").retain(|k, _| k.uid != uid);
-        self.budgets.lock().expect("registry lock").retain(|_, budget| budget.strong_count() > 0);
-        self.logins.lock().expect("registry lock").retain(|_, state| state.strong_count() > 0);
+        self.budgets.prune();
+        self.logins.prune();
+    }
+}
+
+/// State shared by every client of one account or login, held weakly: an entry goes away with
+/// the last client that uses it.
+#[derive(Debug)]
+struct Shared<T>(Mutex<HashMap<AccountKey, Weak<T>>>);
+
+impl<T> Default for Shared<T> {
+    fn default() -> Self {
+        Self(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<T> Shared<T> {
+    /// The state already shared under `key`; `None` after recording `own` as it.
+    fn join(&self, key: AccountKey, own: &Arc<T>) -> Option<Arc<T>> {
+        let mut entries = self.0.lock().expect("registry lock");
+        entries.retain(|_, state| state.strong_count() > 0);
+        let shared = entries.get(&key).and_then(Weak::upgrade);
+        if shared.is_none() {
+            entries.insert(key, Arc::downgrade(own));
+        }
+        shared
+    }
+
+    /// Drops the entries no client uses any more.
+    fn prune(&self) {
+        self.0.lock().expect("registry lock").retain(|_, state| state.strong_count() > 0);
     }
 }
 
@@ -609,7 +628,7 @@ mod tests {
         for uid in ["a", "b", "c", "d", "e"] {
             registry.forget(uid);
         }
-        assert!(registry.logins.lock().unwrap().is_empty());
+        assert!(registry.logins.0.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -634,10 +653,10 @@ mod tests {
         drop((a, b));
         registry.forget("a");
         assert!(shared.upgrade().is_some(), "broker b still uses the account");
-        assert_eq!(registry.budgets.lock().unwrap().len(), 1);
+        assert_eq!(registry.budgets.0.lock().unwrap().len(), 1);
         registry.forget("b");
         assert!(shared.upgrade().is_none(), "no client holds the budget any more");
-        assert!(registry.budgets.lock().unwrap().is_empty());
+        assert!(registry.budgets.0.lock().unwrap().is_empty());
         assert!(registry.clients.lock().unwrap().is_empty());
     }
 
