@@ -24,6 +24,9 @@ pub enum Error {
     AddFinalizer(#[source] kube::Error),
     #[error("removing the finalizer: {0}")]
     RemoveFinalizer(#[source] kube::Error),
+    /// Adding or removing the in-use finalizer of a broker or its credential Secret.
+    #[error("writing the in-use finalizer: {0}")]
+    Protect(#[source] kube::Error),
     /// The finalizer helper could not patch the object at all (no name, a bad JSON pointer):
     /// a bug, not a cluster condition.
     #[error("finalizer: {0}")]
@@ -50,6 +53,7 @@ impl Error {
             Error::Cleanup(_) => "cleanup",
             Error::AddFinalizer(_) => "add_finalizer",
             Error::RemoveFinalizer(_) => "remove_finalizer",
+            Error::Protect(_) => "protect",
             Error::Finalizer(_) => "finalizer",
             Error::DeadlineExceeded => "deadline",
             Error::Panicked => "panic",

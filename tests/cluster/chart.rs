@@ -188,10 +188,12 @@ const NAMESPACED_PERMISSIONS: &[&str] = &[
     "idpbridge.io/identitybrokers get",
     "idpbridge.io/identitybrokers list",
     "idpbridge.io/identitybrokers watch",
+    "idpbridge.io/identitybrokers patch",
     "idpbridge.io/identitybrokers/status patch",
     "core/secrets get",
     "core/secrets list",
     "core/secrets watch",
+    "core/secrets patch",
     "events.k8s.io/events create",
     "events.k8s.io/events patch",
 ];
@@ -205,6 +207,7 @@ const CLUSTER_PERMISSIONS: &[&str] = &[
     "idpbridge.io/clusteridentitybrokers get",
     "idpbridge.io/clusteridentitybrokers list",
     "idpbridge.io/clusteridentitybrokers watch",
+    "idpbridge.io/clusteridentitybrokers patch",
     "idpbridge.io/clusteridentitybrokers/status patch",
     "core/namespaces get",
 ];
@@ -409,7 +412,7 @@ fn lint_and_template_pass_with_default_and_full_values() {
     }
     let operator_role = find(&docs, "Role", "ops-idp-bridge-operator");
     let expected: BTreeSet<String> = set(OPERATOR_NAMESPACE_PERMISSIONS)
-        .union(&set(&["core/secrets get", "core/secrets list", "core/secrets watch"]))
+        .union(&set(&["core/secrets get", "core/secrets list", "core/secrets watch", "core/secrets patch"]))
         .cloned()
         .collect();
     assert_eq!(permissions(operator_role), expected, "ClusterIdentityBroker credentials are read in the release namespace");

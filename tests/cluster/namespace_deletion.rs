@@ -1,14 +1,23 @@
 //! Deleting a whole namespace, as a tenant cleaning up would: the controller-manager's namespace
 //! controller deletes every object in it at once, in no particular order, while the operator's
-//! finalizer is still to run.
+//! finalizer is still to run. And the in-use protection that makes this work: a broker, and its
+//! credential Secret, carry `idpbridge.io/in-use` exactly while a connection with
+//! `deletionPolicy: Delete` uses the broker.
 
 use std::time::{Duration, Instant};
 
-use crate::common::e2e::{CLIENT_ID, Env, TENANT_ID};
+use crate::common::e2e::{AUTH0_DOMAIN, CLIENT_ID, Env, TENANT_ID};
+use idp_bridge::crd::{IN_USE_FINALIZER, IdentityBroker};
 use idp_bridge_devenv::stack::RunningOperator;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::{
+    Resource,
+    api::{Api, DeleteParams, Patch, PatchParams},
+};
 use serde_json::json;
+
+/// How long the operator may take to add or remove a protection, or a released object to go.
+const PROTECTION_WAIT: Duration = Duration::from_secs(20);
 
 /// Bounded wait for the namespace to go: the namespace controller plus the operator's finalizer.
 const NAMESPACE_GONE_WAIT: Duration = Duration::from_secs(60);
@@ -17,7 +26,6 @@ const NAMESPACE_GONE_WAIT: Duration = Duration::from_secs(60);
 /// deleted, even though its IdentityBroker and the broker's credential Secret are deleted in the
 /// same sweep: otherwise the broker keeps a working Azure sign-in nobody manages any more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the namespace-deletion fix (issue: Safe in a shared cluster, item 7)"]
 async fn deleting_the_namespace_deletes_the_broker_object_of_a_delete_policy_connection() {
     let mut env = Env::without_operator("ns-delete-policy").await;
     // The operator's own namespace (and leader Lease) is not the one being deleted, as in a
@@ -32,6 +40,9 @@ async fn deleting_the_namespace_deletes_the_broker_object_of_a_delete_policy_con
     env.connect("contoso", "web", json!({"deletionPolicy": "Delete"})).await;
     env.wait_ready("contoso").await;
     assert!(env.auth0.connection_by_name("contoso").is_some(), "the connection reached Auth0");
+    // The protection is added alongside the connection's first sync; the namespace is deleted
+    // once it is in place, as it would be long before a tenant cleans up.
+    wait_protected(&env, "auth0", "auth0-management", true).await;
 
     let namespaces: Api<Namespace> = Api::all(env.client.clone());
     namespaces.delete(&env.ns, &DeleteParams::default()).await.expect("deleting the namespace");
@@ -59,4 +70,127 @@ async fn wait_namespace_gone(namespaces: &Api<Namespace>, name: &str) {
     }
     let logs = crate::common::control_plane().await.logs_tail(40);
     panic!("namespace {name} still exists after {NAMESPACE_GONE_WAIT:?}: {last:#?}\n{logs}");
+}
+
+/// The finalizer comes with the first connection that deletes its broker object through the
+/// broker, stays while one remains, follows a changed `brokerRef` and `deletionPolicy`, and goes
+/// with the last; a broker nobody relies on (Orphan connections only) is deleted at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_and_its_secret_are_protected_exactly_while_a_delete_connection_uses_them() {
+    let mut env = Env::new("in-use").await;
+    let value = env.canary("value");
+    env.upstreams.azure.add_secret(TENANT_ID, CLIENT_ID, &value, jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24));
+    env.put_secret("web", &[("client-secret", &value)], &[]).await;
+    // A second broker on the same credential Secret.
+    env.apply(
+        "IdentityBroker",
+        "auth0-b",
+        json!({"spec": {"auth0": {"domain": AUTH0_DOMAIN, "credentialsSecretRef": {"name": "auth0-management"}}}}),
+    )
+    .await;
+
+    env.connect("kept", "web", json!({})).await;
+    env.wait_ready("kept").await;
+    assert_protection(&env, "auth0", "auth0-management", false).await;
+
+    env.connect("first", "web", json!({"deletionPolicy": "Delete"})).await;
+    wait_protected(&env, "auth0", "auth0-management", true).await;
+    env.connect("second", "web", json!({"deletionPolicy": "Delete"})).await;
+    env.wait_ready("second").await;
+    env.connections().delete("first", &DeleteParams::default()).await.unwrap();
+    wait_connection_gone(&env, "first").await;
+    assert!(env.auth0.connection_by_name("first").is_none(), "the first connection's cleanup ran");
+    assert_protection(&env, "auth0", "auth0-management", true).await;
+
+    // The last Delete connection turns Orphan: released. Back to Delete: protected again.
+    let policy = |p: &str| json!({"spec": {"deletionPolicy": p}});
+    env.connections().patch("second", &PatchParams::default(), &Patch::Merge(&policy("Orphan"))).await.unwrap();
+    wait_protected(&env, "auth0", "auth0-management", false).await;
+    env.connections().patch("second", &PatchParams::default(), &Patch::Merge(&policy("Delete"))).await.unwrap();
+    wait_protected(&env, "auth0", "auth0-management", true).await;
+
+    // Moved to the other broker: the old one is released, the new one and the shared Secret held.
+    let moved = json!({"spec": {"brokerRef": {"name": "auth0-b"}}});
+    env.connections().patch("second", &PatchParams::default(), &Patch::Merge(&moved)).await.unwrap();
+    wait_broker(&env, "auth0", false).await;
+    wait_protected(&env, "auth0-b", "auth0-management", true).await;
+
+    // The last one goes: its cleanup deletes the Auth0 connection, then everything is released.
+    env.connections().delete("second", &DeleteParams::default()).await.unwrap();
+    wait_connection_gone(&env, "second").await;
+    wait_protected(&env, "auth0-b", "auth0-management", false).await;
+
+    // Brokers nobody relies on go at once, though "kept" (Orphan) still names one.
+    let brokers: Api<IdentityBroker> = Api::namespaced(env.client.clone(), &env.ns);
+    for name in ["auth0", "auth0-b"] {
+        brokers.delete(name, &DeleteParams::default()).await.unwrap();
+        wait_gone(&brokers, name).await;
+    }
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns);
+    secrets.delete("auth0-management", &DeleteParams::default()).await.unwrap();
+    wait_gone(&secrets, "auth0-management").await;
+    env.assert_no_canary_leaks().await;
+}
+
+fn has_in_use<K: Resource>(object: &K) -> bool {
+    object.meta().finalizers.iter().flatten().any(|f| f == IN_USE_FINALIZER)
+}
+
+async fn protection(env: &Env, broker: &str, secret: &str) -> (bool, bool) {
+    let broker = Api::<IdentityBroker>::namespaced(env.client.clone(), &env.ns).get(broker).await.expect("reading the broker");
+    let secret = Api::<Secret>::namespaced(env.client.clone(), &env.ns).get_metadata(secret).await.expect("reading the Secret");
+    (has_in_use(&broker), has_in_use(&secret))
+}
+
+/// Waits until the broker and its credential Secret both are (or both are not) protected.
+async fn wait_protected(env: &Env, broker: &str, secret: &str, protected: bool) {
+    let started = Instant::now();
+    while started.elapsed() < PROTECTION_WAIT {
+        if protection(env, broker, secret).await == (protected, protected) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "broker {broker} and Secret {secret}: (broker, Secret) protected is {:?}, not {protected}",
+        protection(env, broker, secret).await
+    );
+}
+
+async fn wait_broker(env: &Env, broker: &str, protected: bool) {
+    let started = Instant::now();
+    let brokers = Api::<IdentityBroker>::namespaced(env.client.clone(), &env.ns);
+    while started.elapsed() < PROTECTION_WAIT {
+        if has_in_use(&brokers.get(broker).await.unwrap()) == protected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("broker {broker} is not {}protected", if protected { "" } else { "un" });
+}
+
+/// The protection stays as it is for a while (after an event that must not change it).
+async fn assert_protection(env: &Env, broker: &str, secret: &str, protected: bool) {
+    for _ in 0..20 {
+        assert_eq!(protection(env, broker, secret).await, (protected, protected), "(broker, Secret) protected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_connection_gone(env: &Env, name: &str) {
+    wait_gone(&env.connections(), name).await;
+}
+
+async fn wait_gone<K>(api: &Api<K>, name: &str)
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let started = Instant::now();
+    while started.elapsed() < PROTECTION_WAIT {
+        if api.get_metadata_opt(name).await.expect("reading the object").is_none() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{name} is still there after {PROTECTION_WAIT:?}");
 }
