@@ -228,7 +228,10 @@ async fn sync_broker(ctx: &Context, conn: &AzureAdConnection, resolved: &Resolve
         return Ok(BrokerStage::NotAttempted);
     };
     let broker = match resolve::broker(&ctx.client, &ctx.config, conn).await? {
-        Ok(broker) => ctx.broker_client(&broker),
+        Ok(broker) => {
+            ctx.remember_broker(conn, &broker);
+            ctx.broker_client(&broker)
+        }
         Err(problem) => return Ok(BrokerStage::Unresolved(problem)),
     };
     let spec = &conn.spec;
@@ -409,9 +412,19 @@ async fn write_status(
 }
 
 /// Deletion: Orphan leaves the broker object; Delete removes it, and gives up (with a Warning)
-/// when the broker is gone or keeps failing past the deletion timeout.
+/// when the broker is gone or keeps failing past the deletion timeout. The broker it last synced
+/// through is kept until the cleanup is done, for a retry.
 async fn cleanup(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error> {
     ctx.forget(conn);
+    let done = delete_broker_object(conn, ctx).await;
+    if done.is_ok() {
+        ctx.release_broker(conn);
+    }
+    done
+}
+
+async fn delete_broker_object(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error> {
+    let last_broker = ctx.last_broker(conn);
     if conn.spec.deletion_policy == DeletionPolicy::Orphan {
         return Ok(Action::await_change());
     }
@@ -419,9 +432,12 @@ async fn cleanup(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Erro
         ctx.publish(conn, EventType::Warning, "Orphaned", "the connection is suspended, so the broker object was left in place").await;
         return Ok(Action::await_change());
     }
-    let resolved = match resolve::broker(&ctx.client, &ctx.config, conn).await? {
-        Ok(resolved) => resolved,
-        Err(Problem { message, .. }) => {
+    let resolved = match (resolve::broker(&ctx.client, &ctx.config, conn).await?, last_broker) {
+        (Ok(resolved), _) => resolved,
+        // The broker is there but its credential Secret is gone (deleted with the namespace, and
+        // not protected where the operator may not patch Secrets): the credentials last read.
+        (Err(Problem { reason: Reason::BrokerCredentialsMissing, .. }), Some(last)) => last,
+        (Err(Problem { message, .. }), _) => {
             ctx.publish(
                 conn,
                 EventType::Warning,

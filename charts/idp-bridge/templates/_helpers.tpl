@@ -111,11 +111,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["idpbridge.io"]
   resources: ["identitybrokers"]
   verbs: ["get", "list", "watch", "patch"]
-# Client secrets and broker credentials are read; Secrets are watched metadata-only. patch: the
-# in-use finalizer on a broker's credential Secret (RBAC cannot limit patch to that field).
+# Client secrets and broker credentials are read; Secrets are watched metadata-only. No write:
+# RBAC cannot limit patch to the in-use finalizer, so IdentityBroker credential Secrets here are
+# protected only where a platform team grants patch (see the README).
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch"]
 # Events on connections (events.k8s.io/v1; a repeated event is patched).
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
