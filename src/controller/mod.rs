@@ -12,6 +12,7 @@ mod protection;
 mod readiness;
 pub mod reconcile;
 mod resolve;
+mod scim;
 mod status;
 
 use std::sync::Arc;
