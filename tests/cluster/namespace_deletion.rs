@@ -6,7 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::e2e::{AUTH0_DOMAIN, CLIENT_ID, Env, TENANT_ID};
+use crate::common::{
+    admission::SecretDenial,
+    e2e::{AUTH0_DOMAIN, CLIENT_ID, Env, TENANT_ID},
+};
 use idp_bridge::crd::{IN_USE_FINALIZER, IdentityBroker};
 use idp_bridge_devenv::stack::RunningOperator;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -27,7 +30,29 @@ const NAMESPACE_GONE_WAIT: Duration = Duration::from_secs(60);
 /// same sweep: otherwise the broker keeps a working Azure sign-in nobody manages any more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_the_namespace_deletes_the_broker_object_of_a_delete_policy_connection() {
-    let mut env = Env::without_operator("ns-delete-policy").await;
+    namespace_deletion_scenario("ns-delete-policy", true).await;
+}
+
+/// The same where the operator may not patch the broker's credential Secret (the chart grants no
+/// Secret writes in application namespaces): the broker is protected, the Secret goes with the
+/// namespace, and the cleanup uses the credentials the operator read last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_secret_protection_the_cleanup_uses_the_credentials_read_last() {
+    namespace_deletion_scenario("ns-delete-unprotected", false).await;
+}
+
+async fn namespace_deletion_scenario(prefix: &str, secret_patchable: bool) {
+    let mut env = Env::without_operator(prefix).await;
+    let denial = if secret_patchable {
+        None
+    } else {
+        let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns);
+        let probe = || async {
+            let touch = json!({"metadata": {"labels": {"e2e/probe": idp_bridge_devenv::control_plane::unique_name("p")}}});
+            secrets.patch("auth0-management", &PatchParams::default(), &Patch::Merge(&touch)).await.is_ok()
+        };
+        Some(SecretDenial::install(&env.client, &env.ns, "auth0-management", &["UPDATE"], probe).await)
+    };
     // The operator's own namespace (and leader Lease) is not the one being deleted, as in a
     // real installation.
     let (_, operator_ns) = crate::common::namespace("idp-bridge-system").await;
@@ -42,7 +67,12 @@ async fn deleting_the_namespace_deletes_the_broker_object_of_a_delete_policy_con
     assert!(env.auth0.connection_by_name("contoso").is_some(), "the connection reached Auth0");
     // The protection is added alongside the connection's first sync; the namespace is deleted
     // once it is in place, as it would be long before a tenant cleans up.
-    wait_protected(&env, "auth0", "auth0-management", true).await;
+    if secret_patchable {
+        wait_protected(&env, "auth0", "auth0-management", true).await;
+    } else {
+        wait_broker(&env, "auth0", true).await;
+        assert_eq!(protection(&env, "auth0", "auth0-management").await, (true, false), "the Secret could not be protected");
+    }
 
     let namespaces: Api<Namespace> = Api::all(env.client.clone());
     namespaces.delete(&env.ns, &DeleteParams::default()).await.expect("deleting the namespace");
@@ -56,6 +86,9 @@ async fn deleting_the_namespace_deletes_the_broker_object_of_a_delete_policy_con
     );
     env.assert_no_canary_leaks().await;
     operator.stop().await;
+    if let Some(denial) = denial {
+        denial.remove().await;
+    }
 }
 
 async fn wait_namespace_gone(namespaces: &Api<Namespace>, name: &str) {

@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
-use crate::common::e2e::{CLIENT_ID, Env, TENANT_ID, condition, condition_is};
+use crate::common::{
+    admission::SecretDenial,
+    e2e::{CLIENT_ID, Env, TENANT_ID, condition, condition_is},
+};
 use http::Method;
 use idp_bridge::crd::conditions::{READY, SCIM_SECRET_READY};
 use idp_bridge_devenv::{
@@ -13,7 +16,7 @@ use idp_bridge_devenv::{
     kit::{Fault, RequestMatch},
 };
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
 const CF_ACCOUNT: &str = "0123456789abcdef0123456789abcdef";
@@ -113,7 +116,7 @@ async fn a_failing_scim_write_blocks_nothing_and_a_lost_token_is_regenerated() {
 
     // Restarted with the token only in memory: lost. The write is allowed again.
     env.stop_operator().await;
-    policy.remove(&env).await;
+    policy.remove().await;
     env.start_operator().await;
     wait_scim(&env, "True", "ScimSecretStored").await;
     let stored = secrets(&env).get(SCIM_SECRET).await.unwrap();
@@ -167,49 +170,15 @@ async fn assert_no_token_leaks(env: &Env, tokens: &[&str]) {
     env.assert_no_canary_leaks().await;
 }
 
-/// A ValidatingAdmissionPolicy refusing any write of the SCIM Secret in the test's namespace.
-struct Denial(String);
-
-async fn deny_scim_secret(env: &Env) -> Denial {
-    use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
-    let name = format!("deny-{}", env.ns);
-    let policy: ValidatingAdmissionPolicy = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["secrets"]}]},
-            "validations": [{"expression": format!("object.metadata.name != '{SCIM_SECRET}'"), "message": "SCIM Secrets are refused here"}],
-        },
-    }))
-    .unwrap();
-    let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "spec": {
-            "policyName": name,
-            "validationActions": ["Deny"],
-            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": env.ns}}},
-        },
-    }))
-    .unwrap();
-    Api::<ValidatingAdmissionPolicy>::all(env.client.clone()).create(&PostParams::default(), &policy).await.unwrap();
-    Api::<ValidatingAdmissionPolicyBinding>::all(env.client.clone()).create(&PostParams::default(), &binding).await.unwrap();
-    // Admission policies take effect once the API server has loaded them: wait until a write is refused.
-    let probe = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SCIM_SECRET}, "stringData": {"probe": "x"}});
-    for _ in 0..100 {
-        match secrets(env).patch(SCIM_SECRET, &PatchParams::apply("e2e-probe"), &Patch::Apply(&probe)).await {
-            Err(_) => return Denial(name),
-            Ok(_) => secrets(env).delete(SCIM_SECRET, &DeleteParams::default()).await.map(drop).unwrap(),
+/// Refuses creating and updating the SCIM Secret in the test's namespace.
+async fn deny_scim_secret(env: &Env) -> SecretDenial {
+    let probe = || async {
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SCIM_SECRET}, "stringData": {"probe": "x"}});
+        let written = secrets(env).patch(SCIM_SECRET, &PatchParams::apply("e2e-probe"), &Patch::Apply(&secret)).await.is_ok();
+        if written {
+            secrets(env).delete(SCIM_SECRET, &DeleteParams::default()).await.expect("undoing the probe");
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("the admission policy never took effect");
-}
-
-impl Denial {
-    async fn remove(self, env: &Env) {
-        use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
-        Api::<ValidatingAdmissionPolicyBinding>::all(env.client.clone()).delete(&self.0, &DeleteParams::default()).await.unwrap();
-        Api::<ValidatingAdmissionPolicy>::all(env.client.clone()).delete(&self.0, &DeleteParams::default()).await.unwrap();
-        // Until the API server has dropped it, writes are still refused; the operator retries.
-    }
+        written
+    };
+    SecretDenial::install(&env.client, &env.ns, SCIM_SECRET, &["CREATE", "UPDATE"], probe).await
 }
