@@ -66,9 +66,10 @@ pub fn relies_on(conn: &AzureAdConnection, kind: BrokerRefKind, namespace: Optio
 /// new finalizer, so protection is only ever added before.
 pub fn finalizers_to_write(current: &[String], protect: bool, deleting: bool) -> Option<Vec<String>> {
     let has = current.iter().any(|f| f == IN_USE_FINALIZER);
-    match (protect && !deleting, has) {
+    let keep = protect && (has || !deleting);
+    match (keep, has) {
         (true, false) => Some(current.iter().cloned().chain([IN_USE_FINALIZER.to_owned()]).collect()),
-        (false, true) if !protect => Some(current.iter().filter(|f| *f != IN_USE_FINALIZER).cloned().collect()),
+        (false, true) => Some(current.iter().filter(|f| *f != IN_USE_FINALIZER).cloned().collect()),
         _ => None,
     }
 }
