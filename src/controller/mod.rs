@@ -80,6 +80,22 @@ fn connections_reading_secret(
         .collect()
 }
 
+/// Connections whose Cloudflare SCIM Secret changed (deleted, or made by someone else): they look
+/// at it again at once instead of at the next refresh.
+fn connections_storing_scim(
+    secret: &PartialObjectMeta<Secret>,
+    connections: &Store<AzureAdConnection>,
+) -> Vec<ObjectRef<AzureAdConnection>> {
+    let namespace = secret.namespace();
+    let name = secret.name_any();
+    connections
+        .state()
+        .iter()
+        .filter(|c| c.namespace() == namespace && scim::secret_name(c) == Some(name.as_str()))
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
+}
+
 /// Connections whose broker authenticates with a changed Secret.
 fn connections_using_broker_secret(
     secret: &PartialObjectMeta<Secret>,
@@ -198,6 +214,7 @@ fn connection_controller(
         }
         let mut refs = connections_using_broker_secret(&secret, &s3, &broker_store, &cluster_brokers, &operator_namespace);
         refs.extend(direct);
+        refs.extend(connections_storing_scim(&secret, &s3));
         refs
     };
     let mut secrets = vec![scoped::<PartialObjectMeta<Secret>>(&client, namespace)];

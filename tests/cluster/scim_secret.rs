@@ -157,7 +157,21 @@ async fn a_provider_adopted_with_scim_on_gets_a_new_token() {
     let token = text(&secrets(&env).get(SCIM_SECRET).await.unwrap(), "scim-secret").unwrap();
     assert_ne!(token, "token-from-the-dashboard");
     assert_eq!(Some(token.clone()), cf.scim_secret(&id));
-    assert_no_token_leaks(&env, &[&token]).await;
+
+    // The Secret deleted: the connection looks again at once (not at its next refresh, an hour
+    // away) and stores a new token.
+    secrets(&env).delete(SCIM_SECRET, &DeleteParams::default()).await.unwrap();
+    let mut renewed = None;
+    for _ in 0..200 {
+        renewed = secrets(&env).get_opt(SCIM_SECRET).await.unwrap().and_then(|s| text(&s, "scim-secret")).filter(|t| *t != token);
+        if renewed.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let renewed = renewed.expect("a new token in a new Secret");
+    assert_eq!(Some(renewed.clone()), cf.scim_secret(&id));
+    assert_no_token_leaks(&env, &[&token, &renewed]).await;
 }
 
 async fn assert_no_token_leaks(env: &Env, tokens: &[&str]) {
