@@ -1,6 +1,7 @@
 //! In-use protection of brokers, the way Kubernetes protects a PersistentVolumeClaim that a Pod
 //! uses: while any connection with `deletionPolicy: Delete` references a broker, the broker and
-//! its credential Secret carry the finalizer [`IN_USE_FINALIZER`]. Deleting them (one at a time,
+//! its credential Secret carry the finalizer `in-use.idpbridge.io/<operator namespace>`
+//! ([`in_use_finalizer`]). Deleting them (one at a time,
 //! or a whole namespace at once, where the namespace controller deletes everything in no
 //! particular order) then waits until every such connection's own cleanup has deleted its
 //! broker object with them. The finalizer goes as soon as no such connection remains, so a broker
@@ -42,8 +43,9 @@ use tracing::{debug, info, warn};
 
 use super::{Context, Error, brokers::BrokerObject, guard::guarded, readiness::listed};
 use crate::crd::{
-    BrokerProvider, ClusterIdentityBroker, IN_USE_FINALIZER, IdentityBroker,
+    BrokerProvider, ClusterIdentityBroker, IdentityBroker,
     connection::{AzureAdConnection, BrokerRef, BrokerRefKind, DeletionPolicy},
+    in_use_finalizer,
 };
 
 /// How often a broker's protection is looked at again without any trigger (a safety net: every
@@ -61,15 +63,15 @@ pub fn relies_on(conn: &AzureAdConnection, kind: BrokerRefKind, namespace: Optio
         && (kind == BrokerRefKind::ClusterIdentityBroker || conn.namespace().as_deref() == namespace)
 }
 
-/// The finalizers an object should carry, when they differ from `current`: with
-/// [`IN_USE_FINALIZER`] when `protect`, without it otherwise. An object being deleted accepts no
-/// new finalizer, so protection is only ever added before.
-pub fn finalizers_to_write(current: &[String], protect: bool, deleting: bool) -> Option<Vec<String>> {
-    let has = current.iter().any(|f| f == IN_USE_FINALIZER);
+/// The finalizers an object should carry, when they differ from `current`: with `ours` when
+/// `protect`, without it otherwise. An object being deleted accepts no new finalizer, so
+/// protection is only ever added before.
+pub fn finalizers_to_write(current: &[String], ours: &str, protect: bool, deleting: bool) -> Option<Vec<String>> {
+    let has = current.iter().any(|f| f == ours);
     let keep = protect && (has || !deleting);
     match (keep, has) {
-        (true, false) => Some(current.iter().cloned().chain([IN_USE_FINALIZER.to_owned()]).collect()),
-        (false, true) => Some(current.iter().filter(|f| *f != IN_USE_FINALIZER).cloned().collect()),
+        (true, false) => Some(current.iter().cloned().chain([ours.to_owned()]).collect()),
+        (false, true) => Some(current.iter().filter(|f| *f != ours).cloned().collect()),
         _ => None,
     }
 }
@@ -155,6 +157,8 @@ impl ConnectionTap {
 /// What one protection controller shares with its reconciles.
 struct Protection {
     ctx: Arc<Context>,
+    /// This installation's in-use finalizer.
+    finalizer: String,
     usage: Arc<Usage>,
     secrets: Store<PartialObjectMeta<Secret>>,
 }
@@ -175,7 +179,7 @@ where
 /// The broker's credential Secrets first (a broker released must not leave them held), then the
 /// broker itself.
 async fn reconcile<B: BrokerObject>(broker: Arc<B>, protection: Arc<Protection>) -> Result<Action, Error> {
-    let Protection { ctx, usage, secrets } = protection.as_ref();
+    let Protection { ctx, finalizer, usage, secrets } = protection.as_ref();
     usage.listed().await;
     let namespace = broker.credentials_namespace(&ctx.config.namespace);
     let own = broker.provider().map(|p| p.credentials_secret().to_owned());
@@ -184,11 +188,11 @@ async fn reconcile<B: BrokerObject>(broker: Arc<B>, protection: Arc<Protection>)
     // before its spec changed).
     let candidates = secrets.state().into_iter().filter(|s| {
         s.namespace().as_deref() == Some(namespace.as_str())
-            && (own.as_deref() == Some(s.name_any().as_str()) || s.finalizers().iter().any(|f| f == IN_USE_FINALIZER))
+            && (own.as_deref() == Some(s.name_any().as_str()) || s.finalizers().iter().any(|f| f == finalizer))
     });
     for secret in candidates {
         let protect = usage.secret_in_use(&namespace, &secret.name_any());
-        if let Some(finalizers) = finalizers_to_write(secret.finalizers(), protect, secret.meta().deletion_timestamp.is_some()) {
+        if let Some(finalizers) = finalizers_to_write(secret.finalizers(), finalizer, protect, secret.meta().deletion_timestamp.is_some()) {
             match write_finalizers(&api, secret.as_ref(), finalizers).await {
                 Ok(()) => info!(secret = %secret.name_any(), protect, "credential Secret protection changed"),
                 // Patching Secrets is granted only where the platform team chose to (RBAC cannot
@@ -201,7 +205,7 @@ async fn reconcile<B: BrokerObject>(broker: Arc<B>, protection: Arc<Protection>)
         }
     }
     let in_use = usage.broker_in_use(broker.as_ref());
-    if let Some(finalizers) = finalizers_to_write(broker.finalizers(), in_use, broker.meta().deletion_timestamp.is_some()) {
+    if let Some(finalizers) = finalizers_to_write(broker.finalizers(), finalizer, in_use, broker.meta().deletion_timestamp.is_some()) {
         write_finalizers(&B::api(ctx.client.clone(), broker.namespace().as_deref()), broker.as_ref(), finalizers).await?;
         info!(protect = in_use, "broker protection changed");
     }
@@ -232,11 +236,12 @@ pub(super) fn controller<B: BrokerObject>(
 ) -> impl Future<Output = ()> + use<B> {
     let events = events.predicate_filter(predicates::generation.combine(predicates::finalizers), Default::default());
     let concurrency = ctx.config.concurrency;
+    let finalizer = in_use_finalizer(&ctx.config.namespace);
     Controller::for_stream(events, store)
         .reconcile_on(triggers)
         .with_config(controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(stop.clone().cancelled_owned())
-        .run(guarded_reconcile::<B>, error_policy::<B>, Arc::new(Protection { ctx, usage, secrets }))
+        .run(guarded_reconcile::<B>, error_policy::<B>, Arc::new(Protection { ctx, finalizer, usage, secrets }))
         .for_each(|_| future::ready(()))
 }
 
@@ -274,13 +279,17 @@ mod tests {
     #[test]
     fn the_finalizer_is_added_while_in_use_and_removed_after_keeping_the_others() {
         let other = "example.com/keep".to_owned();
-        let ours = IN_USE_FINALIZER.to_owned();
-        assert_eq!(finalizers_to_write(std::slice::from_ref(&other), true, false), Some(vec![other.clone(), ours.clone()]));
-        assert_eq!(finalizers_to_write(&[other.clone(), ours.clone()], true, false), None, "already protected");
-        assert_eq!(finalizers_to_write(&[other.clone(), ours.clone()], false, false), Some(vec![other.clone()]));
-        assert_eq!(finalizers_to_write(std::slice::from_ref(&ours), false, true), Some(vec![]), "released while being deleted");
-        assert_eq!(finalizers_to_write(std::slice::from_ref(&ours), true, true), None, "kept while being deleted and in use");
-        assert_eq!(finalizers_to_write(&[], true, true), None, "an object being deleted accepts no new finalizer");
-        assert_eq!(finalizers_to_write(&[], false, false), None);
+        let ours = in_use_finalizer("idp-bridge");
+        let another_installation = in_use_finalizer("idp-bridge-b");
+        let write = |current: &[String], protect, deleting| finalizers_to_write(current, &ours, protect, deleting);
+        assert_eq!(ours, "in-use.idpbridge.io/idp-bridge");
+        assert_eq!(write(std::slice::from_ref(&other), true, false), Some(vec![other.clone(), ours.clone()]));
+        assert_eq!(write(&[other.clone(), ours.clone()], true, false), None, "already protected");
+        assert_eq!(write(&[other.clone(), ours.clone()], false, false), Some(vec![other.clone()]));
+        assert_eq!(write(std::slice::from_ref(&ours), false, true), Some(vec![]), "released while being deleted");
+        assert_eq!(write(std::slice::from_ref(&ours), true, true), None, "kept while being deleted and in use");
+        assert_eq!(write(&[], true, true), None, "an object being deleted accepts no new finalizer");
+        assert_eq!(write(&[], false, false), None);
+        assert_eq!(write(std::slice::from_ref(&another_installation), false, false), None, "another installation's is its own");
     }
 }

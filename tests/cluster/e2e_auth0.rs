@@ -264,8 +264,9 @@ async fn deletion_policies_and_a_vanished_broker() {
     env.connect("stranded", "web", json!({"deletionPolicy": "Delete"})).await;
     env.wait_ready("stranded").await;
     let brokers: kube::Api<idp_bridge::crd::IdentityBroker> = kube::Api::namespaced(env.client.clone(), &env.ns);
-    let in_use =
-        |b: &idp_bridge::crd::IdentityBroker| b.metadata.finalizers.iter().flatten().any(|f| f == idp_bridge::crd::IN_USE_FINALIZER);
+    let in_use = |b: &idp_bridge::crd::IdentityBroker| {
+        b.metadata.finalizers.iter().flatten().any(|f| f.starts_with(idp_bridge::crd::IN_USE_FINALIZER_PREFIX))
+    };
     for _ in 0..200 {
         if in_use(&brokers.get("auth0").await.unwrap()) {
             break;

@@ -10,7 +10,7 @@ use crate::common::{
     admission::SecretDenial,
     e2e::{AUTH0_DOMAIN, CLIENT_ID, Env, TENANT_ID},
 };
-use idp_bridge::crd::{IN_USE_FINALIZER, IdentityBroker};
+use idp_bridge::crd::{ClusterIdentityBroker, IN_USE_FINALIZER_PREFIX, IdentityBroker, in_use_finalizer};
 use idp_bridge_devenv::stack::RunningOperator;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
@@ -91,6 +91,61 @@ async fn namespace_deletion_scenario(prefix: &str, secret_patchable: bool) {
     }
 }
 
+/// A ClusterIdentityBroker is protected the same way, its credential Secret in the operator's
+/// namespace: deleted while a Delete connection uses it, it waits for that connection's cleanup.
+/// Each installation holds a finalizer of its own (other tests' operators watch this cluster
+/// broker too, and release only theirs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_broker_in_use_waits_for_its_delete_connections() {
+    let mut env = Env::new("cluster-in-use").await;
+    let shared = idp_bridge_devenv::control_plane::unique_name("shared-auth0");
+    env.apply(
+        "ClusterIdentityBroker",
+        &shared,
+        json!({"spec": {"auth0": {"domain": AUTH0_DOMAIN, "credentialsSecretRef": {"name": "auth0-management"}}}}),
+    )
+    .await;
+    let value = env.canary("value");
+    env.upstreams.azure.add_secret(TENANT_ID, CLIENT_ID, &value, jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24));
+    env.put_secret("web", &[("client-secret", &value)], &[]).await;
+    let reference = json!({"kind": "ClusterIdentityBroker", "name": shared});
+    env.connect("contoso", "web", json!({"deletionPolicy": "Delete", "brokerRef": reference})).await;
+    env.wait_ready("contoso").await;
+
+    // The operator's namespace is the test's own here: the Secret is the IdentityBroker's too.
+    let ours = in_use_finalizer(&env.ns);
+    let held = |finalizers: Option<Vec<String>>| finalizers.unwrap_or_default().contains(&ours);
+    let brokers: Api<ClusterIdentityBroker> = Api::all(env.client.clone());
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns);
+    let started = Instant::now();
+    loop {
+        let broker = held(brokers.get(&shared).await.unwrap().metadata.finalizers);
+        let secret = held(secrets.get_metadata("auth0-management").await.unwrap().metadata.finalizers);
+        if broker && secret {
+            break;
+        }
+        assert!(
+            started.elapsed() < PROTECTION_WAIT,
+            "the ClusterIdentityBroker ({broker}) and its Secret ({secret}) are not both protected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    brokers.delete(&shared, &DeleteParams::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(brokers.get(&shared).await.expect("kept while in use").metadata.deletion_timestamp.is_some());
+
+    env.connections().delete("contoso", &DeleteParams::default()).await.unwrap();
+    wait_connection_gone(&env, "contoso").await;
+    assert!(env.auth0.connection_by_name("contoso").is_none(), "the cleanup went through the ClusterIdentityBroker");
+    wait_gone(&brokers, &shared).await;
+    let started = Instant::now();
+    while held(secrets.get_metadata("auth0-management").await.unwrap().metadata.finalizers) {
+        assert!(started.elapsed() < PROTECTION_WAIT, "the Secret is still protected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.assert_no_canary_leaks().await;
+}
+
 async fn wait_namespace_gone(namespaces: &Api<Namespace>, name: &str) {
     let started = Instant::now();
     let mut last = None;
@@ -166,7 +221,7 @@ async fn a_broker_and_its_secret_are_protected_exactly_while_a_delete_connection
 }
 
 fn has_in_use<K: Resource>(object: &K) -> bool {
-    object.meta().finalizers.iter().flatten().any(|f| f == IN_USE_FINALIZER)
+    object.meta().finalizers.iter().flatten().any(|f| f.starts_with(IN_USE_FINALIZER_PREFIX))
 }
 
 async fn protection(env: &Env, broker: &str, secret: &str) -> (bool, bool) {
