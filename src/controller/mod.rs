@@ -10,6 +10,7 @@ mod guard;
 mod observation;
 mod readiness;
 pub mod reconcile;
+mod registration;
 mod resolve;
 mod status;
 

@@ -22,7 +22,7 @@ use super::{
     error::Error,
     guard::guarded,
     observation::{BrokerStage, CredentialsFailure, Expiry, Observation, Problem},
-    resolve,
+    registration, resolve,
     status::Subject,
 };
 use crate::{
@@ -33,7 +33,7 @@ use crate::{
         conditions::{Desired, READY, Reason, Status, set_condition},
         connection::{AzureAdConnection, AzureAdConnectionStatus, DeletionPolicy, ExpirySource, ManagementPolicy, ValidationMode},
     },
-    metrics::{ConnectionLabels, ExpiryLabels},
+    metrics::{AppConfiguredLabels, ConnectionLabels, ExpiryLabels},
     secret::SecretValue,
 };
 
@@ -118,13 +118,23 @@ async fn apply(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error>
     store_pending_scim(conn, ctx).await?;
     let resolved = resolve_secret(ctx, conn).await?;
     let validated = validate(ctx, conn, &resolved).await;
-    let broker = sync_broker(ctx, conn, &resolved, &validated).await?;
+    let (broker, resolved_broker) = sync_broker(ctx, conn, &resolved, &validated).await?;
+    let inputs = registration::Inputs {
+        secret: resolved.secret.as_ref().ok(),
+        fingerprint: resolved.fingerprint.as_deref().unwrap_or_default(),
+        credentials: &validated.credentials,
+        broker: resolved_broker.as_ref(),
+        broker_stage: &broker,
+        team_domain: None,
+    };
+    let app = registration::check(ctx, conn, &inputs).await;
     let observation = Observation {
         fingerprint: resolved.fingerprint,
         credentials: validated.credentials,
         expiry: validated.expiry.or_last_known(previous.secret.as_ref()),
         broker,
         observe_only: conn.spec.management_policy == ManagementPolicy::ObserveOnly,
+        app,
     };
     let decision = decide::decide(&subject, &observation, now);
     record_series(conn, ctx, &decision.status);
@@ -222,15 +232,34 @@ fn graph_unavailable(source: ExpirySource, from_annotation: Expiry, why: String)
 
 /// The broker stage: resolves the broker reference and pushes the validated secret. The only
 /// place that builds a `SyncRequest` and reads SCIM credentials from the outcome, which are
-/// stored (and announced) here, before anything else can fail.
-async fn sync_broker(ctx: &Context, conn: &AzureAdConnection, resolved: &Resolved, validated: &Validated) -> Result<BrokerStage, Error> {
+/// stored (and announced) here, before anything else can fail. Also returns the resolved
+/// broker, whose callback the registration stage checks.
+async fn sync_broker(
+    ctx: &Context,
+    conn: &AzureAdConnection,
+    resolved: &Resolved,
+    validated: &Validated,
+) -> Result<(BrokerStage, Option<resolve::ResolvedBroker>), Error> {
     let (Ok(secret), Ok(validation)) = (&resolved.secret, &validated.credentials) else {
-        return Ok(BrokerStage::NotAttempted);
+        return Ok((BrokerStage::NotAttempted, None));
     };
-    let broker = match resolve::broker(&ctx.client, &ctx.config, conn).await? {
-        Ok(broker) => ctx.broker_client(&broker),
-        Err(problem) => return Ok(BrokerStage::Unresolved(problem)),
+    let resolved_broker = match resolve::broker(&ctx.client, &ctx.config, conn).await? {
+        Ok(broker) => broker,
+        Err(problem) => return Ok((BrokerStage::Unresolved(problem), None)),
     };
+    let stage = push(ctx, conn, &ctx.broker_client(&resolved_broker), resolved, secret, validation).await?;
+    Ok((stage, Some(resolved_broker)))
+}
+
+/// Pushes the validated secret to the broker.
+async fn push(
+    ctx: &Context,
+    conn: &AzureAdConnection,
+    broker: &crate::broker::BrokerClient,
+    resolved: &Resolved,
+    secret: &SecretValue,
+    validation: &Validation,
+) -> Result<BrokerStage, Error> {
     let spec = &conn.spec;
     let last_sync = conn.status.as_ref().and_then(|s| s.broker.clone()).unwrap_or_default();
     let request = BrokerTarget::of(spec).map(|target| SyncRequest {
@@ -320,6 +349,15 @@ fn record_series(conn: &AzureAdConnection, ctx: &Context, status: &AzureAdConnec
         (ExpiryLabels { namespace, name, client_id: conn.spec.azure.client_id.clone(), tenant_id }, at.0.as_second() as f64)
     });
     ctx.metrics.connection(&uid, ready_labels, ready, expiry);
+    if let Some(app) = crate::crd::conditions::find(&status.conditions, crate::crd::conditions::AZURE_APP_CONFIGURED) {
+        let labels = AppConfiguredLabels {
+            namespace: conn.namespace().unwrap_or_default(),
+            name: conn.name_any(),
+            status: app.status.clone(),
+            reason: bounded_reason(&app.reason).into(),
+        };
+        ctx.metrics.app_configured(&uid, labels);
+    }
 }
 
 /// Observes the Secret-change-to-broker latency once the broker holds a rotated secret; a change
