@@ -125,7 +125,6 @@ async fn apply(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error>
         credentials: &validated.credentials,
         broker: resolved_broker.as_ref(),
         broker_stage: &broker,
-        team_domain: None,
     };
     let app = registration::check(ctx, conn, &inputs).await;
     let observation = Observation {

@@ -129,3 +129,87 @@ async fn every_misconfiguration_has_its_reason_and_unreadable_leaves_ready_alone
     env.assert_no_canary_leaks().await;
     env.stop_operator().await;
 }
+
+/// Cloudflare's callback is on the Access team domain, read from the account's Zero Trust
+/// organization; Manage adds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudflare_needs_the_team_callback_and_its_seven_permissions() {
+    const ACCOUNT: &str = "0123456789abcdef0123456789abcdef";
+    const TOKEN: &str = "cf-api-token-value";
+    let mut env = Env::without_operator("app-cloudflare").await;
+    let cf = env.upstreams.cloudflare().unwrap();
+    cf.add_account(ACCOUNT);
+    cf.add_token(TOKEN, &[ACCOUNT]);
+    env.put_secret("cf-token", &[("api-token", TOKEN)], &[]).await;
+    let broker = json!({"spec": {"cloudflare": {"accountId": ACCOUNT, "apiTokenSecretRef": {"name": "cf-token"}}}});
+    env.apply("IdentityBroker", "cloudflare", broker).await;
+    env.start_operator().await;
+    let value = env.canary("cloudflare");
+    let azure = env.upstreams.azure.clone();
+    azure.add_secret(TENANT_ID, CLIENT_ID, &value, Timestamp::now() + SignedDuration::from_hours(24 * 90));
+    azure.set_graph_read_all(TENANT_ID, CLIENT_ID, true);
+    azure.set_directory_read_all(TENANT_ID, CLIENT_ID, true);
+    let five = ["email", "offline_access", "openid", "profile", "User.Read"];
+    azure.request_graph_permissions(TENANT_ID, CLIENT_ID, &five);
+    azure.grant_admin_consent(TENANT_ID, CLIENT_ID, &five);
+    env.put_secret("web", &[("client-secret", &value)], &[]).await;
+    env.connect_to("contoso", "cloudflare", json!({"cloudflare": {"name": "Contoso", "supportGroups": true}}), "web", json!({})).await;
+
+    let callback = format!("https://{}.cloudflareaccess.com/cdn-cgi/access/callback", idp_bridge_devenv::cloudflare::TEAM);
+    let conn = env.wait_condition("contoso", AZURE_APP_CONFIGURED, "False", "RedirectUriMissing").await;
+    let message = condition(&conn, AZURE_APP_CONFIGURED).message;
+    assert!(message.contains(&callback), "{message}");
+    assert!(message.contains("Directory.Read.All, GroupMember.Read.All"), "supportGroups needs both: {message}");
+
+    // Manage adds the callback; the permissions still need a person, and Ready says so.
+    azure.set_can_write_itself(TENANT_ID, CLIENT_ID, true);
+    env.connect_to(
+        "contoso",
+        "cloudflare",
+        json!({"cloudflare": {"name": "Contoso", "supportGroups": true}}),
+        "web",
+        json!({"azure": {"registration": "Manage"}}),
+    )
+    .await;
+    let conn = env.wait_condition("contoso", AZURE_APP_CONFIGURED, "False", "PermissionMissing").await;
+    assert_eq!(condition(&conn, READY).reason, "PermissionMissing");
+    assert!(azure.redirect_uris(TENANT_ID, CLIENT_ID).contains(&callback));
+    let all = ["email", "offline_access", "openid", "profile", "User.Read", "Directory.Read.All", "GroupMember.Read.All"];
+    azure.request_graph_permissions(TENANT_ID, CLIENT_ID, &all);
+    azure.grant_admin_consent(TENANT_ID, CLIENT_ID, &all);
+    // A new validation (a rotated secret) reads the registration again at once.
+    let rotated = env.canary("cloudflare-rotated");
+    azure.add_secret(TENANT_ID, CLIENT_ID, &rotated, Timestamp::now() + SignedDuration::from_hours(24 * 90));
+    env.put_secret("web", &[("client-secret", &rotated)], &[]).await;
+    env.wait_condition("contoso", AZURE_APP_CONFIGURED, "True", "RegistrationConfigured").await;
+    env.wait_ready("contoso").await;
+    let organization_reads = cf.requests().iter().filter(|(_, path)| path.ends_with("/access/organizations")).count();
+    assert_eq!(organization_reads, 1, "the team domain is read once");
+    env.assert_no_canary_leaks().await;
+}
+
+/// Logto's callback names the connector: known once Logto gave it an id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logto_needs_the_callback_of_its_connector() {
+    const HOST: &str = "logto.example.com";
+    let mut env = Env::without_operator("app-logto").await;
+    let logto = env.upstreams.logto(HOST, "https://default.logto.app/api").unwrap();
+    env.upstreams.allow_broker_host(HOST);
+    logto.add_m2m_app("logto-m2m-app", "logto-m2m-secret");
+    env.put_secret("logto-m2m", &[("client-id", "logto-m2m-app"), ("client-secret", "logto-m2m-secret")], &[]).await;
+    let broker = json!({"spec": {"logto": {"endpoint": format!("https://{HOST}"), "credentialsSecretRef": {"name": "logto-m2m"}}}});
+    env.apply("IdentityBroker", "logto", broker).await;
+    env.start_operator().await;
+    let value = env.canary("logto");
+    env.upstreams.azure.add_secret(TENANT_ID, CLIENT_ID, &value, Timestamp::now() + SignedDuration::from_hours(24 * 90));
+    env.upstreams.azure.set_graph_read_all(TENANT_ID, CLIENT_ID, true);
+    env.upstreams.azure.set_directory_read_all(TENANT_ID, CLIENT_ID, true);
+    env.put_secret("web", &[("client-secret", &value)], &[]).await;
+    env.connect_to("contoso", "logto", json!({"logto": {}}), "web", json!({})).await;
+
+    let conn = env.wait_condition("contoso", AZURE_APP_CONFIGURED, "False", "RedirectUriMissing").await;
+    let id = conn.status.as_ref().and_then(|s| s.broker.as_ref()).and_then(|b| b.id.clone()).expect("the connector's id");
+    let message = condition(&conn, AZURE_APP_CONFIGURED).message;
+    assert!(message.contains(&format!("add https://{HOST}/callback/{id} under")), "{message}");
+    env.assert_no_canary_leaks().await;
+}
