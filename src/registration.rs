@@ -86,24 +86,53 @@ pub fn graph_audience(audience: SignInAudience) -> &'static str {
     }
 }
 
+/// A seed guide, with the settings that change the permissions it asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guide {
+    /// `directory`: extended attributes (Extended Profile or Security Groups) are on.
+    Auth0 {
+        directory: bool,
+    },
+    /// `groups`: Support Groups is on.
+    Cloudflare {
+        groups: bool,
+    },
+    Logto,
+    Unified,
+}
+
+impl Guide {
+    pub fn of(spec: &AzureAdConnectionSpec) -> Self {
+        match (&spec.auth0, &spec.cloudflare, &spec.logto) {
+            (Some(auth0), ..) => Guide::Auth0 { directory: auth0.ext_profile || auth0.ext_groups },
+            (_, Some(cloudflare), _) => Guide::Cloudflare { groups: cloudflare.support_groups },
+            (_, _, Some(_)) => Guide::Logto,
+            _ => Guide::Unified,
+        }
+    }
+
+    /// The delegated Microsoft Graph permissions the guide asks for.
+    pub fn permissions(self) -> Vec<&'static str> {
+        match self {
+            Guide::Cloudflare { groups } => {
+                let mut names = vec!["email", "offline_access", "openid", "profile", "User.Read", "Directory.Read.All"];
+                if groups {
+                    names.push("GroupMember.Read.All");
+                }
+                names
+            }
+            // "Extended attributes (like Extended Profile or Security Groups)" need directory reads.
+            Guide::Auth0 { directory: true } => vec!["User.Read", "Directory.Read.All"],
+            Guide::Auth0 { directory: false } | Guide::Logto => vec!["User.Read"],
+            // The Unified.to guide leaves the scopes to the integration; it names none.
+            Guide::Unified => Vec::new(),
+        }
+    }
+}
+
 /// The delegated Microsoft Graph permissions the connection's seed guide asks for.
 pub fn permissions(spec: &AzureAdConnectionSpec) -> Vec<&'static str> {
-    if let Some(cloudflare) = &spec.cloudflare {
-        let mut names = vec!["email", "offline_access", "openid", "profile", "User.Read", "Directory.Read.All"];
-        if cloudflare.support_groups {
-            names.push("GroupMember.Read.All");
-        }
-        return names;
-    }
-    if let Some(auth0) = &spec.auth0 {
-        // "Extended attributes (like Extended Profile or Security Groups)" need directory reads.
-        return if auth0.ext_profile || auth0.ext_groups { vec!["User.Read", "Directory.Read.All"] } else { vec!["User.Read"] };
-    }
-    if spec.logto.is_some() {
-        return vec!["User.Read"];
-    }
-    // The Unified.to guide leaves the scopes to the integration; it names none.
-    Vec::new()
+    Guide::of(spec).permissions()
 }
 
 /// What the broker needs from the registration.
