@@ -479,7 +479,7 @@ pub struct AzureAdConnectionStatus {
     /// The generation the conditions describe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready (summary), CredentialsValid, SecretExpiring and BrokerSynced.
+    /// Ready (summary), CredentialsValid, SecretExpiring, BrokerSynced and AzureAppConfigured.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
