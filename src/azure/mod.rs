@@ -94,6 +94,8 @@ pub struct AzureClient {
     expiries: TtlCache<CacheKey, SecretExpiry>,
     /// App registrations read, trusted as long as validations.
     registrations: TtlCache<CacheKey, Registration>,
+    /// Microsoft Graph's own service principal per (cloud, tenant GUID): the same for every app.
+    graph_scopes: TtlCache<(AzureCloud, String), registration::GraphScopes>,
     /// Retry-After of the login service (discovery and token requests), per app.
     login_throttle: Throttle,
     /// Retry-After of Microsoft Graph, per app.
@@ -124,6 +126,7 @@ impl AzureClient {
             tokens: TtlCache::new(),
             expiries: TtlCache::new(),
             registrations: TtlCache::new(),
+            graph_scopes: TtlCache::new(),
             login_throttle: Throttle::default(),
             graph_throttle: Throttle::default(),
         }

@@ -23,6 +23,19 @@ use crate::{
 /// Microsoft Graph's application id: `resourceAppId` of Graph permissions in every tenant.
 pub const GRAPH_APP_ID: &str = "00000003-0000-0000-c000-000000000000";
 
+/// How long Microsoft Graph's own service principal (its object id and the names of its
+/// delegated permissions) is trusted per tenant: it changes when Microsoft publishes a new
+/// permission, and its answer is large (every permission with its descriptions).
+pub const GRAPH_SCOPES_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Microsoft Graph's service principal in one tenant: its object id (the `resourceId` of
+/// grants) and its delegated permissions, id to name.
+#[derive(Debug, Clone)]
+pub(super) struct GraphScopes {
+    object_id: String,
+    names: std::collections::HashMap<String, String>,
+}
+
 /// A bound on grant pages: a client has one grant per resource and consent type, plus one per
 /// user who consented; 20 pages of Graph's default 100 is more than any real client carries.
 const MAX_GRANT_PAGES: usize = 20;
@@ -261,11 +274,8 @@ impl Reader<'_> {
             .get_json(&format!("/v1.0/applications(appId='{client_id}')?$select=id,signInAudience,web,requiredResourceAccess"))
             .await?
             .ok_or(RegistrationError::Unexpected { status: 404, message: "Microsoft Graph does not know the application".into() })?;
-        let graph: ServicePrincipalBody = self
-            .get_json(&format!("/v1.0/servicePrincipals(appId='{GRAPH_APP_ID}')?$select=id,oauth2PermissionScopes"))
-            .await?
-            .ok_or(RegistrationError::Unexpected { status: 404, message: "Microsoft Graph's service principal was not found".into() })?;
-        let names = |id: &str| graph.oauth2_permission_scopes.iter().find(|s| s.id.eq_ignore_ascii_case(id)).map(|s| s.value.clone());
+        let graph = self.graph_scopes().await?;
+        let names = |id: &str| graph.names.get(&id.to_ascii_lowercase()).cloned();
         let requested = app
             .required_resource_access
             .iter()
@@ -277,7 +287,9 @@ impl Reader<'_> {
         let sp: Option<ServicePrincipalBody> =
             self.get_json(&format!("/v1.0/servicePrincipals(appId='{client_id}')?$select=id,accountEnabled")).await?;
         let service_principal = match sp {
-            Some(sp) => Some(ServicePrincipal { enabled: sp.account_enabled, consented: self.admin_consent(&sp.id, &graph.id).await? }),
+            Some(sp) => {
+                Some(ServicePrincipal { enabled: sp.account_enabled, consented: self.admin_consent(&sp.id, &graph.object_id).await? })
+            }
             None => None,
         };
         Ok(Registration {
@@ -287,6 +299,23 @@ impl Reader<'_> {
             requested,
             service_principal,
         })
+    }
+
+    /// Microsoft Graph's service principal in the tenant, from the cache when read in the last
+    /// [`GRAPH_SCOPES_TTL`].
+    async fn graph_scopes(&self) -> Result<GraphScopes, RegistrationError> {
+        let key = (self.request.cloud, self.tenant_id.to_ascii_lowercase());
+        if let Some(hit) = self.client.graph_scopes.get(&key) {
+            return Ok(hit);
+        }
+        let graph: ServicePrincipalBody = self
+            .get_json(&format!("/v1.0/servicePrincipals(appId='{GRAPH_APP_ID}')?$select=id,oauth2PermissionScopes"))
+            .await?
+            .ok_or(RegistrationError::Unexpected { status: 404, message: "Microsoft Graph's service principal was not found".into() })?;
+        let names = graph.oauth2_permission_scopes.into_iter().map(|s| (s.id.to_ascii_lowercase(), s.value)).collect();
+        let scopes = GraphScopes { object_id: graph.id, names };
+        self.client.graph_scopes.insert(key, scopes.clone(), Instant::now() + GRAPH_SCOPES_TTL);
+        Ok(scopes)
     }
 
     /// The Graph permissions consented for every user (consentType AllPrincipals) to the

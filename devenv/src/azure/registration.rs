@@ -126,16 +126,18 @@ impl AzureEmulator {
     }
 
     /// Grants admin consent (consentType `AllPrincipals`) for `names`, replacing earlier admin
-    /// consent; one grant per name, so a few permissions already need several pages.
+    /// consent: as in Entra ID, one grant for the client and Microsoft Graph, its scopes
+    /// space-separated.
     pub fn grant_admin_consent(&self, tenant_id: &str, client_id: &str, names: &[&str]) {
         self.with_app(tenant_id, client_id, |app| {
             let sp = app.registration.service_principal.as_mut().expect("admin consent needs a service principal");
             sp.grants.retain(|(kind, _)| kind != "AllPrincipals");
-            sp.grants.extend(names.iter().map(|n| ("AllPrincipals".to_owned(), (*n).to_owned())));
+            sp.grants.insert(0, ("AllPrincipals".to_owned(), names.join(" ")));
         });
     }
 
-    /// Consent of one user (consentType `Principal`), which does not count for the organisation.
+    /// Consent of one user (consentType `Principal`, a grant of its own), which does not count
+    /// for the organisation.
     pub fn grant_user_consent(&self, tenant_id: &str, client_id: &str, names: &[&str]) {
         self.with_app(tenant_id, client_id, |app| {
             let sp = app.registration.service_principal.as_mut().expect("consent needs a service principal");
