@@ -134,10 +134,7 @@ impl Env {
 
     /// GET `path` on the running operator's HTTP server: (status, body).
     pub async fn http_get(&self, path: &str) -> (u16, String) {
-        let address = self.operator.as_ref().and_then(|o| o.http_address()).expect("the operator serves HTTP");
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("an HTTP client");
-        let response = client.get(format!("http://{address}{path}")).send().await.expect("the operator answers HTTP");
-        (response.status().as_u16(), response.text().await.unwrap_or_default())
+        http_get(self.operator(), path).await
     }
 
     /// A secret value that must never show up anywhere but in the Secret and the broker.
@@ -329,6 +326,14 @@ pub fn register_for_auth0(azure: &AzureEmulator, client: &str) {
     azure.set_redirect_uris(TENANT_ID, client, &[&auth0_callback()]);
     azure.request_graph_permissions(TENANT_ID, client, &["User.Read", "Directory.Read.All"]);
     azure.grant_admin_consent(TENANT_ID, client, &["User.Read", "Directory.Read.All"]);
+}
+
+/// GET `path` on `op`'s HTTP server (the operator or a replica): (status, body).
+pub async fn http_get(op: &RunningOperator, path: &str) -> (u16, String) {
+    let address = op.http_address().expect("the operator serves HTTP");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("an HTTP client");
+    let response = client.get(format!("http://{address}{path}")).send().await.expect("the operator answers HTTP");
+    (response.status().as_u16(), response.text().await.unwrap_or_default())
 }
 
 pub fn condition_is(conn: &AzureAdConnection, type_: &str, status: &str, reason: &str) -> bool {
