@@ -213,3 +213,30 @@ async fn logto_needs_the_callback_of_its_connector() {
     assert!(message.contains(&format!("add https://{HOST}/callback/{id} under")), "{message}");
     env.assert_no_canary_leaks().await;
 }
+
+/// Azure issues no token to an app without a service principal (AADSTS700016), so the check
+/// sees one go missing only while a token is still valid: here, between Manage's write and the
+/// read that follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_principal_gone_while_the_token_lasts_is_missing() {
+    use idp_bridge_devenv::kit::{Fault, RequestMatch};
+    let env = env("app-sp-missing").await;
+    let azure = env.upstreams.azure.clone();
+    azure.set_redirect_uris(TENANT_ID, CLIENT_ID, &[]);
+    azure.set_can_write_itself(TENANT_ID, CLIENT_ID, true);
+    let patch = RequestMatch::any().method(reqwest::Method::PATCH).under("/v1.0/applications");
+    azure.kit().faults().push(Fault::stall(Duration::from_secs(3)).on(patch));
+    env.connect("web", "web", json!({"azure": {"registration": "Manage"}})).await;
+    for _ in 0..200 {
+        if azure.application_patches() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(azure.application_patches(), 1, "Manage writes the redirect URI");
+    azure.set_service_principal(TENANT_ID, CLIENT_ID, false);
+    let conn = env.wait_condition("web", AZURE_APP_CONFIGURED, "False", "ServicePrincipalMissing").await;
+    assert!(condition(&conn, AZURE_APP_CONFIGURED).message.contains("Enterprise applications > New application"));
+    assert_eq!(condition(&conn, READY).reason, "ServicePrincipalMissing");
+    assert_eq!(azure.redirect_uris(TENANT_ID, CLIENT_ID), [auth0_callback()], "the write went through");
+}
