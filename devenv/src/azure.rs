@@ -1,5 +1,7 @@
 //! Emulator of the Entra ID (Azure AD) login endpoints (OIDC discovery, client-credentials token)
-//! and of the one Microsoft Graph read the operator makes, all on one HTTPS port.
+//! and of the Microsoft Graph calls the operator makes (the application and its secrets; the app
+//! registration, service principal and permission grants in [`registration`]), all on one HTTPS
+//! port.
 //!
 //! Error bodies, codes and statuses follow the Microsoft identity platform's documentation and
 //! what the real service answers: AADSTS errors (<https://learn.microsoft.com/entra/identity-platform/reference-error-codes>)
@@ -11,6 +13,8 @@
 //! emulator's address: the operator maps hosts to addresses through its endpoint overrides.
 
 #![allow(clippy::result_large_err, reason = "early returns carry whole HTTP answers; size does not matter in a test emulator")]
+
+mod registration;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -25,6 +29,8 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+
+pub use self::registration::{GRAPH_SCOPES, GRAPH_SP_OBJECT_ID};
 use base64::Engine as _;
 use jiff::Timestamp;
 use serde_json::{Value, json};
@@ -84,6 +90,7 @@ struct App {
     disabled: bool,
     graph_read_all: bool,
     secrets: Vec<Secret>,
+    registration: registration::Registration,
 }
 
 struct Secret {
@@ -139,6 +146,7 @@ impl AzureEmulator {
             disabled: false,
             graph_read_all: false,
             secrets: Vec::new(),
+            registration: registration::Registration::new(),
         };
         let mut st = self.state();
         let tenant = st.tenants.get_mut(&tenant_id.to_ascii_lowercase()).unwrap_or_else(|| panic!("unknown tenant {tenant_id}"));
@@ -213,7 +221,7 @@ fn router(state: Shared) -> Router {
     Router::new()
         .route("/{tenant}/v2.0/.well-known/openid-configuration", get(discovery))
         .route("/{tenant}/oauth2/v2.0/token", post(token))
-        .route("/v1.0/{*rest}", get(graph))
+        .route("/v1.0/{*rest}", get(graph).patch(graph_patch))
         .fallback(|| async { StatusCode::NOT_FOUND })
         .with_state(state)
 }
@@ -233,7 +241,17 @@ async fn token(AxState(s): AxState<Shared>, Path(tenant): Path<String>, headers:
 }
 
 async fn graph(AxState(s): AxState<Shared>, Path(rest): Path<String>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
-    lock(&s).read_application(&rest, query.as_deref(), &headers).unwrap_or_else(|e| e)
+    let state = lock(&s);
+    let reply = if rest.starts_with("servicePrincipals") {
+        state.read_service_principal(&rest, query.as_deref(), &headers)
+    } else {
+        state.read_application(&rest, query.as_deref(), &headers)
+    };
+    reply.unwrap_or_else(|e| e)
+}
+
+async fn graph_patch(AxState(s): AxState<Shared>, Path(rest): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    lock(&s).patch_application(&rest, &headers, &body).unwrap_or_else(|e| e)
 }
 
 /// What a valid `{tenant}` path segment names.
@@ -395,7 +413,10 @@ impl AzureState {
             // On /organizations the service guesses the tenant; here: the one holding the app.
             TenantRef::Alias(_) => self.tenants.iter().find(|(_, t)| t.apps.contains_key(&client_id)).map(|(id, _)| id.clone()),
         };
-        let Some((tenant_id, app)) = tenant_id.and_then(|t| self.tenants.get(&t)?.apps.get(&client_id).map(|a| (t, a))) else {
+        // An app without a service principal in the tenant is not "installed" there: the same
+        // AADSTS700016 as an unknown client id (reference/azure.md, token error table).
+        let found = tenant_id.and_then(|t| self.tenants.get(&t)?.apps.get(&client_id).map(|a| (t, a)));
+        let Some((tenant_id, app)) = found.filter(|(_, a)| a.registration.has_service_principal()) else {
             let message = format!(
                 "Application with identifier '{client_id}' was not found in the directory '{raw_tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."
             );
@@ -524,14 +545,17 @@ impl App {
                 })
             })
             .collect();
+        let (web, required_resource_access) = self.registration.graph_fields();
         json!({
             "@odata.context": format!("https://{graph_host}/v1.0/$metadata#applications/$entity"),
             "id": self.object_id,
             "appId": self.app_id,
             "displayName": self.display_name,
-            "signInAudience": "AzureADMyOrg",
+            "signInAudience": self.registration.sign_in_audience(),
             "keyCredentials": [],
             "passwordCredentials": credentials,
+            "web": web,
+            "requiredResourceAccess": required_resource_access,
         })
     }
 }

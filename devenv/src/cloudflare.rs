@@ -22,6 +22,8 @@
 //! - server fields: `id` (a UUID), `config.redirect_url`
 //!   (`https://<team>.cloudflareaccess.com/cdn-cgi/access/callback`) and `config.azure_cloud`
 //!   (`"default"` unless sent) on azureAD providers;
+//! - the Zero Trust organization (`GET …/access/organizations`) names the team [`TEAM`] in its
+//!   `auth_domain` (`<team>.cloudflareaccess.com`);
 //! - a `read_only` provider refuses PUT and DELETE;
 //! - lists page with `page`/`per_page` (at most 50) and carry `result_info` (a request marked
 //!   by the kit's `Fault::endless_pages` gets a full page of filler and a promise of one more);
@@ -266,6 +268,7 @@ fn router(state: Shared) -> Router {
         .route("/client/v4/{kind}/{scope}/access/identity_providers", get(list).post(create))
         .route("/client/v4/{kind}/{scope}/access/identity_providers/{id}", get(read).put(update).delete(remove))
         .route("/client/v4/{kind}/{scope}/access/identity_providers/{id}/refresh_scim_secret", axum::routing::post(refresh_scim_secret))
+        .route("/client/v4/{kind}/{scope}/access/organizations", get(organization))
         .fallback(|| async { failure(StatusCode::NOT_FOUND, CODE_NO_ROUTE, "No route for that URI") })
         .method_not_allowed_fallback(|| async { failure(StatusCode::METHOD_NOT_ALLOWED, CODE_NO_ROUTE, "Method not allowed for this URI") })
         .with_state(state.clone());
@@ -323,6 +326,19 @@ fn endless_page(query: &[(String, String)]) -> Reply {
     response["result_info"] =
         json!({"page": page, "per_page": per_page, "count": per_page, "total_count": (page + 1) * per_page, "total_pages": page + 1});
     Ok((StatusCode::OK, Json(response)).into_response())
+}
+
+/// The Zero Trust organization: every emulated account and zone is team [`TEAM`].
+async fn organization() -> Response {
+    let organization = json!({
+        "auth_domain": format!("{TEAM}.cloudflareaccess.com"),
+        "name": "idp-bridge test team",
+        "is_ui_read_only": false,
+        "session_duration": "24h",
+        "created_at": "2025-01-01T00:00:00Z",
+        "updated_at": "2025-01-01T00:00:00Z",
+    });
+    success(StatusCode::OK, organization)
 }
 
 async fn create(AxState(s): AxState<Shared>, Path((_, scope)): Path<(String, String)>, body: Bytes) -> Response {

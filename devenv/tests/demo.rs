@@ -13,6 +13,9 @@ fn the_demo_walkthrough_completes() {
         "export KUBECONFIG=",
         "$ kubectl get aadc -A",
         "$ kubectl describe aadc contoso-web -n demo",
+        "contoso-web   auth0    3f2a1c4e-8b7d-4e6a-9c5b-2d1e0f9a8b7c   False   RedirectUriMissing",
+        "add https://acme.eu.auth0.com/login/callback under Authentication > Web > Redirect URIs",
+        "Event RedirectUriAdded: added https://acme.eu.auth0.com/login/callback",
     ] {
         assert!(stdout.contains(expected), "demo output lacks {expected:?}:\n{stdout}");
     }

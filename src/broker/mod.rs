@@ -320,6 +320,15 @@ impl BrokerClient {
         }
     }
 
+    /// The Access team domain of a Cloudflare broker (the host of its callback); `None` for
+    /// the other brokers, whose callback follows from their spec.
+    pub async fn access_team_domain(&self) -> Option<Result<String, BrokerError>> {
+        match self {
+            BrokerClient::Cloudflare(c) => Some(c.team_domain().await),
+            _ => None,
+        }
+    }
+
     /// The broker type (`auth0`, ...).
     pub fn type_name(&self) -> &'static str {
         match self {

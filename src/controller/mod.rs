@@ -11,6 +11,7 @@ mod observation;
 mod protection;
 mod readiness;
 pub mod reconcile;
+mod registration;
 mod resolve;
 mod scim;
 mod status;

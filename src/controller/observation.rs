@@ -1,5 +1,7 @@
 //! What one reconcile learned, as plain data: the input of the pure status computation.
 
+use std::time::Duration;
+
 use crate::{
     azure::{AzureError, Validation},
     broker::{BrokerError, SyncOutcome},
@@ -7,6 +9,7 @@ use crate::{
         conditions::{Desired, Reason, Status},
         connection::SecretStatus,
     },
+    registration::Report,
 };
 
 /// A problem found in Kubernetes objects the connection references, with its condition reason.
@@ -87,6 +90,25 @@ pub struct Observation {
     pub broker: BrokerStage,
     pub scim: ScimStage,
     pub observe_only: bool,
+    /// The app registration check (AzureAppConfigured).
+    pub app: AppCheck,
+}
+
+/// The app registration stage's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppCheck {
+    /// The registration was compared with what the broker needs.
+    Checked {
+        report: Report,
+        /// The redirect URI `azure.registration: Manage` added in this reconcile.
+        added_redirect_uri: Option<String>,
+        /// Why Manage could not add the missing redirect URI.
+        manage_failed: Option<String>,
+    },
+    /// It could not be read or checked (a Graph permission, no token): Unknown, Ready unchanged.
+    Unreadable(String),
+    /// Graph is down or throttling: the last verdict stands; look again after `retry_after`.
+    Unavailable { why: String, retry_after: Option<Duration> },
 }
 
 /// The SCIM stage's result (Cloudflare with `scim.enabled` only).

@@ -22,7 +22,7 @@ use super::{
     error::Error,
     guard::guarded,
     observation::{BrokerStage, CredentialsFailure, Expiry, Observation, Problem, ScimStage},
-    resolve, scim,
+    registration, resolve, scim,
     status::Subject,
 };
 use crate::{
@@ -33,7 +33,7 @@ use crate::{
         conditions::{Desired, READY, Reason, Status, set_condition},
         connection::{AzureAdConnection, AzureAdConnectionStatus, DeletionPolicy, ExpirySource, ManagementPolicy, ValidationMode},
     },
-    metrics::{ConnectionLabels, ExpiryLabels},
+    metrics::{AppConfiguredLabels, ConnectionLabels, ExpiryLabels},
     secret::SecretValue,
 };
 
@@ -116,7 +116,15 @@ async fn apply(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error>
 
     let resolved = resolve_secret(ctx, conn).await?;
     let validated = validate(ctx, conn, &resolved).await;
-    let (broker, scim) = sync_broker(ctx, conn, &resolved, &validated).await?;
+    let (broker, scim, resolved_broker) = sync_broker(ctx, conn, &resolved, &validated).await?;
+    let inputs = registration::Inputs {
+        secret: resolved.secret.as_ref().ok(),
+        fingerprint: resolved.fingerprint.as_deref().unwrap_or_default(),
+        credentials: &validated.credentials,
+        broker: resolved_broker.as_ref(),
+        broker_stage: &broker,
+    };
+    let app = registration::check(ctx, conn, &inputs).await;
     let observation = Observation {
         fingerprint: resolved.fingerprint,
         credentials: validated.credentials,
@@ -124,6 +132,7 @@ async fn apply(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error>
         broker,
         scim,
         observe_only: conn.spec.management_policy == ManagementPolicy::ObserveOnly,
+        app,
     };
     let decision = decide::decide(&subject, &observation, now);
     record_series(conn, ctx, &decision.status);
@@ -221,27 +230,47 @@ fn graph_unavailable(source: ExpirySource, from_annotation: Expiry, why: String)
 
 /// The broker stage: resolves the broker reference and pushes the validated secret; then, for
 /// Cloudflare SCIM, the SCIM Secret ([`scim::stage`]), which never fails the sync. The only place
-/// that builds a `SyncRequest` and reads SCIM credentials from the outcome.
+/// that builds a `SyncRequest` and reads SCIM credentials from the outcome. Also returns the
+/// resolved broker, whose callback the registration stage checks.
 async fn sync_broker(
     ctx: &Context,
     conn: &AzureAdConnection,
     resolved: &Resolved,
     validated: &Validated,
-) -> Result<(BrokerStage, ScimStage), Error> {
+) -> Result<(BrokerStage, ScimStage, Option<resolve::ResolvedBroker>), Error> {
     let untouched = if scim::secret_name(conn).is_some() { ScimStage::Skipped } else { ScimStage::Off };
     let (Ok(secret), Ok(validation)) = (&resolved.secret, &validated.credentials) else {
-        return Ok((BrokerStage::NotAttempted, untouched));
+        return Ok((BrokerStage::NotAttempted, untouched, None));
     };
-    let broker = match resolve::broker(&ctx.client, &ctx.config, conn).await? {
-        Ok(broker) => {
-            ctx.remember_broker(conn, &broker);
-            ctx.broker_client(&broker)
+    let resolved_broker = match resolve::broker(&ctx.client, &ctx.config, conn).await? {
+        Ok(broker) => broker,
+        Err(problem) => return Ok((BrokerStage::Unresolved(problem), untouched, None)),
+    };
+    ctx.remember_broker(conn, &resolved_broker);
+    let broker = ctx.broker_client(&resolved_broker);
+    let stage = push(conn, &broker, resolved, secret, validation).await;
+    let scim = match &stage {
+        BrokerStage::Synced(outcome) if conn.spec.management_policy != ManagementPolicy::ObserveOnly => {
+            if let Some(BrokerExtras::CloudflareScim(scim)) = &outcome.extras {
+                ctx.hold_scim(conn, scim.clone());
+            }
+            scim::stage(ctx, conn, &broker, outcome.id.as_deref()).await
         }
-        Err(problem) => return Ok((BrokerStage::Unresolved(problem), untouched)),
+        _ => untouched,
     };
+    Ok((stage, scim, Some(resolved_broker)))
+}
+
+/// Pushes the validated secret to the broker.
+async fn push(
+    conn: &AzureAdConnection,
+    broker: &crate::broker::BrokerClient,
+    resolved: &Resolved,
+    secret: &SecretValue,
+    validation: &Validation,
+) -> BrokerStage {
     let spec = &conn.spec;
     let last_sync = conn.status.as_ref().and_then(|s| s.broker.clone()).unwrap_or_default();
-    let observe_only = spec.management_policy == ManagementPolicy::ObserveOnly;
     let request = BrokerTarget::of(spec).map(|target| SyncRequest {
         target,
         azure: AzureCredentials {
@@ -255,7 +284,7 @@ async fn sync_broker(
         },
         known_id: last_sync.id.as_deref(),
         synced_fingerprint: last_sync.synced_fingerprint.as_deref(),
-        observe_only,
+        observe_only: spec.management_policy == ManagementPolicy::ObserveOnly,
     });
     let synced = match request {
         Ok(request) => broker.sync(&request).await,
@@ -266,15 +295,11 @@ async fn sync_broker(
             if outcome.wrote {
                 info!(differences = ?outcome.differences, "broker object written");
             }
-            if let Some(BrokerExtras::CloudflareScim(scim)) = &outcome.extras {
-                ctx.hold_scim(conn, scim.clone());
-            }
-            let scim = if observe_only { untouched } else { scim::stage(ctx, conn, &broker, outcome.id.as_deref()).await };
-            Ok((BrokerStage::Synced(outcome), scim))
+            BrokerStage::Synced(outcome)
         }
         Err(error) => {
             warn!(reason = error.reason().as_str(), %error, "broker sync failed");
-            Ok((BrokerStage::Failed(error), untouched))
+            BrokerStage::Failed(error)
         }
     }
 }
@@ -305,6 +330,15 @@ fn record_series(conn: &AzureAdConnection, ctx: &Context, status: &AzureAdConnec
         (ExpiryLabels { namespace, name, client_id: conn.spec.azure.client_id.clone(), tenant_id }, at.0.as_second() as f64)
     });
     ctx.metrics.connection(&uid, ready_labels, ready, expiry);
+    if let Some(app) = crate::crd::conditions::find(&status.conditions, crate::crd::conditions::AZURE_APP_CONFIGURED) {
+        let labels = AppConfiguredLabels {
+            namespace: conn.namespace().unwrap_or_default(),
+            name: conn.name_any(),
+            status: app.status.clone(),
+            reason: bounded_reason(&app.reason).into(),
+        };
+        ctx.metrics.app_configured(&uid, labels);
+    }
 }
 
 /// Observes the Secret-change-to-broker latency once the broker holds a rotated secret; a change

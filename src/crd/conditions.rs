@@ -10,6 +10,7 @@ pub const SECRET_EXPIRING: &str = "SecretExpiring";
 pub const BROKER_SYNCED: &str = "BrokerSynced";
 /// Cloudflare SCIM only: whether the SCIM Secret holds the SCIM endpoint and token.
 pub const SCIM_SECRET_READY: &str = "ScimSecretReady";
+pub const AZURE_APP_CONFIGURED: &str = "AzureAppConfigured";
 
 /// Condition status values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,6 +151,27 @@ reasons! {
     ScimSecretWriteFailed,
     /// ScimSecretReady: no SCIM token is stored and asking Cloudflare for a new one failed.
     ScimSecretRefreshFailed,
+    /// AzureAppConfigured: the app registration has what the broker needs.
+    RegistrationConfigured,
+    /// AzureAppConfigured: the Web platform lacks the broker's redirect URI (AADSTS50011); the
+    /// message gives the exact URI to add.
+    RedirectUriMissing,
+    /// AzureAppConfigured: the registration's supported account types differ from
+    /// `azure.signInAudience`.
+    SignInAudienceMismatch,
+    /// AzureAppConfigured: the registration does not ask for a delegated Microsoft Graph
+    /// permission the broker's guide needs; the message names each.
+    PermissionMissing,
+    /// AzureAppConfigured: a delegated permission has no admin consent (AADSTS65001, or a consent
+    /// prompt for every user); the message names each.
+    ConsentMissing,
+    /// AzureAppConfigured: the app has no enterprise application (service principal) in the tenant.
+    ServicePrincipalMissing,
+    /// AzureAppConfigured: the enterprise application is disabled (AADSTS7000112).
+    ServicePrincipalDisabled,
+    /// AzureAppConfigured: the registration could not be read or checked (a Graph permission the
+    /// message names, no Graph token, Graph unavailable); Ready is not changed.
+    RegistrationUnreadable,
 }
 
 /// What a status should say for one condition type.

@@ -747,3 +747,27 @@ async fn errors_never_show_a_secret() {
     let err = expect_err(client.sync(&request(&loud, &creds, None, None, FULL)).await);
     assert!(matches!(err, BrokerError::Server { status: 500, ref message } if message.contains("[redacted]")), "{err:?}");
 }
+
+#[tokio::test]
+async fn the_access_team_domain_is_read_once_from_the_zero_trust_organization() {
+    let env = env();
+    let client = env.client();
+    let team = client.access_team_domain().await.expect("a Cloudflare broker has one").unwrap();
+    assert_eq!(team, format!("{TEAM}.cloudflareaccess.com"));
+    assert_eq!(client.access_team_domain().await.unwrap().unwrap(), team);
+    let organization = format!("GET /client/v4/accounts/{ACCOUNT}/access/organizations");
+    assert_eq!(env.count(&organization), 1, "cached for the client's life: {:?}", env.log());
+    let zone = env.client_with(
+        &CloudflareBrokerSpec {
+            account_id: None,
+            zone_id: Some(ZONE.into()),
+            api_token_secret_ref: account_spec(ACCOUNT).api_token_secret_ref,
+        },
+        TOKEN,
+        None,
+    );
+    assert_eq!(zone.access_team_domain().await.unwrap().unwrap(), team, "zone-level Access has an organization too");
+    let refused = env.client_with(&account_spec(ACCOUNT), "not-a-token", None).access_team_domain().await.unwrap().unwrap_err();
+    assert_eq!(refused.reason(), Reason::BrokerAuthFailed, "{refused}");
+    assert!(!refused.to_string().contains(TOKEN));
+}

@@ -5,6 +5,7 @@
 mod common;
 
 mod alerts;
+mod app_registration;
 mod broker_churn;
 mod chart;
 mod control_plane;

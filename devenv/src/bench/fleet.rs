@@ -101,7 +101,8 @@ impl Connection {
         let block = match self.kind {
             BrokerKind::Auth0 => json!({"auth0": {"name": format!("bench-{index}")}}),
             BrokerKind::Cloudflare => json!({"cloudflare": {"name": format!("Bench {index}")}}),
-            BrokerKind::Logto => json!({"logto": {}}),
+            // A fixed connector id fixes the callback, which the app registration then holds.
+            BrokerKind::Logto => json!({"logto": {"connectorId": logto_connector_id(index)}}),
             BrokerKind::Unified => json!({"unified": {"permissions": ["auth_login"]}}),
         };
         let mut spec = json!({
@@ -169,6 +170,7 @@ impl Fleet {
             upstreams.azure.add_app(TENANT_ID, &client_id);
             // The app may read its own registration, so expiry comes from Microsoft Graph.
             upstreams.azure.set_graph_read_all(TENANT_ID, &client_id, true);
+            register_for_every_broker(&upstreams.azure, &client_id, index);
             let name = format!("conn-{index:04}");
             planned.push(Connection { secret_name: format!("{name}-secret"), namespace, name, kind, client_id, broker_name, broker });
         }
@@ -244,6 +246,10 @@ impl Fleet {
 /// Every bench Logto tenant's host matches this pattern.
 const LOGTO_HOSTS: &str = "*.bench.example.com";
 
+fn logto_connector_id(index: usize) -> String {
+    format!("bench{index}")
+}
+
 fn logto_host(index: usize) -> String {
     format!("logto-{index}.bench.example.com")
 }
@@ -274,4 +280,18 @@ async fn apply(client: &Client, doc: &Value) -> BenchResult<()> {
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
     api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(doc)).await?;
     Ok(())
+}
+
+/// Registers an app as every broker's guide asks (their known callbacks on the Web platform, the
+/// delegated permissions of the longest list with admin consent), readable by the operator: the
+/// registration check then reports nothing, as in a fleet set up correctly.
+fn register_for_every_broker(azure: &crate::azure::AzureEmulator, client_id: &str, index: usize) {
+    let team_callback = format!("https://{}.cloudflareaccess.com/cdn-cgi/access/callback", crate::cloudflare::TEAM);
+    let auth0_callback = format!("https://{AUTH0_DOMAIN}/login/callback");
+    let logto_callback = format!("https://{}/callback/{}", logto_host(index), logto_connector_id(index));
+    azure.set_redirect_uris(TENANT_ID, client_id, &[&auth0_callback, &team_callback, &logto_callback, "https://api.unified.to/oauth/code"]);
+    let all: Vec<&str> = crate::azure::GRAPH_SCOPES.iter().map(|(name, _)| *name).collect();
+    azure.request_graph_permissions(TENANT_ID, client_id, &all);
+    azure.grant_admin_consent(TENANT_ID, client_id, &all);
+    azure.set_directory_read_all(TENANT_ID, client_id, true);
 }

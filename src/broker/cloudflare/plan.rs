@@ -238,6 +238,16 @@ pub fn is_ours(provider: &Value, name: &str) -> bool {
     provider.get("type").and_then(Value::as_str) == Some(TYPE) && provider.get("name").and_then(Value::as_str) == Some(name)
 }
 
+/// `domain` when it is an Access team domain: one DNS label under `cloudflareaccess.com`.
+pub fn team_domain(domain: &str) -> Option<&str> {
+    let team = domain.strip_suffix(".cloudflareaccess.com")?;
+    let label_ok = (1..=63).contains(&team.len())
+        && team.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !team.starts_with('-')
+        && !team.ends_with('-');
+    label_ok.then_some(domain)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,5 +440,15 @@ mod tests {
         assert!(is_ours(&json!({"name": "a", "type": "azureAD"}), "a"));
         assert!(!is_ours(&json!({"name": "a", "type": "oidc"}), "a"));
         assert!(!is_ours(&json!({"name": "b", "type": "azureAD"}), "a"));
+    }
+
+    #[test]
+    fn only_access_team_domains_name_a_callback() {
+        assert_eq!(team_domain("acme.cloudflareaccess.com"), Some("acme.cloudflareaccess.com"));
+        for bad in
+            ["cloudflareaccess.com", "evil.example", "a.b.cloudflareaccess.com", "-x.cloudflareaccess.com", "x/y.cloudflareaccess.com"]
+        {
+            assert_eq!(team_domain(bad), None, "{bad}");
+        }
     }
 }
