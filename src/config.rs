@@ -50,6 +50,11 @@ pub struct RunArgs {
     /// fingerprint key live here.
     #[arg(long, env = "POD_NAMESPACE", default_value = "idp-bridge")]
     pub namespace: String,
+    /// A name for this cluster, part of the owner marker idp-bridge leaves on broker objects
+    /// (Auth0 connection metadata): two clusters that share a broker account must use different
+    /// names, so that neither takes the other's objects for its own.
+    #[arg(long, env = "IDP_BRIDGE_CLUSTER_NAME", default_value = "default")]
+    pub cluster_name: String,
     /// Name of the Secret (in --namespace) holding the key for secret fingerprints; created with a
     /// random key when missing.
     #[arg(long, env = "IDP_BRIDGE_FINGERPRINT_KEY_SECRET", default_value = "idp-bridge-fingerprint-key")]
@@ -133,6 +138,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub namespace: String,
+    /// Part of every owner marker (`--cluster-name`).
+    pub cluster_name: String,
     pub fingerprint_key_secret: String,
     pub endpoint_overrides: EndpointOverrides,
     /// Broker management hosts the operator may call.
@@ -195,6 +202,8 @@ pub enum ConfigError {
     Concurrency,
     #[error("--namespace must not be empty")]
     Namespace,
+    #[error("--cluster-name must not be empty")]
+    ClusterName,
     #[error("--leader-election-lease must not be empty")]
     LeaseName,
     #[error("leader election: {0}")]
@@ -219,6 +228,9 @@ impl TryFrom<RunArgs> for Config {
         if args.namespace.trim().is_empty() {
             return Err(ConfigError::Namespace);
         }
+        if args.cluster_name.trim().is_empty() {
+            return Err(ConfigError::ClusterName);
+        }
         let leader_election = if args.leader_election {
             let lease_name = args.leader_election_lease.trim().to_owned();
             if lease_name.is_empty() {
@@ -240,6 +252,7 @@ impl TryFrom<RunArgs> for Config {
         };
         Ok(Config {
             namespace: args.namespace,
+            cluster_name: args.cluster_name.trim().to_owned(),
             fingerprint_key_secret: args.fingerprint_key_secret,
             endpoint_overrides: args.endpoint_overrides,
             broker_hosts: args.broker_hosts,

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use super::{
     Context,
+    claims::{Held, Holder},
     decide::{self, Decision, Next},
     error::Error,
     guard::guarded,
@@ -27,7 +28,10 @@ use super::{
 };
 use crate::{
     azure::{Validation, ValidationRequest},
-    broker::{AzureCredentials, BrokerExtras, BrokerTarget, DeleteRequest, SyncRequest},
+    broker::{
+        AzureCredentials, BrokerError, BrokerExtras, BrokerTarget, DeleteRequest, SyncOutcome, SyncRequest,
+        ownership::{Claim, MANAGED_ELSEWHERE, Ownership},
+    },
     crd::{
         EXPIRES_AT_ANNOTATION, FINALIZER,
         conditions::{Desired, READY, Reason, Status, set_condition},
@@ -233,25 +237,60 @@ async fn sync_broker(ctx: &Context, conn: &AzureAdConnection, resolved: &Resolve
     };
     let spec = &conn.spec;
     let last_sync = conn.status.as_ref().and_then(|s| s.broker.clone()).unwrap_or_default();
-    let request = BrokerTarget::of(spec).map(|target| SyncRequest {
-        target,
-        azure: AzureCredentials {
-            cloud: spec.azure.cloud,
-            tenant: &spec.azure.tenant,
-            tenant_id: validation.tenant_id.as_deref(),
-            client_id: &spec.azure.client_id,
-            secret,
-            fingerprint: resolved.fingerprint.as_deref().unwrap_or_default(),
-            audience: spec.azure.sign_in_audience,
-        },
-        known_id: last_sync.id.as_deref(),
-        synced_fingerprint: last_sync.synced_fingerprint.as_deref(),
-        observe_only: spec.management_policy == ManagementPolicy::ObserveOnly,
-    });
-    let synced = match request {
-        Ok(request) => broker.sync(&request).await,
-        Err(unsupported) => Err(unsupported),
+    let target = match BrokerTarget::of(spec) {
+        Ok(target) => target,
+        Err(unsupported) => return Ok(BrokerStage::Failed(unsupported)),
     };
+    let owner = ctx.owner_marker(conn);
+    let claim_key = broker.claim_key(target, &spec.azure);
+    let mut held = match &claim_key {
+        None => None,
+        Some(key) => match ctx.claims.take(key, &owner).await.map_err(Error::Claim)? {
+            Holder::Us(held) => Some(held),
+            Holder::Another => return Ok(BrokerStage::Failed(BrokerError::Conflict(MANAGED_ELSEWHERE.into()))),
+            Holder::Nobody => return Ok(BrokerStage::Failed(BrokerError::Unexpected("the claim on the broker object vanished".into()))),
+        },
+    };
+    if let (Some(held), Some(known)) = (held.as_mut(), last_sync.id.as_deref()) {
+        ctx.claims.carry_over(&owner, held, known).await.map_err(Error::Claim)?;
+    }
+    // A create under a claim waits for the claim to say so (see `ownership::Claim::Creating`):
+    // at most one more sync, once that is recorded.
+    let mut synced;
+    let mut recorded_creating = false;
+    loop {
+        let request = SyncRequest {
+            target,
+            azure: AzureCredentials {
+                cloud: spec.azure.cloud,
+                tenant: &spec.azure.tenant,
+                tenant_id: validation.tenant_id.as_deref(),
+                client_id: &spec.azure.client_id,
+                secret,
+                fingerprint: resolved.fingerprint.as_deref().unwrap_or_default(),
+                audience: spec.azure.sign_in_audience,
+            },
+            known_id: last_sync.id.as_deref(),
+            synced_fingerprint: last_sync.synced_fingerprint.as_deref(),
+            observe_only: spec.management_policy == ManagementPolicy::ObserveOnly,
+            ownership: Ownership { owner: &owner, adopt: spec.adopt, claim: held.as_ref().map(Held::claim) },
+        };
+        synced = broker.sync(&request).await;
+        match (&synced, held.as_mut()) {
+            (Ok(outcome), Some(held)) if outcome.create_deferred && !recorded_creating => {
+                ctx.claims.record(held, None).await.map_err(Error::Claim)?;
+                recorded_creating = true;
+            }
+            _ => break,
+        }
+    }
+    if let (Ok(SyncOutcome { id: Some(id), .. }), Some(held)) = (&synced, held.as_mut())
+        && !held.records(id)
+    {
+        ctx.claims.record(held, Some(id)).await.map_err(Error::Claim)?;
+        // The claims of names this connection no longer uses (a renamed object) go now.
+        ctx.claims.release_others(&owner, &held.name).await.map_err(Error::Claim)?;
+    }
     match synced {
         Ok(outcome) => {
             if outcome.wrote {
@@ -433,13 +472,39 @@ async fn cleanup(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Erro
         }
     };
     let known_id = conn.status.as_ref().and_then(|s| s.broker.as_ref()).and_then(|b| b.id.as_deref());
-    let deleted = match DeleteRequest::new(&conn.spec, known_id) {
-        Ok(request) => ctx.broker_client(&resolved).delete(&request).await,
+    let broker = ctx.broker_client(&resolved);
+    let owner = ctx.owner_marker(conn);
+    let claim_key = BrokerTarget::of(&conn.spec).ok().and_then(|target| broker.claim_key(target, &conn.spec.azure));
+    let held = match &claim_key {
+        None => None,
+        Some(key) => match ctx.claims.holder(key, &owner).await.map_err(Error::Claim)? {
+            Holder::Us(held) => Some(held),
+            Holder::Another => {
+                let note = format!("the broker object was left in place: {MANAGED_ELSEWHERE}");
+                ctx.publish(conn, EventType::Warning, "Orphaned", &note).await;
+                return Ok(Action::await_change());
+            }
+            Holder::Nobody => None,
+        },
+    };
+    // Under a claim broker without a claim, only what status records (or adopt) is ours.
+    let claim = held.as_ref().map(Held::claim).or(claim_key.as_ref().map(|_| Claim::Fresh));
+    let ownership = Ownership { owner: &owner, adopt: conn.spec.adopt, claim };
+    let deleted = match DeleteRequest::new(&conn.spec, known_id, ownership) {
+        Ok(request) => broker.delete(&request).await,
         Err(unsupported) => Err(unsupported),
     };
     match deleted {
         Ok(()) => {
+            if let Some(held) = &held {
+                ctx.claims.release(held).await.map_err(Error::Claim)?;
+            }
             ctx.publish(conn, EventType::Normal, "Deleted", "the broker object was deleted (deletionPolicy: Delete)").await;
+            Ok(Action::await_change())
+        }
+        // Not this connection's to delete: nothing to wait for.
+        Err(error @ BrokerError::Conflict(_)) => {
+            ctx.publish(conn, EventType::Warning, "Orphaned", &format!("the broker object was left in place: {error}")).await;
             Ok(Action::await_change())
         }
         Err(error) => {
