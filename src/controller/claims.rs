@@ -158,12 +158,13 @@ impl Claims {
 
     /// Moves the record of object `id` into the fresh claim `held`, when another claim of the
     /// same owner records it: the object was renamed, and its new name's claim is taken over
-    /// with it (the old claim goes once the sync is done).
-    pub async fn carry_over(&self, owner: &str, held: &mut Held, id: &str) -> Result<(), kube::Error> {
-        if held.claim() == Claim::Fresh && self.of(owner).await?.iter().any(|other| other.name != held.name && other.records(id)) {
-            self.record(held, Some(id)).await?;
+    /// with it (the old claim goes once the sync is done). Returns whether it was.
+    pub async fn carry_over(&self, owner: &str, held: &mut Held, id: &str) -> Result<bool, kube::Error> {
+        if held.claim() != Claim::Fresh || !self.of(owner).await?.iter().any(|other| other.name != held.name && other.records(id)) {
+            return Ok(false);
         }
-        Ok(())
+        self.record(held, Some(id)).await?;
+        Ok(true)
     }
 
     /// Every claim `owner` holds.

@@ -251,8 +251,9 @@ async fn sync_broker(ctx: &Context, conn: &AzureAdConnection, resolved: &Resolve
             Holder::Nobody => return Ok(BrokerStage::Failed(BrokerError::Unexpected("the claim on the broker object vanished".into()))),
         },
     };
+    let mut carried_over = false;
     if let (Some(held), Some(known)) = (held.as_mut(), last_sync.id.as_deref()) {
-        ctx.claims.carry_over(&owner, held, known).await.map_err(Error::Claim)?;
+        carried_over = ctx.claims.carry_over(&owner, held, known).await.map_err(Error::Claim)?;
     }
     // A create under a claim waits for the claim to say so (see `ownership::Claim::Creating`):
     // at most one more sync, once that is recorded.
@@ -285,7 +286,7 @@ async fn sync_broker(ctx: &Context, conn: &AzureAdConnection, resolved: &Resolve
         }
     }
     if let (Ok(SyncOutcome { id: Some(id), .. }), Some(held)) = (&synced, held.as_mut())
-        && !held.records(id)
+        && (carried_over || !held.records(id))
     {
         ctx.claims.record(held, Some(id)).await.map_err(Error::Claim)?;
         // The claims of names this connection no longer uses (a renamed object) go now.

@@ -209,11 +209,17 @@ const CLUSTER_PERMISSIONS: &[&str] = &[
     "core/namespaces get",
 ];
 
-/// What it does in its own namespace: the leader Lease and the fingerprint key Secret.
+/// What it does in its own namespace: the leader Lease, the fingerprint key Secret and the claims
+/// on broker objects.
 const OPERATOR_NAMESPACE_PERMISSIONS: &[&str] = &[
     "coordination.k8s.io/leases create",
     "coordination.k8s.io/leases get idp-bridge-leader",
     "coordination.k8s.io/leases update idp-bridge-leader",
+    "core/configmaps create",
+    "core/configmaps get",
+    "core/configmaps list",
+    "core/configmaps patch",
+    "core/configmaps delete",
     "core/secrets create",
     "core/secrets get idp-bridge-fingerprint-key",
 ];
