@@ -387,6 +387,16 @@ impl BrokerClient {
         }
     }
 
+    /// The refusal for an object whose claim another connection holds.
+    pub fn claimed_elsewhere(&self) -> BrokerError {
+        let note = match self {
+            // The claim is the tenant's one Microsoft connector, whichever application it is for.
+            BrokerClient::Logto(_) => "; Logto allows one Microsoft connector per tenant",
+            _ => "",
+        };
+        BrokerError::Conflict(format!("{}{note}", ownership::MANAGED_ELSEWHERE))
+    }
+
     /// Proves the operator's management credentials.
     pub async fn check(&self) -> Result<(), BrokerError> {
         match self {

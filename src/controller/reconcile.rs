@@ -30,7 +30,7 @@ use crate::{
     azure::{Validation, ValidationRequest},
     broker::{
         AzureCredentials, BrokerError, BrokerExtras, BrokerTarget, DeleteRequest, SyncOutcome, SyncRequest,
-        ownership::{Claim, MANAGED_ELSEWHERE, Ownership},
+        ownership::{Claim, Ownership},
     },
     crd::{
         EXPIRES_AT_ANNOTATION, FINALIZER,
@@ -247,7 +247,7 @@ async fn sync_broker(ctx: &Context, conn: &AzureAdConnection, resolved: &Resolve
         None => None,
         Some(key) => match ctx.claims.take(key, &owner).await.map_err(Error::Claim)? {
             Holder::Us(held) => Some(held),
-            Holder::Another => return Ok(BrokerStage::Failed(BrokerError::Conflict(MANAGED_ELSEWHERE.into()))),
+            Holder::Another => return Ok(BrokerStage::Failed(broker.claimed_elsewhere())),
             Holder::Nobody => return Ok(BrokerStage::Failed(BrokerError::Unexpected("the claim on the broker object vanished".into()))),
         },
     };
@@ -481,7 +481,7 @@ async fn cleanup(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Erro
         Some(key) => match ctx.claims.holder(key, &owner).await.map_err(Error::Claim)? {
             Holder::Us(held) => Some(held),
             Holder::Another => {
-                let note = format!("the broker object was left in place: {MANAGED_ELSEWHERE}");
+                let note = format!("the broker object was left in place: {}", broker.claimed_elsewhere());
                 ctx.publish(conn, EventType::Warning, "Orphaned", &note).await;
                 return Ok(Action::await_change());
             }
