@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the controller against the cluster in KUBECONFIG or the in-cluster service account.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions (or write one file per CRD with --out-dir).
     Crds {
         /// Directory to write `<name>.yaml` files into, instead of printing to stdout.
@@ -280,15 +280,15 @@ mod tests {
     #[test]
     fn a_reconcile_timeout_shorter_than_one_request_is_refused() {
         let Command::Run(args) = parse(&["run", "--http-timeout=30s", "--reconcile-timeout=10s"]).unwrap().command else { panic!() };
-        assert!(matches!(Config::try_from(args), Err(ConfigError::ReconcileTimeout)));
+        assert!(matches!(Config::try_from(*args), Err(ConfigError::ReconcileTimeout)));
         let Command::Run(args) = parse(&["run", "--reconcile-timeout=5m"]).unwrap().command else { panic!() };
-        assert_eq!(Config::try_from(args).unwrap().reconcile_timeout, Duration::from_secs(300));
+        assert_eq!(Config::try_from(*args).unwrap().reconcile_timeout, Duration::from_secs(300));
     }
 
     #[test]
     fn run_defaults() {
         let Command::Run(args) = parse(&["run"]).unwrap().command else { panic!() };
-        let config = Config::try_from(args).unwrap();
+        let config = Config::try_from(*args).unwrap();
         assert_eq!(config.http_timeout, Duration::from_secs(15));
         assert_eq!(config.deletion_timeout, Duration::from_secs(600));
         assert_eq!(config.reconcile_timeout, Duration::from_secs(120));
@@ -302,7 +302,7 @@ mod tests {
     fn leader_election_flags() {
         let config = |args: &[&str]| {
             let Command::Run(args) = parse(args).unwrap().command else { panic!() };
-            Config::try_from(args)
+            Config::try_from(*args)
         };
         assert_eq!(config(&["run", "--leader-election=false"]).unwrap().leader_election, None);
         assert_eq!(config(&["run", "--leader-election"]).unwrap().leader_election, Some(LeaderElectionConfig::default()));
@@ -345,7 +345,7 @@ mod tests {
     fn broker_hosts_flag_replaces_the_defaults() {
         let hosts = |args: &[&str]| {
             let Command::Run(args) = parse(args).unwrap().command else { panic!() };
-            Config::try_from(args).unwrap().broker_hosts
+            Config::try_from(*args).unwrap().broker_hosts
         };
         let custom = hosts(&["run", "--broker-hosts", "auth.corp.example, logto.corp.example:8443"]);
         assert!(custom.allows("auth.corp.example"));
@@ -367,6 +367,6 @@ mod tests {
         let err = parse(&["run", "--http-timeout", "5 seconds"]).unwrap_err().to_string();
         assert!(err.contains("not a duration"), "{err}");
         let Command::Run(args) = parse(&["run", "--ca-bundle", "/nonexistent/ca.pem"]).unwrap().command else { panic!() };
-        assert!(matches!(Config::try_from(args), Err(ConfigError::MissingCaBundle(_))));
+        assert!(matches!(Config::try_from(*args), Err(ConfigError::MissingCaBundle(_))));
     }
 }

@@ -130,13 +130,13 @@ mod tests {
     #[test]
     fn a_marked_object_belongs_to_its_marker_alone() {
         for adopt in [false, true] {
-            assert_eq!(ownership(adopt, None).judge_marked(Some(OURS), "id", None).unwrap(), false);
+            assert!(!ownership(adopt, None).judge_marked(Some(OURS), "id", None).unwrap(), "marked already");
             let err = ownership(adopt, None).judge_marked(Some("theirs"), "id", Some("id")).unwrap_err();
             assert!(matches!(&err, BrokerError::Conflict(m) if m == MANAGED_ELSEWHERE), "adopt never takes another's: {err:?}");
         }
         assert!(matches!(ownership(false, None).judge_marked(None, "id", None), Err(BrokerError::Conflict(m)) if m.contains("adopt")));
-        assert_eq!(ownership(true, None).judge_marked(None, "id", None).unwrap(), true, "adopted, to be marked");
-        assert_eq!(ownership(false, None).judge_marked(Some(""), "id", Some("id")).unwrap(), true, "recorded in status: marked now");
+        assert!(ownership(true, None).judge_marked(None, "id", None).unwrap(), "adopted, to be marked");
+        assert!(ownership(false, None).judge_marked(Some(""), "id", Some("id")).unwrap(), "recorded in status: marked now");
     }
 
     #[test]

@@ -251,7 +251,7 @@ fn parse_run_args(args: &[String]) -> RunArgs {
     let cli = Cli::try_parse_from(std::iter::once("idp-bridge".to_owned()).chain(args.iter().cloned()))
         .unwrap_or_else(|e| panic!("idp-bridge rejects the chart's args {args:?}:\n{e}"));
     match cli.command {
-        CliCommand::Run(run) => run,
+        CliCommand::Run(run) => *run,
         other => panic!("the chart runs `idp-bridge run`, not {other:?}"),
     }
 }
