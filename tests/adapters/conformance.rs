@@ -336,6 +336,23 @@ async fn another_connections_object_is_never_written_or_deleted<F: Fixture>() {
     assert_eq!(env.broker.held_secret(&id).as_deref(), Some(CANARY));
 }
 
+async fn a_create_waits_for_its_claim_and_a_lost_answer_makes_no_duplicate<F: Fixture>() {
+    let env = Env::<F>::start();
+    let creds = env.creds(CANARY);
+    if F::spec().auth0.is_none() {
+        // Under a fresh claim a missing object is not created yet: the controller first records
+        // in the claim that a create is under way, so that what it makes is known as its own.
+        let outcome = env.client.sync(&request_as(&env.spec, &creds, None, None, FULL, FRESH)).await.unwrap();
+        assert!(outcome.create_deferred && !outcome.wrote && outcome.id.is_none(), "{outcome:?}");
+        assert_eq!(non_reads(&env), vec![], "nothing written");
+    }
+    // The create; its answer is lost, so neither status nor claim learns the id.
+    let id = env.created(&creds).await;
+    let retried = env.client.sync(&request(&env.spec, &creds, None, None, FULL)).await.unwrap();
+    assert_eq!(retried.id.as_deref(), Some(id.as_str()), "found as its own, not refused");
+    assert_eq!(env.broker.objects(), 1, "no duplicate");
+}
+
 async fn server_errors_are_transient<F: Fixture>() {
     let env = Env::<F>::start();
     let creds = env.creds(CANARY);
@@ -553,6 +570,7 @@ conformance!(
     adopt_takes_an_object_made_by_hand,
     its_own_object_is_found_after_the_status_is_lost,
     another_connections_object_is_never_written_or_deleted,
+    a_create_waits_for_its_claim_and_a_lost_answer_makes_no_duplicate,
     server_errors_are_transient,
     a_429_blocks_the_account_without_further_requests,
     a_broker_that_never_answers_times_out_transiently,
