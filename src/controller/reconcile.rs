@@ -29,13 +29,15 @@ use super::{
 use crate::{
     azure::{Validation, ValidationRequest},
     broker::{
-        AzureCredentials, BrokerError, BrokerExtras, BrokerTarget, DeleteRequest, SyncOutcome, SyncRequest,
+        AzureCredentials, BrokerClient, BrokerError, BrokerExtras, BrokerTarget, DeleteRequest, SyncOutcome, SyncRequest,
         ownership::{Claim, Ownership},
     },
     crd::{
         EXPIRES_AT_ANNOTATION, FINALIZER,
         conditions::{Desired, READY, Reason, Status, set_condition},
-        connection::{AzureAdConnection, AzureAdConnectionStatus, DeletionPolicy, ExpirySource, ManagementPolicy, ValidationMode},
+        connection::{
+            AzureAdConnection, AzureAdConnectionStatus, AzureSpec, DeletionPolicy, ExpirySource, ManagementPolicy, ValidationMode,
+        },
     },
     metrics::{ConnectionLabels, ExpiryLabels},
     secret::SecretValue,
@@ -242,55 +244,29 @@ async fn sync_broker(ctx: &Context, conn: &AzureAdConnection, resolved: &Resolve
         Err(unsupported) => return Ok(BrokerStage::Failed(unsupported)),
     };
     let owner = ctx.owner_marker(conn);
-    let claim_key = broker.claim_key(target, &spec.azure);
-    let mut held = match &claim_key {
-        None => None,
-        Some(key) => match ctx.claims.take(key, &owner).await.map_err(Error::Claim)? {
-            Holder::Us(held) => Some(held),
-            Holder::Another => return Ok(BrokerStage::Failed(broker.claimed_elsewhere())),
-            Holder::Nobody => return Ok(BrokerStage::Failed(BrokerError::Unexpected("the claim on the broker object vanished".into()))),
-        },
+    let mut claim = match take_claim(ctx, &broker, target, &spec.azure, &owner, last_sync.id.as_deref()).await? {
+        Ok(claim) => claim,
+        Err(refused) => return Ok(BrokerStage::Failed(refused)),
     };
-    let mut carried_over = false;
-    if let (Some(held), Some(known)) = (held.as_mut(), last_sync.id.as_deref()) {
-        carried_over = ctx.claims.carry_over(&owner, held, known).await.map_err(Error::Claim)?;
-    }
-    // A create under a claim waits for the claim to say so (see `ownership::Claim::Creating`):
-    // at most one more sync, once that is recorded.
-    let mut synced;
-    let mut recorded_creating = false;
-    loop {
-        let request = SyncRequest {
-            target,
-            azure: AzureCredentials {
-                cloud: spec.azure.cloud,
-                tenant: &spec.azure.tenant,
-                tenant_id: validation.tenant_id.as_deref(),
-                client_id: &spec.azure.client_id,
-                secret,
-                fingerprint: resolved.fingerprint.as_deref().unwrap_or_default(),
-                audience: spec.azure.sign_in_audience,
-            },
-            known_id: last_sync.id.as_deref(),
-            synced_fingerprint: last_sync.synced_fingerprint.as_deref(),
-            observe_only: spec.management_policy == ManagementPolicy::ObserveOnly,
-            ownership: Ownership { owner: &owner, adopt: spec.adopt, claim: held.as_ref().map(Held::claim) },
-        };
-        synced = broker.sync(&request).await;
-        match (&synced, held.as_mut()) {
-            (Ok(outcome), Some(held)) if outcome.create_deferred && !recorded_creating => {
-                ctx.claims.record(held, None).await.map_err(Error::Claim)?;
-                recorded_creating = true;
-            }
-            _ => break,
-        }
-    }
-    if let (Ok(SyncOutcome { id: Some(id), .. }), Some(held)) = (&synced, held.as_mut())
-        && (carried_over || !held.records(id))
-    {
-        ctx.claims.record(held, Some(id)).await.map_err(Error::Claim)?;
-        // The claims of names this connection no longer uses (a renamed object) go now.
-        ctx.claims.release_others(&owner, &held.name).await.map_err(Error::Claim)?;
+    let request = SyncRequest {
+        target,
+        azure: AzureCredentials {
+            cloud: spec.azure.cloud,
+            tenant: &spec.azure.tenant,
+            tenant_id: validation.tenant_id.as_deref(),
+            client_id: &spec.azure.client_id,
+            secret,
+            fingerprint: resolved.fingerprint.as_deref().unwrap_or_default(),
+            audience: spec.azure.sign_in_audience,
+        },
+        known_id: last_sync.id.as_deref(),
+        synced_fingerprint: last_sync.synced_fingerprint.as_deref(),
+        observe_only: spec.management_policy == ManagementPolicy::ObserveOnly,
+        ownership: Ownership { owner: &owner, adopt: spec.adopt, claim: None },
+    };
+    let synced = sync_under_claim(ctx, &broker, &request, claim.as_mut()).await?;
+    if let Some(claim) = claim.as_mut() {
+        record_claimed_id(ctx, &owner, claim, &synced).await?;
     }
     match synced {
         Ok(outcome) => {
@@ -310,6 +286,75 @@ async fn sync_broker(ctx: &Context, conn: &AzureAdConnection, resolved: &Resolve
             Ok(BrokerStage::Failed(error))
         }
     }
+}
+
+/// The operator's claim a sync runs under (brokers whose objects cannot carry the owner marker).
+struct SyncClaim {
+    held: Held,
+    /// The claim took over the record of a renamed object from the claim of its old name.
+    carried_over: bool,
+}
+
+/// Takes the claim on the object `target` names for `owner`: `None` for a broker whose objects
+/// carry the marker themselves, the refusal when another connection holds the claim. A fresh
+/// claim takes over the record of the object status knows (`known_id`) from another claim of the
+/// same owner: the object was renamed.
+async fn take_claim(
+    ctx: &Context,
+    broker: &BrokerClient,
+    target: BrokerTarget<'_>,
+    app: &AzureSpec,
+    owner: &str,
+    known_id: Option<&str>,
+) -> Result<Result<Option<SyncClaim>, BrokerError>, Error> {
+    let Some(key) = broker.claim_key(target, app) else { return Ok(Ok(None)) };
+    let mut held = match ctx.claims.take(&key, owner).await.map_err(Error::Claim)? {
+        Holder::Us(held) => held,
+        Holder::Another => return Ok(Err(broker.claimed_elsewhere())),
+        Holder::Nobody => return Ok(Err(BrokerError::Unexpected("the claim on the broker object vanished".into()))),
+    };
+    let carried_over = match known_id {
+        Some(known) => ctx.claims.carry_over(owner, &mut held, known).await.map_err(Error::Claim)?,
+        None => false,
+    };
+    Ok(Ok(Some(SyncClaim { held, carried_over })))
+}
+
+/// Syncs under `claim`. A create the adapter defers until the claim says one is under way (see
+/// `ownership::Claim::Creating`) is recorded there, then synced once more.
+async fn sync_under_claim(
+    ctx: &Context,
+    broker: &BrokerClient,
+    base: &SyncRequest<'_>,
+    claim: Option<&mut SyncClaim>,
+) -> Result<Result<SyncOutcome, BrokerError>, Error> {
+    let Some(claim) = claim else { return Ok(broker.sync(base).await) };
+    let mut request = base.clone();
+    request.ownership.claim = Some(claim.held.claim());
+    let synced = broker.sync(&request).await;
+    if !synced.as_ref().is_ok_and(|outcome| outcome.create_deferred) {
+        return Ok(synced);
+    }
+    ctx.claims.record(&mut claim.held, None).await.map_err(Error::Claim)?;
+    let mut request = base.clone();
+    request.ownership.claim = Some(claim.held.claim());
+    Ok(broker.sync(&request).await)
+}
+
+/// Records the synced object's id in its claim, once; the claims of names the connection no
+/// longer uses (a renamed object, another broker) are released then.
+async fn record_claimed_id(
+    ctx: &Context,
+    owner: &str,
+    claim: &mut SyncClaim,
+    synced: &Result<SyncOutcome, BrokerError>,
+) -> Result<(), Error> {
+    let Ok(SyncOutcome { id: Some(id), .. }) = synced else { return Ok(()) };
+    if claim.carried_over || !claim.held.records(id) {
+        ctx.claims.record(&mut claim.held, Some(id)).await.map_err(Error::Claim)?;
+        ctx.claims.release_others(owner, &claim.held.name).await.map_err(Error::Claim)?;
+    }
+    Ok(())
 }
 
 /// Writes SCIM credentials held for this connection into the Secret its spec names, owned by
@@ -472,38 +517,14 @@ async fn cleanup(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Erro
             return Ok(Action::await_change());
         }
     };
-    let known_id = conn.status.as_ref().and_then(|s| s.broker.as_ref()).and_then(|b| b.id.as_deref());
-    let broker = ctx.broker_client(&resolved);
-    let owner = ctx.owner_marker(conn);
-    let claim_key = BrokerTarget::of(&conn.spec).ok().and_then(|target| broker.claim_key(target, &conn.spec.azure));
-    let held = match &claim_key {
-        None => None,
-        Some(key) => match ctx.claims.holder(key, &owner).await.map_err(Error::Claim)? {
-            Holder::Us(held) => Some(held),
-            Holder::Another => {
-                let note = format!("the broker object was left in place: {}", broker.claimed_elsewhere());
-                ctx.publish(conn, EventType::Warning, "Orphaned", &note).await;
-                return Ok(Action::await_change());
-            }
-            Holder::Nobody => None,
-        },
-    };
-    // Under a claim broker without a claim, only what status records (or adopt) is ours.
-    let claim = held.as_ref().map(Held::claim).or(claim_key.as_ref().map(|_| Claim::Fresh));
-    let ownership = Ownership { owner: &owner, adopt: conn.spec.adopt, claim };
-    let deleted = match DeleteRequest::new(&conn.spec, known_id, ownership) {
-        Ok(request) => broker.delete(&request).await,
-        Err(unsupported) => Err(unsupported),
-    };
+    let deleted = delete_owned(ctx, conn, &ctx.broker_client(&resolved)).await?;
     match deleted {
         Ok(()) => {
-            if let Some(held) = &held {
-                ctx.claims.release(held).await.map_err(Error::Claim)?;
-            }
             ctx.publish(conn, EventType::Normal, "Deleted", "the broker object was deleted (deletionPolicy: Delete)").await;
             Ok(Action::await_change())
         }
-        // Not this connection's to delete: nothing to wait for.
+        // Not this connection's to delete (another one manages it, or idp-bridge did not make
+        // it): nothing to wait for.
         Err(error @ BrokerError::Conflict(_)) => {
             ctx.publish(conn, EventType::Warning, "Orphaned", &format!("the broker object was left in place: {error}")).await;
             Ok(Action::await_change())
@@ -527,4 +548,31 @@ async fn cleanup(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Erro
             }
         }
     }
+}
+
+/// Deletes the connection's broker object if it is the connection's own, then releases its
+/// claim. Under a claim broker with no claim of this connection's, only what status records (or
+/// `adopt`) is its own; a claim another connection holds refuses the delete.
+async fn delete_owned(ctx: &Context, conn: &AzureAdConnection, broker: &BrokerClient) -> Result<Result<(), BrokerError>, Error> {
+    let known_id = conn.status.as_ref().and_then(|s| s.broker.as_ref()).and_then(|b| b.id.as_deref());
+    let owner = ctx.owner_marker(conn);
+    let claim_key = BrokerTarget::of(&conn.spec).ok().and_then(|target| broker.claim_key(target, &conn.spec.azure));
+    let held = match &claim_key {
+        None => None,
+        Some(key) => match ctx.claims.holder(key, &owner).await.map_err(Error::Claim)? {
+            Holder::Us(held) => Some(held),
+            Holder::Another => return Ok(Err(broker.claimed_elsewhere())),
+            Holder::Nobody => None,
+        },
+    };
+    let claim = held.as_ref().map(Held::claim).or(claim_key.as_ref().map(|_| Claim::Fresh));
+    let ownership = Ownership { owner: &owner, adopt: conn.spec.adopt, claim };
+    let deleted = match DeleteRequest::new(&conn.spec, known_id, ownership) {
+        Ok(request) => broker.delete(&request).await,
+        Err(unsupported) => Err(unsupported),
+    };
+    if let (Ok(()), Some(held)) = (&deleted, &held) {
+        ctx.claims.release(held).await.map_err(Error::Claim)?;
+    }
+    Ok(deleted)
 }
