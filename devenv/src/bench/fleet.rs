@@ -3,11 +3,11 @@
 //! them. Logto allows one Microsoft connector per tenant, so every Logto connection gets a Logto
 //! tenant (an emulator and an IdentityBroker) of its own.
 
-use futures::{StreamExt as _, TryStreamExt as _, stream};
-use idp_bridge_devenv::{
+use crate::{
     auth0::Auth0Emulator, cloudflare::CloudflareEmulator, control_plane, kit::Kit, logto::LogtoEmulator, stack::Upstreams,
     unified::UnifiedEmulator,
 };
+use futures::{StreamExt as _, TryStreamExt as _, stream};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client,
@@ -108,6 +108,9 @@ impl Connection {
             "brokerRef": {"name": self.broker_name},
             "azure": {"tenant": TENANT_DOMAIN, "clientId": self.client_id, "clientSecretRef": {"name": self.secret_name}},
             "validation": {"refreshInterval": refresh_interval},
+            // Deleting a connection deletes its broker object, so the fault suite can check that
+            // every deletion completes (the bench deletes nothing).
+            "deletionPolicy": "Delete",
         });
         if let (Some(spec), Value::Object(block)) = (spec.as_object_mut(), block) {
             spec.extend(block);
@@ -209,13 +212,32 @@ impl Fleet {
 
     /// Creates every connection and its Secret holding `values[i]`, `IN_FLIGHT` at a time.
     pub async fn create_connections(&self, client: &Client, values: &[String]) -> BenchResult<()> {
-        let creates = self.connections.iter().zip(values).enumerate().map(|(index, (conn, value))| async move {
-            let secrets: Api<Secret> = Api::namespaced(client.clone(), &conn.namespace);
-            put_secret(&secrets, &conn.secret_name, &[("client-secret", value)]).await?;
-            apply(client, &conn.manifest(index, &self.refresh_interval)).await
-        });
+        let creates = values.iter().enumerate().map(|(index, value)| self.create_connection(client, index, value));
         stream::iter(creates).buffer_unordered(IN_FLIGHT).try_collect::<Vec<_>>().await?;
         Ok(())
+    }
+
+    /// Creates (or re-applies) connection `index` and its Secret holding `value`.
+    pub async fn create_connection(&self, client: &Client, index: usize, value: &str) -> BenchResult<()> {
+        let conn = &self.connections[index];
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &conn.namespace);
+        put_secret(&secrets, &conn.secret_name, &[("client-secret", value)]).await?;
+        apply(client, &conn.manifest(index, &self.refresh_interval)).await
+    }
+
+    /// Deletes connection `index` (its finalizer then deletes the broker object).
+    pub async fn delete_connection(&self, client: &Client, index: usize) -> BenchResult<()> {
+        let conn = &self.connections[index];
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &conn.namespace, &connection_resource());
+        api.delete(&conn.name, &Default::default()).await?;
+        Ok(())
+    }
+
+    /// Whether connection `index` exists (a deleted one stays until its finalizer completes).
+    pub async fn connection_exists(&self, client: &Client, index: usize) -> BenchResult<bool> {
+        let conn = &self.connections[index];
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &conn.namespace, &connection_resource());
+        Ok(api.get_opt(&conn.name).await?.is_some())
     }
 }
 
@@ -235,6 +257,11 @@ pub async fn put_secret(api: &Api<Secret>, name: &str, data: &[(&str, &str)]) ->
     let data: serde_json::Map<String, Value> = data.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
     let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data});
     Ok(api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&secret)).await?)
+}
+
+fn connection_resource() -> ApiResource {
+    let gvk = GroupVersionKind::gvk("idpbridge.io", "v1alpha1", "AzureAdConnection");
+    ApiResource::from_gvk_with_plural(&gvk, "azureadconnections")
 }
 
 /// Server-side applies an idpbridge.io document (its metadata names the namespace).
