@@ -397,6 +397,14 @@ impl BrokerClient {
         BrokerError::Conflict(format!("{}{note}", ownership::MANAGED_ELSEWHERE))
     }
 
+    /// A new SCIM secret for the broker object `id`: only Cloudflare has SCIM.
+    pub async fn refresh_scim_secret(&self, id: &str) -> Result<ScimCredentials, BrokerError> {
+        match self {
+            BrokerClient::Cloudflare(c) => c.refresh_scim_secret(id).await,
+            other => Err(BrokerError::Unsupported(format!("{} has no SCIM secret", other.type_name()))),
+        }
+    }
+
     /// Proves the operator's management credentials.
     pub async fn check(&self) -> Result<(), BrokerError> {
         match self {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::{
-    observation::{BrokerStage, CredentialsFailure, Expiry, Observation},
+    observation::{BrokerStage, CredentialsFailure, Expiry, Observation, ScimStage},
     status::{self, Notice, Subject},
 };
 use crate::crd::connection::AzureAdConnectionStatus;
@@ -40,6 +40,13 @@ pub fn decide(subject: &Subject<'_>, observation: &Observation, now: jiff::Times
     let status = status::compute(subject, observation, now);
     let mut events = status::transitions(&subject.previous.conditions, &status.conditions);
     events.extend(broker_events(subject, observation));
+    if let ScimStage::Checked { regenerated: true, .. } = observation.scim {
+        events.push(Notice {
+            warning: true,
+            reason: "ScimSecretRegenerated".into(),
+            note: "Cloudflare issued a new SCIM token (no stored one was found; the previous token no longer works): enter the SCIM Secret's scim-secret in Entra ID's provisioning settings".into(),
+        });
+    }
     Decision { status, events, next: next(subject, observation, now) }
 }
 
@@ -79,6 +86,7 @@ fn next(subject: &Subject<'_>, observation: &Observation, now: jiff::Timestamp) 
     let transient = match (&observation.credentials, &observation.broker) {
         (Err(CredentialsFailure::Azure(e)), _) if e.is_transient() => Some(e.retry_after()),
         (_, BrokerStage::Failed(e)) if e.is_transient() => Some(e.retry_after()),
+        _ if observation.scim.failed() => Some(None),
         _ => None,
     };
     match transient {
@@ -167,7 +175,14 @@ mod tests {
     }
 
     fn observation(credentials: Result<Validation, CredentialsFailure>, broker: BrokerStage) -> Observation {
-        Observation { fingerprint: Some("fp-1".into()), credentials, expiry: Expiry::Disabled, broker, observe_only: false }
+        Observation {
+            fingerprint: Some("fp-1".into()),
+            credentials,
+            expiry: Expiry::Disabled,
+            broker,
+            scim: ScimStage::Off,
+            observe_only: false,
+        }
     }
 
     fn reasons(decision: &Decision) -> Vec<&str> {

@@ -3,7 +3,10 @@
 use crate::{
     azure::{AzureError, Validation},
     broker::{BrokerError, SyncOutcome},
-    crd::{conditions::Reason, connection::SecretStatus},
+    crd::{
+        conditions::{Desired, Reason, Status},
+        connection::SecretStatus,
+    },
 };
 
 /// A problem found in Kubernetes objects the connection references, with its condition reason.
@@ -82,7 +85,26 @@ pub struct Observation {
     pub credentials: Result<Validation, CredentialsFailure>,
     pub expiry: Expiry,
     pub broker: BrokerStage,
+    pub scim: ScimStage,
     pub observe_only: bool,
+}
+
+/// The SCIM stage's result (Cloudflare with `scim.enabled` only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScimStage {
+    /// SCIM is not enabled: no ScimSecretReady condition.
+    Off,
+    /// Not looked at this time (the sync did not succeed, or ObserveOnly): the condition stays.
+    Skipped,
+    /// What ScimSecretReady says now, and whether Cloudflare issued a new SCIM token for it.
+    Checked { condition: Desired, regenerated: bool },
+}
+
+impl ScimStage {
+    /// A failure worth retrying soon: the token waits in memory, or a refresh failed.
+    pub fn failed(&self) -> bool {
+        matches!(self, ScimStage::Checked { condition, .. } if condition.status != Status::True && condition.reason != Reason::ScimSecretNotOwned)
+    }
 }
 
 /// Why the credentials are not usable.

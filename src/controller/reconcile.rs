@@ -22,8 +22,8 @@ use super::{
     decide::{self, Decision, Next},
     error::Error,
     guard::guarded,
-    observation::{BrokerStage, CredentialsFailure, Expiry, Observation, Problem},
-    resolve,
+    observation::{BrokerStage, CredentialsFailure, Expiry, Observation, Problem, ScimStage},
+    resolve, scim,
     status::Subject,
 };
 use crate::{
@@ -120,16 +120,15 @@ async fn apply(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error>
         return carry_out(conn, ctx, &previous, decision).await;
     }
 
-    // A SCIM token from an earlier reconcile that could not be stored yet goes first.
-    store_pending_scim(conn, ctx).await?;
     let resolved = resolve_secret(ctx, conn).await?;
     let validated = validate(ctx, conn, &resolved).await;
-    let broker = sync_broker(ctx, conn, &resolved, &validated).await?;
+    let (broker, scim) = sync_broker(ctx, conn, &resolved, &validated).await?;
     let observation = Observation {
         fingerprint: resolved.fingerprint,
         credentials: validated.credentials,
         expiry: validated.expiry.or_last_known(previous.secret.as_ref()),
         broker,
+        scim,
         observe_only: conn.spec.management_policy == ManagementPolicy::ObserveOnly,
     };
     let decision = decide::decide(&subject, &observation, now);
@@ -226,27 +225,37 @@ fn graph_unavailable(source: ExpirySource, from_annotation: Expiry, why: String)
     }
 }
 
-/// The broker stage: resolves the broker reference and pushes the validated secret. The only
-/// place that builds a `SyncRequest` and reads SCIM credentials from the outcome, which are
-/// stored (and announced) here, before anything else can fail.
-async fn sync_broker(ctx: &Context, conn: &AzureAdConnection, resolved: &Resolved, validated: &Validated) -> Result<BrokerStage, Error> {
+/// The broker stage: resolves the broker reference and pushes the validated secret; then, for
+/// Cloudflare SCIM, the SCIM Secret ([`scim::stage`]), which never fails the sync. The only place
+/// that builds a `SyncRequest` and reads SCIM credentials from the outcome.
+async fn sync_broker(
+    ctx: &Context,
+    conn: &AzureAdConnection,
+    resolved: &Resolved,
+    validated: &Validated,
+) -> Result<(BrokerStage, ScimStage), Error> {
+    let untouched = if scim::secret_name(conn).is_some() { ScimStage::Skipped } else { ScimStage::Off };
     let (Ok(secret), Ok(validation)) = (&resolved.secret, &validated.credentials) else {
-        return Ok(BrokerStage::NotAttempted);
+        return Ok((BrokerStage::NotAttempted, untouched));
     };
     let broker = match resolve::broker(&ctx.client, &ctx.config, conn).await? {
-        Ok(broker) => ctx.broker_client(&broker),
-        Err(problem) => return Ok(BrokerStage::Unresolved(problem)),
+        Ok(broker) => {
+            ctx.remember_broker(conn, &broker);
+            ctx.broker_client(&broker)
+        }
+        Err(problem) => return Ok((BrokerStage::Unresolved(problem), untouched)),
     };
     let spec = &conn.spec;
     let last_sync = conn.status.as_ref().and_then(|s| s.broker.clone()).unwrap_or_default();
+    let observe_only = spec.management_policy == ManagementPolicy::ObserveOnly;
     let target = match BrokerTarget::of(spec) {
         Ok(target) => target,
-        Err(unsupported) => return Ok(BrokerStage::Failed(unsupported)),
+        Err(unsupported) => return Ok((BrokerStage::Failed(unsupported), untouched)),
     };
     let owner = ctx.owner_marker(conn);
     let mut claim = match take_claim(ctx, &broker, target, &spec.azure, &owner, last_sync.id.as_deref()).await? {
         Ok(claim) => claim,
-        Err(refused) => return Ok(BrokerStage::Failed(refused)),
+        Err(refused) => return Ok((BrokerStage::Failed(refused), untouched)),
     };
     let request = SyncRequest {
         target,
@@ -261,7 +270,7 @@ async fn sync_broker(ctx: &Context, conn: &AzureAdConnection, resolved: &Resolve
         },
         known_id: last_sync.id.as_deref(),
         synced_fingerprint: last_sync.synced_fingerprint.as_deref(),
-        observe_only: spec.management_policy == ManagementPolicy::ObserveOnly,
+        observe_only,
         ownership: Ownership { owner: &owner, adopt: spec.adopt, claim: None },
     };
     let synced = sync_under_claim(ctx, &broker, &request, claim.as_mut()).await?;
@@ -275,15 +284,13 @@ async fn sync_broker(ctx: &Context, conn: &AzureAdConnection, resolved: &Resolve
             }
             if let Some(BrokerExtras::CloudflareScim(scim)) = &outcome.extras {
                 ctx.hold_scim(conn, scim.clone());
-                store_pending_scim(conn, ctx).await?;
-                ctx.publish(conn, EventType::Normal, "ScimSecretStored", "SCIM was enabled; its base URL and token are in the SCIM Secret")
-                    .await;
             }
-            Ok(BrokerStage::Synced(outcome))
+            let scim = if observe_only { untouched } else { scim::stage(ctx, conn, &broker, outcome.id.as_deref()).await };
+            Ok((BrokerStage::Synced(outcome), scim))
         }
         Err(error) => {
             warn!(reason = error.reason().as_str(), %error, "broker sync failed");
-            Ok(BrokerStage::Failed(error))
+            Ok((BrokerStage::Failed(error), untouched))
         }
     }
 }
@@ -354,28 +361,6 @@ async fn record_claimed_id(
         ctx.claims.record(&mut claim.held, Some(id)).await.map_err(Error::Claim)?;
         ctx.claims.release_others(owner, &claim.held.name).await.map_err(Error::Claim)?;
     }
-    Ok(())
-}
-
-/// Writes SCIM credentials held for this connection into the Secret its spec names, owned by
-/// the connection so it goes away with it.
-async fn store_pending_scim(conn: &AzureAdConnection, ctx: &Context) -> Result<(), Error> {
-    let Some(scim) = ctx.held_scim(conn) else { return Ok(()) };
-    let Some(secret_name) = conn.spec.cloudflare.as_ref().and_then(|c| c.scim.as_ref()).map(|s| s.secret_name.clone()) else {
-        ctx.release_scim(conn);
-        return Ok(());
-    };
-    let owner = conn.controller_owner_ref(&()).expect("a stored connection has a name and uid");
-    let secret = json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": secret_name, "ownerReferences": [owner], "labels": {"app.kubernetes.io/managed-by": "idp-bridge"}},
-        "type": "Opaque",
-        "stringData": {"scim-base-url": scim.base_url, "scim-secret": scim.secret.expose()},
-    });
-    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
-    api.patch(&secret_name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&secret)).await.map_err(Error::WriteScimSecret)?;
-    ctx.release_scim(conn);
     Ok(())
 }
 
@@ -494,9 +479,19 @@ async fn write_status(
 }
 
 /// Deletion: Orphan leaves the broker object; Delete removes it, and gives up (with a Warning)
-/// when the broker is gone or keeps failing past the deletion timeout.
+/// when the broker is gone or keeps failing past the deletion timeout. The broker it last synced
+/// through is kept until the cleanup is done, for a retry.
 async fn cleanup(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error> {
     ctx.forget(conn);
+    let done = delete_broker_object(conn, ctx).await;
+    if done.is_ok() {
+        ctx.release_broker(conn);
+    }
+    done
+}
+
+async fn delete_broker_object(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error> {
+    let last_broker = ctx.last_broker(conn);
     if conn.spec.deletion_policy == DeletionPolicy::Orphan {
         return Ok(Action::await_change());
     }
@@ -504,9 +499,12 @@ async fn cleanup(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Erro
         ctx.publish(conn, EventType::Warning, "Orphaned", "the connection is suspended, so the broker object was left in place").await;
         return Ok(Action::await_change());
     }
-    let resolved = match resolve::broker(&ctx.client, &ctx.config, conn).await? {
-        Ok(resolved) => resolved,
-        Err(Problem { message, .. }) => {
+    let resolved = match (resolve::broker(&ctx.client, &ctx.config, conn).await?, last_broker) {
+        (Ok(resolved), _) => resolved,
+        // The broker is there but its credential Secret is gone (deleted with the namespace, and
+        // not protected where the operator may not patch Secrets): the credentials last read.
+        (Err(Problem { reason: Reason::BrokerCredentialsMissing, .. }), Some(last)) => last,
+        (Err(Problem { message, .. }), _) => {
             ctx.publish(
                 conn,
                 EventType::Warning,

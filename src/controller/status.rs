@@ -4,9 +4,11 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use super::observation::{BrokerStage, CredentialsFailure, Expiry, Observation};
+use super::observation::{BrokerStage, CredentialsFailure, Expiry, Observation, ScimStage};
 use crate::crd::{
-    conditions::{self, BROKER_SYNCED, CREDENTIALS_VALID, Desired, READY, Reason, SECRET_EXPIRING, Status, set_condition},
+    conditions::{
+        self, BROKER_SYNCED, CREDENTIALS_VALID, Desired, READY, Reason, SCIM_SECRET_READY, SECRET_EXPIRING, Status, set_condition,
+    },
     connection::{AzureAdConnection, AzureAdConnectionStatus, BrokerObjectStatus, SecretStatus, ValidationMode},
 };
 
@@ -174,6 +176,15 @@ pub fn compute(subject: &Subject<'_>, observation: &Observation, now: jiff::Time
     for desired in [&ready, &credentials, &expiring, &broker] {
         let _ = set_condition(&mut conditions, desired, subject.generation, now);
     }
+    // SCIM has a condition of its own and leaves Ready alone: a SCIM Secret that cannot be
+    // written never holds up the client secret's sync.
+    match &observation.scim {
+        ScimStage::Off => conditions.retain(|c| c.type_ != SCIM_SECRET_READY),
+        ScimStage::Skipped => {}
+        ScimStage::Checked { condition, .. } => {
+            let _ = set_condition(&mut conditions, condition, subject.generation, now);
+        }
+    }
 
     let validation = observation.credentials.as_ref().ok();
     let tenant_id = validation.and_then(|v| v.tenant_id.clone()).or_else(|| previous.tenant_id.clone());
@@ -331,6 +342,7 @@ mod tests {
             credentials,
             expiry: Expiry::Unknown("no date".into()),
             broker,
+            scim: ScimStage::Off,
             observe_only: false,
         }
     }

@@ -8,6 +8,8 @@ pub const READY: &str = "Ready";
 pub const CREDENTIALS_VALID: &str = "CredentialsValid";
 pub const SECRET_EXPIRING: &str = "SecretExpiring";
 pub const BROKER_SYNCED: &str = "BrokerSynced";
+/// Cloudflare SCIM only: whether the SCIM Secret holds the SCIM endpoint and token.
+pub const SCIM_SECRET_READY: &str = "ScimSecretReady";
 
 /// Condition status values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,6 +141,15 @@ reasons! {
     GraphUnreachable,
     /// Microsoft Graph answered in a way the operator does not understand.
     GraphError,
+    /// ScimSecretReady: the SCIM Secret holds the SCIM base URL and token.
+    ScimSecretStored,
+    /// ScimSecretReady: a Secret of that name exists that idp-bridge did not create for this
+    /// connection; nothing was written to it.
+    ScimSecretNotOwned,
+    /// ScimSecretReady: writing the SCIM Secret failed (e.g. no permission in this namespace).
+    ScimSecretWriteFailed,
+    /// ScimSecretReady: no SCIM token is stored and asking Cloudflare for a new one failed.
+    ScimSecretRefreshFailed,
 }
 
 /// What a status should say for one condition type.

@@ -21,3 +21,4 @@ mod leader_election;
 mod leader_metrics;
 mod namespace_deletion;
 mod printer_columns;
+mod scim_secret;

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    Broker, BrokerError, BrokerExtras, DeleteRequest, SyncOutcome, SyncRequest,
+    Broker, BrokerError, BrokerExtras, DeleteRequest, ScimCredentials, SyncOutcome, SyncRequest,
     budget::Rate,
     core::{Auth, Dialect, ErrorBody, Found, Limits, ManagementApi, Meaning, Session},
     ownership::{Claim, Ownership},
@@ -241,6 +241,23 @@ impl CloudflareClient {
     /// The claim key of the provider `spec` names: the account or zone and the name.
     pub(super) fn claim_key(&self, spec: &CloudflareConnectionSpec) -> String {
         ["cloudflare", &self.scope, &spec.name].join("\0")
+    }
+}
+
+impl CloudflareClient {
+    /// Regenerates the SCIM secret of provider `id` (the dashboard's "Regenerate Secret"): the
+    /// only way to learn a SCIM token again once the one Cloudflare showed when SCIM was enabled
+    /// is lost (never stored, or a provider adopted with SCIM already on). The previous token
+    /// stops working.
+    pub async fn refresh_scim_secret(&self, id: &str) -> Result<ScimCredentials, BrokerError> {
+        let api = self.api.session(None);
+        let refreshed = async {
+            check_id(id)?;
+            let answer = call(&api, Method::POST, &format!("/{id}/refresh_scim_secret"), None).await?;
+            plan::shown_scim_credentials(&answer.result)
+                .ok_or_else(|| BrokerError::Unexpected("the SCIM secret refresh answered without a SCIM secret and base URL".into()))
+        };
+        refreshed.await.map_err(|e| api.scrubbed(e))
     }
 }
 

@@ -221,7 +221,13 @@ pub fn scim_credentials(desired: &DesiredProvider, written: &Value) -> Option<Sc
     if !desired.scim_enabled() {
         return None;
     }
-    let scim = written.get("scim_config")?;
+    shown_scim_credentials(written)
+}
+
+/// The SCIM endpoint and token a provider in an answer shows in the clear: after the write that
+/// first enables SCIM, and after a refresh of the SCIM secret.
+pub fn shown_scim_credentials(provider: &Value) -> Option<ScimCredentials> {
+    let scim = provider.get("scim_config")?;
     let secret = scim.get("secret").and_then(Value::as_str).filter(|s| !looks_masked(s))?;
     let base_url = scim.get("scim_base_url").and_then(Value::as_str).filter(|u| u.starts_with("https://"))?;
     Some(ScimCredentials { base_url: base_url.to_owned(), secret: SecretValue::new(secret) })
