@@ -9,7 +9,7 @@ use kube::{
 };
 use tracing::warn;
 
-use super::{readiness::Readiness, resolve::ResolvedBroker};
+use super::{claims::Claims, readiness::Readiness, resolve::ResolvedBroker};
 use crate::{
     azure::AzureClient,
     broker::{BrokerClient, BrokerKey, BrokerRegistry, ScimCredentials},
@@ -28,6 +28,8 @@ pub struct Context {
     pub readiness: Readiness,
     pub azure: AzureClient,
     pub brokers: BrokerRegistry,
+    /// Claims on broker objects that cannot carry an owner marker, in the operator's namespace.
+    pub claims: Claims,
     pub fingerprinter: Fingerprinter,
     pub recorder: Recorder,
     pub config: Arc<Config>,
@@ -51,6 +53,7 @@ impl Context {
             readiness: Readiness::default(),
             azure: AzureClient::new(upstream.clone()),
             brokers: BrokerRegistry::new(upstream),
+            claims: Claims::new(client.clone(), &config.namespace),
             client,
             fingerprinter,
             recorder,
@@ -83,6 +86,11 @@ impl Context {
             self.metrics.forget_connection(&uid);
             self.pending_scim.lock().expect("scim lock").remove(&uid);
         }
+    }
+
+    /// The owner marker of `conn` ([`crate::broker::ownership::owner_marker`]).
+    pub fn owner_marker(&self, conn: &AzureAdConnection) -> String {
+        crate::broker::ownership::owner_marker(&self.config.cluster_name, &conn.namespace().unwrap_or_default(), &conn.name_any())
     }
 
     /// Remembers the broker `conn` syncs through, for its cleanup.

@@ -16,6 +16,8 @@ pub enum Error {
     ReadNamespace(#[source] kube::Error),
     #[error("writing status: {0}")]
     WriteStatus(#[source] kube::Error),
+    #[error("reading or writing a claim on a broker object: {0}")]
+    Claim(#[source] kube::Error),
     #[error("deleting the broker object: {0}")]
     Cleanup(#[source] BrokerError),
     #[error("adding the finalizer: {0}")]
@@ -47,6 +49,7 @@ impl Error {
             Error::ReadBroker(_) => "read_broker",
             Error::ReadNamespace(_) => "read_namespace",
             Error::WriteStatus(_) => "write_status",
+            Error::Claim(_) => "claim",
             Error::Cleanup(_) => "cleanup",
             Error::AddFinalizer(_) => "add_finalizer",
             Error::RemoveFinalizer(_) => "remove_finalizer",
