@@ -21,6 +21,7 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod operator;
+pub mod rotation;
 pub mod secret;
 pub mod telemetry;
 pub mod upstream;

@@ -10,4 +10,5 @@ mod conformance;
 mod emulators;
 mod hostile;
 mod logto;
+mod passwords;
 mod unified;
