@@ -49,10 +49,9 @@ impl Rotation {
     /// application, or writing the same Secret, makes this one a conflict: it writes nothing.
     fn conflict(&self, obj: &AzureAdClientSecret) -> Option<(Reason, String)> {
         let key = |o: &AzureAdClientSecret| (o.creation_timestamp().map(|t| t.0), o.namespace(), o.name_any());
+        // An application (client) ID is unique across tenants, which may be named by GUID or domain.
         let same_app = |o: &AzureAdClientSecret| {
-            o.spec.azure.cloud == obj.spec.azure.cloud
-                && o.spec.azure.client_id.eq_ignore_ascii_case(&obj.spec.azure.client_id)
-                && o.spec.azure.tenant.eq_ignore_ascii_case(&obj.spec.azure.tenant)
+            o.spec.azure.cloud == obj.spec.azure.cloud && o.spec.azure.client_id.eq_ignore_ascii_case(&obj.spec.azure.client_id)
         };
         let same_secret = |o: &AzureAdClientSecret| o.namespace() == obj.namespace() && o.spec.secret_name == obj.spec.secret_name;
         let earlier = self.resources.state().into_iter().filter(|o| o.uid() != obj.uid() && key(o) < key(obj)).collect::<Vec<_>>();

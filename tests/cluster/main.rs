@@ -12,6 +12,7 @@ mod crd_validation;
 mod e2e_auth0;
 mod e2e_broker_hosts;
 mod e2e_brokers;
+mod e2e_client_secret;
 mod faults_azure;
 mod gitops_health;
 mod hostile;
