@@ -13,6 +13,10 @@ fn the_demo_walkthrough_completes() {
         "export KUBECONFIG=",
         "$ kubectl get aadc -A",
         "$ kubectl describe aadc contoso-web -n demo",
+        "$ idp-bridge rotate demo/contoso-web",
+        "previous password removed",
+        "Auth0 holds the new password: true",
+        "the bootstrap one is gone",
     ] {
         assert!(stdout.contains(expected), "demo output lacks {expected:?}:\n{stdout}");
     }

@@ -8,6 +8,7 @@
 
 pub mod plan;
 mod reconcile;
+pub mod request;
 
 use std::sync::Arc;
 

@@ -355,7 +355,9 @@ async fn a_revoke_skips_the_overlap_but_not_the_consumers() {
     rig.env.wait_ready("web").await;
     rig.env.wait_ready("access").await;
     let monitor = rig.watch_brokers();
-    rig.annotate("idpbridge.io/revoke").await;
+    // What `idp-bridge rotate NAMESPACE/NAME --revoke` runs.
+    let line = idp_bridge::rotation::request::rotate(rig.env.client.clone(), &format!("{}/{NAME}", rig.env.ns), true).await.unwrap();
+    assert!(line.contains("idpbridge.io/revoke="), "{line}");
     let status = rig.wait_rotated(Duration::from_secs(60)).await;
     monitor.abort();
     rig.assert_converged(&status).await;
