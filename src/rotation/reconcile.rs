@@ -105,15 +105,7 @@ impl From<Error> for Outcome {
 
 impl Outcome {
     fn ready(reason: Reason, message: impl Into<String>) -> Self {
-        Outcome::Problem { condition: READY, reason, message: message.into(), retry: None }
-    }
-
-    /// A Graph failure: transient ones retry with backoff (or after Retry-After), permanent ones
-    /// wait for a change, or an hour (a permission or policy fixed in the tenant sends no event).
-    fn graph(condition: &'static str, error: &PasswordError, backoff: Duration) -> Self {
-        let retry =
-            if error.is_transient() { error.retry_after().unwrap_or(backoff) } else { RESYNC.min(backoff.max(Duration::from_secs(300))) };
-        Outcome::Problem { condition, reason: error.reason(), message: error.to_string(), retry: Some(retry) }
+        Outcome::Problem { condition: READY, reason, message: message.into(), retry: Some(RESYNC) }
     }
 }
 
@@ -133,6 +125,16 @@ impl<'a> Run<'a> {
         Self { obj, ctx, namespace, name, settings, now: Timestamp::now() }
     }
 
+    /// A Graph failure: transient ones retry with backoff (or after Retry-After), permanent ones
+    /// wait for a change, or 5 minutes to an hour (a permission or policy fixed in the tenant
+    /// sends no event).
+    fn graph_failure(&self, condition: &'static str, error: &PasswordError) -> Outcome {
+        let backoff = self.ctx.next_backoff(self.obj);
+        let retry =
+            if error.is_transient() { error.retry_after().unwrap_or(backoff) } else { backoff.clamp(Duration::from_secs(300), RESYNC) };
+        Outcome::Problem { condition, reason: error.reason(), message: error.to_string(), retry: Some(retry) }
+    }
+
     fn set(&self, status: &mut AzureAdClientSecretStatus, type_: &'static str, value: Status, reason: Reason, message: &str) {
         let _ = set_condition(&mut status.conditions, &Desired::new(type_, value, reason, message), self.obj.meta().generation, self.now);
     }
@@ -145,9 +147,8 @@ impl<'a> Run<'a> {
         let caller_secret = self.caller_secret(&secret).await?;
         let fingerprint = self.ctx.fingerprinter.fingerprint(&caller_secret);
         let caller = self.caller(&caller_secret, &fingerprint);
-        let backoff = self.ctx.next_backoff(self.obj);
         let passwords =
-            self.ctx.passwords.list(&caller, &self.obj.spec.azure.client_id).await.map_err(|e| Outcome::graph(READY, &e, backoff))?;
+            self.ctx.passwords.list(&caller, &self.obj.spec.azure.client_id).await.map_err(|e| self.graph_failure(READY, &e))?;
         let consumers = rotation.consumers(self.obj, secret.view.current_fingerprint.as_deref());
         status.consumers = Some(consumers.clone());
         let observed = Observed {
@@ -160,7 +161,7 @@ impl<'a> Run<'a> {
         };
         let step = plan::next_step(status, &observed, &self.settings);
         info!(namespace = %self.namespace, name = %self.name, step = ?step_name(&step), "rotation step");
-        self.run_step(step, status, &caller, &secret, &passwords, backoff).await
+        self.run_step(step, status, &caller, &secret, &passwords).await
     }
 
     fn annotation_pending(&self, key: &str, handled: Option<&str>) -> bool {
@@ -174,7 +175,6 @@ impl<'a> Run<'a> {
         caller: &GraphCaller<'_>,
         secret: &SecretValues,
         passwords: &[Password],
-        backoff: Duration,
     ) -> Result<Action, Outcome> {
         let app = self.obj.spec.azure.client_id.as_str();
         match step {
@@ -205,7 +205,7 @@ impl<'a> Run<'a> {
                 ),
             )),
             Step::RemoveStray { key_id } => {
-                self.ctx.passwords.remove(caller, app, &key_id).await.map_err(|e| Outcome::graph(ISSUING, &e, backoff))?;
+                self.ctx.passwords.remove(caller, app, &key_id).await.map_err(|e| self.graph_failure(ISSUING, &e))?;
                 self.event(EventType::Normal, "RemovedStray", &format!("removed password {key_id}, left over by an earlier cycle")).await;
                 Ok(Action::requeue(NEXT_STEP))
             }
@@ -218,9 +218,9 @@ impl<'a> Run<'a> {
                 self.event(EventType::Normal, "Renewing", why).await;
                 Ok(Action::requeue(NEXT_STEP))
             }
-            Step::Issue => self.issue(status, caller, secret, backoff).await,
+            Step::Issue => self.issue(status, caller, secret).await,
             Step::RemoveLost { key_id } | Step::DropPending { key_id: Some(key_id) } => {
-                self.ctx.passwords.remove(caller, app, &key_id).await.map_err(|e| Outcome::graph(ISSUING, &e, backoff))?;
+                self.ctx.passwords.remove(caller, app, &key_id).await.map_err(|e| self.graph_failure(ISSUING, &e))?;
                 self.event(
                     EventType::Warning,
                     "Restarted",
@@ -246,9 +246,9 @@ impl<'a> Run<'a> {
                 }
                 Ok(Action::requeue(NEXT_STEP))
             }
-            Step::Prove => self.prove(status, secret, backoff).await,
+            Step::Prove => self.prove(status, secret).await,
             Step::Abandon { key_id } => {
-                self.ctx.passwords.remove(caller, app, &key_id).await.map_err(|e| Outcome::graph(ISSUING, &e, backoff))?;
+                self.ctx.passwords.remove(caller, app, &key_id).await.map_err(|e| self.graph_failure(ISSUING, &e))?;
                 self.apply_secret(secret.current.as_ref(), status.current.as_ref().map(|c| c.expires_at.0), None).await?;
                 status.pending = None;
                 self.ctx.metrics.client_secret_rotated("abandoned");
@@ -276,7 +276,7 @@ impl<'a> Run<'a> {
                 Ok(Action::requeue(NEXT_STEP))
             }
             Step::RemovePrevious { key_id } => {
-                self.ctx.passwords.remove(caller, app, &key_id).await.map_err(|e| Outcome::graph(ISSUING, &e, backoff))?;
+                self.ctx.passwords.remove(caller, app, &key_id).await.map_err(|e| self.graph_failure(ISSUING, &e))?;
                 status.previous = None;
                 self.event(
                     EventType::Normal,
@@ -314,7 +314,6 @@ impl<'a> Run<'a> {
         status: &mut AzureAdClientSecretStatus,
         caller: &GraphCaller<'_>,
         secret: &SecretValues,
-        backoff: Duration,
     ) -> Result<Action, Outcome> {
         let Some(pending) = status.pending.as_mut() else { return Ok(Action::requeue(NEXT_STEP)) };
         let display_name = format!("{}{}", self.settings.owner_prefix, pending.marker);
@@ -326,7 +325,7 @@ impl<'a> Run<'a> {
                     self.ctx.metrics.client_secret_rotated("refused");
                     self.event(EventType::Warning, "IssueFailed", &error.to_string()).await;
                 }
-                return Err(Outcome::graph(ISSUING, &error, backoff));
+                return Err(self.graph_failure(ISSUING, &error));
             }
         };
         let staged = (&created.secret, pending.marker.as_str());
@@ -350,7 +349,7 @@ impl<'a> Run<'a> {
 
     /// A token request with the staged value; until Entra ID accepts it, again with a delay that
     /// grows with the time waited.
-    async fn prove(&self, status: &mut AzureAdClientSecretStatus, secret: &SecretValues, backoff: Duration) -> Result<Action, Outcome> {
+    async fn prove(&self, status: &mut AzureAdClientSecretStatus, secret: &SecretValues) -> Result<Action, Outcome> {
         let staged = secret.staged.as_ref().expect("Prove comes with a staged value");
         let azure = &self.obj.spec.azure;
         match self.ctx.passwords.prove(azure.cloud, &azure.tenant, &azure.client_id, staged).await {
@@ -364,7 +363,7 @@ impl<'a> Run<'a> {
                 let staged_at = status.pending.as_ref().and_then(|p| p.staged_at.as_ref()).map_or(self.now, |t| t.0);
                 let waited = self.now.duration_since(staged_at).unsigned_abs();
                 let delay = if error.is_transient() {
-                    error.retry_after().unwrap_or(backoff)
+                    error.retry_after().unwrap_or_else(|| self.ctx.next_backoff(self.obj))
                 } else {
                     (waited / 8).clamp(Duration::from_secs(1), Duration::from_secs(15))
                 };
