@@ -17,7 +17,7 @@ use std::{
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
 
 use super::{
     BrokerError, REFUSED_LOGIN_BACKOFF, REFUSED_LOGIN_MAX_BACKOFF,
@@ -123,6 +123,9 @@ pub(crate) struct LoginState {
     /// The token and when to refresh it.
     token: Option<(SecretValue, Instant)>,
     refused: Option<Refusal>,
+    /// A static token the broker has accepted since its last refusal. Until then its calls are
+    /// probes, sent one at a time (see [`Session::call`]).
+    token_accepted: bool,
 }
 
 #[derive(Debug)]
@@ -146,6 +149,7 @@ impl LoginState {
         let count = self.refused.as_ref().map_or(0, |r| r.count).saturating_add(1);
         let backoff = refusal_backoff(count);
         self.refused = Some(Refusal { error, retry_at: tokio::time::Instant::now() + backoff, count });
+        self.token_accepted = false;
     }
 }
 
@@ -323,7 +327,7 @@ impl ManagementApi {
         }
         match self.fetch_token(grant, synced).await {
             Ok((token, ttl)) => {
-                *login = LoginState { token: Some((token.clone(), super::token_refresh_at(ttl))), refused: None };
+                *login = LoginState { token: Some((token.clone(), super::token_refresh_at(ttl))), ..LoginState::default() };
                 Ok(token)
             }
             Err(error) => {
@@ -331,6 +335,17 @@ impl ManagementApi {
                 Err(error)
             }
         }
+    }
+
+    /// The static token to send, unless its refusal's backoff runs. Until the broker has accepted
+    /// the token, the login stays locked across the call (the returned guard): concurrent callers
+    /// wait for the first answer instead of each sending a token the broker may refuse.
+    async fn static_bearer(&self, token: &SecretValue) -> Result<(SecretValue, Option<MutexGuard<'_, LoginState>>), BrokerError> {
+        let login = self.login.lock().await;
+        if let Some(refused) = login.refusal() {
+            return Err(refused);
+        }
+        Ok((token.clone(), (!login.token_accepted).then_some(login)))
     }
 
     async fn fetch_token(&self, grant: &ClientCredentials, synced: Option<&SecretValue>) -> Result<(SecretValue, Duration), BrokerError> {
@@ -442,7 +457,10 @@ impl Session<'_> {
         let retries = if matches!(api.auth, Auth::ClientCredentials(_)) { 1 } else { 0 };
         let mut attempt = 0;
         loop {
-            let token = api.bearer(self.synced).await?;
+            let (token, mut probe) = match &api.auth {
+                Auth::Token(token) => api.static_bearer(token).await?,
+                Auth::ClientCredentials(_) => (api.bearer(self.synced).await?, None),
+            };
             api.acquire().await?;
             let mut request = api.upstream.request(method.clone(), host, &path).bearer_auth(token.expose());
             if let Some(body) = body {
@@ -450,6 +468,9 @@ impl Session<'_> {
             }
             let answer = api.upstream.send(request).await?;
             if answer.status.is_success() {
+                if let Some(login) = probe.as_mut() {
+                    login.token_accepted = true;
+                }
                 return Ok(answer);
             }
             if answer.status == StatusCode::UNAUTHORIZED && attempt < retries {
@@ -460,7 +481,10 @@ impl Session<'_> {
             let error = api.error_from(&answer, &[Some(&token), self.synced]).await;
             if answer.status == StatusCode::UNAUTHORIZED && matches!(api.auth, Auth::Token(_)) {
                 // A static token the broker does not accept: refused for every caller alike.
-                api.login.lock().await.record_failure(&error);
+                match probe.as_mut() {
+                    Some(login) => login.record_failure(&error),
+                    None => api.login.lock().await.record_failure(&error),
+                }
             }
             return Err(error);
         }

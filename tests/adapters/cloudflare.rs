@@ -464,6 +464,22 @@ async fn invalid_or_unscoped_tokens_are_auth_failures() {
     assert!(env.cf.providers().is_empty());
 }
 
+/// Connections of one broker reconcile at once: a token never seen accepted is sent by one of
+/// them at a time, so a refused token costs one request, not one per connection.
+#[tokio::test]
+async fn concurrent_calls_with_a_refused_token_send_it_once() {
+    let env = env();
+    let client = env.client_with(&account_spec(ACCOUNT), &format!("{TOKEN}-revoked"), None);
+    let creds = env.creds(CANARY);
+    let spec = spec();
+    let sync = request(&spec, &creds, None, None, FULL);
+    let syncs = (0..6).map(|_| client.sync(&sync));
+    for result in futures::future::join_all(syncs).await {
+        assert_eq!(expect_err(result).reason(), Reason::BrokerAuthFailed);
+    }
+    assert_eq!(env.log().len(), 1, "{:?}", env.log());
+}
+
 #[tokio::test]
 async fn unknown_account_is_refused_with_a_clear_reason() {
     let env = env();

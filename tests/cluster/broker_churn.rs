@@ -92,11 +92,16 @@ async fn connections(env: &mut Env) -> Vec<String> {
     names
 }
 
-/// Secret `web` with a valid Azure secret, and the names of `CONNECTIONS` connections.
-async fn azure_secret_and_names(env: &mut Env) -> Vec<String> {
+/// A new valid Azure secret in Secret `web`: an event for every connection that reads it.
+async fn put_valid_secret(env: &mut Env) {
     let value = env.canary("value");
     env.upstreams.azure.add_secret(TENANT_ID, CLIENT_ID, &value, jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 90));
     env.put_secret("web", &[("client-secret", &value)], &[]).await;
+}
+
+/// Secret `web` with a valid Azure secret, and the names of `CONNECTIONS` connections.
+async fn azure_secret_and_names(env: &mut Env) -> Vec<String> {
+    put_valid_secret(env).await;
     (0..CONNECTIONS).map(|i| format!("app-{i}")).collect()
 }
 
@@ -122,9 +127,7 @@ async fn a_refused_static_token_is_tried_once_per_backoff_for_all_connections() 
         env.wait_condition(name, "Ready", "False", "BrokerAuthFailed").await;
     }
     // Every connection re-triggered by its Secret, well inside the backoff: no new request.
-    let value = env.canary("value");
-    env.upstreams.azure.add_secret(TENANT_ID, CLIENT_ID, &value, jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 90));
-    env.put_secret("web", &[("client-secret", &value)], &[]).await;
+    put_valid_secret(&mut env).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let elapsed = started.elapsed();
     assert!(elapsed < REFUSED_LOGIN_BACKOFF, "the scenario took {elapsed:?}, longer than the backoff it checks");
@@ -156,9 +159,7 @@ async fn a_refused_management_login_is_tried_once_per_backoff_for_all_connection
     // refused login is not retried before its backoff ends, by the broker check or any of the
     // connections (a Secret event for the connections' Secret re-triggers them all).
     let writes = BrokerWrites::start(&env).await;
-    let value = env.canary("value");
-    env.upstreams.azure.add_secret(TENANT_ID, CLIENT_ID, &value, jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 90));
-    env.put_secret("web", &[("client-secret", &value)], &[]).await;
+    put_valid_secret(&mut env).await;
     let observe_until = started + REFUSED_LOGIN_BACKOFF + Duration::from_secs(15);
     while Instant::now() < observe_until {
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::e2e::{CLIENT_ID, Env, TENANT_ID};
+use crate::common::e2e::{CLIENT_ID, Env, TENANT_ID, http_get};
 use idp_bridge::leader::{DEFAULT_LEASE_NAME, LeaderState};
 use idp_bridge_devenv::stack::RunningOperator;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -20,11 +20,9 @@ use tokio::sync::watch;
 const SETTLE: Duration = Duration::from_secs(40);
 
 async fn scrape(op: &RunningOperator) -> String {
-    let address = op.http_address().expect("the operator serves HTTP");
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("an HTTP client");
-    let response = client.get(format!("http://{address}/metrics")).send().await.expect("the operator answers /metrics");
-    assert_eq!(response.status().as_u16(), 200);
-    response.text().await.expect("a /metrics body")
+    let (status, body) = http_get(op, "/metrics").await;
+    assert_eq!(status, 200);
+    body
 }
 
 /// The names of the connections with a series of `metric` in the exposition.

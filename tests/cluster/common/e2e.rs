@@ -138,10 +138,7 @@ impl Env {
 
     /// GET `path` on the running operator's HTTP server: (status, body).
     pub async fn http_get(&self, path: &str) -> (u16, String) {
-        let address = self.operator.as_ref().and_then(|o| o.http_address()).expect("the operator serves HTTP");
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("an HTTP client");
-        let response = client.get(format!("http://{address}{path}")).send().await.expect("the operator answers HTTP");
-        (response.status().as_u16(), response.text().await.unwrap_or_default())
+        http_get(self.operator(), path).await
     }
 
     /// A secret value that must never show up anywhere but in the Secret and the broker.
@@ -333,6 +330,14 @@ impl Env {
             assert!(!metrics.contains(canary), "a secret value leaked into the metrics");
         }
     }
+}
+
+/// GET `path` on `op`'s HTTP server (the operator or a replica): (status, body).
+pub async fn http_get(op: &RunningOperator, path: &str) -> (u16, String) {
+    let address = op.http_address().expect("the operator serves HTTP");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("an HTTP client");
+    let response = client.get(format!("http://{address}{path}")).send().await.expect("the operator answers HTTP");
+    (response.status().as_u16(), response.text().await.unwrap_or_default())
 }
 
 pub fn condition_is(conn: &AzureAdConnection, type_: &str, status: &str, reason: &str) -> bool {
