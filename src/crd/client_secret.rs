@@ -218,6 +218,10 @@ pub struct AzureAdClientSecretStatus {
     /// When the last new password was promoted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rotation_time: Option<Time>,
+    /// After a renewal was abandoned (not accepted in time), when the next one may start on its
+    /// own; the renew and revoke annotations do not wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_not_before: Option<Time>,
 }
 
 /// One password credential of the application (never its value).

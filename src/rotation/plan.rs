@@ -153,11 +153,13 @@ pub fn next_step(status: &AzureAdClientSecretStatus, observed: &Observed<'_>, se
     if let Some(previous) = &status.previous {
         return previous_step(previous, observed);
     }
-    let due = observed.now >= current.renewal_time.as_ref().map_or(observed.now, |t| t.0);
+    // After an abandoned renewal the next one waits, unless a person asks for it.
+    let renew_at = [current.renewal_time.as_ref(), status.retry_not_before.as_ref()].into_iter().flatten().map(|t| t.0).max();
+    let due = renew_at.is_none_or(|at| observed.now >= at);
     if due || observed.renew_requested || observed.revoke_requested {
         return Step::StartRenewal { revoke: observed.revoke_requested };
     }
-    Step::Wait { until: current.renewal_time.as_ref().map(|t| t.0) }
+    Step::Wait { until: renew_at }
 }
 
 /// No current password in status: the Secret's value is the bootstrap one, or (with a rotator)
@@ -201,15 +203,15 @@ fn pending_step(pending: &PendingStatus, observed: &Observed<'_>, settings: &Set
         return Step::DropPending { key_id: None };
     }
     let promoted = secret.current_fingerprint.is_some() && secret.current_fingerprint == pending.fingerprint;
-    if pending.proven_at.is_some() {
-        return if promoted { Step::RecordPromoted } else { Step::Promote };
-    }
     if promoted {
-        // Promoted by hand or by an older run; the value works for the consumers already.
+        // Promoted, but the status write was lost (or a person promoted it by hand).
         return Step::RecordPromoted;
     }
     if secret.staged_fingerprint.is_none() || secret.staged_fingerprint != pending.fingerprint {
         return Step::DropPending { key_id: Some(key_id.clone()) };
+    }
+    if pending.proven_at.is_some() {
+        return Step::Promote;
     }
     let staged_at = pending.staged_at.as_ref().map_or(observed.now, |t| t.0);
     if observed.now.duration_since(staged_at) > signed(settings.propagation_timeout) {
@@ -377,6 +379,20 @@ mod tests {
     }
 
     #[test]
+    fn after_an_abandoned_renewal_the_next_waits_unless_asked_for() {
+        let mut case = steady();
+        let renewal = case.status.current.as_ref().unwrap().renewal_time.clone().unwrap().0;
+        case.now = renewal + HOUR;
+        case.status.retry_not_before = Some(Time(renewal + HOUR * 2));
+        assert_eq!(case.step(), Step::Wait { until: Some(renewal + HOUR * 2) });
+        case.renew = true;
+        assert_eq!(case.step(), Step::StartRenewal { revoke: false }, "a person's request does not wait");
+        case.renew = false;
+        case.now = renewal + HOUR * 2;
+        assert_eq!(case.step(), Step::StartRenewal { revoke: false });
+    }
+
+    #[test]
     fn issues_once_the_intent_is_recorded() {
         let mut case = steady();
         case.status.pending = Some(pending("m1"));
@@ -442,6 +458,14 @@ mod tests {
         case.passwords.pop();
         case.secret.staged_fingerprint = Some("fp-new".into());
         assert_eq!(case.step(), Step::DropPending { key_id: None }, "the password was removed in the portal");
+    }
+
+    #[test]
+    fn a_proven_password_whose_staged_value_vanished_is_not_promoted() {
+        let mut case = steady();
+        case.status.pending = Some(PendingStatus { proven_at: Some(Time(now())), ..staged_pending("m1", "new") });
+        case.passwords.push(password("new", &format!("{PREFIX}m1"), "new", now() + HOUR));
+        assert_eq!(case.step(), Step::DropPending { key_id: Some("new".into()) });
     }
 
     fn promoted(removable_after: Timestamp) -> Case {

@@ -265,8 +265,10 @@ impl<'a> Run<'a> {
                 })
             }
             Step::Promote => {
-                let pending = status.pending.clone().expect("Promote comes with a pending password");
-                let staged = secret.staged.as_ref().expect("a proven password is staged");
+                // The plan promotes only a pending password whose staged value is in the Secret.
+                let (Some(pending), Some(staged)) = (status.pending.clone(), secret.staged.as_ref()) else {
+                    return Ok(Action::requeue(NEXT_STEP));
+                };
                 self.apply_secret(Some(staged), pending.expires_at.as_ref().map(|t| t.0), None).await?;
                 self.record_promoted(status).await;
                 Ok(Action::requeue(NEXT_STEP))
@@ -350,7 +352,7 @@ impl<'a> Run<'a> {
     /// A token request with the staged value; until Entra ID accepts it, again with a delay that
     /// grows with the time waited.
     async fn prove(&self, status: &mut AzureAdClientSecretStatus, secret: &SecretValues) -> Result<Action, Outcome> {
-        let staged = secret.staged.as_ref().expect("Prove comes with a staged value");
+        let Some(staged) = secret.staged.as_ref() else { return Ok(Action::requeue(NEXT_STEP)) };
         let azure = &self.obj.spec.azure;
         match self.ctx.passwords.prove(azure.cloud, &azure.tenant, &azure.client_id, staged).await {
             Ok(()) => {

@@ -428,3 +428,62 @@ async fn policy_and_permission_errors_have_their_reasons() {
     assert!(message.contains("Application.ReadWrite.OwnedBy"), "{message}");
     rig.env.assert_no_canary_leaks().await;
 }
+
+/// With a rotator application the rotated one needs no bootstrap secret: the first password is
+/// created at once and its connection comes up. A password Entra ID does not accept within
+/// `propagationTimeout` is removed again (`ProofTimedOut`), and the current one keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotator_issues_the_first_password_and_a_password_that_never_replicates_is_removed() {
+    const ROTATOR: &str = "0d1c2b3a-4f5e-4d6c-8b7a-9f8e7d6c5b4a";
+    let mut env = Env::without_operator("aadcs-rotator").await;
+    let rotator_secret = env.canary("rotator");
+    let azure = env.upstreams.azure.clone();
+    azure.add_app(TENANT_ID, ROTATOR);
+    azure.add_secret(TENANT_ID, ROTATOR, &rotator_secret, Timestamp::now() + SignedDuration::from_hours(24 * 30));
+    azure.set_graph_write_owned_by(TENANT_ID, ROTATOR, true);
+    azure.add_owner(TENANT_ID, CLIENT_ID, ROTATOR);
+    azure.set_graph_read_all(TENANT_ID, CLIENT_ID, true);
+    env.put_secret("rotator-creds", &[("client-secret", &rotator_secret)], &[]).await;
+    env.start_operator_with(|c| c.leader_election = None).await;
+    env.connect("web", SECRET, json!({})).await;
+    let spec = |timeout: &str| {
+        json!({"spec": {
+            "azure": {"tenant": TENANT_ID, "clientId": CLIENT_ID},
+            "secretName": SECRET, "lifetime": "2h", "renewBefore": "1h", "overlap": "2s", "propagationTimeout": timeout,
+            "graphAuth": {"mode": "Rotator", "rotator": {"clientId": ROTATOR, "clientSecretRef": {"name": "rotator-creds"}}},
+        }})
+    };
+    env.apply("AzureAdClientSecret", NAME, spec("2m")).await;
+    env.wait_ready("web").await;
+    let api: Api<AzureAdClientSecret> = Api::namespaced(env.client.clone(), &env.ns);
+    let status = api.get(NAME).await.unwrap().status.unwrap();
+    let first = status.current.clone().expect("the first password");
+    assert_eq!(first.origin, CredentialOrigin::Issued);
+    assert_eq!(azure.passwords(TENANT_ID, CLIENT_ID).len(), 1);
+    assert!(azure.passwords(TENANT_ID, ROTATOR).len() == 1, "the rotator's own passwords are not touched");
+
+    azure.set_password_policy(PasswordPolicy { replication_delay: SignedDuration::from_secs(600), ..Default::default() });
+    env.apply("AzureAdClientSecret", NAME, spec("10s")).await;
+    let patch = json!({"metadata": {"annotations": {"idpbridge.io/renew": "now"}}});
+    api.patch(NAME, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let status = loop {
+        let status = api.get(NAME).await.unwrap().status.unwrap_or_default();
+        if reason(&status, conditions::ISSUING) == "ProofTimedOut" {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no ProofTimedOut: {status:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(ready(&status), "the current password still works");
+    assert_eq!(status.current.as_ref().unwrap().key_id, first.key_id);
+    assert!(status.pending.is_none());
+    let keys: Vec<String> = azure.passwords(TENANT_ID, CLIENT_ID).into_iter().map(|p| p.0).collect();
+    assert_eq!(keys, vec![first.key_id.clone()], "the password that never replicated was removed");
+    let (_, metrics) = env.http_get("/metrics").await;
+    assert!(metrics.contains("idpbridge_client_secret_rotations_total{result=\"abandoned\"} 1"), "{metrics}");
+    let value = Api::<Secret>::namespaced(env.client.clone(), &env.ns).get(SECRET).await.unwrap().data.unwrap()["client-secret"].0.clone();
+    env.add_canary(&String::from_utf8(value).unwrap());
+    assert!(!env.events_with_reason(NAME, "ProofTimedOut").await.is_empty());
+    env.assert_no_canary_leaks().await;
+}
