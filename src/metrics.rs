@@ -396,6 +396,24 @@ mod tests {
     }
 
     #[test]
+    fn client_secret_series_exist_only_during_a_term_and_go_with_their_object() {
+        let m = Arc::new(Metrics::new());
+        let series = "idpbridge_client_secret_renewal_timestamp_seconds{namespace=\"ns\",name=\"app\"}";
+        m.client_secret("uid", "ns", "app", Some(100.0));
+        assert!(!m.encode().contains(series), "a standby exports none");
+        let term = m.leading_term();
+        m.client_secret("uid", "ns", "app", Some(100.0));
+        assert!(m.encode().contains(&format!("{series} 100.0")), "{}", m.encode());
+        m.client_secret("uid", "ns", "app", None);
+        assert!(!m.encode().contains(series), "no renewal time, no series");
+        m.client_secret("uid", "ns", "app", Some(200.0));
+        drop(term);
+        assert!(!m.encode().contains(series), "the term's end removes it");
+        m.client_secret_rotated("promoted");
+        assert!(m.encode().contains("idpbridge_client_secret_rotations_total{result=\"promoted\"} 1"));
+    }
+
+    #[test]
     fn exposition_names() {
         let m = Metrics::new();
         m.reconciled("success", Duration::from_millis(5));

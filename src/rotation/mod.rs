@@ -12,7 +12,7 @@ pub mod request;
 
 use std::sync::Arc;
 
-use futures::{StreamExt, future};
+use futures::{StreamExt, TryStreamExt, future};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     ResourceExt,
@@ -21,7 +21,7 @@ use kube::{
         Controller, Predicate, WatchStreamExt,
         controller::Action,
         predicates,
-        reflector::{ObjectRef, Store},
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
@@ -114,10 +114,22 @@ fn controller(
     stores: &mut Stores,
 ) -> impl Future<Output = ()> + use<> {
     let client = ctx.client.clone();
-    let (resources, events) =
-        reflected(scoped::<AzureAdClientSecret>(&client, namespace), watcher::Config::default().any_semantic(), stores);
-    // Spec edits and the renew/revoke annotations; never its own status writes.
-    let events = events.predicate_filter(predicates::generation.combine(predicates::annotations), Default::default());
+    let (resources, writer) = reflector::store();
+    stores.add(resources.clone());
+    let metrics = ctx.metrics.clone();
+    let events = watcher(scoped::<AzureAdClientSecret>(&client, namespace), watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|o| o.managed_fields_mut().clear())
+        .reflect(writer)
+        // No reconcile follows a deletion: its series goes here.
+        .inspect_ok(move |event| {
+            if let watcher::Event::Delete(gone) = event {
+                metrics.client_secret(&gone.uid().unwrap_or_default(), "", "", None);
+            }
+        })
+        .touched_objects()
+        // Spec edits and the renew/revoke annotations; never its own status writes.
+        .predicate_filter(predicates::generation.combine(predicates::annotations), Default::default());
     let (connections, connection_events) = reflected(scoped::<AzureAdConnection>(&client, namespace), watcher::Config::default(), stores);
     let (_, secret_events) = reflected(scoped::<PartialObjectMeta<Secret>>(&client, namespace), watcher::Config::default(), stores);
     let (by_secret, by_connection) = (resources.clone(), resources.clone());

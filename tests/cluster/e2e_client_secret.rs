@@ -278,10 +278,18 @@ async fn a_rotation_feeds_auth0_and_cloudflare_with_a_secret_entra_accepts_at_ev
     }
     let (_, metrics) = rig.env.http_get("/metrics").await;
     assert!(metrics.contains("idpbridge_client_secret_rotations_total{result=\"promoted\"} 1"), "{metrics}");
-    assert!(
-        metrics.contains(&format!("idpbridge_client_secret_renewal_timestamp_seconds{{namespace=\"{}\",name=\"{NAME}\"}}", rig.env.ns)),
-        "{metrics}"
-    );
+    let series = format!("idpbridge_client_secret_renewal_timestamp_seconds{{namespace=\"{}\",name=\"{NAME}\"}}", rig.env.ns);
+    assert!(metrics.contains(&series), "{metrics}");
+    // Deleting the resource leaves the Secret and the password its consumers use, and its series goes.
+    rig.api().delete(NAME, &Default::default()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rig.env.http_get("/metrics").await.1.contains(&series) {
+        assert!(Instant::now() < deadline, "the deleted resource's series stayed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(rig.secret_value().await.is_some(), "the Secret stays");
+    let current = status.current.as_ref().unwrap().key_id.clone();
+    assert!(rig.env.upstreams.azure.passwords(TENANT_ID, CLIENT_ID).iter().any(|p| p.0 == current), "its password stays");
 }
 
 /// The operator is killed (its task aborted mid-flight) after every status change of the cycle
