@@ -156,6 +156,9 @@ reasons! {
     /// AzureAdClientSecret: the Secret is written by another resource (another
     /// AzureAdClientSecret, or a controller that owns it); nothing is written.
     SecretConflict,
+    /// AzureAdClientSecret: the operator may not write Secrets in this namespace (with the Helm
+    /// chart: list it in `rbac.clientSecretNamespaces`); no password was created.
+    SecretWriteForbidden,
     /// AzureAdClientSecret, Issuing=False: the current secret is valid; the next renewal is scheduled.
     RenewalScheduled,
     /// AzureAdClientSecret, Issuing=True: a new password is being created and staged.

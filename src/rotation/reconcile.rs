@@ -317,6 +317,9 @@ impl<'a> Run<'a> {
         caller: &GraphCaller<'_>,
         secret: &SecretValues,
     ) -> Result<Action, Outcome> {
+        let current_expiry = status.current.as_ref().map(|c| c.expires_at.0);
+        // A password whose value could not be stored would only be created to be removed again.
+        self.write_allowed(secret.current.as_ref(), current_expiry).await?;
         let Some(pending) = status.pending.as_mut() else { return Ok(Action::requeue(NEXT_STEP)) };
         let display_name = format!("{}{}", self.settings.owner_prefix, pending.marker);
         let end = plan::new_expiry(self.now, &self.settings);
@@ -515,6 +518,18 @@ impl<'a> Run<'a> {
         expires_at: Option<Timestamp>,
         staged: Option<(&SecretValue, &str)>,
     ) -> Result<(), Error> {
+        let secret = self.desired_secret(current, expires_at, staged);
+        let api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+        api.patch(&self.obj.spec.secret_name, &PatchParams::apply(SECRET_MANAGER).force(), &Patch::Apply(&secret))
+            .await
+            .map_err(Error::WriteClientSecret)?;
+        Ok(())
+    }
+
+    /// The Secret with everything this controller owns in it: the current value (and its
+    /// expiry), the staged one when there is one, the owner annotation. Applied, a key left out
+    /// is removed, which is how the staged value goes at promotion.
+    fn desired_secret(&self, current: Option<&SecretValue>, expires_at: Option<Timestamp>, staged: Option<(&SecretValue, &str)>) -> Secret {
         let mut data = BTreeMap::new();
         let mut annotations = BTreeMap::from([(OWNER_ANNOTATION.to_owned(), self.name.clone())]);
         if let Some(current) = current {
@@ -527,16 +542,29 @@ impl<'a> Run<'a> {
             data.insert(STAGED_KEY.to_owned(), ByteString(value.expose().as_bytes().to_vec()));
             annotations.insert(STAGED_MARKER_ANNOTATION.to_owned(), marker.to_owned());
         }
-        let secret = Secret {
+        Secret {
             metadata: ObjectMeta { name: Some(self.obj.spec.secret_name.clone()), annotations: Some(annotations), ..Default::default() },
             data: Some(data),
             ..Default::default()
-        };
+        }
+    }
+
+    /// The Secret write the issue will need, as a server-side dry run: RBAC refusing it becomes
+    /// a condition before anything is created in Entra ID.
+    async fn write_allowed(&self, current: Option<&SecretValue>, expires_at: Option<Timestamp>) -> Result<(), Outcome> {
         let api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
-        api.patch(&self.obj.spec.secret_name, &PatchParams::apply(SECRET_MANAGER).force(), &Patch::Apply(&secret))
-            .await
-            .map_err(Error::WriteClientSecret)?;
-        Ok(())
+        let secret = self.desired_secret(current, expires_at, None);
+        match api.patch(&self.obj.spec.secret_name, &PatchParams::apply(SECRET_MANAGER).force().dry_run(), &Patch::Apply(&secret)).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.is_forbidden() => Err(Outcome::ready(
+                Reason::SecretWriteForbidden,
+                format!(
+                    "the operator may not write Secret {} in namespace {} (with the Helm chart, list the namespace in rbac.clientSecretNamespaces); no password was created",
+                    self.obj.spec.secret_name, self.namespace
+                ),
+            )),
+            Err(e) => Err(Outcome::Kube(Error::WriteClientSecret(e))),
+        }
     }
 
     async fn write_status(&self, previous: &AzureAdClientSecretStatus, next: &AzureAdClientSecretStatus) -> Result<(), Error> {
