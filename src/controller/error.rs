@@ -18,6 +18,8 @@ pub enum Error {
     WriteStatus(#[source] kube::Error),
     #[error("writing the SCIM Secret: {0}")]
     WriteScimSecret(#[source] kube::Error),
+    #[error("reading the AzureAdClientSecret: {0}")]
+    ReadClientSecret(#[source] kube::Error),
     #[error("writing the rotated client-secret Secret: {0}")]
     WriteClientSecret(#[source] kube::Error),
     #[error("deleting the broker object: {0}")]
@@ -49,6 +51,7 @@ impl Error {
             Error::ReadNamespace(_) => "read_namespace",
             Error::WriteStatus(_) => "write_status",
             Error::WriteScimSecret(_) => "write_scim_secret",
+            Error::ReadClientSecret(_) => "read_client_secret",
             Error::WriteClientSecret(_) => "write_client_secret",
             Error::Cleanup(_) => "cleanup",
             Error::AddFinalizer(_) => "add_finalizer",

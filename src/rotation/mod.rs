@@ -131,7 +131,9 @@ fn controller(
         // Spec edits and the renew/revoke annotations; never its own status writes.
         .predicate_filter(predicates::generation.combine(predicates::annotations), Default::default());
     let (connections, connection_events) = reflected(scoped::<AzureAdConnection>(&client, namespace), watcher::Config::default(), stores);
-    let (_, secret_events) = reflected(scoped::<PartialObjectMeta<Secret>>(&client, namespace), watcher::Config::default(), stores);
+    // Only the trigger: no store, so unrelated Secrets cost no memory here.
+    let secret_events =
+        watcher(scoped::<PartialObjectMeta<Secret>>(&client, namespace), watcher::Config::default()).default_backoff().touched_objects();
     let (by_secret, by_connection) = (resources.clone(), resources.clone());
     let rotation = Arc::new(Rotation { ctx, resources: resources.clone(), connections });
     Controller::for_stream(events, resources)

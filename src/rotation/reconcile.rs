@@ -65,8 +65,15 @@ struct Run<'a> {
     now: Timestamp,
 }
 
-pub(super) async fn reconcile(obj: &AzureAdClientSecret, rotation: &Rotation) -> Result<Action, Error> {
+pub(super) async fn reconcile(stored: &AzureAdClientSecret, rotation: &Rotation) -> Result<Action, Error> {
     let ctx = rotation.ctx.as_ref();
+    // The store may not have seen the status the previous step wrote 200 ms ago; a step decided
+    // on an older status would redo (or undo) work. One GET per step is cheap next to Graph.
+    let api: Api<AzureAdClientSecret> = Api::namespaced(ctx.client.clone(), &stored.namespace().unwrap_or_default());
+    let Some(obj) = api.get_opt(&stored.name_any()).await.map_err(Error::ReadClientSecret)? else {
+        return Ok(Action::await_change());
+    };
+    let obj = &obj;
     let run = Run::new(obj, ctx);
     let previous = obj.status.clone().unwrap_or_default();
     let mut status = previous.clone();
