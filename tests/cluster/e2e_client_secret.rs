@@ -480,7 +480,12 @@ async fn a_rotator_issues_the_first_password_and_a_password_that_never_replicate
         if reason(&status, conditions::ISSUING) == "ProofTimedOut" {
             break status;
         }
-        assert!(Instant::now() < deadline, "no ProofTimedOut: {status:#?}");
+        if Instant::now() >= deadline {
+            let logs = String::from_utf8_lossy(&crate::common::e2e::captured_logs().lock().unwrap()).into_owned();
+            let steps: Vec<&str> =
+                logs.lines().filter(|l| l.contains(&env.ns) && (l.contains("rotation step") || l.contains("failed"))).collect();
+            panic!("no ProofTimedOut (first password {}): {status:#?}\nsteps:\n{}", first.key_id, steps.join("\n"));
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(ready(&status), "the current password still works");
