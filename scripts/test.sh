@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: format, lint, dependency hygiene, unit, adapter, mock-controller and real
-# control-plane tiers, and the benchmark's small profile. Builds (or reuses) the Go binaries of
+# control-plane tiers, the benchmark's small profile and the fault suite. Builds (or reuses) the Go binaries of
 # scripts/control-plane-bins.sh first (kube-apiserver, kube-controller-manager, etcd, helm,
 # kubectl, promtool, kstatus), and the container image of scripts/image.sh before the tests that
 # run it (tests/cluster/image.rs); a missing binary or image fails the run.
@@ -63,6 +63,8 @@ stage "cargo test" cargo test --locked --workspace
 # The benchmark's small profile: a check that the bench works and its invariants hold (all Ready,
 # every rotation arrived, no broker writes in the steady state), never a timed assertion.
 stage "benchmark (small profile)" env IDP_BRIDGE_BENCH_PROFILE=dev bash scripts/bench.sh --small --out target/bench-small.json
+# The fault suite: invariants under upstream faults, kills and a failover (devenv/src/fault_suite/).
+stage "fault suite" bash scripts/faults.sh --out target/faults.json
 
 echo
 echo "Stage timings:"

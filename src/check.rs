@@ -1,5 +1,6 @@
 //! `idp-bridge check`: validate a tenant, client and secret from a terminal, for the engineer
-//! debugging a login failure. The secret comes from a file or stdin, never an argument (argument
+//! debugging a login failure, and with `--broker` check the app registration as the operator's
+//! `AzureAppConfigured` does. The secret comes from a file or stdin, never an argument (argument
 //! lists are visible to every user of the machine).
 
 use std::{io::Read, path::PathBuf, time::Duration};
@@ -10,9 +11,10 @@ use serde::Serialize;
 use crate::{
     azure::{AzureClient, AzureError, ValidationRequest},
     crd::{
-        connection::{AzureCloud, ValidationMode},
+        connection::{AzureCloud, SignInAudience, ValidationMode},
         duration,
     },
+    registration::{self, Callback, Finding, Guide, Needs},
     secret::{Fingerprinter, SecretValue},
     upstream::{EndpointOverrides, Upstream},
 };
@@ -43,6 +45,65 @@ pub struct CheckArgs {
     /// Timeout of one request.
     #[arg(long, default_value = "15s", value_parser = |t: &str| duration::parse(t).map_err(|e| e.to_string()))]
     pub http_timeout: Duration,
+    /// Also check the app registration for this broker's guide (redirect URI, account type,
+    /// delegated permissions and consent, service principal).
+    #[arg(long, value_enum)]
+    pub broker: Option<BrokerArg>,
+    /// The broker's callback to find among the Web redirect URIs (e.g.
+    /// https://acme.eu.auth0.com/login/callback); without it the redirect URI is not checked.
+    #[arg(long, requires = "broker")]
+    pub redirect_uri: Option<String>,
+    /// The connection's azure.signInAudience.
+    #[arg(long, value_enum, default_value = "single-tenant", requires = "broker")]
+    pub sign_in_audience: AudienceArg,
+    /// Groups are on (Cloudflare supportGroups: GroupMember.Read.All). Auth0 is checked with
+    /// extProfile on, its default (Directory.Read.All).
+    #[arg(long, requires = "broker")]
+    pub groups: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum BrokerArg {
+    Auth0,
+    Cloudflare,
+    Logto,
+    Unified,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum AudienceArg {
+    SingleTenant,
+    Organizations,
+    Common,
+    Consumers,
+}
+
+impl From<AudienceArg> for SignInAudience {
+    fn from(a: AudienceArg) -> Self {
+        match a {
+            AudienceArg::SingleTenant => SignInAudience::SingleTenant,
+            AudienceArg::Organizations => SignInAudience::Organizations,
+            AudienceArg::Common => SignInAudience::Common,
+            AudienceArg::Consumers => SignInAudience::Consumers,
+        }
+    }
+}
+
+impl CheckArgs {
+    /// What `--broker` and its options ask of the registration.
+    fn needs(&self, broker: BrokerArg) -> Needs {
+        let guide = match broker {
+            BrokerArg::Auth0 => Guide::Auth0 { directory: true },
+            BrokerArg::Cloudflare => Guide::Cloudflare { groups: self.groups },
+            BrokerArg::Logto => Guide::Logto,
+            BrokerArg::Unified => Guide::Unified,
+        };
+        let callback = match &self.redirect_uri {
+            Some(uri) => Callback::Known(uri.clone()),
+            None => Callback::Unknown("no --redirect-uri given".into()),
+        };
+        Needs { callback, audience: self.sign_in_audience.into(), permissions: guide.permissions() }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -81,6 +142,26 @@ pub struct Report {
     pub aadsts: Option<u32>,
     pub message: String,
     pub expiry: Option<ExpiryReport>,
+    /// With `--broker`: the app registration check (AzureAppConfigured).
+    pub registration: Option<RegistrationReport>,
+}
+
+/// The app registration check, as the AzureAppConfigured condition would report it.
+#[derive(Debug, Serialize)]
+pub struct RegistrationReport {
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub reason: String,
+    /// Each finding's reason and the step that fixes it.
+    pub findings: Vec<FindingReport>,
+    /// What was not checked, and why.
+    pub unchecked: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FindingReport {
+    pub reason: String,
+    pub message: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -158,6 +239,7 @@ pub async fn run(args: &CheckArgs) -> Result<(Report, u8), CheckError> {
         aadsts: None,
         message: String::new(),
         expiry: None,
+        registration: None,
     };
     if crate::crd::connection::is_guid(secret.expose()) {
         report.reason = "SecretIdInsteadOfValue".into();
@@ -195,9 +277,37 @@ pub async fn run(args: &CheckArgs) -> Result<(Report, u8), CheckError> {
                 },
                 Err(e) => ExpiryReport { expires_at: None, days_left: None, key_id: None, problem: Some(secret.scrub(&e.to_string())) },
             });
-            Ok((report, exit::VALID))
+            if let Some(broker) = args.broker {
+                report.registration = Some(check_registration(&azure, &request, &tenant_id, &args.needs(broker)).await);
+            }
+            let blocked = report.registration.as_ref().is_some_and(|r| r.status == "False");
+            Ok((report, if blocked { exit::INVALID } else { exit::VALID }))
         }
     }
+}
+
+/// Reads the registration with the validation's token and compares it, as the operator does.
+async fn check_registration(azure: &AzureClient, request: &ValidationRequest<'_>, tenant_id: &str, needs: &Needs) -> RegistrationReport {
+    let found = match azure.registration(request, tenant_id).await {
+        Ok(found) => found,
+        Err(error) => {
+            return RegistrationReport {
+                status: "Unknown".into(),
+                reason: "RegistrationUnreadable".into(),
+                findings: Vec::new(),
+                unchecked: vec![request.secret.scrub(&error.to_string())],
+            };
+        }
+    };
+    let compared = registration::compare(needs, &found);
+    let (status, reason) = match (compared.findings.first(), compared.unreadable) {
+        (Some(first), _) => ("False", first.reason().as_str()),
+        (None, Some(_)) => ("Unknown", "RegistrationUnreadable"),
+        (None, None) => ("True", "RegistrationConfigured"),
+    };
+    let findings =
+        compared.findings.iter().map(|f: &Finding| FindingReport { reason: f.reason().as_str().into(), message: f.message() }).collect();
+    RegistrationReport { status: status.into(), reason: reason.into(), findings, unchecked: compared.unchecked }
 }
 
 /// The human report.
@@ -222,6 +332,15 @@ pub fn render(report: &Report) -> String {
         }
         if let Some(problem) = &expiry.problem {
             out.push_str(&format!("         {problem}\n"));
+        }
+    }
+    if let Some(registration) = &report.registration {
+        out.push_str(&format!("App      {} ({})\n", registration.status, registration.reason));
+        for finding in &registration.findings {
+            out.push_str(&format!("         {}: {}\n", finding.reason, finding.message));
+        }
+        for note in &registration.unchecked {
+            out.push_str(&format!("         {note}\n"));
         }
     }
     out

@@ -3,7 +3,8 @@
 //!
 //! Layout: `crd` (the API), `config` (flags, parsed once), `controller` (watch and reconcile:
 //! resolve -> validate -> sync -> a pure decision -> status, Events, requeue), `azure` and
-//! `broker::*` (one module per external API), `broker_hosts` (where broker credentials may go), `upstream` (the single outbound HTTP client),
+//! `broker::*` (one module per external API), `broker_hosts` (where broker credentials may go), `registration` (what a broker needs from
+//! the Entra app registration, compared with what Graph says), `upstream` (the single outbound HTTP client),
 //! `cache` (the TTL cache behind the Azure client), `secret` (redaction and fingerprints),
 //! `leader` (leader election on a Lease), `operator` (start-up), `http` (metrics and probes). The emulators and the local control plane used by the
 //! demo and the tests live in the `idp-bridge-devenv` workspace member, never in this crate.
@@ -21,6 +22,7 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod operator;
+pub mod registration;
 pub mod rotation;
 pub mod secret;
 pub mod telemetry;

@@ -43,6 +43,15 @@ pub struct ObjectLabels {
     pub name: String,
 }
 
+/// A connection's AzureAppConfigured condition: its status and reason (one of the closed set).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppConfiguredLabels {
+    pub namespace: String,
+    pub name: String,
+    pub status: String,
+    pub reason: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: String,
@@ -66,6 +75,7 @@ pub struct UpstreamOperationLabels {
 struct ConnectionSeries {
     ready: Option<ConnectionLabels>,
     expiry: Option<ExpiryLabels>,
+    app: Option<AppConfiguredLabels>,
 }
 
 /// Every connection's series, and whether they may exist at all (this replica leads). One lock
@@ -82,6 +92,7 @@ pub struct Metrics {
     registry: Registry,
     expiry: Family<ExpiryLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     ready: Family<ConnectionLabels, Gauge>,
+    app_configured: Family<AppConfiguredLabels, Gauge>,
     reconciles: Family<ResultLabels, Counter>,
     reconcile_seconds: Family<ResultLabels, Histogram>,
     upstream_requests: Family<UpstreamLabels, Counter>,
@@ -120,6 +131,12 @@ impl Metrics {
         registry.register("client_secret_expiry_timestamp_seconds", "When the held client secret expires (UNIX seconds)", expiry.clone());
         let ready = Family::default();
         registry.register("connection_ready", "1 when the connection is Ready, else 0", ready.clone());
+        let app_configured = Family::default();
+        registry.register(
+            "azure_app_configured",
+            "1 for the status and reason of each connection's AzureAppConfigured condition (the app registration check)",
+            app_configured.clone(),
+        );
         let reconciles = Family::default();
         registry.register("reconcile", "Reconciles of connections by result", reconciles.clone());
         let reconcile_seconds = Family::<ResultLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
@@ -160,6 +177,7 @@ impl Metrics {
             registry,
             expiry,
             ready,
+            app_configured,
             reconciles,
             reconcile_seconds,
             upstream_requests,
@@ -242,6 +260,22 @@ impl Metrics {
         self.client_secret_rotations.get_or_create(&ResultLabels { result: result.to_owned() }).inc();
     }
 
+    /// Sets a connection's AzureAppConfigured series, replacing the one of its previous status
+    /// or reason; ignored outside a leadership term, like every per-connection series.
+    pub fn app_configured(&self, uid: &str, labels: AppConfiguredLabels) {
+        let mut series = self.series.lock().expect("series lock");
+        if !series.leading {
+            return;
+        }
+        let entry = series.by_uid.entry(uid.to_owned()).or_default();
+        if let Some(old) = entry.app.replace(labels.clone())
+            && old != labels
+        {
+            self.app_configured.remove(&old);
+        }
+        self.app_configured.get_or_create(&labels).set(1);
+    }
+
     /// Removes every series of a deleted connection.
     pub fn forget_connection(&self, uid: &str) {
         if let Some(entry) = self.series.lock().expect("series lock").by_uid.remove(uid) {
@@ -255,6 +289,9 @@ impl Metrics {
         }
         if let Some(labels) = entry.expiry {
             self.expiry.remove(&labels);
+        }
+        if let Some(labels) = entry.app {
+            self.app_configured.remove(&labels);
         }
     }
 
@@ -313,8 +350,19 @@ impl Drop for LeadershipTerm {
 /// A bounded operation label for an upstream request: method plus the API resource the path
 /// names (never ids, tenants or names, which would explode the series count).
 pub fn operation(method: &str, path: &str) -> String {
-    const RESOURCES: &[&str] =
-        &["openid-configuration", "token", "applications", "connections", "clients", "identity_providers", "connectors", "connection"];
+    const RESOURCES: &[&str] = &[
+        "openid-configuration",
+        "token",
+        "applications",
+        "servicePrincipals",
+        "oauth2PermissionGrants",
+        "connections",
+        "clients",
+        "identity_providers",
+        "organizations",
+        "connectors",
+        "connection",
+    ];
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).map(|s| s.split('(').next().unwrap_or(s)).collect();
     match segments.iter().rposition(|s| RESOURCES.contains(s)) {
         Some(i) if i + 1 < segments.len() && !RESOURCES.contains(&segments[i + 1]) => format!("{method} {}/{{id}}", segments[i]),
@@ -336,6 +384,35 @@ mod tests {
         assert_eq!(operation("PATCH", "/api/v2/connections/con_abc/clients"), "PATCH clients");
         assert_eq!(operation("GET", "/api/v2/connections"), "GET connections");
         assert_eq!(operation("GET", "/whatever/else"), "GET other");
+        assert_eq!(operation("GET", "/v1.0/servicePrincipals(appId='8c2e')"), "GET servicePrincipals");
+        assert_eq!(operation("GET", "/v1.0/servicePrincipals/6f1d/oauth2PermissionGrants"), "GET oauth2PermissionGrants");
+        assert_eq!(operation("PATCH", "/v1.0/applications/6f1d"), "PATCH applications/{id}");
+    }
+
+    #[test]
+    fn the_app_registration_series_follows_its_condition_and_goes_with_the_connection() {
+        let m = Arc::new(Metrics::new());
+        let labels = |status: &str, reason: &str| AppConfiguredLabels {
+            namespace: "ns".into(),
+            name: "web".into(),
+            status: status.into(),
+            reason: reason.into(),
+        };
+        m.app_configured("uid", labels("False", "RedirectUriMissing"));
+        assert!(!m.encode().contains("RedirectUriMissing"), "a standby exports none");
+        let _term = m.leading_term();
+        m.app_configured("uid", labels("False", "RedirectUriMissing"));
+        m.app_configured("uid", labels("True", "RegistrationConfigured"));
+        let text = m.encode();
+        assert!(!text.contains("RedirectUriMissing"), "{text}");
+        assert!(
+            text.contains(
+                "idpbridge_azure_app_configured{namespace=\"ns\",name=\"web\",status=\"True\",reason=\"RegistrationConfigured\"} 1"
+            ),
+            "{text}"
+        );
+        m.forget_connection("uid");
+        assert!(!m.encode().contains("RegistrationConfigured"));
     }
 
     fn labels(tenant: &str) -> (ConnectionLabels, ExpiryLabels) {

@@ -1,5 +1,7 @@
 //! Emulator of the Entra ID (Azure AD) login endpoints (OIDC discovery, client-credentials token)
-//! and of the one Microsoft Graph read the operator makes, all on one HTTPS port.
+//! and of the Microsoft Graph calls the operator makes (the application and its secrets; the app
+//! registration, service principal and permission grants in [`registration`]), all on one HTTPS
+//! port.
 //!
 //! Error bodies, codes and statuses follow the Microsoft identity platform's documentation and
 //! what the real service answers: AADSTS errors (<https://learn.microsoft.com/entra/identity-platform/reference-error-codes>)
@@ -15,6 +17,7 @@
 mod passwords;
 
 pub use passwords::{PasswordPolicy, RemovedPassword};
+mod registration;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -29,6 +32,8 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+
+pub use self::registration::{GRAPH_SCOPES, GRAPH_SP_OBJECT_ID};
 use base64::Engine as _;
 use jiff::Timestamp;
 use serde_json::{Value, json};
@@ -96,6 +101,7 @@ struct App {
     /// Lower-case client ids of the service principals that own this app.
     owners: Vec<String>,
     secrets: Vec<Secret>,
+    registration: registration::Registration,
 }
 
 struct Secret {
@@ -157,6 +163,7 @@ impl AzureEmulator {
             graph_write_owned_by: false,
             owners: Vec::new(),
             secrets: Vec::new(),
+            registration: registration::Registration::new(),
         };
         let mut st = self.state();
         let tenant = st.tenants.get_mut(&tenant_id.to_ascii_lowercase()).unwrap_or_else(|| panic!("unknown tenant {tenant_id}"));
@@ -232,7 +239,7 @@ fn router(state: Shared) -> Router {
     Router::new()
         .route("/{tenant}/v2.0/.well-known/openid-configuration", get(discovery))
         .route("/{tenant}/oauth2/v2.0/token", post(token))
-        .route("/v1.0/{*rest}", get(graph).post(passwords::graph_write))
+        .route("/v1.0/{*rest}", get(graph).patch(graph_patch).post(passwords::graph_write))
         .fallback(|| async { StatusCode::NOT_FOUND })
         .with_state(state)
 }
@@ -252,7 +259,17 @@ async fn token(AxState(s): AxState<Shared>, Path(tenant): Path<String>, headers:
 }
 
 async fn graph(AxState(s): AxState<Shared>, Path(rest): Path<String>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
-    lock(&s).read_application(&rest, query.as_deref(), &headers).unwrap_or_else(|e| e)
+    let state = lock(&s);
+    let reply = if rest.starts_with("servicePrincipals") {
+        state.read_service_principal(&rest, query.as_deref(), &headers)
+    } else {
+        state.read_application(&rest, query.as_deref(), &headers)
+    };
+    reply.unwrap_or_else(|e| e)
+}
+
+async fn graph_patch(AxState(s): AxState<Shared>, Path(rest): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    lock(&s).patch_application(&rest, &headers, &body).unwrap_or_else(|e| e)
 }
 
 /// What a valid `{tenant}` path segment names.
@@ -414,7 +431,10 @@ impl AzureState {
             // On /organizations the service guesses the tenant; here: the one holding the app.
             TenantRef::Alias(_) => self.tenants.iter().find(|(_, t)| t.apps.contains_key(&client_id)).map(|(id, _)| id.clone()),
         };
-        let Some((tenant_id, app)) = tenant_id.and_then(|t| self.tenants.get(&t)?.apps.get(&client_id).map(|a| (t, a))) else {
+        // An app without a service principal in the tenant is not "installed" there: the same
+        // AADSTS700016 as an unknown client id (reference/azure.md, token error table).
+        let found = tenant_id.and_then(|t| self.tenants.get(&t)?.apps.get(&client_id).map(|a| (t, a)));
+        let Some((tenant_id, app)) = found.filter(|(_, a)| a.registration.has_service_principal()) else {
             let message = format!(
                 "Application with identifier '{client_id}' was not found in the directory '{raw_tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."
             );
@@ -545,14 +565,17 @@ impl App {
                 })
             })
             .collect();
+        let (web, required_resource_access) = self.registration.graph_fields();
         json!({
             "@odata.context": format!("https://{graph_host}/v1.0/$metadata#applications/$entity"),
             "id": self.object_id,
             "appId": self.app_id,
             "displayName": self.display_name,
-            "signInAudience": "AzureADMyOrg",
+            "signInAudience": self.registration.sign_in_audience(),
             "keyCredentials": [],
             "passwordCredentials": credentials,
+            "web": web,
+            "requiredResourceAccess": required_resource_access,
         })
     }
 }

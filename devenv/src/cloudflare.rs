@@ -15,9 +15,15 @@
 //! - SCIM's `secret` is returned in the clear only in the answer to the write that first enables
 //!   SCIM on a provider, and as `*****` afterwards; `scim_base_url`
 //!   (`https://<team>.cloudflareaccess.com/populations/<id>/scim/v2`) is returned from then on;
+//! - `POST …/identity_providers/{id}/refresh_scim_secret` replaces the SCIM secret of a provider
+//!   with SCIM on (the old one stops working) and answers with the provider, the new secret in
+//!   the clear, once (the dashboard's "Regenerate Secret"); on a provider without SCIM it answers
+//!   400;
 //! - server fields: `id` (a UUID), `config.redirect_url`
 //!   (`https://<team>.cloudflareaccess.com/cdn-cgi/access/callback`) and `config.azure_cloud`
 //!   (`"default"` unless sent) on azureAD providers;
+//! - the Zero Trust organization (`GET …/access/organizations`) names the team [`TEAM`] in its
+//!   `auth_domain` (`<team>.cloudflareaccess.com`);
 //! - a `read_only` provider refuses PUT and DELETE;
 //! - lists page with `page`/`per_page` (at most 50) and carry `result_info` (a request marked
 //!   by the kit's `Fault::endless_pages` gets a full page of filler and a promise of one more);
@@ -194,6 +200,11 @@ impl CloudflareEmulator {
         self.state().providers.iter().find(|s| s.provider["name"] == name).map(|s| s.provider.clone())
     }
 
+    /// The SCIM secret a provider holds now (the one Entra ID must present).
+    pub fn scim_secret(&self, id: &str) -> Option<String> {
+        self.provider(id)?["scim_config"]["secret"].as_str().map(str::to_owned)
+    }
+
     /// The client secret a provider holds.
     pub fn client_secret(&self, id: &str) -> Option<String> {
         self.provider(id)?["config"]["client_secret"].as_str().map(str::to_owned)
@@ -256,6 +267,8 @@ fn router(state: Shared) -> Router {
     let routes = Router::new()
         .route("/client/v4/{kind}/{scope}/access/identity_providers", get(list).post(create))
         .route("/client/v4/{kind}/{scope}/access/identity_providers/{id}", get(read).put(update).delete(remove))
+        .route("/client/v4/{kind}/{scope}/access/identity_providers/{id}/refresh_scim_secret", axum::routing::post(refresh_scim_secret))
+        .route("/client/v4/{kind}/{scope}/access/organizations", get(organization))
         .fallback(|| async { failure(StatusCode::NOT_FOUND, CODE_NO_ROUTE, "No route for that URI") })
         .method_not_allowed_fallback(|| async { failure(StatusCode::METHOD_NOT_ALLOWED, CODE_NO_ROUTE, "Method not allowed for this URI") })
         .with_state(state.clone());
@@ -315,6 +328,19 @@ fn endless_page(query: &[(String, String)]) -> Reply {
     Ok((StatusCode::OK, Json(response)).into_response())
 }
 
+/// The Zero Trust organization: every emulated account and zone is team [`TEAM`].
+async fn organization() -> Response {
+    let organization = json!({
+        "auth_domain": format!("{TEAM}.cloudflareaccess.com"),
+        "name": "idp-bridge test team",
+        "is_ui_read_only": false,
+        "session_duration": "24h",
+        "created_at": "2025-01-01T00:00:00Z",
+        "updated_at": "2025-01-01T00:00:00Z",
+    });
+    success(StatusCode::OK, organization)
+}
+
 async fn create(AxState(s): AxState<Shared>, Path((_, scope)): Path<(String, String)>, body: Bytes) -> Response {
     reply(lock(&s).create(&Target { scope }, &body))
 }
@@ -326,6 +352,10 @@ async fn read(AxState(s): AxState<Shared>, Path((_, scope, id)): Path<(String, S
 
 async fn update(AxState(s): AxState<Shared>, Path((_, scope, id)): Path<(String, String, String)>, body: Bytes) -> Response {
     reply(lock(&s).update(&Target { scope }, &id, &body))
+}
+
+async fn refresh_scim_secret(AxState(s): AxState<Shared>, Path((_, scope, id)): Path<(String, String, String)>) -> Response {
+    reply(lock(&s).refresh_scim_secret(&Target { scope }, &id))
 }
 
 async fn remove(AxState(s): AxState<Shared>, Path((_, scope, id)): Path<(String, String, String)>) -> Response {
@@ -447,6 +477,22 @@ impl CloudflareState {
         let (provider, first_scim) = build(id, &body, Some(&*stored))?;
         *stored = provider;
         Ok(success(StatusCode::OK, redacted(stored, first_scim)))
+    }
+
+    /// A new SCIM secret for a provider with SCIM on, shown once in the answer.
+    fn refresh_scim_secret(&mut self, target: &Target, id: &str) -> Reply {
+        let stored = self.find_mut(target, id)?;
+        if stored["read_only"] == true {
+            return Err(read_only());
+        }
+        if stored["scim_config"]["enabled"] != true {
+            return Err(invalid("SCIM is not enabled on this identity provider"));
+        }
+        stored["scim_config"]["secret"] = json!(random_alnum(64));
+        if stored["scim_config"]["scim_base_url"].as_str().is_none_or(str::is_empty) {
+            stored["scim_config"]["scim_base_url"] = json!(format!("https://{TEAM}.cloudflareaccess.com/populations/{id}/scim/v2"));
+        }
+        Ok(success(StatusCode::OK, redacted(stored, true)))
     }
 
     fn remove(&mut self, target: &Target, id: &str) -> Reply {

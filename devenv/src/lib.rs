@@ -3,8 +3,10 @@
 
 pub mod auth0;
 pub mod azure;
+pub mod bench;
 pub mod cloudflare;
 pub mod control_plane;
+pub mod fault_suite;
 pub mod kit;
 pub mod logto;
 pub mod stack;

@@ -17,6 +17,9 @@ fn the_demo_walkthrough_completes() {
         "previous password removed",
         "Auth0 holds the new password: true",
         "the bootstrap one is gone",
+        "contoso-web   auth0    3f2a1c4e-8b7d-4e6a-9c5b-2d1e0f9a8b7c   False   RedirectUriMissing",
+        "add https://acme.eu.auth0.com/login/callback under Authentication > Web > Redirect URIs",
+        "Event RedirectUriAdded: added https://acme.eu.auth0.com/login/callback",
     ] {
         assert!(stdout.contains(expected), "demo output lacks {expected:?}:\n{stdout}");
     }

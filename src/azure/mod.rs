@@ -6,6 +6,7 @@ pub mod cloud;
 pub mod error;
 pub mod graph;
 pub mod passwords;
+pub mod registration;
 pub mod throttle;
 
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use serde::Deserialize;
 pub use self::{
     error::AzureError,
     graph::{GraphError, SecretExpiry},
+    registration::{Registration, RegistrationError},
     throttle::{Throttle, ThrottleKey},
 };
 use crate::{
@@ -91,6 +93,10 @@ pub struct AzureClient {
     tokens: TtlCache<CacheKey, AccessToken>,
     /// Expiry lookups, trusted as long as validations.
     expiries: TtlCache<CacheKey, SecretExpiry>,
+    /// App registrations read, trusted as long as validations.
+    registrations: TtlCache<CacheKey, Registration>,
+    /// Microsoft Graph's own service principal per (cloud, tenant GUID): the same for every app.
+    graph_scopes: TtlCache<(AzureCloud, String), registration::GraphScopes>,
     /// Retry-After of the login service (discovery and token requests), per app.
     login_throttle: Throttle,
     /// Retry-After of Microsoft Graph, per app.
@@ -120,6 +126,8 @@ impl AzureClient {
             validations: TtlCache::new(),
             tokens: TtlCache::new(),
             expiries: TtlCache::new(),
+            registrations: TtlCache::new(),
+            graph_scopes: TtlCache::new(),
             login_throttle: Throttle::default(),
             graph_throttle: Throttle::default(),
         }
@@ -152,6 +160,7 @@ impl AzureClient {
         // A fresh validation comes with a fresh expiry lookup: an older cached one would outlive
         // this validation and delay the next real Graph read by up to a whole interval.
         self.expiries.remove(&key);
+        self.registrations.remove(&key);
         Ok(validation)
     }
 

@@ -320,6 +320,15 @@ impl BrokerClient {
         }
     }
 
+    /// The Access team domain of a Cloudflare broker (the host of its callback); `None` for
+    /// the other brokers, whose callback follows from their spec.
+    pub async fn access_team_domain(&self) -> Option<Result<String, BrokerError>> {
+        match self {
+            BrokerClient::Cloudflare(c) => Some(c.team_domain().await),
+            _ => None,
+        }
+    }
+
     /// The broker type (`auth0`, ...).
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -348,6 +357,14 @@ impl BrokerClient {
             (BrokerClient::Logto(c), BrokerTarget::Logto(t)) => c.delete(t, request).await,
             (BrokerClient::Unified(c), BrokerTarget::Unified(t)) => c.delete(t, request).await,
             (client, target) => Err(target.mismatch(client.type_name())),
+        }
+    }
+
+    /// A new SCIM secret for the broker object `id`: only Cloudflare has SCIM.
+    pub async fn refresh_scim_secret(&self, id: &str) -> Result<ScimCredentials, BrokerError> {
+        match self {
+            BrokerClient::Cloudflare(c) => c.refresh_scim_secret(id).await,
+            other => Err(BrokerError::Unsupported(format!("{} has no SCIM secret", other.type_name()))),
         }
     }
 

@@ -6,7 +6,12 @@
 
 use std::{fmt::Debug, sync::Arc, time::Duration};
 
-use futures::{FutureExt, StreamExt, future};
+use futures::{
+    FutureExt, StreamExt,
+    channel::mpsc::{UnboundedReceiver, UnboundedSender},
+    future,
+    stream::BoxStream,
+};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
@@ -26,11 +31,12 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::{Context, Error, readiness::Stores, reconcile::MANAGER, resolve};
+use super::{Context, Error, protection, readiness::Stores, reconcile::MANAGER, resolve};
 use crate::crd::{
     BrokerProvider, ClusterIdentityBroker, IdentityBroker,
     broker::IdentityBrokerStatus,
     conditions::{Desired, READY, Reason, Status, set_condition},
+    connection::{AzureAdConnection, BrokerRefKind},
 };
 
 /// How often a healthy broker's credentials are re-checked.
@@ -39,8 +45,10 @@ const CHECK_INTERVAL: Duration = Duration::from_secs(600);
 /// that changes nothing else write the status.
 const LAST_CHECK_REFRESH: jiff::SignedDuration = jiff::SignedDuration::from_hours(1);
 
-/// What the broker status controller needs from either broker kind.
-trait BrokerObject: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {
+/// What the broker status and protection controllers need from either broker kind.
+pub(super) trait BrokerObject: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {
+    /// How a connection's `brokerRef` names this kind.
+    const REF_KIND: BrokerRefKind;
     fn provider(&self) -> Option<BrokerProvider>;
     fn rate_limit(&self) -> Option<(u32, u32)>;
     /// Where the broker's credential Secret lives.
@@ -54,6 +62,7 @@ trait BrokerObject: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debu
 }
 
 impl BrokerObject for IdentityBroker {
+    const REF_KIND: BrokerRefKind = BrokerRefKind::IdentityBroker;
     fn provider(&self) -> Option<BrokerProvider> {
         self.spec.provider()
     }
@@ -78,6 +87,7 @@ impl BrokerObject for IdentityBroker {
 }
 
 impl BrokerObject for ClusterIdentityBroker {
+    const REF_KIND: BrokerRefKind = BrokerRefKind::ClusterIdentityBroker;
     fn provider(&self) -> Option<BrokerProvider> {
         self.spec.provider()
     }
@@ -199,42 +209,96 @@ fn brokers_using_secret<B: BrokerObject>(
         .collect()
 }
 
+/// The status controller of one broker kind in one scope. A change of a credential Secret
+/// (`secrets`) starts a check of the brokers that use it, and tells `protection` too: a Secret
+/// created after its broker is protected at once.
 fn controller<B: BrokerObject>(
     ctx: Arc<Context>,
     namespace: Option<&str>,
+    secrets: BoxStream<'static, Result<PartialObjectMeta<Secret>, watcher::Error>>,
+    protection: UnboundedSender<ObjectRef<B>>,
     stop: &CancellationToken,
     stores: &mut Stores,
 ) -> impl std::future::Future<Output = ()> + use<B> {
     let client = ctx.client.clone();
     // Spec edits (and the deletion mark) bump the generation; the controller's own status
     // writes, and labels or annotations, do not, and start no check.
-    let (store, brokers) = super::reflected(B::watch_api(client.clone(), namespace), watcher::Config::default().any_semantic(), stores);
+    let (store, brokers) = super::reflected(B::watch_api(client, namespace), watcher::Config::default().any_semantic(), stores);
     let brokers = brokers.predicate_filter(predicates::generation.combine(predicates::finalizers), Default::default());
     let controller = Controller::for_stream(brokers, store.clone());
     let operator_namespace = ctx.config.namespace.clone();
-    let secrets = match B::credentials_namespace_fixed(&operator_namespace).or(namespace) {
-        Some(ns) => Api::<PartialObjectMeta<Secret>>::namespaced(client, ns),
-        None => Api::all(client),
-    };
-    let (_, secret_events) = super::reflected(secrets, watcher::Config::default(), stores);
     controller
-        .watches_stream(secret_events, move |s| brokers_using_secret(&store, &s, &operator_namespace))
+        .watches_stream(secrets, move |s| {
+            let refs = brokers_using_secret(&store, &s, &operator_namespace);
+            for broker in &refs {
+                // Closed only while the controllers stop.
+                let _ = protection.unbounded_send(broker.clone());
+            }
+            refs
+        })
         .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(guarded_reconcile::<B>, error_policy::<B>, ctx)
         .for_each(|_| future::ready(()))
 }
 
-/// The IdentityBroker status controller per scope and the ClusterIdentityBroker one, until
-/// `stop` is cancelled; their stores are registered with `stores`.
+/// The Secrets where brokers of kind `B` watched in `namespace` keep their credentials.
+fn credential_secrets<B: BrokerObject>(ctx: &Context, namespace: Option<&str>) -> Api<PartialObjectMeta<Secret>> {
+    match B::credentials_namespace_fixed(&ctx.config.namespace).or(namespace) {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    }
+}
+
+/// The triggers of the protection controllers: per scope for IdentityBrokers, and one for
+/// ClusterIdentityBrokers.
+pub(super) struct ProtectionTriggers {
+    pub identity: Vec<UnboundedReceiver<ObjectRef<IdentityBroker>>>,
+    pub cluster: UnboundedReceiver<ObjectRef<ClusterIdentityBroker>>,
+    pub identity_senders: Vec<UnboundedSender<ObjectRef<IdentityBroker>>>,
+    pub cluster_sender: UnboundedSender<ObjectRef<ClusterIdentityBroker>>,
+}
+
+/// The IdentityBroker status and protection controllers per scope and the ClusterIdentityBroker
+/// ones, until `stop` is cancelled; their stores are registered with `stores`. `connections`
+/// are the connection stores of every scope, which decide whether a broker is in use.
 pub(super) fn controllers(
     ctx: Arc<Context>,
     scopes: &[Option<String>],
+    connections: Vec<Store<AzureAdConnection>>,
+    triggers: ProtectionTriggers,
     stop: &CancellationToken,
     stores: &mut Stores,
 ) -> impl std::future::Future<Output = ()> + use<> {
-    let namespaced: Vec<_> = scopes.iter().map(|ns| controller::<IdentityBroker>(ctx.clone(), ns.as_deref(), stop, stores)).collect();
-    let cluster = controller::<ClusterIdentityBroker>(ctx, None, stop, stores);
-    future::join(future::join_all(namespaced), cluster).map(|_| ())
+    let any = || watcher::Config::default().any_semantic();
+    let identity: Vec<_> = scopes
+        .iter()
+        .map(|ns| {
+            let (store, events) = super::reflected(IdentityBroker::watch_api(ctx.client.clone(), ns.as_deref()), any(), stores);
+            (store, events.boxed())
+        })
+        .collect();
+    let (cluster_store, cluster_events) = super::reflected(ClusterIdentityBroker::watch_api(ctx.client.clone(), None), any(), stores);
+    let cluster = (cluster_store, cluster_events.boxed());
+    let usage = Arc::new(protection::Usage {
+        operator_namespace: ctx.config.namespace.clone(),
+        connections,
+        brokers: identity.iter().map(|(store, _)| store.clone()).collect(),
+        cluster_brokers: cluster.0.clone(),
+    });
+    let mut running = Vec::new();
+    let scoped = scopes.iter().zip(identity).zip(triggers.identity).zip(triggers.identity_senders);
+    for (((ns, watch), received), sender) in scoped {
+        let (secret_store, secret_events) =
+            super::reflected(credential_secrets::<IdentityBroker>(&ctx, ns.as_deref()), watcher::Config::default(), stores);
+        running.push(controller::<IdentityBroker>(ctx.clone(), ns.as_deref(), secret_events.boxed(), sender, stop, stores).boxed());
+        running.push(protection::controller(ctx.clone(), usage.clone(), watch, secret_store, received, stop).boxed());
+    }
+    let (secret_store, secret_events) =
+        super::reflected(credential_secrets::<ClusterIdentityBroker>(&ctx, None), watcher::Config::default(), stores);
+    running
+        .push(controller::<ClusterIdentityBroker>(ctx.clone(), None, secret_events.boxed(), triggers.cluster_sender, stop, stores).boxed());
+    running.push(protection::controller(ctx, usage, cluster, secret_store, triggers.cluster, stop).boxed());
+    future::join_all(running).map(|_| ())
 }
 
 #[cfg(test)]

@@ -38,6 +38,10 @@ pub struct Context {
     /// SCIM credentials a broker returned (only once) that are not yet stored in their Secret,
     /// per connection UID: kept until a write succeeds.
     pending_scim: Mutex<HashMap<String, ScimCredentials>>,
+    /// The broker each connection last synced through, with the credentials read for it, per
+    /// connection UID: what a `deletionPolicy: Delete` cleanup falls back to when the credential
+    /// Secret is already gone (a namespace deletion, where the operator may not protect it).
+    last_broker: Mutex<HashMap<String, ResolvedBroker>>,
 }
 
 impl Context {
@@ -56,6 +60,7 @@ impl Context {
             config,
             failures: Mutex::new(HashMap::new()),
             pending_scim: Mutex::new(HashMap::new()),
+            last_broker: Mutex::new(HashMap::new()),
         }
     }
 
@@ -80,6 +85,25 @@ impl Context {
         if let Some(uid) = conn.uid() {
             self.metrics.forget_connection(&uid);
             self.pending_scim.lock().expect("scim lock").remove(&uid);
+        }
+    }
+
+    /// Remembers the broker `conn` syncs through, for its cleanup.
+    pub fn remember_broker(&self, conn: &AzureAdConnection, resolved: &ResolvedBroker) {
+        if let Some(uid) = conn.uid() {
+            self.last_broker.lock().expect("broker lock").insert(uid, resolved.clone());
+        }
+    }
+
+    /// The broker `conn` last synced through, as [`Context::remember_broker`] kept it.
+    pub fn last_broker(&self, conn: &AzureAdConnection) -> Option<ResolvedBroker> {
+        self.last_broker.lock().expect("broker lock").get(&conn.uid()?).cloned()
+    }
+
+    /// Forgets the broker `conn` synced through: its cleanup is done.
+    pub fn release_broker(&self, conn: &AzureAdConnection) {
+        if let Some(uid) = conn.uid() {
+            self.last_broker.lock().expect("broker lock").remove(&uid);
         }
     }
 

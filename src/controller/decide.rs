@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::{
-    observation::{BrokerStage, CredentialsFailure, Expiry, Observation},
+    observation::{AppCheck, BrokerStage, CredentialsFailure, Expiry, Observation, ScimStage},
     status::{self, Notice, Subject},
 };
 use crate::crd::connection::AzureAdConnectionStatus;
@@ -40,6 +40,14 @@ pub fn decide(subject: &Subject<'_>, observation: &Observation, now: jiff::Times
     let status = status::compute(subject, observation, now);
     let mut events = status::transitions(&subject.previous.conditions, &status.conditions);
     events.extend(broker_events(subject, observation));
+    if let ScimStage::Checked { regenerated: true, .. } = observation.scim {
+        events.push(Notice {
+            warning: true,
+            reason: "ScimSecretRegenerated".into(),
+            note: "Cloudflare issued a new SCIM token (no stored one was found; the previous token no longer works): enter the SCIM Secret's scim-secret in Entra ID's provisioning settings".into(),
+        });
+    }
+    events.extend(registration_events(observation));
     Decision { status, events, next: next(subject, observation, now) }
 }
 
@@ -73,21 +81,46 @@ fn broker_events(subject: &Subject<'_>, observation: &Observation) -> Vec<Notice
     }
 }
 
+/// The redirect URI `azure.registration: Manage` added to the app registration.
+fn registration_events(observation: &Observation) -> Vec<Notice> {
+    let AppCheck::Checked { added_redirect_uri: Some(uri), .. } = &observation.app else { return Vec::new() };
+    vec![Notice {
+        warning: false,
+        reason: "RedirectUriAdded".into(),
+        note: format!("added {uri} to the app registration's Web redirect URIs (azure.registration: Manage)"),
+    }]
+}
+
+/// How soon to read an unavailable app registration again when Graph gave no Retry-After.
+const REGISTRATION_RETRY: Duration = Duration::from_secs(60);
+
 /// Transient failures back off (at least their Retry-After); everything else, permanent
 /// problems included, waits for the refresh or for a change.
 fn next(subject: &Subject<'_>, observation: &Observation, now: jiff::Timestamp) -> Next {
     let transient = match (&observation.credentials, &observation.broker) {
         (Err(CredentialsFailure::Azure(e)), _) if e.is_transient() => Some(e.retry_after()),
         (_, BrokerStage::Failed(e)) if e.is_transient() => Some(e.retry_after()),
+        _ if observation.scim.failed() => Some(None),
         _ => None,
     };
     match transient {
         Some(retry_after) => Next::Backoff { at_least: retry_after.unwrap_or_default() },
         None => {
-            let thresholds = [expiry_threshold(&observation.expiry, subject.warn_before, now), cache_end(observation, now)];
+            let thresholds = [
+                expiry_threshold(&observation.expiry, subject.warn_before, now),
+                cache_end(observation, now),
+                registration_retry(observation),
+            ];
             Next::Refresh { interval: subject.refresh_interval, threshold: thresholds.into_iter().flatten().min() }
         }
     }
+}
+
+/// An unavailable registration (Graph down or throttling) is read again after Graph's
+/// Retry-After, or a minute; the connection itself is not failing, so this is no backoff.
+fn registration_retry(observation: &Observation) -> Option<Duration> {
+    let AppCheck::Unavailable { retry_after, .. } = &observation.app else { return None };
+    Some(retry_after.unwrap_or(REGISTRATION_RETRY))
 }
 
 /// The time until the cached validation runs out, one second late so it certainly has.
@@ -166,7 +199,15 @@ mod tests {
     }
 
     fn observation(credentials: Result<Validation, CredentialsFailure>, broker: BrokerStage) -> Observation {
-        Observation { fingerprint: Some("fp-1".into()), credentials, expiry: Expiry::Disabled, broker, observe_only: false }
+        Observation {
+            fingerprint: Some("fp-1".into()),
+            credentials,
+            expiry: Expiry::Disabled,
+            broker,
+            scim: ScimStage::Off,
+            observe_only: false,
+            app: AppCheck::Unreadable("not checked".into()),
+        }
     }
 
     fn reasons(decision: &Decision) -> Vec<&str> {
@@ -347,5 +388,29 @@ mod tests {
         }
         assert_eq!(refresh_delay(HOUR, None, 0.5), HOUR.mul_f64(0.95));
         assert_eq!(refresh_delay(HOUR, Some(Duration::from_secs(7200)), 0.0), HOUR.mul_f64(0.9), "a far threshold changes nothing");
+    }
+
+    #[test]
+    fn an_added_redirect_uri_is_announced_and_an_unavailable_registration_is_read_again_soon() {
+        let previous = in_sync();
+        let mut obs = observation(valid(), synced(&[], false));
+        obs.app = AppCheck::Checked {
+            report: Default::default(),
+            added_redirect_uri: Some("https://acme.eu.auth0.com/login/callback".into()),
+            manage_failed: None,
+        };
+        let decision = decide(&subject(&previous), &obs, t(600));
+        let added = decision.events.iter().find(|e| e.reason == "RedirectUriAdded").expect("announced");
+        assert!(!added.warning && added.note.contains("https://acme.eu.auth0.com/login/callback"), "{added:?}");
+        obs.app = AppCheck::Unavailable { why: "throttled".into(), retry_after: Some(Duration::from_secs(30)) };
+        let decision = decide(&subject(&previous), &obs, t(600));
+        assert_eq!(
+            decision.next,
+            Next::Refresh { interval: HOUR, threshold: Some(Duration::from_secs(30)) },
+            "no backoff, no hour-long wait"
+        );
+        obs.app = AppCheck::Unavailable { why: "down".into(), retry_after: None };
+        let decision = decide(&subject(&previous), &obs, t(600));
+        assert_eq!(decision.next, Next::Refresh { interval: HOUR, threshold: Some(REGISTRATION_RETRY) });
     }
 }

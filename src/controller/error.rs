@@ -16,8 +16,6 @@ pub enum Error {
     ReadNamespace(#[source] kube::Error),
     #[error("writing status: {0}")]
     WriteStatus(#[source] kube::Error),
-    #[error("writing the SCIM Secret: {0}")]
-    WriteScimSecret(#[source] kube::Error),
     #[error("reading the AzureAdClientSecret: {0}")]
     ReadClientSecret(#[source] kube::Error),
     #[error("writing the rotated client-secret Secret: {0}")]
@@ -28,6 +26,9 @@ pub enum Error {
     AddFinalizer(#[source] kube::Error),
     #[error("removing the finalizer: {0}")]
     RemoveFinalizer(#[source] kube::Error),
+    /// Adding or removing the in-use finalizer of a broker or its credential Secret.
+    #[error("writing the in-use finalizer: {0}")]
+    Protect(#[source] kube::Error),
     /// The finalizer helper could not patch the object at all (no name, a bad JSON pointer):
     /// a bug, not a cluster condition.
     #[error("finalizer: {0}")]
@@ -50,12 +51,12 @@ impl Error {
             Error::ReadBroker(_) => "read_broker",
             Error::ReadNamespace(_) => "read_namespace",
             Error::WriteStatus(_) => "write_status",
-            Error::WriteScimSecret(_) => "write_scim_secret",
             Error::ReadClientSecret(_) => "read_client_secret",
             Error::WriteClientSecret(_) => "write_client_secret",
             Error::Cleanup(_) => "cleanup",
             Error::AddFinalizer(_) => "add_finalizer",
             Error::RemoveFinalizer(_) => "remove_finalizer",
+            Error::Protect(_) => "protect",
             Error::Finalizer(_) => "finalizer",
             Error::DeadlineExceeded => "deadline",
             Error::Panicked => "panic",
@@ -98,9 +99,9 @@ mod tests {
 
     #[test]
     fn a_flattened_error_keeps_its_message() {
-        let error = Error::from(finalizer::Error::ApplyFailed(Error::WriteScimSecret(api_error())));
-        assert_eq!(error.label(), "write_scim_secret");
-        assert!(error.to_string().starts_with("writing the SCIM Secret: "), "{error}");
+        let error = Error::from(finalizer::Error::ApplyFailed(Error::WriteStatus(api_error())));
+        assert_eq!(error.label(), "write_status");
+        assert!(error.to_string().starts_with("writing status: "), "{error}");
         assert!(error.to_string().contains("etcd is slow"), "{error}");
     }
 }

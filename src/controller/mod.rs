@@ -8,14 +8,17 @@ mod decide;
 mod error;
 pub(crate) mod guard;
 mod observation;
+mod protection;
 mod readiness;
 pub mod reconcile;
+mod registration;
 mod resolve;
+mod scim;
 mod status;
 
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt, future};
+use futures::{Stream, StreamExt, channel::mpsc, future};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -78,6 +81,22 @@ fn connections_reading_secret(
         .collect()
 }
 
+/// Connections whose Cloudflare SCIM Secret changed (deleted, or made by someone else): they look
+/// at it again at once instead of at the next refresh.
+fn connections_storing_scim(
+    secret: &PartialObjectMeta<Secret>,
+    connections: &Store<AzureAdConnection>,
+) -> Vec<ObjectRef<AzureAdConnection>> {
+    let namespace = secret.namespace();
+    let name = secret.name_any();
+    connections
+        .state()
+        .iter()
+        .filter(|c| c.namespace() == namespace && scim::secret_name(c) == Some(name.as_str()))
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
+}
+
 /// Connections whose broker authenticates with a changed Secret.
 fn connections_using_broker_secret(
     secret: &PartialObjectMeta<Secret>,
@@ -125,12 +144,19 @@ where
 /// generation (spec edits, and the deletion mark), changed finalizers (the finalizer helper waits
 /// for the watch to see the one it added) or changed annotations (a person asking for a refresh
 /// now). A status write changes none of them, so a reconcile is never re-triggered by its own
-/// status.
+/// status. Every event, before that filter (a deletion included), goes to `tap`: the connection's
+/// broker may have gained or lost a user.
 fn connection_triggers(
     api: Api<AzureAdConnection>,
+    tap: protection::ConnectionTap,
     stores: &mut Stores,
 ) -> (Store<AzureAdConnection>, impl Stream<Item = Result<AzureAdConnection, watcher::Error>> + use<>) {
     let (store, events) = reflected(api, watcher::Config::default().any_semantic(), stores);
+    let events = events.inspect(move |event| {
+        if let Ok(conn) = event {
+            tap.seen(conn);
+        }
+    });
     (
         store,
         events
@@ -161,16 +187,18 @@ where
 }
 
 /// The connection controller for one namespace (or all of them), its stores registered with
-/// `stores`.
+/// `stores`, and its connection store.
 fn connection_controller(
     ctx: Arc<Context>,
     namespace: Option<&str>,
     cluster_brokers: Store<ClusterIdentityBroker>,
+    tap: protection::ConnectionTap,
     stop: CancellationToken,
     stores: &mut Stores,
-) -> impl Future<Output = ()> + use<> {
+) -> (Store<AzureAdConnection>, impl Future<Output = ()> + use<>) {
     let client = ctx.client.clone();
-    let (store, connection_events) = connection_triggers(scoped::<AzureAdConnection>(&client, namespace), stores);
+    let (store, connection_events) = connection_triggers(scoped::<AzureAdConnection>(&client, namespace), tap, stores);
+    let connection_store = store.clone();
     let connections = Controller::for_stream(connection_events, store.clone());
     let (broker_store, broker_events) =
         reflected(scoped::<IdentityBroker>(&client, namespace), watcher::Config::default().any_semantic(), stores);
@@ -187,6 +215,7 @@ fn connection_controller(
         }
         let mut refs = connections_using_broker_secret(&secret, &s3, &broker_store, &cluster_brokers, &operator_namespace);
         refs.extend(direct);
+        refs.extend(connections_storing_scim(&secret, &s3));
         refs
     };
     let mut secrets = vec![scoped::<PartialObjectMeta<Secret>>(&client, namespace)];
@@ -205,7 +234,7 @@ fn connection_controller(
         let (_, events) = reflected(api, watcher::Config::default(), stores);
         controller = controller.watches_stream(events, secret_mapper.clone());
     }
-    controller
+    let running = controller
         .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile::reconcile, error_policy, ctx.clone())
@@ -216,7 +245,8 @@ fn connection_controller(
                 warn!(error = %e, "controller");
             }
             future::ready(())
-        })
+        });
+    (connection_store, running)
 }
 
 /// Runs the connection and broker controllers until `stop` is cancelled: for the whole cluster,
@@ -229,11 +259,18 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     let (cluster_brokers, cluster_broker_events) =
         reflected(Api::<ClusterIdentityBroker>::all(ctx.client.clone()), watcher::Config::default().any_semantic(), &mut stores);
     let cluster_broker_reflector = cluster_broker_events.for_each(|_| future::ready(()));
-    let connections: Vec<_> = scopes
+    let (identity_senders, identity): (Vec<_>, Vec<_>) = scopes.iter().map(|_| mpsc::unbounded()).unzip();
+    let (cluster_sender, cluster) = mpsc::unbounded();
+    let (connection_stores, connections): (Vec<_>, Vec<_>) = scopes
         .iter()
-        .map(|ns| connection_controller(ctx.clone(), ns.as_deref(), cluster_brokers.clone(), stop.clone(), &mut stores))
-        .collect();
-    let brokers = brokers::controllers(ctx.clone(), &scopes, &stop, &mut stores);
+        .zip(&identity_senders)
+        .map(|(ns, identity)| {
+            let tap = protection::ConnectionTap::new(identity.clone(), cluster_sender.clone());
+            connection_controller(ctx.clone(), ns.as_deref(), cluster_brokers.clone(), tap, stop.clone(), &mut stores)
+        })
+        .unzip();
+    let triggers = brokers::ProtectionTriggers { identity, cluster, identity_senders, cluster_sender };
+    let brokers = brokers::controllers(ctx.clone(), &scopes, connection_stores, triggers, &stop, &mut stores);
     let rotations = crate::rotation::controllers(ctx.clone(), &scopes, &stop, &mut stores);
     info!(namespaces = ?ctx.config.watch_namespaces, "controllers started");
     tokio::select! {

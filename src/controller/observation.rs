@@ -1,9 +1,15 @@
 //! What one reconcile learned, as plain data: the input of the pure status computation.
 
+use std::time::Duration;
+
 use crate::{
     azure::{AzureError, Validation},
     broker::{BrokerError, SyncOutcome},
-    crd::{conditions::Reason, connection::SecretStatus},
+    crd::{
+        conditions::{Desired, Reason, Status},
+        connection::SecretStatus,
+    },
+    registration::Report,
 };
 
 /// A problem found in Kubernetes objects the connection references, with its condition reason.
@@ -82,7 +88,45 @@ pub struct Observation {
     pub credentials: Result<Validation, CredentialsFailure>,
     pub expiry: Expiry,
     pub broker: BrokerStage,
+    pub scim: ScimStage,
     pub observe_only: bool,
+    /// The app registration check (AzureAppConfigured).
+    pub app: AppCheck,
+}
+
+/// The app registration stage's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppCheck {
+    /// The registration was compared with what the broker needs.
+    Checked {
+        report: Report,
+        /// The redirect URI `azure.registration: Manage` added in this reconcile.
+        added_redirect_uri: Option<String>,
+        /// Why Manage could not add the missing redirect URI.
+        manage_failed: Option<String>,
+    },
+    /// It could not be read or checked (a Graph permission, no token): Unknown, Ready unchanged.
+    Unreadable(String),
+    /// Graph is down or throttling: the last verdict stands; look again after `retry_after`.
+    Unavailable { why: String, retry_after: Option<Duration> },
+}
+
+/// The SCIM stage's result (Cloudflare with `scim.enabled` only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScimStage {
+    /// SCIM is not enabled: no ScimSecretReady condition.
+    Off,
+    /// Not looked at this time (the sync did not succeed, or ObserveOnly): the condition stays.
+    Skipped,
+    /// What ScimSecretReady says now, and whether Cloudflare issued a new SCIM token for it.
+    Checked { condition: Desired, regenerated: bool },
+}
+
+impl ScimStage {
+    /// A failure worth retrying soon: the token waits in memory, or a refresh failed.
+    pub fn failed(&self) -> bool {
+        matches!(self, ScimStage::Checked { condition, .. } if condition.status != Status::True && condition.reason != Reason::ScimSecretNotOwned)
+    }
 }
 
 /// Why the credentials are not usable.

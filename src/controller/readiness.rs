@@ -37,7 +37,7 @@ impl Stores {
 
 /// Resolves once `store` has received its first complete list. Polled again every second: a
 /// store's readiness signal wakes only its latest waiter, and the controller waits on its own.
-async fn listed<K: Resource<DynamicType = ()> + Clone + 'static>(store: Store<K>) {
+pub(super) async fn listed<K: Resource<DynamicType = ()> + Clone + 'static>(store: Store<K>) {
     while tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await.is_err() {}
 }
 

@@ -21,8 +21,8 @@ use super::{
     decide::{self, Decision, Next},
     error::Error,
     guard::guarded,
-    observation::{BrokerStage, CredentialsFailure, Expiry, Observation, Problem},
-    resolve,
+    observation::{BrokerStage, CredentialsFailure, Expiry, Observation, Problem, ScimStage},
+    registration, resolve, scim,
     status::Subject,
 };
 use crate::{
@@ -33,7 +33,7 @@ use crate::{
         conditions::{Desired, READY, Reason, Status, set_condition},
         connection::{AzureAdConnection, AzureAdConnectionStatus, DeletionPolicy, ExpirySource, ManagementPolicy, ValidationMode},
     },
-    metrics::{ConnectionLabels, ExpiryLabels},
+    metrics::{AppConfiguredLabels, ConnectionLabels, ExpiryLabels},
     secret::SecretValue,
 };
 
@@ -114,17 +114,25 @@ async fn apply(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error>
         return carry_out(conn, ctx, &previous, decision).await;
     }
 
-    // A SCIM token from an earlier reconcile that could not be stored yet goes first.
-    store_pending_scim(conn, ctx).await?;
     let resolved = resolve_secret(ctx, conn).await?;
     let validated = validate(ctx, conn, &resolved).await;
-    let broker = sync_broker(ctx, conn, &resolved, &validated).await?;
+    let (broker, scim, resolved_broker) = sync_broker(ctx, conn, &resolved, &validated).await?;
+    let inputs = registration::Inputs {
+        secret: resolved.secret.as_ref().ok(),
+        fingerprint: resolved.fingerprint.as_deref().unwrap_or_default(),
+        credentials: &validated.credentials,
+        broker: resolved_broker.as_ref(),
+        broker_stage: &broker,
+    };
+    let app = registration::check(ctx, conn, &inputs).await;
     let observation = Observation {
         fingerprint: resolved.fingerprint,
         credentials: validated.credentials,
         expiry: validated.expiry.or_last_known(previous.secret.as_ref()),
         broker,
+        scim,
         observe_only: conn.spec.management_policy == ManagementPolicy::ObserveOnly,
+        app,
     };
     let decision = decide::decide(&subject, &observation, now);
     record_series(conn, ctx, &decision.status);
@@ -220,17 +228,47 @@ fn graph_unavailable(source: ExpirySource, from_annotation: Expiry, why: String)
     }
 }
 
-/// The broker stage: resolves the broker reference and pushes the validated secret. The only
-/// place that builds a `SyncRequest` and reads SCIM credentials from the outcome, which are
-/// stored (and announced) here, before anything else can fail.
-async fn sync_broker(ctx: &Context, conn: &AzureAdConnection, resolved: &Resolved, validated: &Validated) -> Result<BrokerStage, Error> {
+/// The broker stage: resolves the broker reference and pushes the validated secret; then, for
+/// Cloudflare SCIM, the SCIM Secret ([`scim::stage`]), which never fails the sync. The only place
+/// that builds a `SyncRequest` and reads SCIM credentials from the outcome. Also returns the
+/// resolved broker, whose callback the registration stage checks.
+async fn sync_broker(
+    ctx: &Context,
+    conn: &AzureAdConnection,
+    resolved: &Resolved,
+    validated: &Validated,
+) -> Result<(BrokerStage, ScimStage, Option<resolve::ResolvedBroker>), Error> {
+    let untouched = if scim::secret_name(conn).is_some() { ScimStage::Skipped } else { ScimStage::Off };
     let (Ok(secret), Ok(validation)) = (&resolved.secret, &validated.credentials) else {
-        return Ok(BrokerStage::NotAttempted);
+        return Ok((BrokerStage::NotAttempted, untouched, None));
     };
-    let broker = match resolve::broker(&ctx.client, &ctx.config, conn).await? {
-        Ok(broker) => ctx.broker_client(&broker),
-        Err(problem) => return Ok(BrokerStage::Unresolved(problem)),
+    let resolved_broker = match resolve::broker(&ctx.client, &ctx.config, conn).await? {
+        Ok(broker) => broker,
+        Err(problem) => return Ok((BrokerStage::Unresolved(problem), untouched, None)),
     };
+    ctx.remember_broker(conn, &resolved_broker);
+    let broker = ctx.broker_client(&resolved_broker);
+    let stage = push(conn, &broker, resolved, secret, validation).await;
+    let scim = match &stage {
+        BrokerStage::Synced(outcome) if conn.spec.management_policy != ManagementPolicy::ObserveOnly => {
+            if let Some(BrokerExtras::CloudflareScim(scim)) = &outcome.extras {
+                ctx.hold_scim(conn, scim.clone());
+            }
+            scim::stage(ctx, conn, &broker, outcome.id.as_deref()).await
+        }
+        _ => untouched,
+    };
+    Ok((stage, scim, Some(resolved_broker)))
+}
+
+/// Pushes the validated secret to the broker.
+async fn push(
+    conn: &AzureAdConnection,
+    broker: &crate::broker::BrokerClient,
+    resolved: &Resolved,
+    secret: &SecretValue,
+    validation: &Validation,
+) -> BrokerStage {
     let spec = &conn.spec;
     let last_sync = conn.status.as_ref().and_then(|s| s.broker.clone()).unwrap_or_default();
     let request = BrokerTarget::of(spec).map(|target| SyncRequest {
@@ -257,41 +295,13 @@ async fn sync_broker(ctx: &Context, conn: &AzureAdConnection, resolved: &Resolve
             if outcome.wrote {
                 info!(differences = ?outcome.differences, "broker object written");
             }
-            if let Some(BrokerExtras::CloudflareScim(scim)) = &outcome.extras {
-                ctx.hold_scim(conn, scim.clone());
-                store_pending_scim(conn, ctx).await?;
-                ctx.publish(conn, EventType::Normal, "ScimSecretStored", "SCIM was enabled; its base URL and token are in the SCIM Secret")
-                    .await;
-            }
-            Ok(BrokerStage::Synced(outcome))
+            BrokerStage::Synced(outcome)
         }
         Err(error) => {
             warn!(reason = error.reason().as_str(), %error, "broker sync failed");
-            Ok(BrokerStage::Failed(error))
+            BrokerStage::Failed(error)
         }
     }
-}
-
-/// Writes SCIM credentials held for this connection into the Secret its spec names, owned by
-/// the connection so it goes away with it.
-async fn store_pending_scim(conn: &AzureAdConnection, ctx: &Context) -> Result<(), Error> {
-    let Some(scim) = ctx.held_scim(conn) else { return Ok(()) };
-    let Some(secret_name) = conn.spec.cloudflare.as_ref().and_then(|c| c.scim.as_ref()).map(|s| s.secret_name.clone()) else {
-        ctx.release_scim(conn);
-        return Ok(());
-    };
-    let owner = conn.controller_owner_ref(&()).expect("a stored connection has a name and uid");
-    let secret = json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": secret_name, "ownerReferences": [owner], "labels": {"app.kubernetes.io/managed-by": "idp-bridge"}},
-        "type": "Opaque",
-        "stringData": {"scim-base-url": scim.base_url, "scim-secret": scim.secret.expose()},
-    });
-    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
-    api.patch(&secret_name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&secret)).await.map_err(Error::WriteScimSecret)?;
-    ctx.release_scim(conn);
-    Ok(())
 }
 
 /// The `reason` label when Ready has no reason the operator knows (there is no Ready yet).
@@ -320,6 +330,15 @@ fn record_series(conn: &AzureAdConnection, ctx: &Context, status: &AzureAdConnec
         (ExpiryLabels { namespace, name, client_id: conn.spec.azure.client_id.clone(), tenant_id }, at.0.as_second() as f64)
     });
     ctx.metrics.connection(&uid, ready_labels, ready, expiry);
+    if let Some(app) = crate::crd::conditions::find(&status.conditions, crate::crd::conditions::AZURE_APP_CONFIGURED) {
+        let labels = AppConfiguredLabels {
+            namespace: conn.namespace().unwrap_or_default(),
+            name: conn.name_any(),
+            status: app.status.clone(),
+            reason: bounded_reason(&app.reason).into(),
+        };
+        ctx.metrics.app_configured(&uid, labels);
+    }
 }
 
 /// Observes the Secret-change-to-broker latency once the broker holds a rotated secret; a change
@@ -409,9 +428,19 @@ async fn write_status(
 }
 
 /// Deletion: Orphan leaves the broker object; Delete removes it, and gives up (with a Warning)
-/// when the broker is gone or keeps failing past the deletion timeout.
+/// when the broker is gone or keeps failing past the deletion timeout. The broker it last synced
+/// through is kept until the cleanup is done, for a retry.
 async fn cleanup(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error> {
     ctx.forget(conn);
+    let done = delete_broker_object(conn, ctx).await;
+    if done.is_ok() {
+        ctx.release_broker(conn);
+    }
+    done
+}
+
+async fn delete_broker_object(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error> {
+    let last_broker = ctx.last_broker(conn);
     if conn.spec.deletion_policy == DeletionPolicy::Orphan {
         return Ok(Action::await_change());
     }
@@ -419,9 +448,12 @@ async fn cleanup(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Erro
         ctx.publish(conn, EventType::Warning, "Orphaned", "the connection is suspended, so the broker object was left in place").await;
         return Ok(Action::await_change());
     }
-    let resolved = match resolve::broker(&ctx.client, &ctx.config, conn).await? {
-        Ok(resolved) => resolved,
-        Err(Problem { message, .. }) => {
+    let resolved = match (resolve::broker(&ctx.client, &ctx.config, conn).await?, last_broker) {
+        (Ok(resolved), _) => resolved,
+        // The broker is there but its credential Secret is gone (deleted with the namespace, and
+        // not protected where the operator may not patch Secrets): the credentials last read.
+        (Err(Problem { reason: Reason::BrokerCredentialsMissing, .. }), Some(last)) => last,
+        (Err(Problem { message, .. }), _) => {
             ctx.publish(
                 conn,
                 EventType::Warning,

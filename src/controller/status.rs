@@ -4,10 +4,16 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use super::observation::{BrokerStage, CredentialsFailure, Expiry, Observation};
-use crate::crd::{
-    conditions::{self, BROKER_SYNCED, CREDENTIALS_VALID, Desired, READY, Reason, SECRET_EXPIRING, Status, set_condition},
-    connection::{AzureAdConnection, AzureAdConnectionStatus, BrokerObjectStatus, SecretStatus, ValidationMode},
+use super::observation::{AppCheck, BrokerStage, CredentialsFailure, Expiry, Observation, ScimStage};
+use crate::{
+    crd::{
+        conditions::{
+            self, AZURE_APP_CONFIGURED, BROKER_SYNCED, CREDENTIALS_VALID, Desired, READY, Reason, SCIM_SECRET_READY, SECRET_EXPIRING,
+            Status, set_condition,
+        },
+        connection::{AzureAdConnection, AzureAdConnectionStatus, BrokerObjectStatus, SecretStatus, ValidationMode},
+    },
+    registration::Finding,
 };
 
 /// The inputs about the resource itself.
@@ -147,8 +153,46 @@ fn expiry_condition(expiry: &Expiry, warn_before: std::time::Duration, now: jiff
     }
 }
 
-/// Ready summarises: credentials first, then expiry, then the broker.
-fn ready_condition(credentials: &Desired, expiring: &Desired, broker: &Desired) -> Desired {
+/// AzureAppConfigured: False with the first finding's reason (the message lists every finding
+/// and its fix), True when nothing blocks sign-in, Unknown when the registration could not be
+/// checked. While Graph is unavailable the previous verdict stands.
+fn app_condition(app: &AppCheck, previous: &[Condition]) -> Desired {
+    let unreadable = |why: &str| Desired::new(AZURE_APP_CONFIGURED, Status::Unknown, Reason::RegistrationUnreadable, why);
+    match app {
+        AppCheck::Checked { report, manage_failed, .. } => {
+            let notes = report.unchecked.iter().cloned();
+            match report.findings.first() {
+                Some(first) => {
+                    let manage = manage_failed.iter().map(|why| format!("azure.registration Manage could not add the redirect URI: {why}"));
+                    let parts: Vec<String> = report.findings.iter().map(Finding::message).chain(manage).chain(notes).collect();
+                    Desired::new(AZURE_APP_CONFIGURED, Status::False, first.reason(), parts.join("; "))
+                }
+                None if report.unreadable.is_some() => unreadable(&notes.collect::<Vec<_>>().join("; ")),
+                None => {
+                    let checked = "the app registration has the broker's redirect URI, the account type, the delegated permissions with admin consent, and an enabled service principal";
+                    let message = std::iter::once(checked.to_owned()).chain(notes).collect::<Vec<_>>().join("; ");
+                    Desired::new(AZURE_APP_CONFIGURED, Status::True, Reason::RegistrationConfigured, message)
+                }
+            }
+        }
+        AppCheck::Unreadable(why) => unreadable(why),
+        AppCheck::Unavailable { why, .. } => conditions::find(previous, AZURE_APP_CONFIGURED)
+            .and_then(desired_from)
+            .unwrap_or_else(|| unreadable(&format!("the app registration could not be read: {why}"))),
+    }
+}
+
+/// A stored condition as a `Desired`, when its status and reason are the operator's own.
+fn desired_from(condition: &Condition) -> Option<Desired> {
+    let status = [Status::True, Status::False, Status::Unknown].into_iter().find(|s| s.as_str() == condition.status)?;
+    let reason = Reason::ALL.iter().copied().find(|r| r.as_str() == condition.reason)?;
+    let type_ = [AZURE_APP_CONFIGURED].into_iter().find(|t| *t == condition.type_)?;
+    Some(Desired::new(type_, status, reason, condition.message.clone()))
+}
+
+/// Ready summarises: credentials first, then expiry, then the broker, then the app
+/// registration (only a definite misconfiguration counts: users cannot sign in).
+fn ready_condition(credentials: &Desired, expiring: &Desired, broker: &Desired, app: &Desired) -> Desired {
     if credentials.status != Status::True {
         return Desired::new(READY, Status::False, credentials.reason, credentials.message.clone());
     }
@@ -157,6 +201,9 @@ fn ready_condition(credentials: &Desired, expiring: &Desired, broker: &Desired) 
     }
     if broker.status != Status::True {
         return Desired::new(READY, Status::False, broker.reason, broker.message.clone());
+    }
+    if app.status == Status::False {
+        return Desired::new(READY, Status::False, app.reason, app.message.clone());
     }
     Desired::new(READY, Status::True, Reason::Ready, "validated and synced to the broker")
 }
@@ -168,11 +215,21 @@ pub fn compute(subject: &Subject<'_>, observation: &Observation, now: jiff::Time
     let credentials = credentials_condition(subject, observation);
     let expiring = expiry_condition(&expiry, subject.warn_before, now);
     let broker = broker_condition(subject, observation);
-    let ready = ready_condition(&credentials, &expiring, &broker);
+    let app = app_condition(&observation.app, &previous.conditions);
+    let ready = ready_condition(&credentials, &expiring, &broker, &app);
 
     let mut conditions = previous.conditions.clone();
-    for desired in [&ready, &credentials, &expiring, &broker] {
+    for desired in [&ready, &credentials, &expiring, &broker, &app] {
         let _ = set_condition(&mut conditions, desired, subject.generation, now);
+    }
+    // SCIM has a condition of its own and leaves Ready alone: a SCIM Secret that cannot be
+    // written never holds up the client secret's sync.
+    match &observation.scim {
+        ScimStage::Off => conditions.retain(|c| c.type_ != SCIM_SECRET_READY),
+        ScimStage::Skipped => {}
+        ScimStage::Checked { condition, .. } => {
+            let _ = set_condition(&mut conditions, condition, subject.generation, now);
+        }
     }
 
     let validation = observation.credentials.as_ref().ok();
@@ -274,7 +331,7 @@ pub fn transitions(before: &[Condition], after: &[Condition]) -> Vec<Notice> {
         .filter(|new| conditions::find(before, &new.type_).is_none_or(|old| old.status != new.status || old.reason != new.reason))
         // Ready repeats another condition's reason, except when everything is fine.
         .filter(|new| new.type_ != READY || new.status == "True" || new.reason == Reason::Suspended.as_str())
-        .filter(|new| !(new.type_ == SECRET_EXPIRING && new.status == "Unknown"))
+        .filter(|new| !(matches!(new.type_.as_str(), SECRET_EXPIRING | AZURE_APP_CONFIGURED) && new.status == "Unknown"))
         .map(|new| {
             let warning = match new.type_.as_str() {
                 SECRET_EXPIRING => new.status == "True",
@@ -330,7 +387,9 @@ mod tests {
             credentials,
             expiry: Expiry::Unknown("no date".into()),
             broker,
+            scim: ScimStage::Off,
             observe_only: false,
+            app: AppCheck::Unreadable("not checked".into()),
         }
     }
 
@@ -501,5 +560,74 @@ mod tests {
         let s = suspended(&first, Some(2), t(5));
         assert_eq!(cond(&s, READY).reason, "Suspended");
         assert_eq!(cond(&s, CREDENTIALS_VALID), cond(&first, CREDENTIALS_VALID));
+    }
+
+    fn checked(findings: Vec<crate::registration::Finding>) -> AppCheck {
+        AppCheck::Checked {
+            report: crate::registration::Report { findings, ..Default::default() },
+            added_redirect_uri: None,
+            manage_failed: None,
+        }
+    }
+
+    fn with_app(app: AppCheck) -> Observation {
+        let mut obs = observation(valid(), synced(false));
+        obs.app = app;
+        obs
+    }
+
+    #[test]
+    fn a_misconfigured_registration_makes_ready_false_with_the_exact_fix() {
+        use crate::registration::Finding;
+        let uri = "https://acme.eu.auth0.com/login/callback";
+        let findings = vec![Finding::RedirectUriMissing { uri: uri.into() }, Finding::ConsentMissing(vec!["Directory.Read.All".into()])];
+        let s = compute(&subject(&AzureAdConnectionStatus::default()), &with_app(checked(findings)), t(1));
+        let app = cond(&s, AZURE_APP_CONFIGURED);
+        assert_eq!((app.status.as_str(), app.reason.as_str()), ("False", "RedirectUriMissing"));
+        assert!(app.message.contains(uri) && app.message.contains("Directory.Read.All"), "every finding: {}", app.message);
+        assert_eq!(cond(&s, READY).reason, "RedirectUriMissing");
+        assert_eq!(cond(&s, READY).status, "False");
+        let events = transitions(&[], &s.conditions);
+        assert!(events.iter().any(|e| e.reason == "RedirectUriMissing" && e.warning), "{events:?}");
+    }
+
+    #[test]
+    fn an_unreadable_registration_is_unknown_and_leaves_ready_alone() {
+        let s = compute(
+            &subject(&AzureAdConnectionStatus::default()),
+            &with_app(AppCheck::Unreadable("grant Application.Read.All".into())),
+            t(1),
+        );
+        let app = cond(&s, AZURE_APP_CONFIGURED);
+        assert_eq!((app.status.as_str(), app.reason.as_str()), ("Unknown", "RegistrationUnreadable"));
+        assert!(app.message.contains("Application.Read.All"));
+        assert_eq!(cond(&s, READY).status, "True");
+        assert!(transitions(&[], &s.conditions).iter().all(|e| e.reason != "RegistrationUnreadable"), "no Event for Unknown");
+    }
+
+    #[test]
+    fn a_graph_outage_keeps_the_last_registration_verdict() {
+        use crate::registration::Finding;
+        let before =
+            compute(&subject(&AzureAdConnectionStatus::default()), &with_app(checked(vec![Finding::ServicePrincipalDisabled])), t(1));
+        let outage = AppCheck::Unavailable { why: "Microsoft Graph is throttling requests".into(), retry_after: None };
+        let during = compute(&subject(&before), &with_app(outage.clone()), t(60));
+        assert_eq!(during, before, "nothing to write, Ready stays False");
+        let fresh = compute(&subject(&AzureAdConnectionStatus::default()), &with_app(outage), t(1));
+        assert_eq!(cond(&fresh, AZURE_APP_CONFIGURED).status, "Unknown");
+        assert_eq!(cond(&fresh, READY).status, "True");
+    }
+
+    #[test]
+    fn a_fixed_registration_is_configured_and_announced() {
+        use crate::registration::Finding;
+        let before =
+            compute(&subject(&AzureAdConnectionStatus::default()), &with_app(checked(vec![Finding::ServicePrincipalMissing])), t(1));
+        let after = compute(&subject(&before), &with_app(checked(vec![])), t(60));
+        let app = cond(&after, AZURE_APP_CONFIGURED);
+        assert_eq!((app.status.as_str(), app.reason.as_str()), ("True", "RegistrationConfigured"));
+        assert_eq!(cond(&after, READY).status, "True");
+        let events = transitions(&before.conditions, &after.conditions);
+        assert!(events.iter().any(|e| e.reason == "RegistrationConfigured" && !e.warning), "{events:?}");
     }
 }

@@ -10,6 +10,9 @@ pub const SECRET_EXPIRING: &str = "SecretExpiring";
 pub const BROKER_SYNCED: &str = "BrokerSynced";
 /// AzureAdClientSecret: a new password is being issued, proven or promoted.
 pub const ISSUING: &str = "Issuing";
+/// Cloudflare SCIM only: whether the SCIM Secret holds the SCIM endpoint and token.
+pub const SCIM_SECRET_READY: &str = "ScimSecretReady";
+pub const AZURE_APP_CONFIGURED: &str = "AzureAppConfigured";
 
 /// Condition status values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,6 +174,36 @@ reasons! {
     /// AzureAdClientSecret: Entra ID did not accept the new password within
     /// `spec.propagationTimeout`; it was removed and the renewal is retried later.
     ProofTimedOut,
+    /// ScimSecretReady: the SCIM Secret holds the SCIM base URL and token.
+    ScimSecretStored,
+    /// ScimSecretReady: a Secret of that name exists that idp-bridge did not create for this
+    /// connection; nothing was written to it.
+    ScimSecretNotOwned,
+    /// ScimSecretReady: writing the SCIM Secret failed (e.g. no permission in this namespace).
+    ScimSecretWriteFailed,
+    /// ScimSecretReady: no SCIM token is stored and asking Cloudflare for a new one failed.
+    ScimSecretRefreshFailed,
+    /// AzureAppConfigured: the app registration has what the broker needs.
+    RegistrationConfigured,
+    /// AzureAppConfigured: the Web platform lacks the broker's redirect URI (AADSTS50011); the
+    /// message gives the exact URI to add.
+    RedirectUriMissing,
+    /// AzureAppConfigured: the registration's supported account types differ from
+    /// `azure.signInAudience`.
+    SignInAudienceMismatch,
+    /// AzureAppConfigured: the registration does not ask for a delegated Microsoft Graph
+    /// permission the broker's guide needs; the message names each.
+    PermissionMissing,
+    /// AzureAppConfigured: a delegated permission has no admin consent (AADSTS65001, or a consent
+    /// prompt for every user); the message names each.
+    ConsentMissing,
+    /// AzureAppConfigured: the app has no enterprise application (service principal) in the tenant.
+    ServicePrincipalMissing,
+    /// AzureAppConfigured: the enterprise application is disabled (AADSTS7000112).
+    ServicePrincipalDisabled,
+    /// AzureAppConfigured: the registration could not be read or checked (a Graph permission the
+    /// message names, no Graph token, Graph unavailable); Ready is not changed.
+    RegistrationUnreadable,
 }
 
 /// What a status should say for one condition type.

@@ -117,6 +117,22 @@ pub struct AzureSpec {
     /// `tenant` is still what validation and expiry use.
     #[serde(default)]
     pub sign_in_audience: SignInAudience,
+    /// What the operator does with the app registration (checked through Microsoft Graph into
+    /// the AzureAppConfigured condition): `Verify` (default) only reports; `Manage` also adds
+    /// the broker's missing redirect URI to the Web platform, never removing one.
+    #[serde(default)]
+    pub registration: RegistrationPolicy,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RegistrationPolicy {
+    /// Report what the registration lacks; change nothing.
+    #[default]
+    Verify,
+    /// Also add a missing redirect URI (needs the application permission
+    /// Application.ReadWrite.OwnedBy and the app's service principal as an owner of the
+    /// registration). Permissions and consent are only reported: they need an administrator.
+    Manage,
 }
 
 /// A key in a Secret in the same namespace.
@@ -463,7 +479,7 @@ pub struct AzureAdConnectionStatus {
     /// The generation the conditions describe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready (summary), CredentialsValid, SecretExpiring and BrokerSynced.
+    /// Ready (summary), CredentialsValid, SecretExpiring, BrokerSynced and AzureAppConfigured.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

@@ -16,6 +16,16 @@ use kube::CustomResourceExt;
 pub const GROUP: &str = "idpbridge.io";
 /// The finalizer that guards broker-side cleanup.
 pub const FINALIZER: &str = "idpbridge.io/cleanup";
+/// The prefix of the finalizer that keeps a broker, and its credential Secret, while a connection
+/// with `deletionPolicy: Delete` still needs them for its cleanup (as
+/// `kubernetes.io/pvc-protection` keeps a claim a Pod uses).
+pub const IN_USE_FINALIZER_PREFIX: &str = "in-use.idpbridge.io/";
+
+/// The in-use finalizer of the installation whose operator runs in `operator_namespace`: each
+/// installation sees only the connections it watches, so each holds and releases its own.
+pub fn in_use_finalizer(operator_namespace: &str) -> String {
+    format!("{IN_USE_FINALIZER_PREFIX}{operator_namespace}")
+}
 /// Annotation on a client-secret Secret giving its expiry (RFC 3339).
 pub const EXPIRES_AT_ANNOTATION: &str = "idpbridge.io/expires-at";
 

@@ -112,3 +112,52 @@ fn the_secret_is_never_an_argument() {
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("--secret-file") && !help.contains("--secret "), "{help}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_broker_the_app_registration_is_checked_as_the_operator_does() {
+    let setup = setup();
+    setup.azure.add_secret(TENANT, CLIENT, SECRET, jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 90));
+    setup.azure.set_graph_read_all(TENANT, CLIENT, true);
+    setup.azure.set_directory_read_all(TENANT, CLIENT, true);
+    let callback = "https://acme.eu.auth0.com/login/callback";
+    let auth0 = ["--broker", "auth0", "--redirect-uri", callback];
+
+    // The portal's defaults: no redirect URI, Directory.Read.All not requested, nothing consented.
+    let (code, out, err) = check(&setup, SECRET, &auth0).await;
+    assert_eq!(code, 1, "a registration that blocks sign-in fails the check: {out}{err}");
+    assert!(out.contains("App      False (RedirectUriMissing)"), "{out}");
+    assert!(out.contains(&format!("add {callback} under")), "{out}");
+    assert!(out.contains("PermissionMissing: ") && out.contains("ConsentMissing: "), "{out}");
+    assert!(!out.contains(SECRET) && !err.contains(SECRET));
+
+    setup.azure.set_redirect_uris(TENANT, CLIENT, &[callback]);
+    setup.azure.request_graph_permissions(TENANT, CLIENT, &["User.Read", "Directory.Read.All"]);
+    setup.azure.grant_admin_consent(TENANT, CLIENT, &["User.Read", "Directory.Read.All"]);
+    let mut json = auth0.to_vec();
+    json.extend(["--output", "json"]);
+    let (code, out, _) = check(&setup, SECRET, &json).await;
+    assert_eq!(code, 0, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (report["registration"]["status"].as_str(), report["registration"]["reason"].as_str()),
+        (Some("True"), Some("RegistrationConfigured"))
+    );
+
+    // The account type is checked against --sign-in-audience.
+    let mut common = auth0.to_vec();
+    common.extend(["--sign-in-audience", "common"]);
+    let (code, out, _) = check(&setup, SECRET, &common).await;
+    assert_eq!(code, 1);
+    assert!(out.contains("SignInAudienceMismatch"), "{out}");
+
+    // Unreadable: Unknown, naming the permission; the secret is still valid.
+    setup.azure.set_graph_read_all(TENANT, CLIENT, false);
+    let (code, out, _) = check(&setup, SECRET, &auth0).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("App      Unknown (RegistrationUnreadable)") && out.contains("Application.Read.All"), "{out}");
+
+    // Without --broker nothing is read from the registration.
+    let (code, out, _) = check(&setup, SECRET, &[]).await;
+    assert_eq!(code, 0);
+    assert!(!out.contains("App "), "{out}");
+}

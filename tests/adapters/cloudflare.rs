@@ -31,6 +31,7 @@ use idp_bridge::{
 };
 use idp_bridge_devenv::{
     cloudflare::{CloudflareEmulator, TEAM},
+    kit::Fault,
     tls::{TestCa, install_crypto_provider, serve_tls},
 };
 use serde_json::{Value, json};
@@ -444,6 +445,40 @@ async fn scim_credentials_come_back_once_when_scim_is_first_enabled() {
     assert!(env.log().iter().all(|r| !r.contains(scim.secret.expose())));
 }
 
+/// The SCIM token Cloudflare showed once is regenerated through `refresh_scim_secret`: a new
+/// token in the clear, the old one replaced; refused clearly without SCIM; ids checked first.
+#[tokio::test]
+async fn the_scim_secret_is_regenerated_through_cloudflares_refresh() {
+    let env = env();
+    let client = env.client();
+    let creds = env.creds(CANARY);
+    let outcome = client.sync(&request(&scim_spec(), &creds, None, None, FULL)).await.unwrap();
+    let id = outcome.id.clone().unwrap();
+    let Some(BrokerExtras::CloudflareScim(first)) = outcome.extras else { panic!("SCIM credentials on the enabling write") };
+
+    let fresh = client.refresh_scim_secret(&id).await.unwrap();
+    assert_ne!(fresh.secret.expose(), first.secret.expose(), "a new token");
+    assert_eq!(env.cf.scim_secret(&id).as_deref(), Some(fresh.secret.expose()), "the one Cloudflare now holds");
+    assert_eq!(fresh.base_url, format!("https://{TEAM}.cloudflareaccess.com/populations/{id}/scim/v2"));
+    assert_eq!(env.count(&format!("POST {}/{id}/refresh_scim_secret", collection(ACCOUNT))), 1, "{:?}", env.log());
+    assert!(!format!("{fresh:?}").contains(fresh.secret.expose()), "the token never prints");
+    // The next sync finds nothing to change and shows no token.
+    let again = client.sync(&request(&scim_spec(), &creds, Some(&id), Some(&creds.fingerprint), FULL)).await.unwrap();
+    assert_eq!((again.wrote, again.extras), (false, None));
+
+    // Without SCIM on the provider, Cloudflare refuses, and the error says so.
+    let plain = created(&env, &client, &spec_with(CloudflareConnectionSpec { name: "No SCIM".into(), ..cf_spec() }), &creds).await;
+    let refused = expect_err(client.refresh_scim_secret(&plain).await);
+    assert!(!refused.is_transient() && refused.to_string().contains("SCIM is not enabled"), "{refused}");
+    // A server error is transient; an id that is not a UUID never reaches a path.
+    env.cf.kit().faults().push(Fault::status(503).times(1));
+    assert!(expect_err(client.refresh_scim_secret(&id).await).is_transient());
+    let before = env.log().len();
+    expect_err(client.refresh_scim_secret("../../zones").await);
+    assert_eq!(env.log().len(), before, "no request for a malformed id");
+    assert!(env.log().iter().all(|r| !r.contains(fresh.secret.expose())));
+}
+
 #[tokio::test]
 async fn invalid_or_unscoped_tokens_are_auth_failures() {
     let env = env();
@@ -711,4 +746,28 @@ async fn errors_never_show_a_secret() {
     let loud = spec_with(CloudflareConnectionSpec { name: "server-error".into(), ..cf_spec() });
     let err = expect_err(client.sync(&request(&loud, &creds, None, None, FULL)).await);
     assert!(matches!(err, BrokerError::Server { status: 500, ref message } if message.contains("[redacted]")), "{err:?}");
+}
+
+#[tokio::test]
+async fn the_access_team_domain_is_read_once_from_the_zero_trust_organization() {
+    let env = env();
+    let client = env.client();
+    let team = client.access_team_domain().await.expect("a Cloudflare broker has one").unwrap();
+    assert_eq!(team, format!("{TEAM}.cloudflareaccess.com"));
+    assert_eq!(client.access_team_domain().await.unwrap().unwrap(), team);
+    let organization = format!("GET /client/v4/accounts/{ACCOUNT}/access/organizations");
+    assert_eq!(env.count(&organization), 1, "cached for the client's life: {:?}", env.log());
+    let zone = env.client_with(
+        &CloudflareBrokerSpec {
+            account_id: None,
+            zone_id: Some(ZONE.into()),
+            api_token_secret_ref: account_spec(ACCOUNT).api_token_secret_ref,
+        },
+        TOKEN,
+        None,
+    );
+    assert_eq!(zone.access_team_domain().await.unwrap().unwrap(), team, "zone-level Access has an organization too");
+    let refused = env.client_with(&account_spec(ACCOUNT), "not-a-token", None).access_team_domain().await.unwrap().unwrap_err();
+    assert_eq!(refused.reason(), Reason::BrokerAuthFailed, "{refused}");
+    assert!(!refused.to_string().contains(TOKEN));
 }

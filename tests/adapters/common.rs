@@ -37,6 +37,7 @@ pub fn connection_spec(broker: &str, block: impl FnOnce(&mut AzureAdConnectionSp
             client_id: CLIENT.into(),
             client_secret_ref: SecretKeyRef { name: "contoso-entra".into(), key: "client-secret".into() },
             sign_in_audience: SignInAudience::SingleTenant,
+            registration: Default::default(),
         },
         validation: ValidationSpec::default(),
         expiry: ExpirySpec::default(),

@@ -11,4 +11,5 @@ mod emulators;
 mod hostile;
 mod logto;
 mod passwords;
+mod registration;
 mod unified;

@@ -192,6 +192,7 @@ const NAMESPACED_PERMISSIONS: &[&str] = &[
     "idpbridge.io/identitybrokers get",
     "idpbridge.io/identitybrokers list",
     "idpbridge.io/identitybrokers watch",
+    "idpbridge.io/identitybrokers patch",
     "idpbridge.io/identitybrokers/status patch",
     "core/secrets get",
     "core/secrets list",
@@ -209,6 +210,7 @@ const CLUSTER_PERMISSIONS: &[&str] = &[
     "idpbridge.io/clusteridentitybrokers get",
     "idpbridge.io/clusteridentitybrokers list",
     "idpbridge.io/clusteridentitybrokers watch",
+    "idpbridge.io/clusteridentitybrokers patch",
     "idpbridge.io/clusteridentitybrokers/status patch",
     "core/namespaces get",
 ];
@@ -219,6 +221,7 @@ const OPERATOR_NAMESPACE_PERMISSIONS: &[&str] = &[
     "coordination.k8s.io/leases get idp-bridge-leader",
     "coordination.k8s.io/leases update idp-bridge-leader",
     "core/secrets create",
+    "core/secrets patch",
     "core/secrets get idp-bridge-fingerprint-key",
 ];
 
@@ -487,7 +490,9 @@ fn lint_and_template_pass_with_default_and_full_values() {
     for role in docs.iter().filter(|d| matches!(d["kind"].as_str(), Some("ClusterRole" | "Role"))) {
         let granted = permissions(role);
         let own = role["metadata"]["name"] == "idp-bridge-operator";
-        for write in SCIM_PERMISSIONS.iter().filter(|w| !(own && **w == "core/secrets create")) {
+        // In its own namespace: the fingerprint key (create) and the in-use finalizer of
+        // ClusterIdentityBroker credentials (patch).
+        for write in SCIM_PERMISSIONS.iter().filter(|w| !(own && w.starts_with("core/secrets "))) {
             assert!(!granted.contains(*write), "{} grants {write} by default", role["metadata"]["name"]);
         }
     }

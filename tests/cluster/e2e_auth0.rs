@@ -259,11 +259,34 @@ async fn deletion_policies_and_a_vanished_broker() {
     assert!(env.auth0.connection_by_name("kept").is_some(), "Orphan keeps the Auth0 connection");
     assert!(env.auth0.connection_by_name("removed").is_none(), "Delete removes it");
 
-    // A broker that is gone does not block deletion.
+    // A broker in use by a Delete connection is protected: deleted, it stays until the
+    // connection no longer needs it.
     env.connect("stranded", "web", json!({"deletionPolicy": "Delete"})).await;
     env.wait_ready("stranded").await;
     let brokers: kube::Api<idp_bridge::crd::IdentityBroker> = kube::Api::namespaced(env.client.clone(), &env.ns);
+    let in_use = |b: &idp_bridge::crd::IdentityBroker| {
+        b.metadata.finalizers.iter().flatten().any(|f| f.starts_with(idp_bridge::crd::IN_USE_FINALIZER_PREFIX))
+    };
+    for _ in 0..200 {
+        if in_use(&brokers.get("auth0").await.unwrap()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     brokers.delete("auth0", &DeleteParams::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let held = brokers.get("auth0").await.expect("a broker in use stays while being deleted");
+    assert!(held.metadata.deletion_timestamp.is_some() && in_use(&held));
+
+    // A broker that is gone anyway (its finalizer removed by hand) does not block deletion.
+    let release = json!({"metadata": {"finalizers": null}});
+    brokers.patch("auth0", &PatchParams::default(), &Patch::Merge(&release)).await.unwrap();
+    for _ in 0..200 {
+        if brokers.get_opt("auth0").await.unwrap().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     env.connections().delete("stranded", &DeleteParams::default()).await.unwrap();
     wait_gone(&env, "stranded").await;
     assert_eq!(env.wait_events("stranded", "Orphaned", 1).await.len(), 1);

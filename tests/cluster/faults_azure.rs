@@ -215,6 +215,7 @@ async fn graph_is_asked_again_within_every_refresh_interval() {
     let mut values = Vec::new();
     for (i, app) in apps.iter().enumerate() {
         env.upstreams.azure.add_app(TENANT_ID, app);
+        crate::common::e2e::register_for_auth0(&env.upstreams.azure, app);
         env.upstreams.azure.set_graph_read_all(TENANT_ID, app, true);
         let value = env.canary(&format!("refresh-{i}"));
         env.upstreams.azure.add_secret(TENANT_ID, app, &value, Timestamp::now() + SignedDuration::from_hours(24 * 90));

@@ -5,6 +5,7 @@
 mod common;
 
 mod alerts;
+mod app_registration;
 mod broker_churn;
 mod chart;
 mod control_plane;
@@ -21,3 +22,4 @@ mod leader_election;
 mod leader_metrics;
 mod namespace_deletion;
 mod printer_columns;
+mod scim_secret;

@@ -111,10 +111,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["idpbridge.io"]
   resources: ["azureadclientsecrets"]
   verbs: ["get", "list", "watch"]
+# IdentityBrokers: watched, read, and the in-use finalizer added and removed by a merge patch of
+# metadata.finalizers (while a connection with deletionPolicy Delete uses the broker).
 - apiGroups: ["idpbridge.io"]
   resources: ["identitybrokers"]
-  verbs: ["get", "list", "watch"]
-# Client secrets and broker credentials are read; Secrets are watched metadata-only.
+  verbs: ["get", "list", "watch", "patch"]
+# Client secrets and broker credentials are read; Secrets are watched metadata-only. No write:
+# RBAC cannot limit patch to the in-use finalizer, so IdentityBroker credential Secrets here are
+# protected only where a platform team grants patch (see the README).
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch"]
@@ -149,10 +153,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* Rules that are cluster-wide in either mode. */}}
 {{- define "idp-bridge.clusterRules" -}}
-# ClusterIdentityBrokers: watched, read and their status written.
+# ClusterIdentityBrokers: watched, read, their in-use finalizer patched and their status written.
 - apiGroups: ["idpbridge.io"]
   resources: ["clusteridentitybrokers"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["idpbridge.io"]
   resources: ["clusteridentitybrokers/status"]
   verbs: ["patch"]

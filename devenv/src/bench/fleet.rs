@@ -3,11 +3,11 @@
 //! them. Logto allows one Microsoft connector per tenant, so every Logto connection gets a Logto
 //! tenant (an emulator and an IdentityBroker) of its own.
 
-use futures::{StreamExt as _, TryStreamExt as _, stream};
-use idp_bridge_devenv::{
+use crate::{
     auth0::Auth0Emulator, cloudflare::CloudflareEmulator, control_plane, kit::Kit, logto::LogtoEmulator, stack::Upstreams,
     unified::UnifiedEmulator,
 };
+use futures::{StreamExt as _, TryStreamExt as _, stream};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client,
@@ -101,13 +101,17 @@ impl Connection {
         let block = match self.kind {
             BrokerKind::Auth0 => json!({"auth0": {"name": format!("bench-{index}")}}),
             BrokerKind::Cloudflare => json!({"cloudflare": {"name": format!("Bench {index}")}}),
-            BrokerKind::Logto => json!({"logto": {}}),
+            // A fixed connector id fixes the callback, which the app registration then holds.
+            BrokerKind::Logto => json!({"logto": {"connectorId": logto_connector_id(index)}}),
             BrokerKind::Unified => json!({"unified": {"permissions": ["auth_login"]}}),
         };
         let mut spec = json!({
             "brokerRef": {"name": self.broker_name},
             "azure": {"tenant": TENANT_DOMAIN, "clientId": self.client_id, "clientSecretRef": {"name": self.secret_name}},
             "validation": {"refreshInterval": refresh_interval},
+            // Deleting a connection deletes its broker object, so the fault suite can check that
+            // every deletion completes (the bench deletes nothing).
+            "deletionPolicy": "Delete",
         });
         if let (Some(spec), Value::Object(block)) = (spec.as_object_mut(), block) {
             spec.extend(block);
@@ -166,6 +170,7 @@ impl Fleet {
             upstreams.azure.add_app(TENANT_ID, &client_id);
             // The app may read its own registration, so expiry comes from Microsoft Graph.
             upstreams.azure.set_graph_read_all(TENANT_ID, &client_id, true);
+            register_for_every_broker(&upstreams.azure, &client_id, index);
             let name = format!("conn-{index:04}");
             planned.push(Connection { secret_name: format!("{name}-secret"), namespace, name, kind, client_id, broker_name, broker });
         }
@@ -209,18 +214,41 @@ impl Fleet {
 
     /// Creates every connection and its Secret holding `values[i]`, `IN_FLIGHT` at a time.
     pub async fn create_connections(&self, client: &Client, values: &[String]) -> BenchResult<()> {
-        let creates = self.connections.iter().zip(values).enumerate().map(|(index, (conn, value))| async move {
-            let secrets: Api<Secret> = Api::namespaced(client.clone(), &conn.namespace);
-            put_secret(&secrets, &conn.secret_name, &[("client-secret", value)]).await?;
-            apply(client, &conn.manifest(index, &self.refresh_interval)).await
-        });
+        let creates = values.iter().enumerate().map(|(index, value)| self.create_connection(client, index, value));
         stream::iter(creates).buffer_unordered(IN_FLIGHT).try_collect::<Vec<_>>().await?;
         Ok(())
+    }
+
+    /// Creates (or re-applies) connection `index` and its Secret holding `value`.
+    pub async fn create_connection(&self, client: &Client, index: usize, value: &str) -> BenchResult<()> {
+        let conn = &self.connections[index];
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &conn.namespace);
+        put_secret(&secrets, &conn.secret_name, &[("client-secret", value)]).await?;
+        apply(client, &conn.manifest(index, &self.refresh_interval)).await
+    }
+
+    /// Deletes connection `index` (its finalizer then deletes the broker object).
+    pub async fn delete_connection(&self, client: &Client, index: usize) -> BenchResult<()> {
+        let conn = &self.connections[index];
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &conn.namespace, &connection_resource());
+        api.delete(&conn.name, &Default::default()).await?;
+        Ok(())
+    }
+
+    /// Whether connection `index` exists (a deleted one stays until its finalizer completes).
+    pub async fn connection_exists(&self, client: &Client, index: usize) -> BenchResult<bool> {
+        let conn = &self.connections[index];
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &conn.namespace, &connection_resource());
+        Ok(api.get_opt(&conn.name).await?.is_some())
     }
 }
 
 /// Every bench Logto tenant's host matches this pattern.
 const LOGTO_HOSTS: &str = "*.bench.example.com";
+
+fn logto_connector_id(index: usize) -> String {
+    format!("bench{index}")
+}
 
 fn logto_host(index: usize) -> String {
     format!("logto-{index}.bench.example.com")
@@ -237,6 +265,11 @@ pub async fn put_secret(api: &Api<Secret>, name: &str, data: &[(&str, &str)]) ->
     Ok(api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&secret)).await?)
 }
 
+fn connection_resource() -> ApiResource {
+    let gvk = GroupVersionKind::gvk("idpbridge.io", "v1alpha1", "AzureAdConnection");
+    ApiResource::from_gvk_with_plural(&gvk, "azureadconnections")
+}
+
 /// Server-side applies an idpbridge.io document (its metadata names the namespace).
 async fn apply(client: &Client, doc: &Value) -> BenchResult<()> {
     let kind = doc["kind"].as_str().ok_or("document without kind")?;
@@ -247,4 +280,18 @@ async fn apply(client: &Client, doc: &Value) -> BenchResult<()> {
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
     api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(doc)).await?;
     Ok(())
+}
+
+/// Registers an app as every broker's guide asks (their known callbacks on the Web platform, the
+/// delegated permissions of the longest list with admin consent), readable by the operator: the
+/// registration check then reports nothing, as in a fleet set up correctly.
+fn register_for_every_broker(azure: &crate::azure::AzureEmulator, client_id: &str, index: usize) {
+    let team_callback = format!("https://{}.cloudflareaccess.com/cdn-cgi/access/callback", crate::cloudflare::TEAM);
+    let auth0_callback = format!("https://{AUTH0_DOMAIN}/login/callback");
+    let logto_callback = format!("https://{}/callback/{}", logto_host(index), logto_connector_id(index));
+    azure.set_redirect_uris(TENANT_ID, client_id, &[&auth0_callback, &team_callback, &logto_callback, "https://api.unified.to/oauth/code"]);
+    let all: Vec<&str> = crate::azure::GRAPH_SCOPES.iter().map(|(name, _)| *name).collect();
+    azure.request_graph_permissions(TENANT_ID, client_id, &all);
+    azure.grant_admin_consent(TENANT_ID, client_id, &all);
+    azure.set_directory_read_all(TENANT_ID, client_id, true);
 }

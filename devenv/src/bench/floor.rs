@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::stack::Upstreams;
 use futures::StreamExt as _;
 use idp_bridge::upstream::Upstream;
-use idp_bridge_devenv::stack::Upstreams;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, ResourceExt,

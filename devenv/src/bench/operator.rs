@@ -34,8 +34,8 @@ pub struct OperatorProcess {
 }
 
 impl OperatorProcess {
-    /// Starts `binary run` against the cluster of `kubeconfig`, logging (JSON) to `log`, and
-    /// waits until its /readyz answers 200.
+    /// Starts `binary run` against the cluster of `kubeconfig`, without leader election, logging
+    /// (JSON) to `log`, and waits until its /readyz answers 200.
     pub async fn start(
         binary: &Path,
         kubeconfig: &Path,
@@ -43,16 +43,30 @@ impl OperatorProcess {
         ca_bundle: &Path,
         log: &Path,
     ) -> BenchResult<Self> {
+        std::fs::File::create(log)?;
+        Self::start_with_args(binary, kubeconfig, upstreams, ca_bundle, log, &["--leader-election=false".to_owned()]).await
+    }
+
+    /// As [`start`](Self::start), with `args` in place of `--leader-election=false` (they
+    /// decide leader election and may set any other flag); appending to `log`.
+    pub async fn start_with_args(
+        binary: &Path,
+        kubeconfig: &Path,
+        upstreams: (&EndpointOverrides, &BrokerHosts),
+        ca_bundle: &Path,
+        log: &Path,
+        args: &[String],
+    ) -> BenchResult<Self> {
         let (overrides, broker_hosts) = upstreams;
         let http = free_loopback_address()?;
-        let log_file = std::fs::File::create(log)?;
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
         let child = Command::new(binary)
             .arg("run")
             .arg(format!("--namespace={OPERATOR_NAMESPACE}"))
             .arg(format!("--endpoint-overrides={overrides}"))
             .arg(format!("--broker-hosts={broker_hosts}"))
             .arg(format!("--ca-bundle={}", ca_bundle.display()))
-            .arg("--leader-election=false")
+            .args(args)
             .arg(format!("--http-address={http}"))
             .arg("--log-format=json")
             .env("KUBECONFIG", kubeconfig)
@@ -132,6 +146,11 @@ impl OperatorProcess {
     /// Reconciles so far (`idpbridge_reconcile_total`, every result).
     pub async fn reconciles(&self) -> BenchResult<f64> {
         Ok(sum_of(&self.metrics().await?, "idpbridge_reconcile_total"))
+    }
+
+    /// SIGKILL, as a node failure or the OOM killer would: no cleanup, no Lease released.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
     }
 
     /// SIGTERM, up to [`STOP_GRACE`] to exit, then SIGKILL.

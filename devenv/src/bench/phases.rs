@@ -7,11 +7,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::{StreamExt as _, TryStreamExt as _, stream};
-use idp_bridge_devenv::{
+use crate::{
     kit::{Kit, LoggedRequest},
     stack::Upstreams,
 };
+use futures::{StreamExt as _, TryStreamExt as _, stream};
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{
     Api, Client,
@@ -61,12 +61,35 @@ impl Bench {
         Self { client, upstreams, fleet, watch, operator, phase_timeout, values: Vec::new(), rotations: vec![0; n], ids: vec![None; n] }
     }
 
-    fn keys(&self) -> Vec<String> {
+    /// The value connection `i`'s Secret holds now.
+    pub fn value(&self, i: usize) -> &str {
+        &self.values[i]
+    }
+
+    /// Records `value` as what connection `i`'s Secret holds (after a re-create).
+    pub fn set_value(&mut self, i: usize, value: String) {
+        self.values[i] = value;
+    }
+
+    /// Puts a fresh valid value into connection `i`'s Secret; returns when the update was sent.
+    pub async fn rotate(&mut self, i: usize) -> BenchResult<Instant> {
+        let value = self.next_value(i);
+        let sent = put_value(&self.client, &self.fleet.connections[i], &value).await?;
+        self.values[i] = value;
+        Ok(sent)
+    }
+
+    /// Connection `i`'s broker object, as its status named it after the cold start.
+    pub fn id(&self, i: usize) -> Option<&str> {
+        self.ids[i].as_deref()
+    }
+
+    pub fn keys(&self) -> Vec<String> {
         self.fleet.connections.iter().map(Connection::key).collect()
     }
 
     /// A fresh secret value for connection `i`, registered with Azure so that it validates.
-    fn next_value(&mut self, i: usize) -> String {
+    pub fn next_value(&mut self, i: usize) -> String {
         self.rotations[i] += 1;
         let value = format!("Bn{}Q~bench-{i}-{}-{:016x}", i % 10, self.rotations[i], rand::random::<u64>());
         let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 365);
@@ -170,7 +193,7 @@ pub struct Traffic {
     pub brokers: BTreeMap<&'static str, Requests>,
 }
 
-fn traffic(bench: &Bench, from: Instant, to: Instant) -> Traffic {
+pub fn traffic(bench: &Bench, from: Instant, to: Instant) -> Traffic {
     let azure: Vec<LoggedRequest> =
         bench.upstreams.azure.kit().log().entries_since(from).into_iter().filter(|r| r.arrived_at < to).collect();
     let brokers =

@@ -4,17 +4,15 @@
 //! invariant fails (not everything Ready, a rotation that never arrived, broker writes in the
 //! steady state, the operator exiting): missed targets are results. `scripts/bench.sh` runs it.
 
-#[path = "../bench/mod.rs"]
-mod bench;
-
 use std::{
     path::PathBuf,
     process::ExitCode,
     time::{Duration, Instant},
 };
 
-use bench::{
-    BenchResult,
+use clap::Parser;
+use idp_bridge_devenv::bench::{
+    self, BenchResult,
     fleet::Fleet,
     floor::Floor,
     operator::{Memory, OperatorProcess},
@@ -23,7 +21,6 @@ use bench::{
     stats::Summary,
     watch::ConnectionWatch,
 };
-use clap::Parser;
 use idp_bridge_devenv::{
     control_plane::{self, ControlPlane},
     stack::Upstreams,

@@ -1,6 +1,7 @@
 //! The demo: a real kube-apiserver and etcd on loopback, emulated Azure and Auth0, and the operator
 //! reconciling the resources in `examples/`. It shows their status with the real kubectl (built
-//! with the control plane), rotates a secret, shows a bad secret being refused, and leaves
+//! with the control plane), an app registration missing its redirect URI fixed by
+//! `azure.registration: Manage`, rotates a secret, shows a bad secret being refused, and leaves
 //! everything running for kubectl until Ctrl-C.
 
 use std::{
@@ -33,6 +34,8 @@ const EXAMPLES: &[(&str, &str)] = &[
 ];
 /// The connections the examples define, one or more per broker.
 const CONNECTIONS: &[&str] = &["contoso-web", "contoso-native", "contoso-access", "contoso-logto", "contoso-unified"];
+/// The connection whose app registration starts without the broker's redirect URI.
+const MISSING_REDIRECT: &str = "contoso-web";
 const NAMESPACE: &str = "demo";
 const OPERATOR_NAMESPACE: &str = "idp-bridge";
 /// The GUID the emulated tenant `contoso.onmicrosoft.com` resolves to.
@@ -98,9 +101,10 @@ async fn run(args: Args) -> DemoResult<()> {
         println!("    {}/{} applied", doc["kind"].as_str().unwrap_or_default(), doc["metadata"]["name"].as_str().unwrap_or_default());
     }
     let connections: Api<AzureAdConnection> = Api::namespaced(client.clone(), NAMESPACE);
-    for name in CONNECTIONS {
+    for name in CONNECTIONS.iter().filter(|n| **n != MISSING_REDIRECT) {
         wait_until(&connections, name, |c| ready_status(c) == Some("True")).await?;
     }
+    fix_missing_redirect_uri(&control_plane, &client, &upstreams, &connections, &documents).await?;
     step("Every connection is Ready; kubectl (v1.35, built with the control plane) shows them");
     kubectl(&control_plane, &["get", "aadc", "-A"]).await?;
     let auth0 = upstreams.auth0("acme.eu.auth0.com")?;
@@ -320,6 +324,7 @@ fn seed(upstreams: &mut Upstreams, docs: &[Value]) -> DemoResult<()> {
                 upstreams.azure.add_secret(TENANT_ID, client_id, value, expires);
                 // The app may read its own registration, so expiry comes from Microsoft Graph.
                 upstreams.azure.set_graph_read_all(TENANT_ID, client_id, true);
+                seed_registration(upstreams, docs, doc, client_id)?;
             }
             Some("IdentityBroker") => seed_broker(upstreams, docs, &doc["spec"])?,
             _ => {}
@@ -364,6 +369,75 @@ fn seed_broker(upstreams: &mut Upstreams, docs: &[Value], spec: &Value) -> DemoR
         // The one manual step in the Unified.to dashboard.
         emulator.activate_integration("microsoft_ad");
     }
+    Ok(())
+}
+
+/// contoso-web's app registration lacks Auth0's callback: users would get AADSTS50011. The
+/// condition names the URI; `azure.registration: Manage` adds it.
+async fn fix_missing_redirect_uri(
+    control_plane: &ControlPlane,
+    client: &Client,
+    upstreams: &Upstreams,
+    connections: &Api<AzureAdConnection>,
+    documents: &[Value],
+) -> DemoResult<()> {
+    step("contoso-web's app registration lacks Auth0's redirect URI: AzureAppConfigured says which, and Ready is False");
+    wait_until(connections, MISSING_REDIRECT, |c| ready_reason(c) == Some("RedirectUriMissing")).await?;
+    kubectl(control_plane, &["get", "aadc", MISSING_REDIRECT, "-n", NAMESPACE]).await?;
+    let jsonpath = "jsonpath={.status.conditions[?(@.type==\"AzureAppConfigured\")].message}";
+    kubectl(control_plane, &["get", "aadc", MISSING_REDIRECT, "-n", NAMESPACE, "-o", jsonpath]).await?;
+
+    step("Granting the app Application.ReadWrite.OwnedBy on its own registration, and setting azure.registration: Manage");
+    let doc = documents.iter().find(|d| d["kind"] == "AzureAdConnection" && d["metadata"]["name"] == MISSING_REDIRECT);
+    let client_id = doc.and_then(|d| d["spec"]["azure"]["clientId"].as_str()).ok_or("contoso-web has no clientId")?;
+    upstreams.azure.set_can_write_itself(TENANT_ID, client_id, true);
+    let patch = json!({"spec": {"azure": {"registration": "Manage"}}});
+    connections.patch(MISSING_REDIRECT, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    wait_until(connections, MISSING_REDIRECT, |c| ready_status(c) == Some("True")).await?;
+    println!("    The registration's Web redirect URIs now: {}", upstreams.azure.redirect_uris(TENANT_ID, client_id).join(", "));
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), NAMESPACE);
+    let added = events.list(&Default::default()).await?.items.into_iter().find(|e| e.reason.as_deref() == Some("RedirectUriAdded"));
+    if let Some(event) = added {
+        println!("    Event RedirectUriAdded: {}", event.message.unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// Registers a connection's app as its broker's guide asks (redirect URI, delegated
+/// permissions with admin consent), readable by the operator; contoso-web without its redirect
+/// URI, for the walkthrough.
+fn seed_registration(upstreams: &mut Upstreams, docs: &[Value], doc: &Value, client_id: &str) -> DemoResult<()> {
+    use idp_bridge::{
+        crd::{broker::UnifiedRegion, connection::AzureAdConnectionSpec},
+        registration::{self, BrokerSide, Callback},
+    };
+    let spec: AzureAdConnectionSpec = serde_json::from_value(doc["spec"].clone())?;
+    let broker = docs
+        .iter()
+        .find(|d| d["kind"] == "IdentityBroker" && d["metadata"]["name"] == spec.broker_ref.name)
+        .ok_or("the connection's broker is not in the examples")?;
+    let team = format!("{}.cloudflareaccess.com", idp_bridge_devenv::cloudflare::TEAM);
+    let region: UnifiedRegion = serde_json::from_value(broker["spec"]["unified"]["region"].clone()).unwrap_or_default();
+    let b = &broker["spec"];
+    let side = if let Some(domain) = b["auth0"]["domain"].as_str() {
+        BrokerSide::Auth0 { domain }
+    } else if b.get("cloudflare").is_some() {
+        BrokerSide::Cloudflare { team_domain: Some(&team) }
+    } else if let Some(endpoint) = b["logto"]["endpoint"].as_str() {
+        BrokerSide::Logto { endpoint, connector_id: spec.logto.as_ref().and_then(|l| l.connector_id.as_deref()) }
+    } else {
+        BrokerSide::Unified { region }
+    };
+    let azure = &upstreams.azure;
+    if let Callback::Known(uri) = registration::callback(&spec, side)
+        && doc["metadata"]["name"] != MISSING_REDIRECT
+    {
+        azure.set_redirect_uris(TENANT_ID, client_id, &[&uri]);
+    }
+    let permissions = registration::permissions(&spec);
+    azure.request_graph_permissions(TENANT_ID, client_id, &permissions);
+    azure.grant_admin_consent(TENANT_ID, client_id, &permissions);
+    azure.set_directory_read_all(TENANT_ID, client_id, true);
     Ok(())
 }
 

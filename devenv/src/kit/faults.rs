@@ -38,6 +38,8 @@ pub struct Fault {
     body: Option<FaultBody>,
     /// Marks the request with [`EndlessPages`] before the emulated API sees it.
     endless_pages: bool,
+    /// How long the emulated API's answer is held back after it has acted on the request.
+    hold_answer: Duration,
 }
 
 /// A rule's own answer body, in place of the vendor's.
@@ -73,6 +75,7 @@ impl Fault {
             headers: HeaderMap::new(),
             body: None,
             endless_pages: false,
+            hold_answer: Duration::ZERO,
         }
     }
 
@@ -93,6 +96,13 @@ impl Fault {
     /// endpoints then always claim a full page and a next one. Usually with [`forever`](Self::forever).
     pub fn endless_pages() -> Self {
         Self { endless_pages: true, ..Self::stall(Duration::ZERO) }
+    }
+
+    /// Lets the next matching request through to the emulated API, which acts on it (a create
+    /// is created), then holds the answer for `hold`: longer than the client's timeout, the
+    /// answer is lost to a client that gave up.
+    pub fn lost_answer(hold: Duration) -> Self {
+        Self { hold_answer: hold, ..Self::stall(Duration::ZERO) }
     }
 
     fn streamed(body: Streamed) -> Self {
@@ -153,6 +163,7 @@ pub(super) struct Planned {
     pub delay: Duration,
     pub answer: Option<Injected>,
     pub endless_pages: bool,
+    pub hold_answer: Duration,
 }
 
 /// An answer a rule makes in place of the emulated API.
@@ -192,7 +203,7 @@ impl FaultPlan {
         let index = rules.iter().position(|f| f.on.matches(method, path))?;
         let rule = &mut rules[index];
         let answer = rule.status.map(|status| Injected { status, headers: rule.headers.clone(), body: rule.body.clone() });
-        let planned = Planned { delay: rule.delay, answer, endless_pages: rule.endless_pages };
+        let planned = Planned { delay: rule.delay, answer, endless_pages: rule.endless_pages, hold_answer: rule.hold_answer };
         if let Times::Count(n) = &mut rule.times {
             *n -= 1;
             if *n == 0 {

@@ -207,19 +207,22 @@ async fn intercept(State(controls): State<Controls>, mut request: Request, next:
     tracing::debug!(emulator = controls.name, %method, %path, "emulator request");
     let seq = controls.log.arrived(&method, &path, request.uri().query());
     controls.gate.pass().await;
-    let (delay, injected, endless_pages) =
-        controls.faults.take(&method, &path).map_or((Duration::ZERO, None, false), |p| (p.delay, p.answer, p.endless_pages));
-    if endless_pages {
+    let plan = controls.faults.take(&method, &path);
+    if plan.as_ref().is_some_and(|p| p.endless_pages) {
         request.extensions_mut().insert(EndlessPages);
     }
+    let (delay, hold) = plan.as_ref().map_or((Duration::ZERO, Duration::ZERO), |p| (p.delay, p.hold_answer));
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let (response, faulted) = match injected {
+    let (response, faulted) = match plan.and_then(|p| p.answer) {
         Some(injected) => (controls.answer(injected, &path), true),
         None => (next.run(request).await, false),
     };
     controls.log.answered(seq, response.status(), faulted);
+    if !hold.is_zero() {
+        tokio::time::sleep(hold).await;
+    }
     response
 }
 
@@ -321,6 +324,22 @@ mod tests {
         assert_eq!(call(&app, Method::GET, "/api/items").await.2, "items");
         assert!(started.elapsed() >= delay);
         assert_eq!(kit.controls.log.count_where(|r| r.faulted), 1, "a stalled request is answered by the API");
+    }
+
+    #[tokio::test]
+    async fn a_lost_answer_is_acted_on_then_held_back() {
+        let kit = builder();
+        let app = app(&kit);
+        let hold = Duration::from_millis(300);
+        kit.controls.faults.push(Fault::lost_answer(hold).on(RequestMatch::any().method(Method::POST)));
+        let (app2, log) = (app.clone(), kit.controls.log.clone());
+        let call = tokio::spawn(async move { call(&app2, Method::POST, "/api/items").await.0 });
+        tokio::time::sleep(hold / 3).await;
+        let logged = log.entries();
+        assert_eq!(logged[0].status, Some(StatusCode::CREATED), "the API acted before the answer was held back");
+        assert!(!call.is_finished(), "the client is still waiting");
+        assert_eq!(call.await.unwrap(), StatusCode::CREATED);
+        assert_eq!(log.entries().len(), 1);
     }
 
     #[tokio::test]

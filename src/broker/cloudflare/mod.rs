@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    Broker, BrokerError, BrokerExtras, DeleteRequest, SyncOutcome, SyncRequest,
+    Broker, BrokerError, BrokerExtras, DeleteRequest, ScimCredentials, SyncOutcome, SyncRequest,
     budget::Rate,
     core::{Auth, Dialect, ErrorBody, Found, Limits, ManagementApi, Meaning, Session},
 };
@@ -63,7 +63,12 @@ pub struct CloudflareClient {
     pub(super) api: ManagementApi,
     /// "account 0123…" or "zone 0123…", for messages.
     scope: String,
+    /// The Access team domain, read once per client (a broker spec change builds a new one).
+    team_domain: tokio::sync::OnceCell<String>,
 }
+
+/// Below the account's or zone's `/access`: the identity providers.
+const PROVIDERS: &str = "/identity_providers";
 
 /// Cloudflare's response envelope.
 #[derive(Deserialize, Default)]
@@ -113,19 +118,16 @@ fn read_error(answer: &Answer) -> ErrorBody {
 impl CloudflareClient {
     pub fn new(upstream: Upstream, spec: &CloudflareBrokerSpec, token: SecretValue, rate: Option<(u32, u32)>) -> Self {
         let (base, scope) = match (&spec.account_id, &spec.zone_id) {
-            (Some(id), None) if is_cloudflare_id(id) => {
-                (Ok(format!("/client/v4/accounts/{id}/access/identity_providers")), format!("account {id}"))
-            }
-            (None, Some(id)) if is_cloudflare_id(id) => {
-                (Ok(format!("/client/v4/zones/{id}/access/identity_providers")), format!("zone {id}"))
-            }
+            (Some(id), None) if is_cloudflare_id(id) => (Ok(format!("/client/v4/accounts/{id}/access")), format!("account {id}")),
+            (None, Some(id)) if is_cloudflare_id(id) => (Ok(format!("/client/v4/zones/{id}/access")), format!("zone {id}")),
             (Some(_), Some(_)) | (None, None) => {
                 (Err("the Cloudflare broker must set exactly one of accountId and zoneId".to_owned()), "no account".to_owned())
             }
             _ => (Err("the Cloudflare broker's accountId or zoneId is not 32 hexadecimal characters".to_owned()), "no account".to_owned()),
         };
         let rate = Some(Rate::from(rate.unwrap_or(DEFAULT_RATE)));
-        Self { api: ManagementApi::new(upstream, Ok(HOST.to_owned()), base, Auth::Token(token), rate, DIALECT), scope }
+        let api = ManagementApi::new(upstream, Ok(HOST.to_owned()), base, Auth::Token(token), rate, DIALECT);
+        Self { api, scope, team_domain: tokio::sync::OnceCell::new() }
     }
 
     /// A 404 on the collection means the account or zone is unknown (or hidden from the token).
@@ -219,6 +221,23 @@ impl CloudflareClient {
     }
 }
 
+impl CloudflareClient {
+    /// Regenerates the SCIM secret of provider `id` (the dashboard's "Regenerate Secret"): the
+    /// only way to learn a SCIM token again once the one Cloudflare showed when SCIM was enabled
+    /// is lost (never stored, or a provider adopted with SCIM already on). The previous token
+    /// stops working.
+    pub async fn refresh_scim_secret(&self, id: &str) -> Result<ScimCredentials, BrokerError> {
+        let api = self.api.session(None);
+        let refreshed = async {
+            check_id(id)?;
+            let answer = call(&api, Method::POST, &format!("/{id}/refresh_scim_secret"), None).await?;
+            plan::shown_scim_credentials(&answer.result)
+                .ok_or_else(|| BrokerError::Unexpected("the SCIM secret refresh answered without a SCIM secret and base URL".into()))
+        };
+        refreshed.await.map_err(|e| api.scrubbed(e))
+    }
+}
+
 impl Broker for CloudflareClient {
     type Target = CloudflareConnectionSpec;
 
@@ -236,7 +255,7 @@ impl Broker for CloudflareClient {
             Found::Missing | Found::Foreign { .. } => return Ok(()),
         };
         refuse_read_only(&provider, &spec.name, "deleted")?;
-        api.delete(&format!("/{}", provider_id(&provider)?)).await
+        api.delete(&format!("{PROVIDERS}/{}", provider_id(&provider)?)).await
     }
 
     /// Proves the token with the cheapest read: one provider of the list.
@@ -246,9 +265,31 @@ impl Broker for CloudflareClient {
     }
 }
 
-/// One API call, unwrapped from Cloudflare's envelope.
+impl CloudflareClient {
+    /// The Access team domain (`<team>.cloudflareaccess.com`) from the account's (or zone's)
+    /// Zero Trust organization: the host of the callback Entra ID must know. Read once per
+    /// client. Anything but a `cloudflareaccess.com` team domain is refused, so an answer can
+    /// never make `azure.registration: Manage` register a redirect URI on another host.
+    pub async fn team_domain(&self) -> Result<String, BrokerError> {
+        let read = || async {
+            let api = self.api.session(None);
+            let organization = envelope(&api, &api.call(Method::GET, "/organizations", None).await?)?.result;
+            let domain = organization.get("auth_domain").and_then(Value::as_str).unwrap_or_default().to_ascii_lowercase();
+            plan::team_domain(&domain)
+                .map(str::to_owned)
+                .ok_or_else(|| BrokerError::Unexpected("the Zero Trust organization has no <team>.cloudflareaccess.com auth_domain".into()))
+        };
+        self.team_domain.get_or_try_init(read).await.cloned().map_err(|e| match e {
+            BrokerError::NotFound => BrokerError::Rejected(format!("{} has no Zero Trust organization (Access team)", self.scope)),
+            other => other,
+        })
+    }
+}
+
+/// One identity provider API call (`suffix` below the collection), unwrapped from Cloudflare's
+/// envelope.
 async fn call(api: &Session<'_>, method: Method, suffix: &str, body: Option<&Value>) -> Result<Envelope, BrokerError> {
-    envelope(api, &api.call(method, suffix, body).await?)
+    envelope(api, &api.call(method, &format!("{PROVIDERS}{suffix}"), body).await?)
 }
 
 /// A successful answer's envelope; `success: false` on a 2xx is an error too.
@@ -266,7 +307,7 @@ fn envelope(api: &Session<'_>, answer: &Answer) -> Result<Envelope, BrokerError>
 
 async fn get(api: &Session<'_>, id: &str) -> Result<Option<Value>, BrokerError> {
     check_id(id)?;
-    let Some(answer) = api.get(&format!("/{id}")).await? else { return Ok(None) };
+    let Some(answer) = api.get(&format!("{PROVIDERS}/{id}")).await? else { return Ok(None) };
     Ok(Some(envelope(api, &answer)?.result).filter(Value::is_object))
 }
 

@@ -221,7 +221,13 @@ pub fn scim_credentials(desired: &DesiredProvider, written: &Value) -> Option<Sc
     if !desired.scim_enabled() {
         return None;
     }
-    let scim = written.get("scim_config")?;
+    shown_scim_credentials(written)
+}
+
+/// The SCIM endpoint and token a provider in an answer shows in the clear: after the write that
+/// first enables SCIM, and after a refresh of the SCIM secret.
+pub fn shown_scim_credentials(provider: &Value) -> Option<ScimCredentials> {
+    let scim = provider.get("scim_config")?;
     let secret = scim.get("secret").and_then(Value::as_str).filter(|s| !looks_masked(s))?;
     let base_url = scim.get("scim_base_url").and_then(Value::as_str).filter(|u| u.starts_with("https://"))?;
     Some(ScimCredentials { base_url: base_url.to_owned(), secret: SecretValue::new(secret) })
@@ -230,6 +236,16 @@ pub fn scim_credentials(desired: &DesiredProvider, written: &Value) -> Option<Sc
 /// Whether `provider` is the azureAD provider named `name`.
 pub fn is_ours(provider: &Value, name: &str) -> bool {
     provider.get("type").and_then(Value::as_str) == Some(TYPE) && provider.get("name").and_then(Value::as_str) == Some(name)
+}
+
+/// `domain` when it is an Access team domain: one DNS label under `cloudflareaccess.com`.
+pub fn team_domain(domain: &str) -> Option<&str> {
+    let team = domain.strip_suffix(".cloudflareaccess.com")?;
+    let label_ok = (1..=63).contains(&team.len())
+        && team.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !team.starts_with('-')
+        && !team.ends_with('-');
+    label_ok.then_some(domain)
 }
 
 #[cfg(test)]
@@ -424,5 +440,15 @@ mod tests {
         assert!(is_ours(&json!({"name": "a", "type": "azureAD"}), "a"));
         assert!(!is_ours(&json!({"name": "a", "type": "oidc"}), "a"));
         assert!(!is_ours(&json!({"name": "b", "type": "azureAD"}), "a"));
+    }
+
+    #[test]
+    fn only_access_team_domains_name_a_callback() {
+        assert_eq!(team_domain("acme.cloudflareaccess.com"), Some("acme.cloudflareaccess.com"));
+        for bad in
+            ["cloudflareaccess.com", "evil.example", "a.b.cloudflareaccess.com", "-x.cloudflareaccess.com", "x/y.cloudflareaccess.com"]
+        {
+            assert_eq!(team_domain(bad), None, "{bad}");
+        }
     }
 }

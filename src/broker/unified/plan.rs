@@ -218,6 +218,7 @@ mod tests {
                 client_id: CLIENT.into(),
                 client_secret_ref: SecretKeyRef { name: "s".into(), key: "k".into() },
                 sign_in_audience: SignInAudience::SingleTenant,
+                registration: Default::default(),
             },
             validation: Default::default(),
             expiry: Default::default(),

@@ -10,6 +10,7 @@ use std::{
 use idp_bridge::crd::{AzureAdConnection, conditions};
 use idp_bridge_devenv::{
     auth0::Auth0Emulator,
+    azure::AzureEmulator,
     stack::{RunningOperator, Upstreams},
 };
 use k8s_openapi::api::core::v1::{Event, Secret};
@@ -83,6 +84,7 @@ impl Env {
         let mut upstreams = Upstreams::start().expect("emulators start");
         upstreams.azure.add_tenant(TENANT_ID, &[TENANT_DOMAIN]);
         upstreams.azure.add_app(TENANT_ID, CLIENT_ID);
+        register_for_auth0(&upstreams.azure, CLIENT_ID);
         let auth0 = upstreams.auth0(AUTH0_DOMAIN).expect("auth0 emulator starts");
         auth0.add_m2m_client(
             M2M_CLIENT,
@@ -330,6 +332,20 @@ impl Env {
             assert!(!metrics.contains(canary), "a secret value leaked into the metrics");
         }
     }
+}
+
+/// The Auth0 connection's redirect URI on `AUTH0_DOMAIN`.
+pub fn auth0_callback() -> String {
+    format!("https://{AUTH0_DOMAIN}/login/callback")
+}
+
+/// Registers `client` as the Auth0 guide asks: the Web redirect URI on `AUTH0_DOMAIN`, and
+/// User.Read and Directory.Read.All requested with admin consent. What the operator may read of
+/// it is up to each test (`set_graph_read_all`, `set_directory_read_all`).
+pub fn register_for_auth0(azure: &AzureEmulator, client: &str) {
+    azure.set_redirect_uris(TENANT_ID, client, &[&auth0_callback()]);
+    azure.request_graph_permissions(TENANT_ID, client, &["User.Read", "Directory.Read.All"]);
+    azure.grant_admin_consent(TENANT_ID, client, &["User.Read", "Directory.Read.All"]);
 }
 
 /// GET `path` on `op`'s HTTP server (the operator or a replica): (status, body).

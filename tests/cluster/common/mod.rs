@@ -27,4 +27,5 @@ pub async fn namespace(prefix: &str) -> (kube::Client, String) {
     create_namespace(&client, &name).await.unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
     (client, name)
 }
+pub mod admission;
 pub mod e2e;
