@@ -33,8 +33,22 @@ pub enum Command {
     /// codes: 0 valid, 1 invalid (Azure rejected it, or unusable input), 2 usage error,
     /// 3 Azure unreachable or throttling.
     Check(crate::check::CheckArgs),
+    /// Ask an AzureAdClientSecret for a new password now (sets its `idpbridge.io/renew`
+    /// annotation, or `idpbridge.io/revoke` with --revoke), with the cluster credentials of
+    /// KUBECONFIG; the running operator does the rest.
+    Rotate(RotateArgs),
     /// Print the version.
     Version,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RotateArgs {
+    /// The AzureAdClientSecret, as NAMESPACE/NAME.
+    pub target: String,
+    /// Revoke: also remove the previous password as soon as every consumer has synced the new
+    /// one, without waiting for the overlap (for a leaked secret).
+    #[arg(long)]
+    pub revoke: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]

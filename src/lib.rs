@@ -23,6 +23,7 @@ pub mod leader;
 pub mod metrics;
 pub mod operator;
 pub mod registration;
+pub mod rotation;
 pub mod secret;
 pub mod telemetry;
 pub mod upstream;

@@ -4,7 +4,7 @@ use clap::Parser;
 use idp_bridge::{
     check,
     config::{Cli, Command, Config},
-    crd, operator, telemetry,
+    crd, operator, rotation, telemetry,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +32,19 @@ async fn main() -> ExitCode {
                 ExitCode::from(check::exit::INVALID)
             }
         },
+        Command::Rotate(args) => {
+            let client = match kube::Client::try_default().await {
+                Ok(c) => c,
+                Err(e) => return fail(&format!("connecting to Kubernetes: {e}")),
+            };
+            match rotation::request::rotate(client, &args.target, args.revoke).await {
+                Ok(line) => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
         Command::Run(args) => {
             telemetry::init(args.log_format);
             let config = match Config::try_from(*args) {

@@ -36,6 +36,13 @@ pub struct ConnectionLabels {
     pub reason: String,
 }
 
+/// An AzureAdClientSecret.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObjectLabels {
+    pub namespace: String,
+    pub name: String,
+}
+
 /// A connection's AzureAppConfigured condition: its status and reason (one of the closed set).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AppConfiguredLabels {
@@ -77,6 +84,8 @@ struct ConnectionSeries {
 struct ConnectionSeriesByUid {
     leading: bool,
     by_uid: HashMap<String, ConnectionSeries>,
+    /// AzureAdClientSecrets' renewal series, by UID.
+    client_secrets: HashMap<String, ObjectLabels>,
 }
 
 pub struct Metrics {
@@ -89,6 +98,8 @@ pub struct Metrics {
     upstream_requests: Family<UpstreamLabels, Counter>,
     upstream_seconds: Family<UpstreamOperationLabels, Histogram>,
     rotation_seconds: Histogram,
+    renewal: Family<ObjectLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    client_secret_rotations: Family<ResultLabels, Counter>,
     series: Mutex<ConnectionSeriesByUid>,
     /// 1 while this replica leads (runs the controllers), else 0.
     leader: Gauge,
@@ -148,6 +159,18 @@ impl Metrics {
             "Time from a Secret change being observed to the broker holding the new value",
             rotation_seconds.clone(),
         );
+        let renewal = Family::default();
+        registry.register(
+            "client_secret_renewal_timestamp_seconds",
+            "When an AzureAdClientSecret creates its next password (UNIX seconds)",
+            renewal.clone(),
+        );
+        let client_secret_rotations = Family::default();
+        registry.register(
+            "client_secret_rotations",
+            "AzureAdClientSecret renewals by result: promoted, abandoned (not accepted in time), refused (by Graph)",
+            client_secret_rotations.clone(),
+        );
         let leader = Gauge::default();
         registry.register("leader", "1 on the replica that leads (and exports per-connection series), 0 on a standby", leader.clone());
         Self {
@@ -160,6 +183,8 @@ impl Metrics {
             upstream_requests,
             upstream_seconds,
             rotation_seconds,
+            renewal,
+            client_secret_rotations,
             series: Mutex::new(ConnectionSeriesByUid::default()),
             leader,
             secret_changes: Mutex::new(HashMap::new()),
@@ -213,6 +238,28 @@ impl Metrics {
         }
     }
 
+    /// Sets an AzureAdClientSecret's renewal time (None removes it); ignored outside a term.
+    pub fn client_secret(&self, uid: &str, namespace: &str, name: &str, renewal_at: Option<f64>) {
+        let mut series = self.series.lock().expect("series lock");
+        let labels = ObjectLabels { namespace: namespace.to_owned(), name: name.to_owned() };
+        match renewal_at {
+            Some(at) if series.leading => {
+                self.renewal.get_or_create(&labels).set(at);
+                series.client_secrets.insert(uid.to_owned(), labels);
+            }
+            _ => {
+                if let Some(old) = series.client_secrets.remove(uid) {
+                    self.renewal.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// One AzureAdClientSecret renewal ended with `result`.
+    pub fn client_secret_rotated(&self, result: &str) {
+        self.client_secret_rotations.get_or_create(&ResultLabels { result: result.to_owned() }).inc();
+    }
+
     /// Sets a connection's AzureAppConfigured series, replacing the one of its previous status
     /// or reason; ignored outside a leadership term, like every per-connection series.
     pub fn app_configured(&self, uid: &str, labels: AppConfiguredLabels) {
@@ -263,6 +310,9 @@ impl Metrics {
         series.leading = false;
         for (_, entry) in series.by_uid.drain() {
             self.remove_series(entry);
+        }
+        for (_, labels) in series.client_secrets.drain() {
+            self.renewal.remove(&labels);
         }
         self.secret_changes.lock().expect("changes lock").clear();
         self.leader.set(0);
@@ -420,6 +470,24 @@ mod tests {
         let lost = m.encode();
         assert!(!lost.contains("name=\"web\"") && lost.contains("idpbridge_leader 0"), "after losing the Lease:\n{lost}");
         assert!(m.secret_changes.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn client_secret_series_exist_only_during_a_term_and_go_with_their_object() {
+        let m = Arc::new(Metrics::new());
+        let series = "idpbridge_client_secret_renewal_timestamp_seconds{namespace=\"ns\",name=\"app\"}";
+        m.client_secret("uid", "ns", "app", Some(100.0));
+        assert!(!m.encode().contains(series), "a standby exports none");
+        let term = m.leading_term();
+        m.client_secret("uid", "ns", "app", Some(100.0));
+        assert!(m.encode().contains(&format!("{series} 100.0")), "{}", m.encode());
+        m.client_secret("uid", "ns", "app", None);
+        assert!(!m.encode().contains(series), "no renewal time, no series");
+        m.client_secret("uid", "ns", "app", Some(200.0));
+        drop(term);
+        assert!(!m.encode().contains(series), "the term's end removes it");
+        m.client_secret_rotated("promoted");
+        assert!(m.encode().contains("idpbridge_client_secret_rotations_total{result=\"promoted\"} 1"));
     }
 
     #[test]

@@ -14,6 +14,9 @@
 
 #![allow(clippy::result_large_err, reason = "early returns carry whole HTTP answers; size does not matter in a test emulator")]
 
+mod passwords;
+
+pub use passwords::{PasswordPolicy, RemovedPassword};
 mod registration;
 
 use std::{
@@ -75,6 +78,10 @@ pub struct AzureState {
     tokens: IssuedTokens<Caller>,
     /// Token requests that reached the token endpoint, by lower-case client id.
     token_requests_by_client: HashMap<String, usize>,
+    /// addPassword's rules: replication delay, tenant policy, credential limit.
+    policy: PasswordPolicy,
+    /// Called at each removePassword, before the credential goes.
+    removal_hook: Option<passwords::RemovalHook>,
 }
 
 struct Tenant {
@@ -89,6 +96,10 @@ struct App {
     display_name: String,
     disabled: bool,
     graph_read_all: bool,
+    /// Application.ReadWrite.OwnedBy: addPassword and removePassword on the apps it owns.
+    graph_write_owned_by: bool,
+    /// Lower-case client ids of the service principals that own this app.
+    owners: Vec<String>,
     secrets: Vec<Secret>,
     registration: registration::Registration,
 }
@@ -99,6 +110,8 @@ struct Secret {
     display_name: String,
     start: Timestamp,
     end: Timestamp,
+    /// Until this instant the token endpoint does not know the secret yet (replication).
+    usable_from: Timestamp,
 }
 
 /// The app a token was issued to.
@@ -120,6 +133,8 @@ impl AzureEmulator {
             tenants: BTreeMap::new(),
             tokens: IssuedTokens::new(TOKEN_TTL_SECS),
             token_requests_by_client: HashMap::new(),
+            policy: PasswordPolicy::default(),
+            removal_hook: None,
         }));
         let errors = state.clone();
         let kit = KitBuilder::new("azure", move |status, path| lock(&errors).error_body(status, path));
@@ -145,6 +160,8 @@ impl AzureEmulator {
             display_name: format!("emulated app {client_id}"),
             disabled: false,
             graph_read_all: false,
+            graph_write_owned_by: false,
+            owners: Vec::new(),
             secrets: Vec::new(),
             registration: registration::Registration::new(),
         };
@@ -159,7 +176,8 @@ impl AzureEmulator {
         let key_id = Uuid::new_v4().to_string();
         self.with_app(tenant_id, client_id, |app| {
             let display_name = format!("emulated secret {}", app.secrets.len() + 1);
-            let secret = Secret { key_id: key_id.clone(), value: value.to_owned(), display_name, start: Timestamp::now(), end };
+            let now = Timestamp::now();
+            let secret = Secret { key_id: key_id.clone(), value: value.to_owned(), display_name, start: now, end, usable_from: now };
             app.secrets.push(secret);
         });
         key_id
@@ -221,7 +239,7 @@ fn router(state: Shared) -> Router {
     Router::new()
         .route("/{tenant}/v2.0/.well-known/openid-configuration", get(discovery))
         .route("/{tenant}/oauth2/v2.0/token", post(token))
-        .route("/v1.0/{*rest}", get(graph).patch(graph_patch))
+        .route("/v1.0/{*rest}", get(graph).patch(graph_patch).post(passwords::graph_write))
         .fallback(|| async { StatusCode::NOT_FOUND })
         .with_state(state)
 }
@@ -431,7 +449,8 @@ impl AzureState {
             return Err(self.aad(StatusCode::UNAUTHORIZED, "invalid_client", 7000218, message));
         };
         let now = Timestamp::now();
-        let matching: Vec<&Secret> = app.secrets.iter().filter(|s| s.value == secret).collect();
+        // A secret that has not replicated yet is unknown to the token endpoint.
+        let matching: Vec<&Secret> = app.secrets.iter().filter(|s| s.value == secret && s.usable_from <= now).collect();
         if matching.is_empty() {
             let message = format!(
                 "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{}'.",
@@ -478,7 +497,8 @@ impl AzureState {
             return Err(graph_error(StatusCode::BAD_REQUEST, "BadRequest", &format!("Resource not found for the segment '{segment}'.")));
         };
         let tenant = self.tenants.get(&caller.tenant);
-        let allowed = tenant.and_then(|t| t.apps.get(&caller.client_id)).is_some_and(|a| a.graph_read_all);
+        // Application.ReadWrite.OwnedBy also lets its holder read every application.
+        let allowed = tenant.and_then(|t| t.apps.get(&caller.client_id)).is_some_and(|a| a.graph_read_all || a.graph_write_owned_by);
         if !allowed {
             return Err(graph_error(
                 StatusCode::FORBIDDEN,

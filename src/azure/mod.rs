@@ -5,6 +5,7 @@
 pub mod cloud;
 pub mod error;
 pub mod graph;
+pub mod passwords;
 pub mod registration;
 pub mod throttle;
 

@@ -11,7 +11,7 @@ use tracing::warn;
 
 use super::{claims::Claims, readiness::Readiness, resolve::ResolvedBroker};
 use crate::{
-    azure::AzureClient,
+    azure::{AzureClient, passwords::PasswordClient},
     broker::{BrokerClient, BrokerKey, BrokerRegistry, ScimCredentials},
     config::Config,
     crd::connection::AzureAdConnection,
@@ -27,6 +27,8 @@ pub struct Context {
     /// Whether the current run's caches have synced (the `/readyz` answer).
     pub readiness: Readiness,
     pub azure: AzureClient,
+    /// Microsoft Graph's password API, for AzureAdClientSecret rotations.
+    pub passwords: PasswordClient,
     pub brokers: BrokerRegistry,
     /// Claims on broker objects that cannot carry an owner marker, in the operator's namespace.
     pub claims: Claims,
@@ -52,6 +54,7 @@ impl Context {
             metrics,
             readiness: Readiness::default(),
             azure: AzureClient::new(upstream.clone()),
+            passwords: PasswordClient::new(upstream.clone()),
             brokers: BrokerRegistry::new(upstream),
             claims: Claims::new(client.clone(), &config.namespace),
             client,

@@ -18,6 +18,10 @@ pub enum Error {
     WriteStatus(#[source] kube::Error),
     #[error("reading or writing a claim on a broker object: {0}")]
     Claim(#[source] kube::Error),
+    #[error("reading the AzureAdClientSecret: {0}")]
+    ReadClientSecret(#[source] kube::Error),
+    #[error("writing the rotated client-secret Secret: {0}")]
+    WriteClientSecret(#[source] kube::Error),
     #[error("deleting the broker object: {0}")]
     Cleanup(#[source] BrokerError),
     #[error("adding the finalizer: {0}")]
@@ -50,6 +54,8 @@ impl Error {
             Error::ReadNamespace(_) => "read_namespace",
             Error::WriteStatus(_) => "write_status",
             Error::Claim(_) => "claim",
+            Error::ReadClientSecret(_) => "read_client_secret",
+            Error::WriteClientSecret(_) => "write_client_secret",
             Error::Cleanup(_) => "cleanup",
             Error::AddFinalizer(_) => "add_finalizer",
             Error::RemoveFinalizer(_) => "remove_finalizer",

@@ -14,7 +14,7 @@ use super::Error;
 /// Runs `work` for at most `deadline`, turning a panic inside it into [`Error::Panicked`] and
 /// an overrun into [`Error::DeadlineExceeded`]. A panic's payload is not logged: it can carry
 /// any string the panicking code formatted, a secret included.
-pub(super) async fn guarded<F>(deadline: Duration, work: F) -> Result<Action, Error>
+pub(crate) async fn guarded<F>(deadline: Duration, work: F) -> Result<Action, Error>
 where
     F: Future<Output = Result<Action, Error>>,
 {

@@ -7,7 +7,7 @@ pub mod claims;
 mod context;
 mod decide;
 mod error;
-mod guard;
+pub(crate) mod guard;
 mod observation;
 mod protection;
 mod readiness;
@@ -127,7 +127,7 @@ fn connections_using_broker_secret(
 /// A watch of `api` that keeps a store (registered with `stores` for readiness) and yields the
 /// objects it sees, to trigger reconciles. Managed fields are dropped before they are stored:
 /// nothing reads them, and with every Secret's metadata cached they would dominate memory.
-fn reflected<K>(
+pub(crate) fn reflected<K>(
     api: Api<K>,
     config: watcher::Config,
     stores: &mut Stores,
@@ -272,9 +272,10 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
         .unzip();
     let triggers = brokers::ProtectionTriggers { identity, cluster, identity_senders, cluster_sender };
     let brokers = brokers::controllers(ctx.clone(), &scopes, connection_stores, triggers, &stop, &mut stores);
+    let rotations = crate::rotation::controllers(ctx.clone(), &scopes, &stop, &mut stores);
     info!(namespaces = ?ctx.config.watch_namespaces, "controllers started");
     tokio::select! {
-        _ = future::join(future::join_all(connections), brokers) => {}
+        _ = future::join3(future::join_all(connections), brokers, rotations) => {}
         _ = cluster_broker_reflector => error!("ClusterIdentityBroker reflector ended"),
         _ = ctx.readiness.track(stores) => {}
     }

@@ -8,6 +8,8 @@ pub const READY: &str = "Ready";
 pub const CREDENTIALS_VALID: &str = "CredentialsValid";
 pub const SECRET_EXPIRING: &str = "SecretExpiring";
 pub const BROKER_SYNCED: &str = "BrokerSynced";
+/// AzureAdClientSecret: a new password is being issued, proven or promoted.
+pub const ISSUING: &str = "Issuing";
 /// Cloudflare SCIM only: whether the SCIM Secret holds the SCIM endpoint and token.
 pub const SCIM_SECRET_READY: &str = "ScimSecretReady";
 pub const AZURE_APP_CONFIGURED: &str = "AzureAppConfigured";
@@ -142,6 +144,36 @@ reasons! {
     GraphUnreachable,
     /// Microsoft Graph answered in a way the operator does not understand.
     GraphError,
+    /// AzureAdClientSecret: the tenant's app management policy caps password lifetimes below
+    /// `spec.lifetime`.
+    PasswordLifetimePolicy,
+    /// AzureAdClientSecret: the tenant's app management policy forbids new passwords.
+    PasswordAdditionForbidden,
+    /// AzureAdClientSecret: the application holds as many passwords as Entra ID allows.
+    PasswordLimitReached,
+    /// AzureAdClientSecret with `graphAuth: Self`: the Secret holds no current secret to
+    /// authenticate with (put the bootstrap secret under `client-secret`).
+    BootstrapSecretMissing,
+    /// AzureAdClientSecret: another AzureAdClientSecret already rotates this application.
+    ApplicationConflict,
+    /// AzureAdClientSecret: the Secret is written by another resource (another
+    /// AzureAdClientSecret, or a controller that owns it); nothing is written.
+    SecretConflict,
+    /// AzureAdClientSecret: the operator may not write Secrets in this namespace (with the Helm
+    /// chart: list it in `rbac.clientSecretNamespaces`); no password was created.
+    SecretWriteForbidden,
+    /// AzureAdClientSecret, Issuing=False: the current secret is valid; the next renewal is scheduled.
+    RenewalScheduled,
+    /// AzureAdClientSecret, Issuing=True: a new password is being created and staged.
+    Issuing,
+    /// AzureAdClientSecret, Issuing=True: the staged password waits for Entra ID to accept it.
+    AwaitingReplication,
+    /// AzureAdClientSecret, Issuing=True: promoted; the previous password stays until every
+    /// consumer has synced the new one and the overlap has passed.
+    AwaitingConsumers,
+    /// AzureAdClientSecret: Entra ID did not accept the new password within
+    /// `spec.propagationTimeout`; it was removed and the renewal is retried later.
+    ProofTimedOut,
     /// ScimSecretReady: the SCIM Secret holds the SCIM base URL and token.
     ScimSecretStored,
     /// ScimSecretReady: a Secret of that name exists that idp-bridge did not create for this

@@ -1,11 +1,13 @@
 //! The `idpbridge.io/v1alpha1` API: types, conditions and CRD generation.
 
 pub mod broker;
+pub mod client_secret;
 pub mod conditions;
 pub mod connection;
 pub mod duration;
 
 pub use broker::{BrokerProvider, ClusterIdentityBroker, IdentityBroker};
+pub use client_secret::AzureAdClientSecret;
 pub use connection::AzureAdConnection;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -35,7 +37,7 @@ pub(crate) const OBJECT_NAME_MESSAGE: &str =
 
 /// Every CRD the operator serves, ordered by name (as their files sort under `crds/`).
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![AzureAdConnection::crd(), ClusterIdentityBroker::crd(), IdentityBroker::crd()]
+    vec![AzureAdClientSecret::crd(), AzureAdConnection::crd(), ClusterIdentityBroker::crd(), IdentityBroker::crd()]
 }
 
 /// The YAML for one CRD, as committed under `crds/`.

@@ -580,3 +580,38 @@ async fn azure_national_cloud_names_its_own_hosts() {
     assert_eq!(json_of(&global_scope)["error_codes"][0], 500011);
     assert_eq!(json_of(&global_scope)["error_uri"], "https://login.microsoftonline.us/error?code=500011");
 }
+
+/// addPassword as documented: every field optional, `startDateTime` now, `endDateTime` two years
+/// later, `secretText` once (never in a read), `hint` its first three characters; removePassword
+/// answers 204; both need Application.ReadWrite.OwnedBy on an owned application.
+#[tokio::test]
+async fn graph_add_password_defaults_and_remove_password() {
+    let env = env();
+    let token = env.graph_token().await;
+    let post = |path: &str, body: Value| {
+        let request = env.up.request(Method::POST, GRAPH, path).bearer_auth(&token).json(&body);
+        env.up.send(request)
+    };
+    let add = format!("/v1.0/applications(appId='{CLIENT}')/addPassword");
+    let denied = post(&add, json!({})).await.unwrap();
+    assert_eq!(denied.status, StatusCode::FORBIDDEN, "without the permission and the ownership");
+    assert_eq!(json_of(&denied)["error"]["code"], "Authorization_RequestDenied");
+    env.azure.set_graph_write_owned_by(TENANT, CLIENT, true);
+    env.azure.add_owner(TENANT, CLIENT, CLIENT);
+    let created = post(&add, json!({})).await.unwrap();
+    assert_eq!(created.status, StatusCode::OK);
+    let credential = json_of(&created);
+    let text = credential["secretText"].as_str().unwrap();
+    assert_eq!(credential["hint"].as_str().unwrap(), &text[..3]);
+    assert_eq!(credential["displayName"], "");
+    let start: Timestamp = credential["startDateTime"].as_str().unwrap().parse().unwrap();
+    let end: Timestamp = credential["endDateTime"].as_str().unwrap().parse().unwrap();
+    assert!(Timestamp::now().duration_since(start).abs() < SignedDuration::from_secs(5), "starts now");
+    let two_years = end.duration_since(start);
+    assert!((SignedDuration::from_hours(2 * 365 * 24)..=SignedDuration::from_hours(2 * 366 * 24)).contains(&two_years), "{two_years:?}");
+    let read = env.graph_app(Some(&token), &format!("/v1.0/applications(appId='{CLIENT}')")).await;
+    assert!(!String::from_utf8_lossy(&read.body.0).contains(text), "the value is never read back");
+    let key_id = credential["keyId"].as_str().unwrap();
+    let removed = post(&format!("/v1.0/applications(appId='{CLIENT}')/removePassword"), json!({"keyId": key_id})).await.unwrap();
+    assert_eq!(removed.status, StatusCode::NO_CONTENT);
+}

@@ -10,5 +10,6 @@ mod conformance;
 mod emulators;
 mod hostile;
 mod logto;
+mod passwords;
 mod registration;
 mod unified;

@@ -185,6 +185,10 @@ const NAMESPACED_PERMISSIONS: &[&str] = &[
     "idpbridge.io/azureadconnections watch",
     "idpbridge.io/azureadconnections patch",
     "idpbridge.io/azureadconnections/status patch",
+    "idpbridge.io/azureadclientsecrets get",
+    "idpbridge.io/azureadclientsecrets list",
+    "idpbridge.io/azureadclientsecrets watch",
+    "idpbridge.io/azureadclientsecrets/status patch",
     "idpbridge.io/identitybrokers get",
     "idpbridge.io/identitybrokers list",
     "idpbridge.io/identitybrokers watch",
@@ -509,6 +513,16 @@ fn lint_and_template_pass_with_default_and_full_values() {
     let scim_binding = docs.iter().find(|d| d["kind"] == "RoleBinding" && d["metadata"]["name"] == "ops-idp-bridge-scim").unwrap();
     assert_eq!(scim_binding["metadata"]["namespace"], "team-a");
     assert_eq!(scim_binding["subjects"][0]["namespace"], "idp-bridge");
+    // Rotated client secrets likewise: a Role of their own in team-b only.
+    scoped["rbac"] = json!({"clientSecretNamespaces": ["team-b"]});
+    let docs = render("ops", "idp-bridge", &scoped);
+    let roles: Vec<&Value> =
+        docs.iter().filter(|d| d["kind"] == "Role" && d["metadata"]["name"] == "ops-idp-bridge-client-secrets").collect();
+    assert_eq!(roles.len(), 1, "one client-secret Role");
+    assert_eq!(roles[0]["metadata"]["namespace"], "team-b");
+    assert_eq!(permissions(roles[0]), set(&["core/secrets create", "core/secrets patch"]));
+    let binding = docs.iter().find(|d| d["kind"] == "RoleBinding" && d["metadata"]["name"] == "ops-idp-bridge-client-secrets").unwrap();
+    assert_eq!(binding["metadata"]["namespace"], "team-b");
     // Nothing at all with rbac.create=false.
     let docs = render("idp-bridge", "idp-bridge", &json!({"rbac": {"create": false}}));
     assert!(!docs.iter().any(|d| d["apiVersion"].as_str().unwrap().starts_with("rbac.")), "{:?}", kinds(&docs));
@@ -981,7 +995,7 @@ async fn watch_namespaces_mode_runs_with_namespaced_roles() {
     let mut values = emulator_values(&upstreams, "ConfigMap");
     values["watchNamespaces"] = json!([team_a, team_b]);
     // team-a's Cloudflare connection enables SCIM; team-b's do not.
-    values["rbac"] = json!({"scimSecretNamespaces": [team_a]});
+    values["rbac"] = json!({"scimSecretNamespaces": [team_a], "clientSecretNamespaces": [team_a]});
     let values = values_file(&values);
     let release = "scoped";
     helm_ok(Some(cp.kubeconfig_path()), &["install", release, &chart(), "--namespace", &ns, "--values", path_str(&values)]);
@@ -1054,7 +1068,53 @@ async fn watch_namespaces_mode_runs_with_namespaced_roles() {
         Api::<Secret>::namespaced(sa.clone(), &team_b).create(&PostParams::default(), &stray).await,
         "creating a Secret in a watched namespace outside rbac.scimSecretNamespaces",
     );
+    rotations_need_client_secret_namespaces(&admin, &upstreams, &team_a, &team_b).await;
     operator.stop().await;
+}
+
+/// An AzureAdClientSecret rotates in a namespace of `rbac.clientSecretNamespaces` (`allowed`),
+/// and elsewhere (`refused`) reports SecretWriteForbidden without creating a password.
+async fn rotations_need_client_secret_namespaces(admin: &Client, upstreams: &Upstreams, allowed: &str, refused: &str) {
+    use idp_bridge::crd::AzureAdClientSecret;
+    for (namespace, app) in [(allowed, "7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"), (refused, "7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4e")] {
+        upstreams.azure.add_app(TENANT_ID, app);
+        upstreams.azure.set_graph_write_owned_by(TENANT_ID, app, true);
+        upstreams.azure.add_owner(TENANT_ID, app, app);
+        let bootstrap = format!("Bt{}Q~chart-bootstrap-{namespace}", &app[35..]);
+        upstreams.azure.add_secret(TENANT_ID, app, &bootstrap, in_a_year());
+        apply(admin, Some(namespace), secret("rotated", &[("client-secret", &bootstrap)])).await;
+        let spec = json!({"azure": {"tenant": TENANT_ID, "clientId": app}, "secretName": "rotated", "lifetime": "2h", "renewBefore": "1h", "overlap": "1s"});
+        let mut object = idp("AzureAdClientSecret", "rotation", spec);
+        object["metadata"]["annotations"] = json!({"idpbridge.io/renew": "now"});
+        apply(admin, Some(namespace), object).await;
+    }
+    let wait = |namespace: &str, what: &'static str, check: fn(&AzureAdClientSecret) -> bool| {
+        let api: Api<AzureAdClientSecret> = Api::namespaced(admin.clone(), namespace);
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(40);
+            loop {
+                let object = api.get("rotation").await.unwrap();
+                if check(&object) {
+                    return;
+                }
+                assert!(std::time::Instant::now() < deadline, "{what}: {:#?}", object.status);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    wait(allowed, "a rotation under the chart's RBAC", |o| o.status.as_ref().is_some_and(|s| s.last_rotation_time.is_some())).await;
+    wait(refused, "SecretWriteForbidden outside rbac.clientSecretNamespaces", |o| {
+        o.status
+            .as_ref()
+            .and_then(|s| conditions::find(&s.conditions, conditions::READY))
+            .is_some_and(|c| c.reason == "SecretWriteForbidden")
+    })
+    .await;
+    assert_eq!(
+        upstreams.azure.passwords(TENANT_ID, "7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4e").len(),
+        1,
+        "no password created where the Secret cannot be written"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

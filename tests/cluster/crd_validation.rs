@@ -416,3 +416,94 @@ async fn status_subresource_and_printer_columns_work() {
     assert!(cell("Expires").as_str().is_some_and(|s| !s.is_empty()), "Expires: {:?}", cell("Expires"));
     assert!(cell("Age").as_str().is_some_and(|s| !s.is_empty()), "Age: {:?}", cell("Age"));
 }
+
+/// A minimal valid AzureAdClientSecret.
+fn client_secret(name: &str) -> Value {
+    json!({
+        "apiVersion": "idpbridge.io/v1alpha1",
+        "kind": "AzureAdClientSecret",
+        "metadata": {"name": name},
+        "spec": {"azure": {"tenant": "contoso.onmicrosoft.com", "clientId": CLIENT_ID}, "secretName": "contoso-azure"},
+    })
+}
+
+#[tokio::test]
+async fn client_secrets_are_defaulted_validated_and_keep_their_identity() {
+    use Change::{Remove, Set};
+    use idp_bridge::crd::AzureAdClientSecret;
+    let (client, ns) = crate::common::namespace("crd-aadcs").await;
+    let api = dynamic_api::<AzureAdClientSecret>(&client, Some(&ns));
+    create(&api, &client_secret("contoso")).await.expect("a valid AzureAdClientSecret is accepted");
+    let stored = Api::<AzureAdClientSecret>::namespaced(client.clone(), &ns).get("contoso").await.expect("read back typed");
+    let raw = serde_json::to_value(&stored).unwrap();
+    for (pointer, expected) in [
+        ("/spec/lifetime", json!("2160h")),
+        ("/spec/overlap", json!("24h")),
+        ("/spec/propagationTimeout", json!("10m")),
+        ("/spec/graphAuth/mode", json!("Self")),
+        ("/spec/azure/cloud", json!("AzurePublic")),
+    ] {
+        assert_eq!(raw.pointer(pointer), Some(&expected), "default at {pointer}");
+    }
+    assert_eq!(stored.spec.renew_before(), std::time::Duration::from_secs(720 * 3600), "a third of the lifetime");
+
+    let rotator = json!({"clientId": TENANT_ID, "clientSecretRef": {"name": "rotator"}});
+    let cases: Vec<(&str, Vec<Change>, &str)> = vec![
+        ("tenant common", vec![Set("/spec/azure/tenant", json!("common"))], "tenant must be a tenant ID (GUID) or a domain name"),
+        (
+            "clientId not a GUID",
+            vec![Set("/spec/azure/clientId", json!("contoso-web-application-client-ids"))],
+            "clientId must be the application",
+        ),
+        ("secretName with a path", vec![Set("/spec/secretName", json!("../x"))], OBJECT_NAME),
+        ("no secretName", vec![Remove("/spec/secretName")], "spec.secretName: Required value"),
+        ("lifetime below 2h", vec![Set("/spec/lifetime", json!("1h"))], "lifetime must be a duration such as 2160h"),
+        ("lifetime in days", vec![Set("/spec/lifetime", json!("90d"))], "lifetime must be a duration such as 2160h"),
+        (
+            "renewBefore past the lifetime",
+            vec![Set("/spec/lifetime", json!("2h")), Set("/spec/renewBefore", json!("3h"))],
+            "renewBefore must be shorter than lifetime",
+        ),
+        (
+            "overlap past renewBefore",
+            vec![Set("/spec/renewBefore", json!("1h")), Set("/spec/overlap", json!("2h"))],
+            "overlap must be shorter than renewBefore",
+        ),
+        (
+            "propagationTimeout over an hour",
+            vec![Set("/spec/propagationTimeout", json!("2h"))],
+            "propagationTimeout must be a duration between 10s and 1h",
+        ),
+        (
+            "Rotator without rotator",
+            vec![Set("/spec/graphAuth", json!({"mode": "Rotator"}))],
+            "graphAuth.rotator is required with mode Rotator",
+        ),
+        (
+            "rotator with Self",
+            vec![Set("/spec/graphAuth", json!({"mode": "Self", "rotator": rotator}))],
+            "graphAuth.rotator is required with mode Rotator",
+        ),
+    ];
+    for (case, changes, expected) in cases {
+        let mut manifest = client_secret(&unique_name("bad"));
+        for change in changes {
+            match change {
+                Set(pointer, value) => set(&mut manifest, pointer, value),
+                Remove(pointer) => remove(&mut manifest, pointer),
+            }
+        }
+        assert_rejected(case, create(&api, &manifest).await, expected);
+    }
+    let mut with_rotator = client_secret("rotated");
+    set(&mut with_rotator, "/spec/graphAuth", json!({"mode": "Rotator", "rotator": rotator}));
+    create(&api, &with_rotator).await.expect("Rotator with its rotator block is accepted");
+
+    let merge = |patch: Value| {
+        let api = api.clone();
+        async move { api.patch("contoso", &PatchParams::default(), &Patch::Merge(patch)).await }
+    };
+    assert_rejected("new secretName", merge(json!({"spec": {"secretName": "other"}})).await, "secretName is immutable");
+    assert_rejected("new clientId", merge(json!({"spec": {"azure": {"clientId": TENANT_ID}}})).await, "azure.clientId is immutable");
+    merge(json!({"spec": {"overlap": "12h"}})).await.expect("overlap can change");
+}

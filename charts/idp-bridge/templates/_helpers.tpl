@@ -104,8 +104,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   verbs: ["get", "list", "watch", "patch"]
 # Status is written by server-side apply.
 - apiGroups: ["idpbridge.io"]
-  resources: ["azureadconnections/status", "identitybrokers/status"]
+  resources: ["azureadconnections/status", "identitybrokers/status", "azureadclientsecrets/status"]
   verbs: ["patch"]
+# AzureAdClientSecrets: watched and read; their Secret is written only where
+# rbac.clientSecretNamespaces allows.
+- apiGroups: ["idpbridge.io"]
+  resources: ["azureadclientsecrets"]
+  verbs: ["get", "list", "watch"]
 # IdentityBrokers: watched, read, and the in-use finalizer added and removed by a merge patch of
 # metadata.finalizers (while a connection with deletionPolicy Delete uses the broker).
 - apiGroups: ["idpbridge.io"]
@@ -135,6 +140,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["idpbridge.io"]
   resources: ["azureadconnections/finalizers"]
   verbs: ["update"]
+{{- end }}
+
+{{/* Rules for writing rotated client secrets, only in rbac.clientSecretNamespaces. */}}
+{{- define "idp-bridge.clientSecretRules" -}}
+# The Secret an AzureAdClientSecret writes, by server-side apply (no ownerReference: deleting
+# the AzureAdClientSecret must not delete the Secret its consumers read).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create", "patch"]
 {{- end }}
 
 {{/* Rules that are cluster-wide in either mode. */}}

@@ -190,12 +190,15 @@ async fn run(args: Args) -> DemoResult<()> {
     wait_until(&connections, "contoso-web", |c| ready_status(c) == Some("True")).await?;
     kubectl(&control_plane, &["get", "aadc", "-A"]).await?;
 
+    rotate_by_itself(&control_plane, &client, &mut upstreams).await?;
+
     step("Use it yourself");
     println!("    export KUBECONFIG={}", control_plane.kubeconfig_path().display());
     println!("    export PATH={}:$PATH   # the kubectl used above", control_plane::binaries()?.dir.display());
     println!("    kubectl get aadc -A");
     println!("    kubectl describe aadc contoso-web -n {NAMESPACE}");
     println!("    kubectl edit secret contoso-web-client-secret -n {NAMESPACE}   # and watch the status follow");
+    println!("    kubectl get aadcs -n {NAMESPACE}; idp-bridge rotate {NAMESPACE}/contoso-web   # another rotation");
     println!("    Against a real cluster and real Azure/Auth0: see \"Running against a cluster\" in README.md.");
     if args.no_wait {
         operator.stop().await;
@@ -204,6 +207,78 @@ async fn run(args: Args) -> DemoResult<()> {
     println!("\n    Everything keeps running; press Ctrl-C to stop.");
     tokio::signal::ctrl_c().await?;
     operator.stop().await;
+    Ok(())
+}
+
+const WEB_APP: &str = "8c2e4b6a-1f3d-4a5b-9e7c-6d8f0a2b4c6e";
+
+/// examples/client-secret.yaml: an AzureAdClientSecret renewing contoso-web's password, applied
+/// after the walkthrough above (whose manual rotations it would otherwise take over), with a
+/// short overlap so the demo shows the previous password go.
+async fn rotate_by_itself(control_plane: &ControlPlane, client: &Client, upstreams: &mut Upstreams) -> DemoResult<()> {
+    use idp_bridge::crd::{AzureAdClientSecret, client_secret::AzureAdClientSecretStatus};
+    step("Zero-touch rotation: examples/client-secret.yaml renews contoso-web's password in Entra ID by itself (overlap 5s for the demo)");
+    upstreams.azure.set_graph_write_owned_by(TENANT_ID, WEB_APP, true);
+    upstreams.azure.add_owner(TENANT_ID, WEB_APP, WEB_APP);
+    let replication = jiff::SignedDuration::from_secs(5);
+    upstreams.azure.set_password_policy(idp_bridge_devenv::azure::PasswordPolicy { replication_delay: replication, ..Default::default() });
+    println!("    Emulated Entra ID accepts a new password {}s after it is created (replication)", replication.as_secs());
+    let text = include_str!("../../../examples/client-secret.yaml");
+    let mut doc: Value = serde_yaml::from_str(text)?;
+    doc["metadata"]["namespace"] = json!(NAMESPACE);
+    doc["spec"]["overlap"] = json!("5s");
+    apply(client, &doc).await?;
+    let api: Api<AzureAdClientSecret> = Api::namespaced(client.clone(), NAMESPACE);
+    let status = |o: Option<AzureAdClientSecret>| o.and_then(|o| o.status).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ready = |s: &AzureAdClientSecretStatus| {
+        s.current.is_some() && conditions::find(&s.conditions, conditions::READY).is_some_and(|c| c.status == "True")
+    };
+    while !ready(&status(api.get_opt("contoso-web").await?)) {
+        if Instant::now() > deadline {
+            return Err("the AzureAdClientSecret did not adopt the current password within 60s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    kubectl(control_plane, &["get", "aadcs", "-n", NAMESPACE]).await?;
+    println!("\n    $ idp-bridge rotate {NAMESPACE}/contoso-web");
+    println!("    {}", idp_bridge::rotation::request::rotate(client.clone(), &format!("{NAMESPACE}/contoso-web"), false).await?);
+    let stage = |s: &AzureAdClientSecretStatus| match (&s.pending, &s.previous) {
+        (Some(p), _) if p.proven_at.is_some() => "proven: Entra ID issued a token for it",
+        (Some(p), _) if p.key_id.is_some() => "addPassword done; the value staged in client-secret-next",
+        (Some(_), _) => "intent recorded in status (a marker)",
+        (None, Some(_)) => "promoted to client-secret; the previous password waits for Auth0 and the overlap",
+        (None, None) => "previous password removed",
+    };
+    let started = Instant::now();
+    let mut last = "";
+    loop {
+        let current = status(api.get_opt("contoso-web").await?);
+        let now = if current.last_rotation_time.is_none() && current.pending.is_none() { "" } else { stage(&current) };
+        if now != last && !now.is_empty() {
+            println!("    {:>5.1}s  {now}", started.elapsed().as_secs_f64());
+            last = now;
+        }
+        let scheduled = conditions::find(&current.conditions, conditions::ISSUING).is_some_and(|c| c.reason == "RenewalScheduled");
+        if now == "previous password removed" && scheduled {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(90) {
+            return Err("the rotation did not finish within 90s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let passwords = upstreams.azure.passwords(TENANT_ID, WEB_APP);
+    println!(
+        "    Entra ID now holds the app's passwords {:?}: the bootstrap one is gone; the example's first (made by a person) is never touched",
+        passwords.iter().map(|p| &p.1).collect::<Vec<_>>()
+    );
+    let secret = Api::<Secret>::namespaced(client.clone(), NAMESPACE).get("contoso-web-client-secret").await?;
+    let value = secret.data.and_then(|d| d.get("client-secret").cloned()).map(|b| String::from_utf8_lossy(&b.0).into_owned());
+    let auth0 = upstreams.auth0("acme.eu.auth0.com")?;
+    let held = auth0.connection_by_name("contoso-azure-ad").and_then(|c| c["options"]["client_secret"].as_str().map(str::to_owned));
+    println!("    Auth0 holds the new password: {}", value.is_some() && held == value);
+    kubectl(control_plane, &["get", "aadcs", "-n", NAMESPACE]).await?;
     Ok(())
 }
 

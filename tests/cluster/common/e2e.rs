@@ -126,6 +126,12 @@ impl Env {
         RunningOperator::start(self.client.clone(), config).await.expect("the replica starts")
     }
 
+    /// Aborts the operator's task where it stands, as a killed pod stops: no graceful shutdown,
+    /// an in-flight reconcile cut at its next await.
+    pub fn kill_operator(&mut self) {
+        drop(self.operator.take());
+    }
+
     pub async fn stop_operator(&mut self) {
         if let Some(op) = self.operator.take() {
             op.stop().await;
@@ -142,6 +148,11 @@ impl Env {
         let value = format!("Cn{}Q~{label}-{}", rand::random::<u16>() % 10, idp_bridge_devenv::control_plane::unique_name("canary"));
         self.canaries.push(value.clone());
         value
+    }
+
+    /// Adds a value made elsewhere (e.g. a password Graph generated) to the canaries.
+    pub fn add_canary(&mut self, value: &str) {
+        self.canaries.push(value.to_owned());
     }
 
     /// Creates or replaces a Secret's string data (and annotations).
@@ -294,6 +305,14 @@ impl Env {
         let logs = String::from_utf8_lossy(&captured_logs().lock().unwrap()).into_owned();
         let events = serde_json::to_string(&self.events().await).unwrap();
         let connections = serde_json::to_string(&self.connections().list(&ListParams::default()).await.unwrap().items).unwrap();
+        let client_secrets = serde_json::to_string(
+            &Api::<idp_bridge::crd::AzureAdClientSecret>::namespaced(self.client.clone(), &self.ns)
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items,
+        )
+        .unwrap();
         let brokers = serde_json::to_string(
             &Api::<idp_bridge::crd::IdentityBroker>::namespaced(self.client.clone(), &self.ns)
                 .list(&ListParams::default())
@@ -308,6 +327,7 @@ impl Env {
             assert!(!logs.contains(canary), "a secret value leaked into the logs");
             assert!(!events.contains(canary), "a secret value leaked into an event");
             assert!(!connections.contains(canary), "a secret value leaked into a connection");
+            assert!(!client_secrets.contains(canary), "a secret value leaked into an AzureAdClientSecret");
             assert!(!brokers.contains(canary), "a secret value leaked into a broker");
             assert!(!metrics.contains(canary), "a secret value leaked into the metrics");
         }
