@@ -149,7 +149,8 @@ async fn a_provider_adopted_with_scim_on_gets_a_new_token() {
         .path(&format!("/client/v4/accounts/{CF_ACCOUNT}/access/identity_providers/{id}/refresh_scim_secret"));
     cf.kit().faults().push(Fault::status(500).on(refresh).times(1));
     env.start_operator().await;
-    env.connect_to("scim", "broker", scim_block(), "web", json!({})).await;
+    // Made in the dashboard, so taken over only when the connection adopts it.
+    env.connect_to("scim", "broker", scim_block(), "web", json!({"adopt": true})).await;
     wait_scim(&env, "False", "ScimSecretRefreshFailed").await;
     env.wait_ready("scim").await;
     // Retried with backoff: the next refresh succeeds.
