@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the controller against the cluster in KUBECONFIG or the in-cluster service account.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions (or write one file per CRD with --out-dir).
     Crds {
         /// Directory to write `<name>.yaml` files into, instead of printing to stdout.
@@ -64,6 +64,11 @@ pub struct RunArgs {
     /// fingerprint key live here.
     #[arg(long, env = "POD_NAMESPACE", default_value = "idp-bridge")]
     pub namespace: String,
+    /// A name for this cluster, part of the owner marker idp-bridge leaves on broker objects
+    /// (Auth0 connection metadata): two clusters that share a broker account must use different
+    /// names, so that neither takes the other's objects for its own.
+    #[arg(long, env = "IDP_BRIDGE_CLUSTER_NAME", default_value = "default")]
+    pub cluster_name: String,
     /// Name of the Secret (in --namespace) holding the key for secret fingerprints; created with a
     /// random key when missing.
     #[arg(long, env = "IDP_BRIDGE_FINGERPRINT_KEY_SECRET", default_value = "idp-bridge-fingerprint-key")]
@@ -147,6 +152,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub namespace: String,
+    /// Part of every owner marker (`--cluster-name`).
+    pub cluster_name: String,
     pub fingerprint_key_secret: String,
     pub endpoint_overrides: EndpointOverrides,
     /// Broker management hosts the operator may call.
@@ -209,6 +216,8 @@ pub enum ConfigError {
     Concurrency,
     #[error("--namespace must not be empty")]
     Namespace,
+    #[error("--cluster-name must not be empty")]
+    ClusterName,
     #[error("--leader-election-lease must not be empty")]
     LeaseName,
     #[error("leader election: {0}")]
@@ -233,6 +242,9 @@ impl TryFrom<RunArgs> for Config {
         if args.namespace.trim().is_empty() {
             return Err(ConfigError::Namespace);
         }
+        if args.cluster_name.trim().is_empty() {
+            return Err(ConfigError::ClusterName);
+        }
         let leader_election = if args.leader_election {
             let lease_name = args.leader_election_lease.trim().to_owned();
             if lease_name.is_empty() {
@@ -254,6 +266,7 @@ impl TryFrom<RunArgs> for Config {
         };
         Ok(Config {
             namespace: args.namespace,
+            cluster_name: args.cluster_name.trim().to_owned(),
             fingerprint_key_secret: args.fingerprint_key_secret,
             endpoint_overrides: args.endpoint_overrides,
             broker_hosts: args.broker_hosts,
@@ -281,15 +294,15 @@ mod tests {
     #[test]
     fn a_reconcile_timeout_shorter_than_one_request_is_refused() {
         let Command::Run(args) = parse(&["run", "--http-timeout=30s", "--reconcile-timeout=10s"]).unwrap().command else { panic!() };
-        assert!(matches!(Config::try_from(args), Err(ConfigError::ReconcileTimeout)));
+        assert!(matches!(Config::try_from(*args), Err(ConfigError::ReconcileTimeout)));
         let Command::Run(args) = parse(&["run", "--reconcile-timeout=5m"]).unwrap().command else { panic!() };
-        assert_eq!(Config::try_from(args).unwrap().reconcile_timeout, Duration::from_secs(300));
+        assert_eq!(Config::try_from(*args).unwrap().reconcile_timeout, Duration::from_secs(300));
     }
 
     #[test]
     fn run_defaults() {
         let Command::Run(args) = parse(&["run"]).unwrap().command else { panic!() };
-        let config = Config::try_from(args).unwrap();
+        let config = Config::try_from(*args).unwrap();
         assert_eq!(config.http_timeout, Duration::from_secs(15));
         assert_eq!(config.deletion_timeout, Duration::from_secs(600));
         assert_eq!(config.reconcile_timeout, Duration::from_secs(120));
@@ -303,7 +316,7 @@ mod tests {
     fn leader_election_flags() {
         let config = |args: &[&str]| {
             let Command::Run(args) = parse(args).unwrap().command else { panic!() };
-            Config::try_from(args)
+            Config::try_from(*args)
         };
         assert_eq!(config(&["run", "--leader-election=false"]).unwrap().leader_election, None);
         assert_eq!(config(&["run", "--leader-election"]).unwrap().leader_election, Some(LeaderElectionConfig::default()));
@@ -346,7 +359,7 @@ mod tests {
     fn broker_hosts_flag_replaces_the_defaults() {
         let hosts = |args: &[&str]| {
             let Command::Run(args) = parse(args).unwrap().command else { panic!() };
-            Config::try_from(args).unwrap().broker_hosts
+            Config::try_from(*args).unwrap().broker_hosts
         };
         let custom = hosts(&["run", "--broker-hosts", "auth.corp.example, logto.corp.example:8443"]);
         assert!(custom.allows("auth.corp.example"));
@@ -368,6 +381,6 @@ mod tests {
         let err = parse(&["run", "--http-timeout", "5 seconds"]).unwrap_err().to_string();
         assert!(err.contains("not a duration"), "{err}");
         let Command::Run(args) = parse(&["run", "--ca-bundle", "/nonexistent/ca.pem"]).unwrap().command else { panic!() };
-        assert!(matches!(Config::try_from(args), Err(ConfigError::MissingCaBundle(_))));
+        assert!(matches!(Config::try_from(*args), Err(ConfigError::MissingCaBundle(_))));
     }
 }

@@ -47,7 +47,7 @@ async fn main() -> ExitCode {
         }
         Command::Run(args) => {
             telemetry::init(args.log_format);
-            let config = match Config::try_from(args) {
+            let config = match Config::try_from(*args) {
                 Ok(c) => c,
                 Err(e) => return fail(&e),
             };

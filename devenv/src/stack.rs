@@ -142,6 +142,7 @@ impl Upstreams {
     pub fn operator_config(&self, namespace: &str, watch_namespaces: Vec<String>) -> Config {
         Config {
             namespace: namespace.to_owned(),
+            cluster_name: "default".into(),
             fingerprint_key_secret: "idp-bridge-fingerprint-key".into(),
             endpoint_overrides: self.overrides(),
             broker_hosts: self.broker_hosts(),

@@ -263,6 +263,22 @@ impl ManagementApi {
         AccountKey { broker: self.dialect.name, host, credential }
     }
 
+    /// The API host as a claim key names it (see [`super::ownership`]).
+    pub fn host_key(&self) -> String {
+        match &self.host {
+            Ok(host) => host.to_ascii_lowercase(),
+            Err(_) => "(unusable)".into(),
+        }
+    }
+
+    /// A stable, one-way identity of the credential (a SHA-256 of the token or client id), for
+    /// claim keys of brokers whose account only the credential names. Unlike [`Self::account`],
+    /// the same in every replica and across restarts; the credential cannot be read back from it.
+    pub fn credential_key(&self) -> String {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(["idp-bridge-claim-credential", self.auth.identity()].join("\0").as_bytes()))
+    }
+
     pub fn budget(&self) -> &Arc<RequestBudget> {
         &self.budget
     }

@@ -15,6 +15,7 @@ pub mod budget;
 pub mod cloudflare;
 pub(crate) mod core;
 pub mod logto;
+pub mod ownership;
 pub mod unified;
 
 use std::{
@@ -36,7 +37,7 @@ use crate::{
     upstream::{TransportError, Upstream},
 };
 
-use self::{budget::RequestBudget, core::AccountKey};
+use self::{budget::RequestBudget, core::AccountKey, ownership::Ownership};
 
 /// How long a refused management login is not tried again for its account (the first time;
 /// each further refusal doubles it, up to [`REFUSED_LOGIN_MAX_BACKOFF`]). A changed credential is
@@ -181,10 +182,22 @@ pub struct SyncRequest<'a> {
     pub azure: AzureCredentials<'a>,
     /// The broker id recorded in status, if any.
     pub known_id: Option<&'a str>,
-    /// Fingerprint of the secret last pushed, for brokers that never return the secret.
+    /// Fingerprint of the secret last pushed to the object `known_id`, for brokers that never
+    /// return the secret.
     pub synced_fingerprint: Option<&'a str>,
     /// Report differences without writing.
     pub observe_only: bool,
+    /// What the sync may take as its own.
+    pub ownership: Ownership<'a>,
+}
+
+impl SyncRequest<'_> {
+    /// The fingerprint of what the object `id` holds, as far as status knows: the recorded one
+    /// belongs to the recorded object, so another object (one found by name after the recorded
+    /// one vanished) is taken to hold nothing known.
+    pub fn synced_fingerprint_of(&self, id: &str) -> Option<&str> {
+        self.synced_fingerprint.filter(|_| self.known_id.is_none_or(|known| known == id))
+    }
 }
 
 /// One delete of a connection's broker object.
@@ -195,11 +208,13 @@ pub struct DeleteRequest<'a> {
     pub app: &'a AzureSpec,
     /// The broker id recorded in status, if any.
     pub known_id: Option<&'a str>,
+    /// What the delete may take as its own; anything else is left in place.
+    pub ownership: Ownership<'a>,
 }
 
 impl<'a> DeleteRequest<'a> {
-    pub fn new(spec: &'a AzureAdConnectionSpec, known_id: Option<&'a str>) -> Result<Self, BrokerError> {
-        Ok(Self { target: BrokerTarget::of(spec)?, app: &spec.azure, known_id })
+    pub fn new(spec: &'a AzureAdConnectionSpec, known_id: Option<&'a str>, ownership: Ownership<'a>) -> Result<Self, BrokerError> {
+        Ok(Self { target: BrokerTarget::of(spec)?, app: &spec.azure, known_id, ownership })
     }
 }
 
@@ -214,22 +229,31 @@ pub struct SyncOutcome {
     pub wrote: bool,
     /// What only one broker returns, for the controller to act on.
     pub extras: Option<BrokerExtras>,
+    /// The object is missing and would be created, but the claim does not say a create is
+    /// under way yet ([`ownership::Ownership::may_create`]): the controller records that, then
+    /// syncs again. Nothing was written.
+    pub create_deferred: bool,
 }
 
 impl SyncOutcome {
     /// Observing found no object; `object` names it ("connection").
     pub fn missing(object: &str) -> Self {
-        Self { id: None, differences: vec![format!("{object} (missing)")], wrote: false, extras: None }
+        Self { id: None, differences: vec![format!("{object} (missing)")], wrote: false, extras: None, create_deferred: false }
+    }
+
+    /// The object is missing, and its create waits for the claim to record it.
+    pub fn create_deferred(object: &str) -> Self {
+        Self { create_deferred: true, ..Self::missing(object) }
     }
 
     /// A sync created the object.
     pub fn created(object: &str, id: String) -> Self {
-        Self { id: Some(id), differences: vec![format!("{object} (created)")], wrote: true, extras: None }
+        Self { id: Some(id), differences: vec![format!("{object} (created)")], wrote: true, extras: None, create_deferred: false }
     }
 
     /// A sync of an existing object: what differed and whether it was written.
     pub fn existing(id: String, differences: Vec<String>, wrote: bool) -> Self {
-        Self { id: Some(id), differences, wrote, extras: None }
+        Self { id: Some(id), differences, wrote, extras: None, create_deferred: false }
     }
 }
 
@@ -358,6 +382,28 @@ impl BrokerClient {
             (BrokerClient::Unified(c), BrokerTarget::Unified(t)) => c.delete(t, request).await,
             (client, target) => Err(target.mismatch(client.type_name())),
         }
+    }
+
+    /// What identifies the broker object `target` names, for the operator's claim on it (see
+    /// [`ownership`]): the broker account and the object's key there. `None` for a broker whose
+    /// objects carry the owner marker themselves (Auth0).
+    pub fn claim_key(&self, target: BrokerTarget<'_>, app: &AzureSpec) -> Option<String> {
+        match (self, target) {
+            (BrokerClient::Cloudflare(c), BrokerTarget::Cloudflare(t)) => Some(c.claim_key(t)),
+            (BrokerClient::Logto(c), BrokerTarget::Logto(_)) => Some(c.claim_key()),
+            (BrokerClient::Unified(c), BrokerTarget::Unified(t)) => Some(c.claim_key(t, app)),
+            _ => None,
+        }
+    }
+
+    /// The refusal for an object whose claim another connection holds.
+    pub fn claimed_elsewhere(&self) -> BrokerError {
+        let note = match self {
+            // The claim is the tenant's one Microsoft connector, whichever application it is for.
+            BrokerClient::Logto(_) => "; Logto allows one Microsoft connector per tenant",
+            _ => "",
+        };
+        BrokerError::Conflict(format!("{}{note}", ownership::MANAGED_ELSEWHERE))
     }
 
     /// A new SCIM secret for the broker object `id`: only Cloudflare has SCIM.

@@ -9,7 +9,7 @@ use kube::{
 };
 use tracing::warn;
 
-use super::{readiness::Readiness, resolve::ResolvedBroker};
+use super::{claims::Claims, readiness::Readiness, resolve::ResolvedBroker};
 use crate::{
     azure::{AzureClient, passwords::PasswordClient},
     broker::{BrokerClient, BrokerKey, BrokerRegistry, ScimCredentials},
@@ -30,6 +30,8 @@ pub struct Context {
     /// Microsoft Graph's password API, for AzureAdClientSecret rotations.
     pub passwords: PasswordClient,
     pub brokers: BrokerRegistry,
+    /// Claims on broker objects that cannot carry an owner marker, in the operator's namespace.
+    pub claims: Claims,
     pub fingerprinter: Fingerprinter,
     pub recorder: Recorder,
     pub config: Arc<Config>,
@@ -54,6 +56,7 @@ impl Context {
             azure: AzureClient::new(upstream.clone()),
             passwords: PasswordClient::new(upstream.clone()),
             brokers: BrokerRegistry::new(upstream),
+            claims: Claims::new(client.clone(), &config.namespace),
             client,
             fingerprinter,
             recorder,
@@ -86,6 +89,11 @@ impl Context {
             self.metrics.forget_connection(&uid);
             self.pending_scim.lock().expect("scim lock").remove(&uid);
         }
+    }
+
+    /// The owner marker of `conn` ([`crate::broker::ownership::owner_marker`]).
+    pub fn owner_marker(&self, conn: &AzureAdConnection) -> String {
+        crate::broker::ownership::owner_marker(&self.config.cluster_name, &conn.namespace().unwrap_or_default(), &conn.name_any())
     }
 
     /// Remembers the broker `conn` syncs through, for its cleanup.

@@ -195,6 +195,7 @@ mod tests {
             differences: differences.iter().map(|d| d.to_string()).collect(),
             wrote,
             extras: None,
+            create_deferred: false,
         })
     }
 

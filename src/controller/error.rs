@@ -16,6 +16,8 @@ pub enum Error {
     ReadNamespace(#[source] kube::Error),
     #[error("writing status: {0}")]
     WriteStatus(#[source] kube::Error),
+    #[error("reading or writing a claim on a broker object: {0}")]
+    Claim(#[source] kube::Error),
     #[error("reading the AzureAdClientSecret: {0}")]
     ReadClientSecret(#[source] kube::Error),
     #[error("writing the rotated client-secret Secret: {0}")]
@@ -51,6 +53,7 @@ impl Error {
             Error::ReadBroker(_) => "read_broker",
             Error::ReadNamespace(_) => "read_namespace",
             Error::WriteStatus(_) => "write_status",
+            Error::Claim(_) => "claim",
             Error::ReadClientSecret(_) => "read_client_secret",
             Error::WriteClientSecret(_) => "write_client_secret",
             Error::Cleanup(_) => "cleanup",

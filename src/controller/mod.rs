@@ -3,6 +3,7 @@
 //! They run until their stop token is cancelled (shutdown, or leadership lost).
 
 mod brokers;
+pub mod claims;
 mod context;
 mod decide;
 mod error;

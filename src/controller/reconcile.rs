@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use super::{
     Context,
+    claims::{Held, Holder},
     decide::{self, Decision, Next},
     error::Error,
     guard::guarded,
@@ -27,11 +28,16 @@ use super::{
 };
 use crate::{
     azure::{Validation, ValidationRequest},
-    broker::{AzureCredentials, BrokerExtras, BrokerTarget, DeleteRequest, SyncRequest},
+    broker::{
+        AzureCredentials, BrokerClient, BrokerError, BrokerExtras, BrokerTarget, DeleteRequest, SyncOutcome, SyncRequest,
+        ownership::{Claim, Ownership},
+    },
     crd::{
         EXPIRES_AT_ANNOTATION, FINALIZER,
         conditions::{Desired, READY, Reason, Status, set_condition},
-        connection::{AzureAdConnection, AzureAdConnectionStatus, DeletionPolicy, ExpirySource, ManagementPolicy, ValidationMode},
+        connection::{
+            AzureAdConnection, AzureAdConnectionStatus, AzureSpec, DeletionPolicy, ExpirySource, ManagementPolicy, ValidationMode,
+        },
     },
     metrics::{AppConfiguredLabels, ConnectionLabels, ExpiryLabels},
     secret::SecretValue,
@@ -248,7 +254,7 @@ async fn sync_broker(
     };
     ctx.remember_broker(conn, &resolved_broker);
     let broker = ctx.broker_client(&resolved_broker);
-    let stage = push(conn, &broker, resolved, secret, validation).await;
+    let stage = push(ctx, conn, &broker, resolved, secret, validation).await?;
     let scim = match &stage {
         BrokerStage::Synced(outcome) if conn.spec.management_policy != ManagementPolicy::ObserveOnly => {
             if let Some(BrokerExtras::CloudflareScim(scim)) = &outcome.extras {
@@ -261,17 +267,28 @@ async fn sync_broker(
     Ok((stage, scim, Some(resolved_broker)))
 }
 
-/// Pushes the validated secret to the broker.
+/// Pushes the validated secret to the broker, under the claim on its object where the broker's
+/// objects cannot carry the owner marker.
 async fn push(
+    ctx: &Context,
     conn: &AzureAdConnection,
-    broker: &crate::broker::BrokerClient,
+    broker: &BrokerClient,
     resolved: &Resolved,
     secret: &SecretValue,
     validation: &Validation,
-) -> BrokerStage {
+) -> Result<BrokerStage, Error> {
     let spec = &conn.spec;
     let last_sync = conn.status.as_ref().and_then(|s| s.broker.clone()).unwrap_or_default();
-    let request = BrokerTarget::of(spec).map(|target| SyncRequest {
+    let target = match BrokerTarget::of(spec) {
+        Ok(target) => target,
+        Err(unsupported) => return Ok(BrokerStage::Failed(unsupported)),
+    };
+    let owner = ctx.owner_marker(conn);
+    let mut claim = match take_claim(ctx, broker, target, &spec.azure, &owner, last_sync.id.as_deref()).await? {
+        Ok(claim) => claim,
+        Err(refused) => return Ok(BrokerStage::Failed(refused)),
+    };
+    let request = SyncRequest {
         target,
         azure: AzureCredentials {
             cloud: spec.azure.cloud,
@@ -285,12 +302,13 @@ async fn push(
         known_id: last_sync.id.as_deref(),
         synced_fingerprint: last_sync.synced_fingerprint.as_deref(),
         observe_only: spec.management_policy == ManagementPolicy::ObserveOnly,
-    });
-    let synced = match request {
-        Ok(request) => broker.sync(&request).await,
-        Err(unsupported) => Err(unsupported),
+        ownership: Ownership { owner: &owner, adopt: spec.adopt, claim: None },
     };
-    match synced {
+    let synced = sync_under_claim(ctx, broker, &request, claim.as_mut()).await?;
+    if let Some(claim) = claim.as_mut() {
+        record_claimed_id(ctx, &owner, claim, &synced).await?;
+    }
+    Ok(match synced {
         Ok(outcome) => {
             if outcome.wrote {
                 info!(differences = ?outcome.differences, "broker object written");
@@ -301,7 +319,76 @@ async fn push(
             warn!(reason = error.reason().as_str(), %error, "broker sync failed");
             BrokerStage::Failed(error)
         }
+    })
+}
+
+/// The operator's claim a sync runs under (brokers whose objects cannot carry the owner marker).
+struct SyncClaim {
+    held: Held,
+    /// The claim took over the record of a renamed object from the claim of its old name.
+    carried_over: bool,
+}
+
+/// Takes the claim on the object `target` names for `owner`: `None` for a broker whose objects
+/// carry the marker themselves, the refusal when another connection holds the claim. A fresh
+/// claim takes over the record of the object status knows (`known_id`) from another claim of the
+/// same owner: the object was renamed.
+async fn take_claim(
+    ctx: &Context,
+    broker: &BrokerClient,
+    target: BrokerTarget<'_>,
+    app: &AzureSpec,
+    owner: &str,
+    known_id: Option<&str>,
+) -> Result<Result<Option<SyncClaim>, BrokerError>, Error> {
+    let Some(key) = broker.claim_key(target, app) else { return Ok(Ok(None)) };
+    let mut held = match ctx.claims.take(&key, owner).await.map_err(Error::Claim)? {
+        Holder::Us(held) => held,
+        Holder::Another => return Ok(Err(broker.claimed_elsewhere())),
+        Holder::Nobody => return Ok(Err(BrokerError::Unexpected("the claim on the broker object vanished".into()))),
+    };
+    let carried_over = match known_id {
+        Some(known) => ctx.claims.carry_over(owner, &mut held, known).await.map_err(Error::Claim)?,
+        None => false,
+    };
+    Ok(Ok(Some(SyncClaim { held, carried_over })))
+}
+
+/// Syncs under `claim`. A create the adapter defers until the claim says one is under way (see
+/// `ownership::Claim::Creating`) is recorded there, then synced once more.
+async fn sync_under_claim(
+    ctx: &Context,
+    broker: &BrokerClient,
+    base: &SyncRequest<'_>,
+    claim: Option<&mut SyncClaim>,
+) -> Result<Result<SyncOutcome, BrokerError>, Error> {
+    let Some(claim) = claim else { return Ok(broker.sync(base).await) };
+    let mut request = base.clone();
+    request.ownership.claim = Some(claim.held.claim());
+    let synced = broker.sync(&request).await;
+    if !synced.as_ref().is_ok_and(|outcome| outcome.create_deferred) {
+        return Ok(synced);
     }
+    ctx.claims.record(&mut claim.held, None).await.map_err(Error::Claim)?;
+    let mut request = base.clone();
+    request.ownership.claim = Some(claim.held.claim());
+    Ok(broker.sync(&request).await)
+}
+
+/// Records the synced object's id in its claim, once; the claims of names the connection no
+/// longer uses (a renamed object, another broker) are released then.
+async fn record_claimed_id(
+    ctx: &Context,
+    owner: &str,
+    claim: &mut SyncClaim,
+    synced: &Result<SyncOutcome, BrokerError>,
+) -> Result<(), Error> {
+    let Ok(SyncOutcome { id: Some(id), .. }) = synced else { return Ok(()) };
+    if claim.carried_over || !claim.held.records(id) {
+        ctx.claims.record(&mut claim.held, Some(id)).await.map_err(Error::Claim)?;
+        ctx.claims.release_others(owner, &claim.held.name).await.map_err(Error::Claim)?;
+    }
+    Ok(())
 }
 
 /// The `reason` label when Ready has no reason the operator knows (there is no Ready yet).
@@ -464,14 +551,16 @@ async fn delete_broker_object(conn: &AzureAdConnection, ctx: &Context) -> Result
             return Ok(Action::await_change());
         }
     };
-    let known_id = conn.status.as_ref().and_then(|s| s.broker.as_ref()).and_then(|b| b.id.as_deref());
-    let deleted = match DeleteRequest::new(&conn.spec, known_id) {
-        Ok(request) => ctx.broker_client(&resolved).delete(&request).await,
-        Err(unsupported) => Err(unsupported),
-    };
+    let deleted = delete_owned(ctx, conn, &ctx.broker_client(&resolved)).await?;
     match deleted {
         Ok(()) => {
             ctx.publish(conn, EventType::Normal, "Deleted", "the broker object was deleted (deletionPolicy: Delete)").await;
+            Ok(Action::await_change())
+        }
+        // Not this connection's to delete (another one manages it, or idp-bridge did not make
+        // it): nothing to wait for.
+        Err(error @ BrokerError::Conflict(_)) => {
+            ctx.publish(conn, EventType::Warning, "Orphaned", &format!("the broker object was left in place: {error}")).await;
             Ok(Action::await_change())
         }
         Err(error) => {
@@ -493,4 +582,31 @@ async fn delete_broker_object(conn: &AzureAdConnection, ctx: &Context) -> Result
             }
         }
     }
+}
+
+/// Deletes the connection's broker object if it is the connection's own, then releases its
+/// claim. Under a claim broker with no claim of this connection's, only what status records (or
+/// `adopt`) is its own; a claim another connection holds refuses the delete.
+async fn delete_owned(ctx: &Context, conn: &AzureAdConnection, broker: &BrokerClient) -> Result<Result<(), BrokerError>, Error> {
+    let known_id = conn.status.as_ref().and_then(|s| s.broker.as_ref()).and_then(|b| b.id.as_deref());
+    let owner = ctx.owner_marker(conn);
+    let claim_key = BrokerTarget::of(&conn.spec).ok().and_then(|target| broker.claim_key(target, &conn.spec.azure));
+    let held = match &claim_key {
+        None => None,
+        Some(key) => match ctx.claims.holder(key, &owner).await.map_err(Error::Claim)? {
+            Holder::Us(held) => Some(held),
+            Holder::Another => return Ok(Err(broker.claimed_elsewhere())),
+            Holder::Nobody => None,
+        },
+    };
+    let claim = held.as_ref().map(Held::claim).or(claim_key.as_ref().map(|_| Claim::Fresh));
+    let ownership = Ownership { owner: &owner, adopt: conn.spec.adopt, claim };
+    let deleted = match DeleteRequest::new(&conn.spec, known_id, ownership) {
+        Ok(request) => broker.delete(&request).await,
+        Err(unsupported) => Err(unsupported),
+    };
+    if let (Ok(()), Some(held)) = (&deleted, &held) {
+        ctx.claims.release(held).await.map_err(Error::Claim)?;
+    }
+    Ok(deleted)
 }

@@ -378,6 +378,7 @@ mod tests {
             differences: if wrote { vec!["options.client_secret".into()] } else { vec![] },
             wrote,
             extras: None,
+            create_deferred: false,
         })
     }
 
@@ -467,6 +468,7 @@ mod tests {
                 differences: vec!["options.ext_groups".into()],
                 wrote: false,
                 extras: None,
+                create_deferred: false,
             }),
         );
         obs.observe_only = true;

@@ -72,6 +72,11 @@ pub struct AzureAdConnectionSpec {
     /// reports what it would change, and writes nothing to the broker.
     #[serde(default)]
     pub management_policy: ManagementPolicy,
+    /// Take over a broker object of the connection's name that idp-bridge did not create (made in
+    /// the broker's dashboard, or by another tool): without it, such an object is left alone and
+    /// the connection reports `BrokerConflict`. Never takes an object another connection manages.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopt: bool,
 }
 
 /// Reference to the broker that receives the credentials.

@@ -5,7 +5,7 @@
 //! One answer the emulator never gives (an error that echoes what it was sent) comes from a small
 //! stub server on the same test CA.
 
-use crate::common::{self, CLIENT, Creds, TENANT, TENANT_DOMAIN, deletion, request};
+use crate::common::{self, ADOPTING, CLIENT, Creds, TENANT, TENANT_DOMAIN, deletion, request, request_as};
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -140,7 +140,16 @@ async fn first_sync_creates_a_waad_connection() {
     let creds = env.creds(CANARY);
     let outcome = client.sync(&request(&spec(), &creds, None, None, FULL)).await.unwrap();
     let id = outcome.id.clone().expect("an id");
-    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["connection (created)".into()], wrote: true, extras: None });
+    assert_eq!(
+        outcome,
+        SyncOutcome {
+            id: Some(id.clone()),
+            differences: vec!["connection (created)".into()],
+            wrote: true,
+            extras: None,
+            create_deferred: false
+        }
+    );
     assert!(id.starts_with("con_"), "{id}");
 
     let conn = env.auth0.connection(&id).unwrap();
@@ -178,7 +187,10 @@ async fn steady_state_makes_no_writes() {
     for known_id in [Some(id.as_str()), None] {
         for observe_only in [FULL, OBSERVE] {
             let outcome = client.sync(&request(&spec, &creds, known_id, Some(&creds.fingerprint), observe_only)).await.unwrap();
-            assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec![], wrote: false, extras: None });
+            assert_eq!(
+                outcome,
+                SyncOutcome { id: Some(id.clone()), differences: vec![], wrote: false, extras: None, create_deferred: false }
+            );
         }
     }
     assert_eq!(env.auth0.writes(), writes, "steady state writes nothing");
@@ -200,7 +212,16 @@ async fn rotation_patches_once_and_carries_server_fields_back() {
     let writes = env.auth0.writes();
 
     let outcome = client.sync(&request(&spec, &new, Some(&id), Some(&old.fingerprint), FULL)).await.unwrap();
-    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["options.client_secret".into()], wrote: true, extras: None });
+    assert_eq!(
+        outcome,
+        SyncOutcome {
+            id: Some(id.clone()),
+            differences: vec!["options.client_secret".into()],
+            wrote: true,
+            extras: None,
+            create_deferred: false
+        }
+    );
     assert_eq!(env.auth0.writes(), writes + 1);
     assert_eq!(env.count(&format!("PATCH /api/v2/connections/{id}")), 1, "exactly one PATCH");
 
@@ -230,9 +251,14 @@ async fn existing_connection_is_adopted_by_name() {
         "options": {"client_id": CLIENT, "client_secret": "made-by-hand", "tenantId": TENANT, "thumbprints": ["abc"], "granted": true},
     }));
     let creds = env.creds(CANARY);
-    let outcome = client.sync(&request(&spec(), &creds, None, None, FULL)).await.unwrap();
+    // Made by hand: refused without spec.adopt, before any write.
+    let refused = client.sync(&request(&spec(), &creds, None, None, FULL)).await.unwrap_err();
+    assert_eq!(refused.reason(), Reason::BrokerConflict, "{refused}");
+    assert_eq!(env.auth0.writes(), 0);
+    let outcome = client.sync(&request_as(&spec(), &creds, None, None, FULL, ADOPTING)).await.unwrap();
     assert_eq!(outcome.id.as_deref(), Some(id.as_str()), "found by name");
     assert!(outcome.wrote && outcome.differences.contains(&"options.client_secret".to_owned()), "{outcome:?}");
+    assert!(outcome.differences.contains(&"metadata.idp-bridge-owner".to_owned()), "marked: {outcome:?}");
     assert!(outcome.differences.contains(&"display_name".to_owned()), "{outcome:?}");
     assert_eq!(env.auth0.connections().len(), 1, "not duplicated");
     assert_eq!(env.count("POST /api/v2/connections"), 0);
@@ -493,7 +519,10 @@ async fn missing_scope_is_an_auth_failure() {
     assert!(env.auth0.connections().is_empty());
     // Observing needs only read access.
     let outcome = client.sync(&request(&spec(), &creds, None, None, OBSERVE)).await.unwrap();
-    assert_eq!(outcome, SyncOutcome { id: None, differences: vec!["connection (missing)".into()], wrote: false, extras: None });
+    assert_eq!(
+        outcome,
+        SyncOutcome { id: None, differences: vec!["connection (missing)".into()], wrote: false, extras: None, create_deferred: false }
+    );
 }
 
 /// Auth0's connection-options scopes (since May 2025), which `ALL_SCOPES` leaves out.

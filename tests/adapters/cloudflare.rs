@@ -5,7 +5,7 @@
 //! One answer the emulator never gives (an error that echoes what it was sent) comes from a small
 //! stub server on the same test CA.
 
-use crate::common::{self, CLIENT, Creds, TENANT, deletion, request};
+use crate::common::{self, ADOPTING, CLIENT, Creds, FRESH, TENANT, deletion, request, request_as};
 
 use std::time::Duration;
 
@@ -17,7 +17,11 @@ use axum::{
     routing::get,
 };
 use idp_bridge::{
-    broker::{BrokerClient, BrokerError, BrokerExtras, ScimCredentials, SyncOutcome, cloudflare::CloudflareClient},
+    broker::{
+        BrokerClient, BrokerError, BrokerExtras, ScimCredentials, SyncOutcome,
+        cloudflare::CloudflareClient,
+        ownership::{Claim, Ownership},
+    },
     crd::{
         broker::{CloudflareBrokerSpec, TokenSecretRef},
         conditions::Reason,
@@ -179,7 +183,16 @@ async fn first_sync_creates_an_azure_ad_provider() {
     let creds = env.creds(CANARY);
     let outcome = client.sync(&request(&spec(), &creds, None, None, FULL)).await.unwrap();
     let id = outcome.id.clone().expect("an id");
-    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["connection (created)".into()], wrote: true, extras: None });
+    assert_eq!(
+        outcome,
+        SyncOutcome {
+            id: Some(id.clone()),
+            differences: vec!["connection (created)".into()],
+            wrote: true,
+            extras: None,
+            create_deferred: false
+        }
+    );
 
     let stored = env.cf.provider(&id).unwrap();
     assert_eq!((stored["name"].as_str(), stored["type"].as_str()), (Some(NAME), Some("azureAD")));
@@ -218,7 +231,10 @@ async fn steady_state_makes_no_writes() {
     for known_id in [Some(id.as_str()), None] {
         for observe_only in [FULL, OBSERVE] {
             let outcome = client.sync(&request(&spec, &creds, known_id, Some(&creds.fingerprint), observe_only)).await.unwrap();
-            assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec![], wrote: false, extras: None });
+            assert_eq!(
+                outcome,
+                SyncOutcome { id: Some(id.clone()), differences: vec![], wrote: false, extras: None, create_deferred: false }
+            );
         }
     }
     assert_eq!(env.cf.writes(), writes, "steady state writes nothing");
@@ -242,7 +258,16 @@ async fn rotation_puts_once_with_the_complete_config() {
     let writes = env.cf.writes();
 
     let outcome = client.sync(&request(&spec, &new, Some(&id), Some(&old.fingerprint), FULL)).await.unwrap();
-    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["config.client_secret".into()], wrote: true, extras: None });
+    assert_eq!(
+        outcome,
+        SyncOutcome {
+            id: Some(id.clone()),
+            differences: vec!["config.client_secret".into()],
+            wrote: true,
+            extras: None,
+            create_deferred: false
+        }
+    );
     assert_eq!(env.cf.writes(), writes + 1);
     assert_eq!(env.count(&format!("PUT {}/{id}", collection(ACCOUNT))), 1, "exactly one PUT");
     assert_eq!(env.count("PUT "), 1);
@@ -312,8 +337,8 @@ async fn existing_provider_is_adopted_by_listing_every_page() {
         }),
     );
     let creds = env.creds(CANARY);
-    // Status was lost: no recorded id, no synced fingerprint.
-    let outcome = client.sync(&request(&spec(), &creds, None, None, FULL)).await.unwrap();
+    // Status was lost: no recorded id, no synced fingerprint; made by hand, so taken with adopt.
+    let outcome = client.sync(&request_as(&spec(), &creds, None, None, FULL, ADOPTING)).await.unwrap();
     assert_eq!(outcome.id.as_deref(), Some(id.as_str()), "found by name");
     assert!(outcome.wrote && outcome.differences.contains(&"config.client_secret".to_owned()), "{outcome:?}");
     assert!(outcome.differences.contains(&"config.claims".to_owned()), "{outcome:?}");
@@ -325,9 +350,16 @@ async fn existing_provider_is_adopted_by_listing_every_page() {
     }
     assert_eq!(env.cf.client_secret(&id).as_deref(), Some(CANARY));
 
-    // A stale recorded id falls back to the name as well.
-    let outcome =
-        client.sync(&request(&spec(), &creds, Some("00000000-0000-4000-8000-000000000000"), Some(&creds.fingerprint), FULL)).await.unwrap();
+    // A stale recorded id falls back to the name as well (now claimed); the fingerprint recorded
+    // with the stale id says nothing about this provider, so the secret is pushed again.
+    let stale = "00000000-0000-4000-8000-000000000000";
+    let claimed = Ownership { claim: Some(Claim::Recorded(&id)), ..FRESH };
+    let outcome = client.sync(&request_as(&spec(), &creds, Some(stale), Some(&creds.fingerprint), FULL, claimed)).await.unwrap();
+    assert_eq!(
+        (outcome.id.as_deref(), outcome.differences.as_slice()),
+        (Some(id.as_str()), ["config.client_secret".to_owned()].as_slice())
+    );
+    let outcome = client.sync(&request_as(&spec(), &creds, Some(&id), Some(&creds.fingerprint), FULL, claimed)).await.unwrap();
     assert_eq!((outcome.id.as_deref(), outcome.wrote), (Some(id.as_str()), false));
 }
 
@@ -770,4 +802,37 @@ async fn the_access_team_domain_is_read_once_from_the_zero_trust_organization() 
     let refused = env.client_with(&account_spec(ACCOUNT), "not-a-token", None).access_team_domain().await.unwrap().unwrap_err();
     assert_eq!(refused.reason(), Reason::BrokerAuthFailed, "{refused}");
     assert!(!refused.to_string().contains(TOKEN));
+}
+
+/// Access applications reference their provider by id: a renamed `cloudflare.name` must update
+/// the recorded provider in place (PUT with the new name), never make a second one that the
+/// applications do not use, and later rotations must keep reaching it.
+#[tokio::test]
+async fn a_renamed_provider_is_updated_in_place() {
+    let env = env();
+    let client = env.client();
+    let creds = env.creds(CANARY);
+    let id = created(&env, &client, &spec(), &creds).await;
+    let renamed = spec_with(CloudflareConnectionSpec { name: "Contoso staff (Entra)".into(), ..cf_spec() });
+    // The claim of the new name carries the id over from the old one (the controller's part).
+    let claimed = Ownership { claim: Some(Claim::Recorded(&id)), ..FRESH };
+    let outcome = client.sync(&request_as(&renamed, &creds, Some(&id), Some(&creds.fingerprint), FULL, claimed)).await.unwrap();
+    assert_eq!(
+        (outcome.id.as_deref(), outcome.differences.as_slice(), outcome.wrote),
+        (Some(id.as_str()), ["name".to_owned()].as_slice(), true)
+    );
+    assert_eq!(env.cf.providers().len(), 1, "no second provider: {:?}", env.log());
+    assert_eq!(env.count("POST "), 1);
+    let provider = env.cf.provider(&id).expect("the same provider");
+    assert_eq!(provider["name"], "Contoso staff (Entra)");
+    assert_eq!(env.cf.client_secret(&id).as_deref(), Some(CANARY), "the PUT carried the secret");
+    // A rotation after the rename lands on the same provider.
+    let rotated = env.creds("rotated-secret-value");
+    let outcome = client.sync(&request_as(&renamed, &rotated, Some(&id), Some(&creds.fingerprint), FULL, claimed)).await.unwrap();
+    assert_eq!(outcome.id.as_deref(), Some(id.as_str()));
+    assert_eq!(env.cf.client_secret(&id).as_deref(), Some("rotated-secret-value"));
+    assert_eq!(env.cf.providers().len(), 1);
+    // The status's id alone, without the claim, still names no provider of another name.
+    let stale = client.sync(&request_as(&spec(), &rotated, Some(&id), None, OBSERVE, FRESH)).await.unwrap();
+    assert_eq!(stale.id, None, "not taken by a status id whose name differs: {stale:?}");
 }

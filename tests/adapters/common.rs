@@ -1,7 +1,10 @@
 //! What the broker adapter tests share: the Azure side of a connection and a sync request.
 
 use idp_bridge::{
-    broker::{AzureCredentials, BrokerClient, BrokerError, BrokerTarget, DeleteRequest, SyncOutcome, SyncRequest},
+    broker::{
+        AzureCredentials, BrokerClient, BrokerError, BrokerTarget, DeleteRequest, SyncOutcome, SyncRequest,
+        ownership::{Claim, Ownership},
+    },
     crd::connection::{
         AzureAdConnectionSpec, AzureCloud, AzureSpec, BrokerRef, BrokerRefKind, DeletionPolicy, ExpirySpec, ManagementPolicy, SecretKeyRef,
         SignInAudience, ValidationMode, ValidationSpec,
@@ -12,6 +15,18 @@ use idp_bridge::{
 pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 pub const TENANT_DOMAIN: &str = "contoso.onmicrosoft.com";
 pub const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
+/// The owner marker of the tests' connection.
+pub const OWNER: &str = "0123456789abcdef0123456789abcdef";
+
+/// What the tests' connection owns, as the controller hands it over once its claim (for brokers
+/// that need one) says a create is under way: whatever it creates or finds marked as its own.
+pub const OWNED: Ownership<'static> = Ownership { owner: OWNER, adopt: false, claim: Some(Claim::Creating) };
+/// The same connection before its claim says anything (for brokers that need one): it takes
+/// only what its status records.
+pub const FRESH: Ownership<'static> = Ownership { claim: Some(Claim::Fresh), ..OWNED };
+/// The same connection with `spec.adopt` and a fresh claim: it takes an object idp-bridge did not
+/// create.
+pub const ADOPTING: Ownership<'static> = Ownership { adopt: true, ..FRESH };
 
 /// A validated client secret and its fingerprint.
 pub struct Creds {
@@ -48,6 +63,7 @@ pub fn connection_spec(broker: &str, block: impl FnOnce(&mut AzureAdConnectionSp
         deletion_policy: DeletionPolicy::Delete,
         suspend: false,
         management_policy: ManagementPolicy::Full,
+        adopt: false,
     };
     block(&mut spec);
     spec
@@ -62,8 +78,20 @@ pub fn request<'a>(
     synced_fingerprint: Option<&'a str>,
     observe_only: bool,
 ) -> SyncRequest<'a> {
+    request_as(spec, creds, known_id, synced_fingerprint, observe_only, OWNED)
+}
+
+/// One sync request with the given `ownership`.
+pub fn request_as<'a>(
+    spec: &'a AzureAdConnectionSpec,
+    creds: &'a Creds,
+    known_id: Option<&'a str>,
+    synced_fingerprint: Option<&'a str>,
+    observe_only: bool,
+    ownership: Ownership<'a>,
+) -> SyncRequest<'a> {
     let target = BrokerTarget::of(spec).expect("the spec has a broker block");
-    SyncRequest { target, azure: azure(spec, creds), known_id, synced_fingerprint, observe_only }
+    SyncRequest { target, azure: azure(spec, creds), known_id, synced_fingerprint, observe_only, ownership }
 }
 
 /// The validated Azure side of `spec` with `creds`.
@@ -82,7 +110,7 @@ fn azure<'a>(spec: &'a AzureAdConnectionSpec, creds: &'a Creds) -> AzureCredenti
 
 /// The delete of `spec`'s broker object, recorded under `known_id`.
 pub fn deletion<'a>(spec: &'a AzureAdConnectionSpec, known_id: Option<&'a str>) -> DeleteRequest<'a> {
-    DeleteRequest::new(spec, known_id).expect("the spec has a broker block")
+    DeleteRequest::new(spec, known_id, OWNED).expect("the spec has a broker block")
 }
 
 /// A first sync of `spec` as the controller runs it: the broker block resolved from the spec
@@ -94,11 +122,13 @@ pub async fn sync_spec(
     observe_only: bool,
 ) -> Result<SyncOutcome, BrokerError> {
     let target = BrokerTarget::of(spec)?;
-    client.sync(&SyncRequest { target, azure: azure(spec, creds), known_id: None, synced_fingerprint: None, observe_only }).await
+    let request =
+        SyncRequest { target, azure: azure(spec, creds), known_id: None, synced_fingerprint: None, observe_only, ownership: OWNED };
+    client.sync(&request).await
 }
 
 /// A delete of `spec`'s broker object as the controller runs it: the broker block resolved from
 /// the spec (which may refuse it), then the delete.
 pub async fn delete_spec(client: &BrokerClient, spec: &AzureAdConnectionSpec, known_id: Option<&str>) -> Result<(), BrokerError> {
-    client.delete(&DeleteRequest::new(spec, known_id)?).await
+    client.delete(&DeleteRequest::new(spec, known_id, OWNED)?).await
 }

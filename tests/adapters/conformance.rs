@@ -11,7 +11,7 @@
 //! What stays in the per-broker files is behaviour only one broker has (SCIM, the one-connector
 //! rule, regions, masked secrets, enabled clients and the options merge, exact request shapes).
 
-use crate::common::{self, Creds, deletion, request};
+use crate::common::{self, ADOPTING, Creds, FRESH, deletion, request, request_as};
 
 use std::{ops::RangeInclusive, time::Duration};
 
@@ -21,7 +21,10 @@ use axum::{
     response::IntoResponse,
 };
 use idp_bridge::{
-    broker::{BrokerClient, BrokerError, SyncOutcome},
+    broker::{
+        BrokerClient, BrokerError, DeleteRequest, SyncOutcome,
+        ownership::{Claim, Ownership},
+    },
     crd::{
         BrokerProvider,
         broker::{
@@ -256,17 +259,98 @@ async fn drift_is_reported_when_observing_and_corrected_in_full<F: Fixture>() {
     assert_eq!(env.sync(&creds, Some(&id), Some(&creds.fingerprint), OBSERVE).await.unwrap(), SyncOutcome::existing(id, vec![], false));
 }
 
-async fn an_object_of_the_same_name_is_adopted<F: Fixture>() {
+/// Requests other than reads, from the broker's request log.
+fn non_reads<F: Fixture>(env: &Env<F>) -> Vec<(String, String)> {
+    env.broker.requests().into_iter().filter(|(method, _)| method != "GET").filter(|(_, path)| !path.ends_with("/token")).collect()
+}
+
+async fn an_object_made_by_hand_is_refused_without_adopt<F: Fixture>() {
+    let env = Env::<F>::start();
+    let creds = env.creds(CANARY);
+    let theirs = env.broker.insert_same_named("made-by-hand-secret");
+    for known_id in [None, Some("gone0000000000000000000000000000")] {
+        for observe_only in [FULL, OBSERVE] {
+            let err = expect_err::<F, _>(env.client.sync(&request_as(&env.spec, &creds, known_id, None, observe_only, FRESH)).await);
+            assert!(matches!(err, BrokerError::Conflict(ref m) if m.contains("spec.adopt")), "{err:?}");
+            assert_eq!(err.reason(), Reason::BrokerConflict);
+            assert!(!err.is_transient());
+        }
+    }
+    let err = expect_err::<F, _>(env.client.delete(&DeleteRequest::new(&env.spec, None, FRESH).unwrap()).await);
+    assert_eq!(err.reason(), Reason::BrokerConflict);
+    assert_eq!(non_reads(&env), vec![], "no write, no delete");
+    assert!(env.broker.exists(&theirs));
+    assert_eq!(env.broker.held_secret(&theirs).as_deref(), Some("made-by-hand-secret"));
+}
+
+async fn adopt_takes_an_object_made_by_hand<F: Fixture>() {
     let env = Env::<F>::start();
     let creds = env.creds(CANARY);
     let theirs = env.broker.insert_same_named("made-by-hand-secret");
     // No recorded id (status lost), and a stale one: both find the object by name.
     for known_id in [None, Some("gone0000000000000000000000000000")] {
-        let outcome = env.sync(&creds, known_id, None, FULL).await.unwrap();
+        let outcome = env.client.sync(&request_as(&env.spec, &creds, known_id, None, FULL, ADOPTING)).await.unwrap();
         assert_eq!(outcome.id.as_deref(), Some(theirs.as_str()), "adopted, {known_id:?}");
     }
     assert_eq!(env.broker.objects(), 1, "not duplicated");
     assert_eq!(env.broker.held_secret(&theirs).as_deref(), Some(CANARY), "the adopted object now holds the secret");
+}
+
+async fn its_own_object_is_found_after_the_status_is_lost<F: Fixture>() {
+    let env = Env::<F>::start();
+    let creds = env.creds(CANARY);
+    let id = env.created(&creds).await;
+    // Status gone (no id, no fingerprint); what is left is the marker in the object or the claim.
+    let restored = Ownership { claim: Some(Claim::Recorded(&id)), ..FRESH };
+    let outcome = env.client.sync(&request_as(&env.spec, &creds, None, None, FULL, restored)).await.unwrap();
+    assert_eq!(outcome.id.as_deref(), Some(id.as_str()));
+    let outcome = env.client.sync(&request_as(&env.spec, &creds, Some(&id), Some(&creds.fingerprint), FULL, restored)).await.unwrap();
+    assert_eq!(outcome, SyncOutcome::existing(id.clone(), vec![], false), "settled");
+    assert_eq!(env.broker.objects(), 1, "never a duplicate");
+    env.client.delete(&DeleteRequest::new(&env.spec, None, restored).unwrap()).await.unwrap();
+    assert!(!env.broker.exists(&id), "and deleted as its own");
+}
+
+async fn another_connections_object_is_never_written_or_deleted<F: Fixture>() {
+    let env = Env::<F>::start();
+    let creds = env.creds(CANARY);
+    let id = env.created(&creds).await;
+    let before = non_reads(&env).len();
+    // Another connection (another namespace) naming the same object, without a claim on it. For
+    // Auth0 the marker refuses it even with adopt; for the others the claim, held by the first
+    // connection, stops it in the controller before the adapter is called.
+    let other = Ownership { owner: "fedcba9876543210fedcba9876543210", ..FRESH };
+    let mut attempts = vec![other];
+    if F::spec().auth0.is_some() {
+        attempts.push(Ownership { adopt: true, ..other });
+    }
+    for other in attempts {
+        let rotated = env.creds(ROTATED);
+        let err = expect_err::<F, _>(env.client.sync(&request_as(&env.spec, &rotated, None, None, FULL, other)).await);
+        assert_eq!(err.reason(), Reason::BrokerConflict, "{err:?}");
+        assert!(!err.to_string().contains(common::OWNER), "the owner is not disclosed: {err}");
+        let err = expect_err::<F, _>(env.client.delete(&DeleteRequest::new(&env.spec, None, other).unwrap()).await);
+        assert_eq!(err.reason(), Reason::BrokerConflict);
+    }
+    assert_eq!(non_reads(&env).len(), before, "no write, no delete: {:?}", non_reads(&env));
+    assert_eq!(env.broker.held_secret(&id).as_deref(), Some(CANARY));
+}
+
+async fn a_create_waits_for_its_claim_and_a_lost_answer_makes_no_duplicate<F: Fixture>() {
+    let env = Env::<F>::start();
+    let creds = env.creds(CANARY);
+    if F::spec().auth0.is_none() {
+        // Under a fresh claim a missing object is not created yet: the controller first records
+        // in the claim that a create is under way, so that what it makes is known as its own.
+        let outcome = env.client.sync(&request_as(&env.spec, &creds, None, None, FULL, FRESH)).await.unwrap();
+        assert!(outcome.create_deferred && !outcome.wrote && outcome.id.is_none(), "{outcome:?}");
+        assert_eq!(non_reads(&env), vec![], "nothing written");
+    }
+    // The create; its answer is lost, so neither status nor claim learns the id.
+    let id = env.created(&creds).await;
+    let retried = env.client.sync(&request(&env.spec, &creds, None, None, FULL)).await.unwrap();
+    assert_eq!(retried.id.as_deref(), Some(id.as_str()), "found as its own, not refused");
+    assert_eq!(env.broker.objects(), 1, "no duplicate");
 }
 
 async fn server_errors_are_transient<F: Fixture>() {
@@ -482,7 +566,11 @@ conformance!(
     steady_state_writes_nothing,
     rotation_writes_once,
     drift_is_reported_when_observing_and_corrected_in_full,
-    an_object_of_the_same_name_is_adopted,
+    an_object_made_by_hand_is_refused_without_adopt,
+    adopt_takes_an_object_made_by_hand,
+    its_own_object_is_found_after_the_status_is_lost,
+    another_connections_object_is_never_written_or_deleted,
+    a_create_waits_for_its_claim_and_a_lost_answer_makes_no_duplicate,
     server_errors_are_transient,
     a_429_blocks_the_account_without_further_requests,
     a_broker_that_never_answers_times_out_transiently,

@@ -222,7 +222,7 @@ async fn endless_cloudflare_pages_stop_at_the_page_cap() {
 
     // Deleting by name looks for the provider page by page; every page is full and promises more.
     let started = Instant::now();
-    broker.delete(&DeleteRequest::new(&spec, None).unwrap()).await.unwrap();
+    broker.delete(&DeleteRequest::new(&spec, None, crate::common::OWNED).unwrap()).await.unwrap();
     let lists = env.cf.kit().log().count(&RequestMatch::any().method(Method::GET).path(&collection));
     assert_eq!(lists, CLOUDFLARE_MAX_PAGES);
     assert_eq!(env.cf.kit().log().count(&RequestMatch::any().writes()), 0, "nothing of ours was found, nothing deleted");

@@ -179,7 +179,16 @@ async fn first_sync_creates_the_connector() {
     let creds = env.creds(CANARY);
     let outcome = client.sync(&request(&spec(), &creds, None, None, FULL)).await.unwrap();
     let id = outcome.id.clone().expect("an id");
-    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["connector (created)".into()], wrote: true, extras: None });
+    assert_eq!(
+        outcome,
+        SyncOutcome {
+            id: Some(id.clone()),
+            differences: vec!["connector (created)".into()],
+            wrote: true,
+            extras: None,
+            create_deferred: false
+        }
+    );
     assert!(id.len() == 21 && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()), "Logto picked the id: {id}");
 
     let row = env.logto.connector(&id).unwrap();
@@ -213,7 +222,10 @@ async fn a_fixed_connector_id_fixes_the_callback_url() {
     let seen = env.log().len();
     for known_id in [None, Some("contosoentra"), Some("stale0000000000000000")] {
         let outcome = client.sync(&request(&spec, &creds, known_id, Some(&creds.fingerprint), FULL)).await.unwrap();
-        assert_eq!(outcome, SyncOutcome { id: Some("contosoentra".into()), differences: vec![], wrote: false, extras: None });
+        assert_eq!(
+            outcome,
+            SyncOutcome { id: Some("contosoentra".into()), differences: vec![], wrote: false, extras: None, create_deferred: false }
+        );
     }
     assert_eq!(env.log()[seen..], ["GET /api/connectors/contosoentra"; 3]);
 }
@@ -280,7 +292,10 @@ async fn steady_state_makes_no_writes() {
     for known_id in [Some(id.as_str()), None] {
         for observe_only in [FULL, OBSERVE] {
             let outcome = client.sync(&request(&spec, &creds, known_id, Some(&creds.fingerprint), observe_only)).await.unwrap();
-            assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec![], wrote: false, extras: None });
+            assert_eq!(
+                outcome,
+                SyncOutcome { id: Some(id.clone()), differences: vec![], wrote: false, extras: None, create_deferred: false }
+            );
         }
     }
     assert_eq!(env.logto.writes(), writes, "steady state writes nothing");
@@ -334,7 +349,16 @@ async fn rotation_is_one_patch_with_the_complete_config() {
     let writes = env.logto.writes();
 
     let outcome = client.sync(&request(&spec, &new, Some(&id), Some(&old.fingerprint), FULL)).await.unwrap();
-    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["config.clientSecret".into()], wrote: true, extras: None });
+    assert_eq!(
+        outcome,
+        SyncOutcome {
+            id: Some(id.clone()),
+            differences: vec!["config.clientSecret".into()],
+            wrote: true,
+            extras: None,
+            create_deferred: false
+        }
+    );
     assert_eq!(env.logto.writes(), writes + 1);
     assert_eq!(env.count(&format!("PATCH /api/connectors/{id}")), 1, "exactly one PATCH");
 
@@ -399,7 +423,10 @@ async fn observing_a_missing_connector_writes_nothing() {
     let creds = env.creds(CANARY);
     for spec in [spec(), fixed("contosoentra")] {
         let outcome = client.sync(&request(&spec, &creds, None, None, OBSERVE)).await.unwrap();
-        assert_eq!(outcome, SyncOutcome { id: None, differences: vec!["connector (missing)".into()], wrote: false, extras: None });
+        assert_eq!(
+            outcome,
+            SyncOutcome { id: None, differences: vec!["connector (missing)".into()], wrote: false, extras: None, create_deferred: false }
+        );
     }
     assert_eq!(env.logto.writes(), 0);
     assert!(env.logto.connectors().is_empty());
@@ -415,7 +442,16 @@ async fn our_connector_is_adopted_after_status_is_lost() {
     }));
     let creds = env.creds(CANARY);
     let outcome = client.sync(&request(&spec(), &creds, None, None, FULL)).await.unwrap();
-    assert_eq!(outcome, SyncOutcome { id: Some(id.clone()), differences: vec!["config.clientSecret".into()], wrote: true, extras: None });
+    assert_eq!(
+        outcome,
+        SyncOutcome {
+            id: Some(id.clone()),
+            differences: vec!["config.clientSecret".into()],
+            wrote: true,
+            extras: None,
+            create_deferred: false
+        }
+    );
     assert_eq!(env.logto.connectors().len(), 1, "not duplicated");
     assert_eq!(env.posts(), 0);
     assert_eq!(env.ours()["config"]["clientSecret"], CANARY);

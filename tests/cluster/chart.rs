@@ -215,11 +215,17 @@ const CLUSTER_PERMISSIONS: &[&str] = &[
     "core/namespaces get",
 ];
 
-/// What it does in its own namespace: the leader Lease and the fingerprint key Secret.
+/// What it does in its own namespace: the leader Lease, the fingerprint key Secret and the claims
+/// on broker objects.
 const OPERATOR_NAMESPACE_PERMISSIONS: &[&str] = &[
     "coordination.k8s.io/leases create",
     "coordination.k8s.io/leases get idp-bridge-leader",
     "coordination.k8s.io/leases update idp-bridge-leader",
+    "core/configmaps create",
+    "core/configmaps get",
+    "core/configmaps list",
+    "core/configmaps patch",
+    "core/configmaps delete",
     "core/secrets create",
     "core/secrets patch",
     "core/secrets get idp-bridge-fingerprint-key",
@@ -252,7 +258,7 @@ fn parse_run_args(args: &[String]) -> RunArgs {
     let cli = Cli::try_parse_from(std::iter::once("idp-bridge".to_owned()).chain(args.iter().cloned()))
         .unwrap_or_else(|e| panic!("idp-bridge rejects the chart's args {args:?}:\n{e}"));
     match cli.command {
-        CliCommand::Run(run) => run,
+        CliCommand::Run(run) => *run,
         other => panic!("the chart runs `idp-bridge run`, not {other:?}"),
     }
 }

@@ -14,6 +14,7 @@ mod e2e_auth0;
 mod e2e_broker_hosts;
 mod e2e_brokers;
 mod e2e_client_secret;
+mod e2e_ownership;
 mod faults_azure;
 mod gitops_health;
 mod hostile;

@@ -50,6 +50,7 @@ fn context(client: Client) -> Arc<Context> {
     idp_bridge::install_crypto_provider();
     let config = Config {
         namespace: "idp-bridge".into(),
+        cluster_name: "default".into(),
         fingerprint_key_secret: "key".into(),
         endpoint_overrides: EndpointOverrides::default(),
         broker_hosts: Default::default(),

@@ -142,7 +142,7 @@ impl Auth0Client {
     }
 
     async fn sync_with(api: &Session<'_>, spec: &Auth0ConnectionSpec, request: &SyncRequest<'_>) -> Result<SyncOutcome, BrokerError> {
-        let desired = plan::desired(spec, &request.azure)?;
+        let desired = plan::desired(spec, &request.azure, request.ownership.owner)?;
         let observed = match Self::find(api, &desired.name, request.known_id).await? {
             Found::Ours(conn) => conn,
             Found::Missing if request.observe_only => return Ok(SyncOutcome::missing("connection")),
@@ -160,13 +160,19 @@ impl Auth0Client {
             }
         };
         let id = connection_id(&observed)?;
+        // Before anything is compared or written: another connection's object, or one made by
+        // hand, is refused here.
+        let unmarked = request.ownership.judge_marked(plan::marker(&observed), &id, request.known_id)?;
         if !observed.get("options").is_some_and(Value::is_object) {
             return Err(options_unreadable(&desired.name));
         }
-        let mut differences = plan::diff(&desired, &observed, request.synced_fingerprint, request.azure.fingerprint);
+        let mut differences = plan::diff(&desired, &observed, request.synced_fingerprint_of(&id), request.azure.fingerprint);
+        if unmarked {
+            differences.push(format!("metadata.{}", super::ownership::MARKER_KEY));
+        }
         let mut wrote = false;
         if !differences.is_empty() && !request.observe_only {
-            api.call(Method::PATCH, &format!("/connections/{id}"), Some(&plan::update_body(&desired, &observed))).await?;
+            api.call(Method::PATCH, &format!("/connections/{id}"), Some(&plan::update_body(&desired, &observed)?)).await?;
             wrote = true;
         }
         let missing_clients = enable_clients(api, &id, &desired.enabled_clients, request.observe_only).await?;
@@ -187,13 +193,17 @@ impl Broker for Auth0Client {
     }
 
     /// Deletes the connection; one that is already gone, or a same-named connection of another
-    /// strategy (not ours), counts as deleted.
+    /// strategy (not ours), counts as deleted. A `waad` connection this one does not own
+    /// ([`super::ownership`]) is left in place and refused with [`BrokerError::Conflict`].
     async fn delete(&self, spec: &Auth0ConnectionSpec, request: &DeleteRequest<'_>) -> Result<(), BrokerError> {
         let api = self.api.session(None);
-        match Self::find(&api, &spec.name, request.known_id).await.map_err(|e| api.scrubbed(e))? {
-            Found::Ours(conn) => api.delete(&format!("/connections/{}", connection_id(&conn)?)).await,
-            Found::Missing | Found::Foreign { .. } => Ok(()),
-        }
+        let conn = match Self::find(&api, &spec.name, request.known_id).await.map_err(|e| api.scrubbed(e))? {
+            Found::Ours(conn) => conn,
+            Found::Missing | Found::Foreign { .. } => return Ok(()),
+        };
+        let id = connection_id(&conn)?;
+        request.ownership.judge_marked(plan::marker(&conn), &id, request.known_id)?;
+        api.delete(&format!("/connections/{id}")).await
     }
 
     async fn check(&self) -> Result<(), BrokerError> {

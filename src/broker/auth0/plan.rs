@@ -4,7 +4,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::{
-    broker::{AzureCredentials, BrokerError},
+    broker::{AzureCredentials, BrokerError, ownership::MARKER_KEY},
     crd::connection::{Auth0ConnectionSpec, Auth0UserIdAttribute, SignInAudience, is_dns_name},
     secret::SecretValue,
 };
@@ -42,7 +42,12 @@ pub struct DesiredConnection {
     /// show it.
     pub client_secret: SecretValue,
     pub enabled_clients: Vec<String>,
+    /// The owner marker, kept in `metadata` under [`MARKER_KEY`].
+    pub owner: String,
 }
+
+/// Auth0 keeps at most this many `metadata` keys on a connection.
+const MAX_METADATA_KEYS: usize = 10;
 
 impl DesiredConnection {
     /// The managed options with the client secret, for a request body.
@@ -53,8 +58,8 @@ impl DesiredConnection {
     }
 }
 
-/// Builds the desired connection from the spec and the validated credentials.
-pub fn desired(spec: &Auth0ConnectionSpec, azure: &AzureCredentials<'_>) -> Result<DesiredConnection, BrokerError> {
+/// Builds the desired connection from the spec, the validated credentials and the owner marker.
+pub fn desired(spec: &Auth0ConnectionSpec, azure: &AzureCredentials<'_>, owner: &str) -> Result<DesiredConnection, BrokerError> {
     let common_endpoint = match azure.audience {
         SignInAudience::SingleTenant => false,
         SignInAudience::Organizations | SignInAudience::Common => true,
@@ -105,7 +110,13 @@ pub fn desired(spec: &Auth0ConnectionSpec, azure: &AzureCredentials<'_>) -> Resu
         options,
         client_secret: azure.secret.clone(),
         enabled_clients,
+        owner: owner.to_owned(),
     })
+}
+
+/// The owner marker a connection holds in its `metadata`, if any.
+pub fn marker(connection: &Value) -> Option<&str> {
+    connection.get("metadata").and_then(|m| m.get(MARKER_KEY)).and_then(Value::as_str)
 }
 
 /// The body of `POST /api/v2/connections`.
@@ -115,6 +126,7 @@ pub fn create_body(desired: &DesiredConnection) -> Value {
         "strategy": "waad",
         "display_name": desired.display_name,
         "options": desired.options_with_secret(),
+        "metadata": { MARKER_KEY: desired.owner },
     });
     if let Some(show) = desired.show_as_button {
         body["show_as_button"] = json!(show);
@@ -172,8 +184,9 @@ pub fn diff(desired: &DesiredConnection, observed: &Value, synced_fingerprint: O
 
 /// The body of `PATCH /api/v2/connections/{id}`: the observed options with the managed keys
 /// replaced, because a PATCH replaces `options` wholesale. `display_name` is always sent, since
-/// Auth0 resets an omitted one to the connection name.
-pub fn update_body(desired: &DesiredConnection, observed: &Value) -> Value {
+/// Auth0 resets an omitted one to the connection name. `metadata`, replaced wholesale too, is the
+/// observed one with the owner marker set; it fails when Auth0's 10 keys are taken by others.
+pub fn update_body(desired: &DesiredConnection, observed: &Value) -> Result<Value, BrokerError> {
     let mut options = observed.get("options").and_then(Value::as_object).cloned().unwrap_or_default();
     let managed = desired.options_with_secret();
     for key in MANAGED_OPTIONS {
@@ -184,11 +197,18 @@ pub fn update_body(desired: &DesiredConnection, observed: &Value) -> Value {
     }
     // A read-only mirror of useCommonEndpoint; Auth0 derives it.
     options.remove("waad_common_endpoint");
-    let mut body = json!({ "display_name": desired.display_name, "options": options });
+    let mut metadata = observed.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
+    metadata.insert(MARKER_KEY.into(), json!(desired.owner));
+    if metadata.len() > MAX_METADATA_KEYS {
+        return Err(BrokerError::Rejected(format!(
+            "the connection's metadata already holds Auth0's maximum of {MAX_METADATA_KEYS} keys, so idp-bridge cannot add its {MARKER_KEY} key; remove one"
+        )));
+    }
+    let mut body = json!({ "display_name": desired.display_name, "options": options, "metadata": metadata });
     if let Some(show) = desired.show_as_button {
         body["show_as_button"] = json!(show);
     }
-    body
+    Ok(body)
 }
 
 #[cfg(test)]
@@ -211,6 +231,12 @@ mod tests {
         }
     }
 
+    const OWNER: &str = "0123456789abcdef0123456789abcdef";
+
+    fn desired_for(spec: &Auth0ConnectionSpec, azure: &AzureCredentials<'_>) -> Result<DesiredConnection, BrokerError> {
+        desired(spec, azure, OWNER)
+    }
+
     fn spec() -> Auth0ConnectionSpec {
         Auth0ConnectionSpec { name: "contoso".into(), ext_profile: true, ..Default::default() }
     }
@@ -218,7 +244,7 @@ mod tests {
     #[test]
     fn desired_fills_domain_from_a_domain_tenant() {
         let secret = SecretValue::new("s3cret-value");
-        let d = desired(&spec(), &creds(&secret, "contoso.onmicrosoft.com", SignInAudience::SingleTenant)).unwrap();
+        let d = desired_for(&spec(), &creds(&secret, "contoso.onmicrosoft.com", SignInAudience::SingleTenant)).unwrap();
         assert_eq!(d.options["tenant_domain"], "contoso.onmicrosoft.com");
         assert_eq!(d.options["domain"], "contoso.onmicrosoft.com");
         assert_eq!(d.options["userid_attribute"], "oid");
@@ -235,7 +261,7 @@ mod tests {
             identity_api: crate::crd::connection::Auth0IdentityApi::AzureActiveDirectoryV1,
             ..spec()
         };
-        let d = desired(&spec, &creds(&secret, TENANT, SignInAudience::SingleTenant)).unwrap();
+        let d = desired_for(&spec, &creds(&secret, TENANT, SignInAudience::SingleTenant)).unwrap();
         assert_eq!(d.options["app_id"], "api://contoso-web");
         assert_eq!(d.options["tenant_domain"], TENANT);
         assert_eq!(d.options["identity_api"], "azure-active-directory-v1.0");
@@ -246,11 +272,11 @@ mod tests {
     fn audiences_map_to_the_common_endpoint() {
         let secret = SecretValue::new("v");
         let multi = Auth0ConnectionSpec { user_id_attribute: Auth0UserIdAttribute::Sub, ..spec() };
-        let d = desired(&multi, &creds(&secret, TENANT, SignInAudience::Organizations)).unwrap();
+        let d = desired_for(&multi, &creds(&secret, TENANT, SignInAudience::Organizations)).unwrap();
         assert_eq!(d.options["useCommonEndpoint"], true);
         assert_eq!(d.options["userid_attribute"], "sub");
-        assert!(matches!(desired(&spec(), &creds(&secret, TENANT, SignInAudience::Common)), Err(BrokerError::Unsupported(_))));
-        assert!(matches!(desired(&multi, &creds(&secret, TENANT, SignInAudience::Consumers)), Err(BrokerError::Unsupported(_))));
+        assert!(matches!(desired_for(&spec(), &creds(&secret, TENANT, SignInAudience::Common)), Err(BrokerError::Unsupported(_))));
+        assert!(matches!(desired_for(&multi, &creds(&secret, TENANT, SignInAudience::Consumers)), Err(BrokerError::Unsupported(_))));
     }
 
     fn observed_from(d: &DesiredConnection) -> Value {
@@ -263,7 +289,7 @@ mod tests {
     #[test]
     fn steady_state_has_no_differences() {
         let secret = SecretValue::new("s3cret-value");
-        let d = desired(&spec(), &creds(&secret, TENANT, SignInAudience::SingleTenant)).unwrap();
+        let d = desired_for(&spec(), &creds(&secret, TENANT, SignInAudience::SingleTenant)).unwrap();
         assert!(diff(&d, &observed_from(&d), None, "fp-1").is_empty());
     }
 
@@ -271,8 +297,8 @@ mod tests {
     fn a_rotated_secret_is_a_difference_named_without_its_value() {
         let old = SecretValue::new("old-secret");
         let new = SecretValue::new("new-secret");
-        let before = desired(&spec(), &creds(&old, TENANT, SignInAudience::SingleTenant)).unwrap();
-        let after = desired(&spec(), &creds(&new, TENANT, SignInAudience::SingleTenant)).unwrap();
+        let before = desired_for(&spec(), &creds(&old, TENANT, SignInAudience::SingleTenant)).unwrap();
+        let after = desired_for(&spec(), &creds(&new, TENANT, SignInAudience::SingleTenant)).unwrap();
         let differences = diff(&after, &observed_from(&before), Some("fp-0"), "fp-1");
         assert_eq!(differences, vec!["options.client_secret"]);
     }
@@ -280,7 +306,7 @@ mod tests {
     #[test]
     fn masked_secret_falls_back_to_the_fingerprint() {
         let secret = SecretValue::new("s3cret-value");
-        let d = desired(&spec(), &creds(&secret, TENANT, SignInAudience::SingleTenant)).unwrap();
+        let d = desired_for(&spec(), &creds(&secret, TENANT, SignInAudience::SingleTenant)).unwrap();
         let mut observed = observed_from(&d);
         observed["options"]["client_secret"] = json!("********");
         assert!(diff(&d, &observed, Some("fp-1"), "fp-1").is_empty());
@@ -292,13 +318,13 @@ mod tests {
     #[test]
     fn update_carries_back_server_fields_and_always_sends_display_name() {
         let secret = SecretValue::new("s3cret-value");
-        let d = desired(&spec(), &creds(&secret, TENANT, SignInAudience::SingleTenant)).unwrap();
+        let d = desired_for(&spec(), &creds(&secret, TENANT, SignInAudience::SingleTenant)).unwrap();
         let mut observed = observed_from(&d);
         observed["options"]["ext_groups"] = json!(true);
         observed["options"]["app_id"] = json!("stale");
         observed["options"]["strategy_version"] = json!(2);
         observed["options"]["waad_common_endpoint"] = json!(false);
-        let body = update_body(&d, &observed);
+        let body = update_body(&d, &observed).unwrap();
         assert_eq!(body["display_name"], "contoso");
         assert_eq!(body["options"]["thumbprints"], json!(["abc"]));
         assert_eq!(body["options"]["tenantId"], TENANT);
@@ -310,23 +336,42 @@ mod tests {
     }
 
     #[test]
+    fn the_owner_marker_is_written_and_other_metadata_kept() {
+        let secret = SecretValue::new("s3cret-value");
+        let d = desired_for(&spec(), &creds(&secret, TENANT, SignInAudience::SingleTenant)).unwrap();
+        assert_eq!(create_body(&d)["metadata"], json!({ MARKER_KEY: OWNER }));
+        let mut observed = observed_from(&d);
+        observed["metadata"] = json!({"team": "identity"});
+        assert_eq!(update_body(&d, &observed).unwrap()["metadata"], json!({"team": "identity", MARKER_KEY: OWNER}));
+        assert_eq!(marker(&observed), None);
+        observed["metadata"] = (0..10).map(|i| (format!("k{i}"), json!("v"))).collect::<Map<_, _>>().into();
+        assert!(matches!(update_body(&d, &observed), Err(BrokerError::Rejected(m)) if m.contains("10 keys")));
+        observed["metadata"][MARKER_KEY] = json!(OWNER);
+        observed["metadata"].as_object_mut().unwrap().remove("k0");
+        assert!(update_body(&d, &observed).is_ok(), "ours among ten");
+        assert_eq!(marker(&observed), Some(OWNER));
+    }
+
+    #[test]
     fn create_body_names_the_strategy() {
         let secret = SecretValue::new("s3cret-value");
-        let d =
-            desired(&Auth0ConnectionSpec { show_as_button: Some(true), ..spec() }, &creds(&secret, TENANT, SignInAudience::SingleTenant))
-                .unwrap();
+        let d = desired_for(
+            &Auth0ConnectionSpec { show_as_button: Some(true), ..spec() },
+            &creds(&secret, TENANT, SignInAudience::SingleTenant),
+        )
+        .unwrap();
         let body = create_body(&d);
         assert_eq!(body["strategy"], "waad");
         assert_eq!(body["name"], "contoso");
         assert_eq!(body["show_as_button"], true);
         assert_eq!(body["options"]["client_secret"], "s3cret-value");
-        assert_eq!(update_body(&d, &json!({}))["options"]["client_secret"], "s3cret-value");
+        assert_eq!(update_body(&d, &json!({})).unwrap()["options"]["client_secret"], "s3cret-value");
     }
 
     #[test]
     fn debug_of_the_desired_connection_redacts_the_secret() {
         let secret = SecretValue::new("canary-secret-value");
-        let d = desired(&spec(), &creds(&secret, TENANT, SignInAudience::SingleTenant)).unwrap();
+        let d = desired_for(&spec(), &creds(&secret, TENANT, SignInAudience::SingleTenant)).unwrap();
         assert!(!format!("{d:?}").contains("canary-secret-value"), "{d:?}");
     }
 }

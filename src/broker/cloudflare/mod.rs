@@ -3,7 +3,8 @@
 //! `https://api.cloudflare.com/client/v4/{accounts/{account_id}|zones/{zone_id}}/access/identity_providers`
 //! with a static API token. Every answer is wrapped in Cloudflare's envelope
 //! (`{success, errors, messages, result, result_info}`). Providers are found by recorded id, else
-//! by listing (there is no lookup by name) and matching name and type; written with a complete
+//! by listing (there is no lookup by name) and matching name and type (a provider found by name
+//! is taken only under the ownership rules, [`super::ownership`]); written with a complete
 //! PUT (full replace, `client_secret` always included since reads never return it); deleted by
 //! id. The planning is pure, in [`plan`].
 
@@ -19,6 +20,7 @@ use super::{
     Broker, BrokerError, BrokerExtras, DeleteRequest, ScimCredentials, SyncOutcome, SyncRequest,
     budget::Rate,
     core::{Auth, Dialect, ErrorBody, Found, Limits, ManagementApi, Meaning, Session},
+    ownership::{Claim, Ownership},
 };
 use crate::{
     crd::{broker::CloudflareBrokerSpec, connection::CloudflareConnectionSpec},
@@ -175,17 +177,32 @@ impl CloudflareClient {
         Ok(foreign.map_or(Found::Missing, |kind| Found::Foreign { kind }))
     }
 
-    /// The provider this spec manages: by recorded id, else by name and type (adoption). A
-    /// recorded id is trusted only while it still names an azureAD provider of this name, so a
-    /// stale or tampered status never points the operator at someone else's provider.
-    async fn find(&self, api: &Session<'_>, name: &str, known_id: Option<&str>) -> Result<Found, BrokerError> {
-        if let Some(id) = known_id.filter(|id| check_id(id).is_ok())
-            && let Some(found) = get(api, id).await?
-            && plan::is_ours(&found, name)
-        {
-            return Ok(Found::Ours(found));
+    /// The provider this spec manages: by the id its claim records, by the id its status
+    /// records, else by name and type. The claim's id keeps naming the provider whatever its
+    /// name, so a renamed `cloudflare.name` updates that provider in place (Access applications
+    /// reference it by id). The status's id is trusted only while it names an azureAD provider of
+    /// this name, so a stale status never points the operator at someone else's provider. One
+    /// found by name is judged by the ownership rules in the sync.
+    async fn find(&self, api: &Session<'_>, name: &str, claimed: Option<&str>, known_id: Option<&str>) -> Result<Found, BrokerError> {
+        let recorded = [(claimed, None), (known_id.filter(|known| Some(*known) != claimed), Some(name))];
+        for (id, named) in recorded {
+            let Some(id) = id.filter(|id| check_id(id).is_ok()) else { continue };
+            if let Some(found) = get(api, id).await?
+                && plan::is_azure_ad(&found)
+                && named.is_none_or(|name| plan::is_ours(&found, name))
+            {
+                return Ok(Found::Ours(found));
+            }
         }
         self.find_by_name(api, name).await
+    }
+
+    /// The id the claim records, if any.
+    fn claimed<'a>(ownership: &Ownership<'a>) -> Option<&'a str> {
+        match ownership.claim {
+            Some(Claim::Recorded(id)) => Some(id),
+            _ => None,
+        }
     }
 
     async fn sync_with(
@@ -195,9 +212,11 @@ impl CloudflareClient {
         request: &SyncRequest<'_>,
     ) -> Result<SyncOutcome, BrokerError> {
         let desired = plan::desired(spec, &request.azure)?;
-        let observed = match self.find(api, &desired.name, request.known_id).await? {
+        let claimed = Self::claimed(&request.ownership);
+        let observed = match self.find(api, &desired.name, claimed, request.known_id).await? {
             Found::Ours(provider) => provider,
             Found::Missing if request.observe_only => return Ok(SyncOutcome::missing("connection")),
+            Found::Missing if !request.ownership.may_create() => return Ok(SyncOutcome::create_deferred("connection")),
             Found::Missing => {
                 let created = call(api, Method::POST, "", Some(&plan::create_body(&desired))).await?.result;
                 let outcome = SyncOutcome::created("connection", provider_id(&created)?);
@@ -211,13 +230,19 @@ impl CloudflareClient {
             }
         };
         let id = provider_id(&observed)?;
-        let differences = plan::diff(&desired, &observed, request.synced_fingerprint, request.azure.fingerprint);
+        request.ownership.judge_claimed(&id, request.known_id)?;
+        let differences = plan::diff(&desired, &observed, request.synced_fingerprint_of(&id), request.azure.fingerprint);
         if differences.is_empty() || request.observe_only {
             return Ok(SyncOutcome::existing(id, differences, false));
         }
         refuse_read_only(&observed, &desired.name, "updated")?;
         let written = call(api, Method::PUT, &format!("/{id}"), Some(&plan::update_body(&desired, &observed))).await?.result;
         Ok(with_scim(SyncOutcome::existing(id, differences, true), &desired, &written))
+    }
+
+    /// The claim key of the provider `spec` names: the account or zone and the name.
+    pub(super) fn claim_key(&self, spec: &CloudflareConnectionSpec) -> String {
+        ["cloudflare", &self.scope, &spec.name].join("\0")
     }
 }
 
@@ -247,15 +272,19 @@ impl Broker for CloudflareClient {
     }
 
     /// Deletes the provider; one that is already gone counts as deleted. A provider of the same
-    /// name but another type is not ours and is left alone.
+    /// name but another type is not ours and is left alone; an azureAD one this connection does
+    /// not own is refused ([`BrokerError::Conflict`]).
     async fn delete(&self, spec: &CloudflareConnectionSpec, request: &DeleteRequest<'_>) -> Result<(), BrokerError> {
         let api = self.api.session(None);
-        let provider = match self.find(&api, &spec.name, request.known_id).await.map_err(|e| api.scrubbed(e))? {
+        let claimed = Self::claimed(&request.ownership);
+        let provider = match self.find(&api, &spec.name, claimed, request.known_id).await.map_err(|e| api.scrubbed(e))? {
             Found::Ours(provider) => provider,
             Found::Missing | Found::Foreign { .. } => return Ok(()),
         };
+        let id = provider_id(&provider)?;
+        request.ownership.judge_claimed(&id, request.known_id)?;
         refuse_read_only(&provider, &spec.name, "deleted")?;
-        api.delete(&format!("{PROVIDERS}/{}", provider_id(&provider)?)).await
+        api.delete(&format!("{PROVIDERS}/{id}")).await
     }
 
     /// Proves the token with the cheapest read: one provider of the list.

@@ -233,9 +233,14 @@ pub fn shown_scim_credentials(provider: &Value) -> Option<ScimCredentials> {
     Some(ScimCredentials { base_url: base_url.to_owned(), secret: SecretValue::new(secret) })
 }
 
+/// Whether `provider` is an azureAD provider.
+pub fn is_azure_ad(provider: &Value) -> bool {
+    provider.get("type").and_then(Value::as_str) == Some(TYPE)
+}
+
 /// Whether `provider` is the azureAD provider named `name`.
 pub fn is_ours(provider: &Value, name: &str) -> bool {
-    provider.get("type").and_then(Value::as_str) == Some(TYPE) && provider.get("name").and_then(Value::as_str) == Some(name)
+    is_azure_ad(provider) && provider.get("name").and_then(Value::as_str) == Some(name)
 }
 
 /// `domain` when it is an Access team domain: one DNS label under `cloudflareaccess.com`.

@@ -101,7 +101,8 @@ impl LogtoClient {
     /// not this application's `azuread-universal` is never taken over. A recorded id is trusted
     /// only when it still names this application's connector, so a stale or tampered status cannot
     /// point the operator at someone else's. Otherwise the tenant's `azuread` connectors are listed
-    /// and this application's is adopted; any other one blocks creation (one per tenant).
+    /// and this application's is taken, under the ownership rules; any other one blocks creation
+    /// (one per tenant).
     async fn find(api: &Session<'_>, fixed_id: Option<&str>, known_id: Option<&str>, client_id: &str) -> Result<Found, BrokerError> {
         if let Some(id) = fixed_id {
             if let Some(found) = get(api, id).await? {
@@ -160,14 +161,17 @@ impl LogtoClient {
             check_id(id)?;
         }
         let desired = plan::desired(spec, &request.azure);
-        let observed = match Self::find(api, desired.id.as_deref(), request.known_id, request.azure.client_id).await? {
+        let known_id = request.ownership.recorded_id(request.known_id);
+        let observed = match Self::find(api, desired.id.as_deref(), known_id, request.azure.client_id).await? {
             Found::Ours(connector) => connector,
             Found::Foreign { kind } => return Err(BrokerError::Conflict(kind)),
             Found::Missing if request.observe_only => return Ok(SyncOutcome::missing("connector")),
+            Found::Missing if !request.ownership.may_create() => return Ok(SyncOutcome::create_deferred("connector")),
             Found::Missing => return create(api, &desired).await,
         };
         let id = connector_id(&observed)?;
-        let differences = plan::diff(&desired, &observed, request.synced_fingerprint, request.azure.fingerprint);
+        request.ownership.judge_claimed(&id, request.known_id)?;
+        let differences = plan::diff(&desired, &observed, request.synced_fingerprint_of(&id), request.azure.fingerprint);
         let mut wrote = false;
         if !differences.is_empty() && !request.observe_only {
             api.call(Method::PATCH, &format!("/connectors/{id}"), Some(&plan::update_body(&desired, &observed))).await?;
@@ -190,14 +194,26 @@ impl Broker for LogtoClient {
     async fn delete(&self, spec: &LogtoConnectionSpec, request: &DeleteRequest<'_>) -> Result<(), BrokerError> {
         let api = self.api.session(None);
         let fixed = spec.connector_id.as_deref().filter(|id| check_id(id).is_ok());
-        match Self::find(&api, fixed, request.known_id, &request.app.client_id).await.map_err(|e| api.scrubbed(e))? {
-            Found::Ours(connector) => api.delete(&format!("/connectors/{}", connector_id(&connector)?)).await,
-            Found::Missing | Found::Foreign { .. } => Ok(()),
-        }
+        let known_id = request.ownership.recorded_id(request.known_id);
+        let connector = match Self::find(&api, fixed, known_id, &request.app.client_id).await.map_err(|e| api.scrubbed(e))? {
+            Found::Ours(connector) => connector,
+            Found::Missing | Found::Foreign { .. } => return Ok(()),
+        };
+        let id = connector_id(&connector)?;
+        request.ownership.judge_claimed(&id, request.known_id)?;
+        api.delete(&format!("/connectors/{id}")).await
     }
 
     async fn check(&self) -> Result<(), BrokerError> {
         self.api.session(None).authenticate().await
+    }
+}
+
+impl LogtoClient {
+    /// The claim key of the tenant's Microsoft connector: Logto allows one per tenant, so the
+    /// key is the tenant's endpoint alone.
+    pub(super) fn claim_key(&self) -> String {
+        ["logto", &self.api.host_key(), plan::TARGET].join("\0")
     }
 }
 

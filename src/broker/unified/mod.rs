@@ -6,7 +6,7 @@
 //! `auth` object, `GET`/`PUT`/`DELETE /unified/connection/{id}` and a filtered list. The workspace
 //! API token is a static bearer token. The connection is found by its recorded id, else by its
 //! `external_xref` (see [`plan::external_xref`]); only a `microsoft_ad` connection with that
-//! xref is ever adopted, updated or deleted.
+//! xref is ever taken (under the ownership rules, [`super::ownership`]), updated or deleted.
 
 pub mod plan;
 
@@ -22,7 +22,10 @@ use super::{
     core::{Auth, Dialect, ErrorBody, Found, Limits, ManagementApi, Session, json},
 };
 use crate::{
-    crd::{broker::UnifiedBrokerSpec, connection::UnifiedConnectionSpec},
+    crd::{
+        broker::UnifiedBrokerSpec,
+        connection::{AzureSpec, UnifiedConnectionSpec},
+    },
     secret::SecretValue,
     upstream::{Answer, Upstream},
 };
@@ -117,16 +120,20 @@ async fn find(api: &Session<'_>, xref: &str, known_id: Option<&str>) -> Result<F
 
 async fn sync_with(api: &Session<'_>, spec: &UnifiedConnectionSpec, request: &SyncRequest<'_>) -> Result<SyncOutcome, BrokerError> {
     let desired = plan::desired(spec, &request.azure)?;
-    let observed = match find(api, &desired.external_xref, request.known_id).await? {
+    let observed = match find(api, &desired.external_xref, request.ownership.recorded_id(request.known_id)).await? {
         Found::Ours(connection) => connection,
         Found::Missing | Found::Foreign { .. } if request.observe_only => return Ok(SyncOutcome::missing("connection")),
+        Found::Missing | Found::Foreign { .. } if !request.ownership.may_create() => {
+            return Ok(SyncOutcome::create_deferred("connection"));
+        }
         Found::Missing | Found::Foreign { .. } => {
             let answer = api.call(Method::POST, "/unified/connection", Some(&plan::create_body(&desired))).await?;
             return Ok(SyncOutcome::created("connection", connection_id(&json(&answer, "created connection")?)?));
         }
     };
     let id = connection_id(&observed)?;
-    let differences = plan::diff(&desired, &observed, request.synced_fingerprint, request.azure.fingerprint);
+    request.ownership.judge_claimed(&id, request.known_id)?;
+    let differences = plan::diff(&desired, &observed, request.synced_fingerprint_of(&id), request.azure.fingerprint);
     let mut wrote = false;
     if !differences.is_empty() && !request.observe_only {
         api.call(Method::PUT, &format!("/unified/connection/{id}"), Some(&plan::update_body(&desired, &observed))).await?;
@@ -147,15 +154,27 @@ impl Broker for UnifiedClient {
     async fn delete(&self, spec: &UnifiedConnectionSpec, request: &DeleteRequest<'_>) -> Result<(), BrokerError> {
         let api = self.api.session(None);
         let xref = plan::external_xref(spec, &request.app.tenant, &request.app.client_id);
-        match find(&api, &xref, request.known_id).await.map_err(|e| api.scrubbed(e))? {
-            Found::Ours(found) => api.delete(&format!("/unified/connection/{}", connection_id(&found)?)).await,
-            Found::Missing | Found::Foreign { .. } => Ok(()),
-        }
+        let found = match find(&api, &xref, request.ownership.recorded_id(request.known_id)).await.map_err(|e| api.scrubbed(e))? {
+            Found::Ours(found) => found,
+            Found::Missing | Found::Foreign { .. } => return Ok(()),
+        };
+        let id = connection_id(&found)?;
+        request.ownership.judge_claimed(&id, request.known_id)?;
+        api.delete(&format!("/unified/connection/{id}")).await
     }
 
     /// Proves the workspace token with the cheapest authenticated read.
     async fn check(&self) -> Result<(), BrokerError> {
         self.api.session(None).call(Method::GET, "/unified/connection?limit=1", None).await.map(drop)
+    }
+}
+
+impl UnifiedClient {
+    /// The claim key of the connection `spec` names: the region, the workspace (known only by its
+    /// API token, so a one-way hash of it) and the external xref.
+    pub(super) fn claim_key(&self, spec: &UnifiedConnectionSpec, app: &AzureSpec) -> String {
+        let xref = plan::external_xref(spec, &app.tenant, &app.client_id);
+        ["unified", &self.api.host_key(), &self.api.credential_key(), &xref].join("\0")
     }
 }
 

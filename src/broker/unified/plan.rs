@@ -232,6 +232,7 @@ mod tests {
             deletion_policy: Default::default(),
             suspend: false,
             management_policy: Default::default(),
+            adopt: false,
         }
     }
 
