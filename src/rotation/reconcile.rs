@@ -43,6 +43,8 @@ use crate::{
 const SECRET_MANAGER: &str = "idp-bridge-client-secret";
 /// How soon the next step of a chain runs.
 const NEXT_STEP: Duration = Duration::from_millis(200);
+/// The shortest wait before a renewal that was abandoned starts again on its own.
+const MIN_RETRY: Duration = Duration::from_secs(300);
 /// How often a resource with nothing to do is looked at again anyway.
 const RESYNC: Duration = Duration::from_secs(3600);
 
@@ -218,6 +220,7 @@ impl<'a> Run<'a> {
             }
             Step::StartRenewal { revoke } => {
                 status.pending = Some(self.new_pending(revoke));
+                status.retry_not_before = None;
                 status.handled_renew = self.obj.annotations().get(RENEW_ANNOTATION).cloned().or(status.handled_renew.take());
                 status.handled_revoke = self.obj.annotations().get(REVOKE_ANNOTATION).cloned().or(status.handled_revoke.take());
                 self.set(status, ISSUING, Status::True, Reason::Issuing, "creating a new password");
@@ -258,18 +261,17 @@ impl<'a> Run<'a> {
                 self.ctx.passwords.remove(caller, app, &key_id).await.map_err(|e| self.graph_failure(ISSUING, &e))?;
                 self.apply_secret(secret.current.as_ref(), status.current.as_ref().map(|c| c.expires_at.0), None).await?;
                 status.pending = None;
+                let retry_in = self.settings.propagation_timeout.max(MIN_RETRY);
+                let retry_at = self.now.saturating_add(jiff::SignedDuration::try_from(retry_in).unwrap_or_default()).unwrap_or(self.now);
+                status.retry_not_before = Some(Time(retry_at));
                 self.ctx.metrics.client_secret_rotated("abandoned");
                 let message = format!(
-                    "Entra ID did not accept the new password within {}; it was removed and the renewal is retried later",
-                    crate::crd::duration::format(self.settings.propagation_timeout)
+                    "Entra ID did not accept the new password within {}; it was removed and the renewal is retried in {}",
+                    crate::crd::duration::format(self.settings.propagation_timeout),
+                    crate::crd::duration::format(retry_in)
                 );
                 self.event(EventType::Warning, "ProofTimedOut", &message).await;
-                Err(Outcome::Problem {
-                    condition: ISSUING,
-                    reason: Reason::ProofTimedOut,
-                    message,
-                    retry: Some(self.settings.propagation_timeout),
-                })
+                Err(Outcome::Problem { condition: ISSUING, reason: Reason::ProofTimedOut, message, retry: Some(retry_in) })
             }
             Step::Promote => {
                 // The plan promotes only a pending password whose staged value is in the Secret.
@@ -425,6 +427,8 @@ impl<'a> Run<'a> {
                 );
                 self.set(status, ISSUING, Status::True, Reason::AwaitingConsumers, &message);
             }
+            // An abandoned renewal stays visible until the next one starts.
+            _ if status.retry_not_before.is_some() => {}
             _ => {
                 let when = status.current.as_ref().and_then(|c| c.renewal_time.as_ref()).map(|t| t.0.to_string()).unwrap_or_default();
                 let others = passwords.len().saturating_sub(1);

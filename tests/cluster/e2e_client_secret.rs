@@ -491,6 +491,13 @@ async fn a_rotator_issues_the_first_password_and_a_password_that_never_replicate
     assert!(ready(&status), "the current password still works");
     assert_eq!(status.current.as_ref().unwrap().key_id, first.key_id);
     assert!(status.pending.is_none());
+    assert!(status.retry_not_before.is_some(), "the next attempt waits");
+    // It stays visible (the Secret write of the abandonment triggers more reconciles) and no
+    // renewal starts again on its own meanwhile.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = api.get(NAME).await.unwrap().status.unwrap_or_default();
+    assert_eq!(reason(&later, conditions::ISSUING), "ProofTimedOut", "{later:#?}");
+    assert!(later.pending.is_none(), "{later:#?}");
     let keys: Vec<String> = azure.passwords(TENANT_ID, CLIENT_ID).into_iter().map(|p| p.0).collect();
     assert_eq!(keys, vec![first.key_id.clone()], "the password that never replicated was removed");
     let (_, metrics) = env.http_get("/metrics").await;
