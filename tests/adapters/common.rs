@@ -1,4 +1,5 @@
-//! What the broker adapter tests share: the Azure side of a connection and a sync request.
+//! What the adapter tests share: the Azure side of a connection and a sync request, and an
+//! emulated Azure reached as the operator reaches it.
 
 use idp_bridge::{
     broker::{
@@ -10,7 +11,13 @@ use idp_bridge::{
         SignInAudience, ValidationMode, ValidationSpec,
     },
     secret::{Fingerprinter, SecretValue},
+    upstream::{EndpointOverrides, Upstream},
 };
+use idp_bridge_devenv::{
+    azure::AzureEmulator,
+    tls::{TestCa, install_crypto_provider},
+};
+use tempfile::NamedTempFile;
 
 pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 pub const TENANT_DOMAIN: &str = "contoso.onmicrosoft.com";
@@ -131,4 +138,22 @@ pub async fn sync_spec(
 /// the spec (which may refuse it), then the delete.
 pub async fn delete_spec(client: &BrokerClient, spec: &AzureAdConnectionSpec, known_id: Option<&str>) -> Result<(), BrokerError> {
     client.delete(&DeleteRequest::new(spec, known_id, OWNED)?).await
+}
+
+/// An Azure emulator (login and Graph) with the tenant [`TENANT`] ([`TENANT_DOMAIN`]), and an
+/// upstream client that reaches it through endpoint overrides and the test CA, whose file the
+/// caller keeps alive.
+pub fn azure_upstream() -> (AzureEmulator, Upstream, NamedTempFile) {
+    install_crypto_provider();
+    let ca = TestCa::new();
+    let ca_file = NamedTempFile::new().unwrap();
+    ca.write_pem(ca_file.path()).unwrap();
+    let emu = AzureEmulator::start(&ca).unwrap();
+    let mut overrides = EndpointOverrides::default();
+    for host in ["login.microsoftonline.com", "graph.microsoft.com"] {
+        overrides.insert(host, emu.base_url());
+    }
+    emu.add_tenant(TENANT, &[TENANT_DOMAIN]);
+    let upstream = Upstream::new(overrides, Some(ca_file.path()), std::time::Duration::from_secs(5)).unwrap();
+    (emu, upstream, ca_file)
 }

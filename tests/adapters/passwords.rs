@@ -9,16 +9,12 @@ use idp_bridge::{
     azure::passwords::{GraphCaller, PasswordClient, PasswordError},
     crd::{conditions::Reason, connection::AzureCloud},
     secret::SecretValue,
-    upstream::{EndpointOverrides, Upstream},
 };
-use idp_bridge_devenv::{
-    azure::{AzureEmulator, PasswordPolicy},
-    tls::{TestCa, install_crypto_provider},
-};
+use idp_bridge_devenv::azure::{AzureEmulator, PasswordPolicy};
 use jiff::{SignedDuration, Timestamp};
 use tempfile::NamedTempFile;
 
-const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+use crate::common::TENANT;
 const APP: &str = "11111111-2222-3333-4444-555555555555";
 const ROTATOR: &str = "99999999-8888-7777-6666-555555555555";
 const CANARY: &str = "cAn8Q~rotation-canary-must-not-leak-7";
@@ -32,20 +28,11 @@ struct Env {
 
 /// An app that owns itself with Application.ReadWrite.OwnedBy and holds the canary secret.
 fn env() -> Env {
-    install_crypto_provider();
-    let ca = TestCa::new();
-    let ca_file = NamedTempFile::new().unwrap();
-    ca.write_pem(ca_file.path()).unwrap();
-    let emu = AzureEmulator::start(&ca).unwrap();
-    let mut overrides = EndpointOverrides::default();
-    overrides.insert("login.microsoftonline.com", emu.base_url());
-    overrides.insert("graph.microsoft.com", emu.base_url());
-    emu.add_tenant(TENANT, &["contoso.onmicrosoft.com"]);
+    let (emu, upstream, ca_file) = crate::common::azure_upstream();
     emu.add_app(TENANT, APP);
     emu.add_secret(TENANT, APP, CANARY, Timestamp::now() + SignedDuration::from_hours(24 * 30));
     emu.set_graph_write_owned_by(TENANT, APP, true);
     emu.add_owner(TENANT, APP, APP);
-    let upstream = Upstream::new(overrides, Some(ca_file.path()), Duration::from_secs(5)).unwrap();
     Env { emu, client: PasswordClient::new(upstream), _ca_file: ca_file }
 }
 

@@ -12,17 +12,15 @@ use idp_bridge::{
     },
     crd::connection::{AzureCloud, ValidationMode},
     secret::{Fingerprinter, SecretValue},
-    upstream::{EndpointOverrides, Upstream},
 };
 use idp_bridge_devenv::{
     azure::{AzureEmulator, GRAPH_SCOPES},
     kit::{Fault, RequestMatch},
-    tls::{TestCa, install_crypto_provider},
 };
 use jiff::{SignedDuration, Timestamp};
 use tempfile::NamedTempFile;
 
-const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+use crate::common::TENANT;
 const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
 const CANARY: &str = "rEg8Q~canary-secret-value-must-not-leak-42";
 const CALLBACK: &str = "https://acme.eu.auth0.com/login/callback";
@@ -38,20 +36,10 @@ struct Env {
 /// An emulated tenant with the app registered as the portal does (single tenant, User.Read
 /// requested, no consent, no redirect URI), and Application.Read.All granted to it.
 fn env() -> Env {
-    install_crypto_provider();
-    let ca = TestCa::new();
-    let ca_file = NamedTempFile::new().unwrap();
-    ca.write_pem(ca_file.path()).unwrap();
-    let emu = AzureEmulator::start(&ca).unwrap();
-    let mut overrides = EndpointOverrides::default();
-    for host in ["login.microsoftonline.com", "graph.microsoft.com"] {
-        overrides.insert(host, emu.base_url());
-    }
-    emu.add_tenant(TENANT, &["contoso.onmicrosoft.com"]);
+    let (emu, upstream, ca_file) = crate::common::azure_upstream();
     emu.add_app(TENANT, CLIENT);
     emu.add_secret(TENANT, CLIENT, CANARY, Timestamp::now() + SignedDuration::from_hours(24 * 90));
     emu.set_graph_read_all(TENANT, CLIENT, true);
-    let upstream = Upstream::new(overrides, Some(ca_file.path()), Duration::from_secs(5)).unwrap();
     let secret = SecretValue::new(CANARY);
     let fingerprint = Fingerprinter::new(b"test-key".to_vec()).fingerprint(&secret);
     Env { emu, client: AzureClient::new(upstream), _ca_file: ca_file, secret, fingerprint }

@@ -11,8 +11,6 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::DeleteParams;
 use serde_json::{Value, json};
 
-const CF_ACCOUNT: &str = "0123456789abcdef0123456789abcdef";
-const CF_TOKEN: &str = "cf-api-token-value";
 const LOGTO_HOST: &str = "logto.example.com";
 const LOGTO_APP: &str = "logto-m2m-app";
 const LOGTO_SECRET: &str = "logto-m2m-secret";
@@ -135,16 +133,7 @@ async fn scenarios(env: &mut Env, broker: &Broker) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloudflare_access() {
     let mut env = Env::without_operator("e2e-cf").await;
-    let cf = env.upstreams.cloudflare().unwrap();
-    cf.add_account(CF_ACCOUNT);
-    cf.add_token(CF_TOKEN, &[CF_ACCOUNT]);
-    env.put_secret("cf-token", &[("api-token", CF_TOKEN)], &[]).await;
-    env.apply(
-        "IdentityBroker",
-        "broker",
-        json!({"spec": {"cloudflare": {"accountId": CF_ACCOUNT, "apiTokenSecretRef": {"name": "cf-token"}}}}),
-    )
-    .await;
+    let cf = env.cloudflare_broker("broker").await;
     env.start_operator().await;
     let id_of = {
         let cf = cf.clone();
@@ -191,16 +180,7 @@ async fn cloudflare_access() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloudflare_scim_secret_is_written_once() {
     let mut env = Env::without_operator("e2e-cf-scim").await;
-    let cf = env.upstreams.cloudflare().unwrap();
-    cf.add_account(CF_ACCOUNT);
-    cf.add_token(CF_TOKEN, &[CF_ACCOUNT]);
-    env.put_secret("cf-token", &[("api-token", CF_TOKEN)], &[]).await;
-    env.apply(
-        "IdentityBroker",
-        "broker",
-        json!({"spec": {"cloudflare": {"accountId": CF_ACCOUNT, "apiTokenSecretRef": {"name": "cf-token"}}}}),
-    )
-    .await;
+    env.cloudflare_broker("broker").await;
     env.start_operator().await;
     let value = env.canary("value");
     env.upstreams.azure.add_secret(TENANT_ID, CLIENT_ID, &value, in_a_year());

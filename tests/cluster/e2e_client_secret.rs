@@ -35,8 +35,6 @@ use kube::{
 };
 use serde_json::json;
 
-const CF_ACCOUNT: &str = "0123456789abcdef0123456789abcdef";
-const CF_TOKEN: &str = "cf-api-token-value";
 const SECRET: &str = "contoso-entra";
 const NAME: &str = "contoso";
 
@@ -53,16 +51,7 @@ struct Rig {
 
 async fn rig(prefix: &str, replication: SignedDuration, spec: serde_json::Value) -> Rig {
     let mut env = Env::without_operator(prefix).await;
-    let cf = env.upstreams.cloudflare().unwrap();
-    cf.add_account(CF_ACCOUNT);
-    cf.add_token(CF_TOKEN, &[CF_ACCOUNT]);
-    env.put_secret("cf-token", &[("api-token", CF_TOKEN)], &[]).await;
-    env.apply(
-        "IdentityBroker",
-        "cloudflare",
-        json!({"spec": {"cloudflare": {"accountId": CF_ACCOUNT, "apiTokenSecretRef": {"name": "cf-token"}}}}),
-    )
-    .await;
+    let cf = env.cloudflare_broker("cloudflare").await;
     let bootstrap = env.canary("bootstrap");
     let azure = &env.upstreams.azure;
     azure.set_graph_write_owned_by(TENANT_ID, CLIENT_ID, true);

@@ -10,10 +10,8 @@ use idp_bridge_devenv::kit::{Fault, RequestMatch};
 use reqwest::Method;
 use serde_json::json;
 
-use crate::common::e2e::{CLIENT_ID, Env, TENANT_ID, condition, condition_is};
+use crate::common::e2e::{CF_ACCOUNT, CLIENT_ID, Env, TENANT_ID, condition, condition_is};
 
-const CF_ACCOUNT: &str = "0123456789abcdef0123456789abcdef";
-const CF_TOKEN: &str = "cf-api-token-value";
 const SLOW: [&str; 2] = ["slow-one", "slow-two"];
 /// As many reconciles at once as there are slow connections: without a deadline they take
 /// every slot.
@@ -46,16 +44,7 @@ async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_brokers_hold_no_concurrency_slot_past_the_deadline() {
     let mut env = Env::without_operator("hostile").await;
-    let cf = env.upstreams.cloudflare().unwrap();
-    cf.add_account(CF_ACCOUNT);
-    cf.add_token(CF_TOKEN, &[CF_ACCOUNT]);
-    env.put_secret("cf-token", &[("api-token", CF_TOKEN)], &[]).await;
-    env.apply(
-        "IdentityBroker",
-        "slow-cloudflare",
-        json!({"spec": {"cloudflare": {"accountId": CF_ACCOUNT, "apiTokenSecretRef": {"name": "cf-token"}}}}),
-    )
-    .await;
+    let cf = env.cloudflare_broker("slow-cloudflare").await;
     // Each page arrives after 3 s, inside the 5 s request timeout, and promises another: finding
     // a provider by name would take the page cap (200) times 3 s.
     let collection = format!("/client/v4/accounts/{CF_ACCOUNT}/access/identity_providers");

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::common::{
     admission::SecretDenial,
-    e2e::{CLIENT_ID, Env, TENANT_ID, condition, condition_is},
+    e2e::{CF_ACCOUNT, CLIENT_ID, Env, TENANT_ID, condition, condition_is},
 };
 use http::Method;
 use idp_bridge::crd::conditions::{READY, SCIM_SECRET_READY};
@@ -19,8 +19,6 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
-const CF_ACCOUNT: &str = "0123456789abcdef0123456789abcdef";
-const CF_TOKEN: &str = "cf-api-token-value";
 const SCIM_SECRET: &str = "contoso-scim";
 
 fn in_a_year() -> jiff::Timestamp {
@@ -31,16 +29,7 @@ fn in_a_year() -> jiff::Timestamp {
 /// started.
 async fn cloudflare_env(prefix: &str) -> (Env, CloudflareEmulator, String) {
     let mut env = Env::without_operator(prefix).await;
-    let cf = env.upstreams.cloudflare().unwrap();
-    cf.add_account(CF_ACCOUNT);
-    cf.add_token(CF_TOKEN, &[CF_ACCOUNT]);
-    env.put_secret("cf-token", &[("api-token", CF_TOKEN)], &[]).await;
-    env.apply(
-        "IdentityBroker",
-        "broker",
-        json!({"spec": {"cloudflare": {"accountId": CF_ACCOUNT, "apiTokenSecretRef": {"name": "cf-token"}}}}),
-    )
-    .await;
+    let cf = env.cloudflare_broker("broker").await;
     let value = env.canary("value");
     env.upstreams.azure.add_secret(TENANT_ID, CLIENT_ID, &value, in_a_year());
     env.put_secret("web", &[("client-secret", &value)], &[]).await;

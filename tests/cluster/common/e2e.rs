@@ -26,6 +26,9 @@ pub const CLIENT_ID: &str = "8c2e4b6a-1f3d-4a5b-9e7c-6d8f0a2b4c6e";
 pub const AUTH0_DOMAIN: &str = "acme.eu.auth0.com";
 pub const M2M_CLIENT: &str = "m2m-client";
 pub const M2M_SECRET: &str = "m2m-secret-value";
+/// The Cloudflare account of [`Env::cloudflare_broker`], and the API token that may manage it.
+pub const CF_ACCOUNT: &str = "0123456789abcdef0123456789abcdef";
+pub const CF_TOKEN: &str = "cf-api-token-value";
 const MANAGER: &str = "e2e-test";
 const WAIT: Duration = Duration::from_secs(40);
 
@@ -156,6 +159,18 @@ impl Env {
     }
 
     /// Creates or replaces a Secret's string data (and annotations).
+    /// A Cloudflare emulator with account [`CF_ACCOUNT`] and token [`CF_TOKEN`] (in Secret
+    /// `cf-token`), and an IdentityBroker `name` for that account.
+    pub async fn cloudflare_broker(&mut self, name: &str) -> idp_bridge_devenv::cloudflare::CloudflareEmulator {
+        let cf = self.upstreams.cloudflare().expect("the Cloudflare emulator starts");
+        cf.add_account(CF_ACCOUNT);
+        cf.add_token(CF_TOKEN, &[CF_ACCOUNT]);
+        self.put_secret("cf-token", &[("api-token", CF_TOKEN)], &[]).await;
+        let spec = json!({"spec": {"cloudflare": {"accountId": CF_ACCOUNT, "apiTokenSecretRef": {"name": "cf-token"}}}});
+        self.apply("IdentityBroker", name, spec).await;
+        cf
+    }
+
     pub async fn put_secret(&self, name: &str, data: &[(&str, &str)], annotations: &[(&str, &str)]) {
         let data: serde_json::Map<String, Value> = data.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
         let annotations: serde_json::Map<String, Value> = annotations.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
