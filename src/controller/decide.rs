@@ -91,9 +91,6 @@ fn registration_events(observation: &Observation) -> Vec<Notice> {
     }]
 }
 
-/// How soon to read an unavailable app registration again when Graph gave no Retry-After.
-const REGISTRATION_RETRY: Duration = Duration::from_secs(60);
-
 /// Transient failures back off (at least their Retry-After); everything else, permanent
 /// problems included, waits for the refresh or for a change.
 fn next(subject: &Subject<'_>, observation: &Observation, now: jiff::Timestamp) -> Next {
@@ -116,11 +113,13 @@ fn next(subject: &Subject<'_>, observation: &Observation, now: jiff::Timestamp) 
     }
 }
 
-/// An unavailable registration (Graph down or throttling) is read again after Graph's
-/// Retry-After, or a minute; the connection itself is not failing, so this is no backoff.
+/// A registration Graph is throttling is read again once its Retry-After ends. One Graph could
+/// not answer (down, no Retry-After) keeps its last verdict until the next refresh, like the
+/// expiry: retrying sooner would run the whole reconcile, broker read included, for every
+/// connection of the tenant throughout a Graph outage.
 fn registration_retry(observation: &Observation) -> Option<Duration> {
     let AppCheck::Unavailable { retry_after, .. } = &observation.app else { return None };
-    Some(retry_after.unwrap_or(REGISTRATION_RETRY))
+    *retry_after
 }
 
 /// The time until the cached validation runs out, one second late so it certainly has.
@@ -392,7 +391,7 @@ mod tests {
     }
 
     #[test]
-    fn an_added_redirect_uri_is_announced_and_an_unavailable_registration_is_read_again_soon() {
+    fn an_added_redirect_uri_is_announced_and_a_throttled_registration_is_read_after_retry_after() {
         let previous = in_sync();
         let mut obs = observation(valid(), synced(&[], false));
         obs.app = AppCheck::Checked {
@@ -412,6 +411,6 @@ mod tests {
         );
         obs.app = AppCheck::Unavailable { why: "down".into(), retry_after: None };
         let decision = decide(&subject(&previous), &obs, t(600));
-        assert_eq!(decision.next, Next::Refresh { interval: HOUR, threshold: Some(REGISTRATION_RETRY) });
+        assert_eq!(decision.next, Next::Refresh { interval: HOUR, threshold: None }, "a Graph outage waits for the refresh");
     }
 }
