@@ -72,14 +72,7 @@ fn connections_reading_secret(
     secret: &PartialObjectMeta<Secret>,
     connections: &Store<AzureAdConnection>,
 ) -> Vec<ObjectRef<AzureAdConnection>> {
-    let namespace = secret.namespace();
-    let name = secret.name_any();
-    connections
-        .state()
-        .iter()
-        .filter(|c| c.namespace() == namespace && c.spec.azure.client_secret_ref.name == name)
-        .map(|c| ObjectRef::from_obj(c.as_ref()))
-        .collect()
+    connections_naming_secret(secret, connections, |c, name| c.spec.azure.client_secret_ref.name == name)
 }
 
 /// Connections whose Cloudflare SCIM Secret changed (deleted, or made by someone else): they look
@@ -88,14 +81,18 @@ fn connections_storing_scim(
     secret: &PartialObjectMeta<Secret>,
     connections: &Store<AzureAdConnection>,
 ) -> Vec<ObjectRef<AzureAdConnection>> {
+    connections_naming_secret(secret, connections, |c, name| scim::secret_name(c) == Some(name))
+}
+
+/// Connections in the Secret's namespace for which `names` says they name it.
+fn connections_naming_secret(
+    secret: &PartialObjectMeta<Secret>,
+    connections: &Store<AzureAdConnection>,
+    names: impl Fn(&AzureAdConnection, &str) -> bool,
+) -> Vec<ObjectRef<AzureAdConnection>> {
     let namespace = secret.namespace();
     let name = secret.name_any();
-    connections
-        .state()
-        .iter()
-        .filter(|c| c.namespace() == namespace && scim::secret_name(c) == Some(name.as_str()))
-        .map(|c| ObjectRef::from_obj(c.as_ref()))
-        .collect()
+    connections.state().iter().filter(|c| c.namespace() == namespace && names(c, &name)).map(|c| ObjectRef::from_obj(c.as_ref())).collect()
 }
 
 /// Connections whose broker authenticates with a changed Secret.

@@ -140,16 +140,7 @@ async fn first_sync_creates_a_waad_connection() {
     let creds = env.creds(CANARY);
     let outcome = client.sync(&request(&spec(), &creds, None, None, FULL)).await.unwrap();
     let id = outcome.id.clone().expect("an id");
-    assert_eq!(
-        outcome,
-        SyncOutcome {
-            id: Some(id.clone()),
-            differences: vec!["connection (created)".into()],
-            wrote: true,
-            extras: None,
-            create_deferred: false
-        }
-    );
+    assert_eq!(outcome, common::created(&id));
     assert!(id.starts_with("con_"), "{id}");
 
     let conn = env.auth0.connection(&id).unwrap();

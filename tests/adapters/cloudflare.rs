@@ -183,16 +183,7 @@ async fn first_sync_creates_an_azure_ad_provider() {
     let creds = env.creds(CANARY);
     let outcome = client.sync(&request(&spec(), &creds, None, None, FULL)).await.unwrap();
     let id = outcome.id.clone().expect("an id");
-    assert_eq!(
-        outcome,
-        SyncOutcome {
-            id: Some(id.clone()),
-            differences: vec!["connection (created)".into()],
-            wrote: true,
-            extras: None,
-            create_deferred: false
-        }
-    );
+    assert_eq!(outcome, common::created(&id));
 
     let stored = env.cf.provider(&id).unwrap();
     assert_eq!((stored["name"].as_str(), stored["type"].as_str()), (Some(NAME), Some("azureAD")));

@@ -157,3 +157,14 @@ pub fn azure_upstream() -> (AzureEmulator, Upstream, NamedTempFile) {
     let upstream = Upstream::new(overrides, Some(ca_file.path()), std::time::Duration::from_secs(5)).unwrap();
     (emu, upstream, ca_file)
 }
+
+/// The outcome of a first sync that created object `id`.
+pub fn created(id: &str) -> SyncOutcome {
+    SyncOutcome {
+        id: Some(id.to_owned()),
+        differences: vec!["connection (created)".into()],
+        wrote: true,
+        extras: None,
+        create_deferred: false,
+    }
+}

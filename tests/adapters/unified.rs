@@ -151,16 +151,7 @@ async fn first_sync_imports_a_microsoft_ad_connection() {
     let creds = env.creds(CANARY);
     let outcome = client.sync(&request(&spec(), &creds, None, None, FULL)).await.unwrap();
     let id = outcome.id.clone().expect("an id");
-    assert_eq!(
-        outcome,
-        SyncOutcome {
-            id: Some(id.clone()),
-            differences: vec!["connection (created)".into()],
-            wrote: true,
-            extras: None,
-            create_deferred: false
-        }
-    );
+    assert_eq!(outcome, common::created(&id));
 
     let conn = env.unified.connection(&id).unwrap();
     assert_eq!(conn["integration_type"], "microsoft_ad");
