@@ -407,8 +407,9 @@ fn spawn_watchdog(dir: &Path) -> io::Result<Child> {
         .spawn()
 }
 
+/// Appends to `log`, so that a restarted server's log follows the one it replaces.
 fn spawn_logged(binary: &Path, args: &[String], log: &Path) -> io::Result<Child> {
-    let out = fs::File::create(log)?;
+    let out = fs::OpenOptions::new().create(true).append(true).open(log)?;
     let err = out.try_clone()?;
     Command::new(binary).args(args).stdin(Stdio::null()).stdout(out).stderr(err).process_group(0).spawn()
 }
@@ -855,6 +856,27 @@ impl ControlPlane {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Stops kube-apiserver (SIGTERM, then SIGKILL after [`STOP_GRACE`]) and leaves etcd and the
+    /// controller-manager running: clients see their connections refused, as during an upgrade
+    /// of the control plane, until [`ControlPlane::restart_apiserver`].
+    pub fn stop_apiserver(&mut self) {
+        if let Some(child) = self.processes().apiserver.take() {
+            terminate_group(child);
+        }
+    }
+
+    /// Starts kube-apiserver again on the same port, certificates and etcd (everything stored
+    /// is still there), and waits until it is ready.
+    pub async fn restart_apiserver(&mut self) -> Result<(), ControlPlaneError> {
+        self.stop_apiserver();
+        let bins = tokio::task::spawn_blocking(binaries)
+            .await
+            .map_err(|e| ControlPlaneError::Binaries(format!("locating binaries panicked: {e}")))??;
+        let port = self.server_url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("the server URL ends with its port");
+        self.spawn_apiserver(&bins, port)?;
+        self.wait_apiserver().await
     }
 
     /// A fresh client configuration for the admin user (`system:masters`, bypasses RBAC). Build

@@ -77,6 +77,25 @@ async fn stop_ends_every_server_and_removes_the_temp_dir() {
     cp.stop(); // idempotent
 }
 
+/// The fault suite's apiserver outage: stopped, nothing listens and requests fail; restarted on
+/// the same port and etcd, what was stored is still there and the same client works again.
+#[tokio::test]
+async fn a_restarted_apiserver_serves_what_etcd_kept_on_the_same_address() {
+    let mut cp = ControlPlane::start().await.expect("a second control plane starts");
+    let client = cp.client().await;
+    let maps: Api<ConfigMap> = Api::namespaced(client, "default");
+    maps.create(&PostParams::default(), &config_map("kept")).await.expect("creating a ConfigMap");
+    let port = port_of(&cp.server_url());
+
+    cp.stop_apiserver();
+    assert!(!is_listening(port), "the stopped apiserver still listens on {port}");
+    assert!(maps.get_opt("kept").await.is_err(), "a read while the apiserver is down fails");
+    cp.restart_apiserver().await.expect("the apiserver starts again");
+    assert!(maps.get_opt("kept").await.expect("reading after the restart").is_some(), "the ConfigMap survived");
+    let log = std::fs::read_to_string(cp.dir().join("kube-apiserver.log")).unwrap();
+    assert!(log.matches("Serving securely").count() >= 2, "the log holds both runs");
+}
+
 /// Run by `watchdog_stops_servers_when_the_process_is_killed` in a child process: starts a
 /// control plane, reports it, and dies by SIGKILL without running any destructor.
 #[tokio::test]
