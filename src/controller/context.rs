@@ -9,7 +9,7 @@ use kube::{
 };
 use tracing::warn;
 
-use super::{claims::Claims, readiness::Readiness, resolve::ResolvedBroker};
+use super::{claims::Claims, pushes::Pushes, readiness::Readiness, resolve::ResolvedBroker};
 use crate::{
     azure::{AzureClient, passwords::PasswordClient},
     broker::{BrokerClient, BrokerKey, BrokerRegistry, ScimCredentials},
@@ -35,6 +35,8 @@ pub struct Context {
     pub fingerprinter: Fingerprinter,
     pub recorder: Recorder,
     pub config: Arc<Config>,
+    /// What this process last wrote to each connection's broker object.
+    pub pushes: Pushes,
     /// Consecutive transient failures per object UID, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// SCIM credentials a broker returned (only once) that are not yet stored in their Secret,
@@ -61,6 +63,7 @@ impl Context {
             fingerprinter,
             recorder,
             config,
+            pushes: Pushes::default(),
             failures: Mutex::new(HashMap::new()),
             pending_scim: Mutex::new(HashMap::new()),
             last_broker: Mutex::new(HashMap::new()),
@@ -89,6 +92,7 @@ impl Context {
             self.metrics.forget_connection(&uid);
             self.pending_scim.lock().expect("scim lock").remove(&uid);
         }
+        self.pushes.forget(conn);
     }
 
     /// The owner marker of `conn` ([`crate::broker::ownership::owner_marker`]).

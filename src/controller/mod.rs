@@ -10,6 +10,7 @@ mod error;
 pub(crate) mod guard;
 mod observation;
 mod protection;
+mod pushes;
 mod readiness;
 pub mod reconcile;
 mod registration;

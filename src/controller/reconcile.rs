@@ -111,13 +111,18 @@ struct Validated {
 
 async fn apply(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error> {
     let started = Instant::now();
+    // The status as stored, which the decided one is compared with before it is written; and
+    // the connection as this process knows it, with a push whose status write was lost.
+    let stored = conn.status.clone().unwrap_or_default();
+    let known = ctx.pushes.known(conn);
+    let conn = known.as_ref();
     let previous = conn.status.clone().unwrap_or_default();
     let subject = Subject::of(conn, &previous);
     let now = jiff::Timestamp::now();
     if conn.spec.suspend {
         let decision = decide::suspended(&subject, now);
         record_series(conn, ctx, &decision.status);
-        return carry_out(conn, ctx, &previous, decision).await;
+        return carry_out(conn, ctx, &stored, decision).await;
     }
 
     let resolved = resolve_secret(ctx, conn).await?;
@@ -143,7 +148,7 @@ async fn apply(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error>
     let decision = decide::decide(&subject, &observation, now);
     record_series(conn, ctx, &decision.status);
     record_rotation(conn, ctx, &previous, &observation, started);
-    carry_out(conn, ctx, &previous, decision).await
+    carry_out(conn, ctx, &stored, decision).await
 }
 
 /// Writes the decided status, then publishes its Events (only once the status is stored, so a
@@ -312,6 +317,7 @@ async fn push(
         Ok(outcome) => {
             if outcome.wrote {
                 info!(differences = ?outcome.differences, "broker object written");
+                ctx.pushes.record(conn, outcome.id.as_deref().or(request.known_id), request.azure.fingerprint);
             }
             BrokerStage::Synced(outcome)
         }
@@ -588,7 +594,9 @@ async fn delete_broker_object(conn: &AzureAdConnection, ctx: &Context) -> Result
 /// claim. Under a claim broker with no claim of this connection's, only what status records (or
 /// `adopt`) is its own; a claim another connection holds refuses the delete.
 async fn delete_owned(ctx: &Context, conn: &AzureAdConnection, broker: &BrokerClient) -> Result<Result<(), BrokerError>, Error> {
-    let known_id = conn.status.as_ref().and_then(|s| s.broker.as_ref()).and_then(|b| b.id.as_deref());
+    // An object created by this process whose status write was lost is still this connection's.
+    let known = ctx.pushes.known(conn);
+    let known_id = known.status.as_ref().and_then(|s| s.broker.as_ref()).and_then(|b| b.id.as_deref());
     let owner = ctx.owner_marker(conn);
     let claim_key = BrokerTarget::of(&conn.spec).ok().and_then(|target| broker.claim_key(target, &conn.spec.azure));
     let held = match &claim_key {

@@ -60,6 +60,10 @@ async fn main() -> ExitCode {
     if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
+/// How long kube-apiserver stays down mid-rotation: longer than the operator's 2 s request
+/// timeout, so reconciles in flight fail rather than wait.
+const APISERVER_OUTAGE: Duration = Duration::from_secs(5);
+
 fn note(message: &str) {
     eprintln!("[faults] {message}");
 }
@@ -84,6 +88,7 @@ async fn run(args: &Args) -> Vec<(&'static str, Report)> {
         "management credentials refused",
         "operator SIGKILLed",
         "leader failover mid-rotation",
+        "API server restarted mid-rotation",
         "Azure login unreachable",
     ];
     let wanted = |name: &str| args.only.as_ref().is_none_or(|only| name.to_lowercase().contains(&only.to_lowercase()));
@@ -97,6 +102,7 @@ async fn run(args: &Args) -> Vec<(&'static str, Report)> {
             3 => scenarios::management_credentials_refused(&mut stage, &mut report).await,
             4 => scenarios::sigkill_trials(&mut stage, &mut report, args.kills).await,
             5 => scenarios::leader_failover_mid_rotation(&mut stage, &mut report).await,
+            6 => scenarios::apiserver_restart_mid_rotation(&mut stage, &mut report, APISERVER_OUTAGE).await,
             _ => scenarios::azure_login_unreachable(&mut stage, &mut report, outage).await,
         };
         if let Err(e) = outcome {

@@ -293,6 +293,39 @@ pub async fn leader_failover_mid_rotation(stage: &mut Stage, report: &mut Report
     Ok(())
 }
 
+/// kube-apiserver stopped during a full rotation, while the brokers hold their answers to the
+/// writes (1 s, inside the operator's timeout), and started again on the same etcd after
+/// `outage`: the pushes succeed but the status writes that would record them fail, reads fail,
+/// every watch breaks and lists again. The rotations land once each, with no duplicate object.
+pub async fn apiserver_restart_mid_rotation(stage: &mut Stage, report: &mut Report, outage: Duration) -> BenchResult<()> {
+    let kits = stage.broker_kits();
+    let window = stage.window().await?;
+    for kit in &kits {
+        kit.faults().push(Fault::lost_answer(Duration::from_secs(1)).on(broker_writes()).forever());
+    }
+    rotate_all(stage).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopped = Instant::now();
+    // The emulators answer on the other worker threads meanwhile.
+    tokio::task::block_in_place(|| stage.control_plane.stop_apiserver());
+    for kit in &kits {
+        kit.faults().clear();
+    }
+    tokio::time::sleep(outage).await;
+    stage.control_plane.restart_apiserver().await?;
+    let down = stopped.elapsed();
+    let restarted = Instant::now();
+    recovered(stage, report, RECOVERY).await;
+    report.info("API server down", format!("{:.1} s", down.as_secs_f64()), Some(down.as_secs_f64()));
+    let landed = restarted.elapsed().as_secs_f64();
+    report.info("from the restart to every connection Ready with its rotation", format!("{landed:.1} s"), Some(landed));
+    let writes = since(&kits, window.from, |r| r.write && r.status.is_some_and(|s| s.is_success()) && !r.path.ends_with("/token"));
+    let n = stage.connections();
+    check(report, "each rotation written once", writes == n, format!("{writes} writes for {n} rotations"));
+    stage.record(&window, report).await?;
+    Ok(())
+}
+
 /// Which of two replicas leads, by their `idpbridge_leader` gauges.
 async fn wait_leader(
     a: &crate::bench::operator::OperatorProcess,
