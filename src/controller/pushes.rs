@@ -11,7 +11,7 @@ use kube::ResourceExt;
 use crate::crd::connection::{AzureAdConnection, BrokerObjectStatus};
 
 /// One push: the object written, the fingerprint of the secret it got, and when it was done.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 struct Pushed {
     id: Option<String>,
     fingerprint: String,

@@ -319,7 +319,8 @@ pub async fn apiserver_restart_mid_rotation(stage: &mut Stage, report: &mut Repo
     report.info("API server down", format!("{:.1} s", down.as_secs_f64()), Some(down.as_secs_f64()));
     let landed = restarted.elapsed().as_secs_f64();
     report.info("from the restart to every connection Ready with its rotation", format!("{landed:.1} s"), Some(landed));
-    let writes = since(&kits, window.from, |r| r.write && r.status.is_some_and(|s| s.is_success()) && !r.path.ends_with("/token"));
+    let broker_write = broker_writes();
+    let writes = since(&kits, window.from, |r| r.matches(&broker_write) && r.status.is_some_and(|s| s.is_success()));
     let n = stage.connections();
     // Without the memory of pushes, every push whose status write failed was written again
     // (25 to 27 writes for 20). Alone the scenario sees exactly 20; after the other scenarios,
