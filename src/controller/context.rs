@@ -9,7 +9,7 @@ use kube::{
 };
 use tracing::warn;
 
-use super::{claims::Claims, readiness::Readiness, resolve::ResolvedBroker};
+use super::{claims::Claims, lookups::SecretCache, readiness::Readiness, resolve::ResolvedBroker};
 use crate::{
     azure::{AzureClient, passwords::PasswordClient},
     broker::{BrokerClient, BrokerKey, BrokerRegistry, ScimCredentials},
@@ -35,6 +35,9 @@ pub struct Context {
     pub fingerprinter: Fingerprinter,
     pub recorder: Recorder,
     pub config: Arc<Config>,
+    /// The Secrets reconciles read, with their data, per resourceVersion: shared by every run, so
+    /// a new leadership term starts warm.
+    pub secrets: Arc<SecretCache>,
     /// Consecutive transient failures per object UID, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// SCIM credentials a broker returned (only once) that are not yet stored in their Secret,
@@ -61,6 +64,7 @@ impl Context {
             fingerprinter,
             recorder,
             config,
+            secrets: Arc::default(),
             failures: Mutex::new(HashMap::new()),
             pending_scim: Mutex::new(HashMap::new()),
             last_broker: Mutex::new(HashMap::new()),

@@ -213,6 +213,8 @@ const CLUSTER_PERMISSIONS: &[&str] = &[
     "idpbridge.io/clusteridentitybrokers patch",
     "idpbridge.io/clusteridentitybrokers/status patch",
     "core/namespaces get",
+    "core/namespaces list",
+    "core/namespaces watch",
 ];
 
 /// What it does in its own namespace: the leader Lease, the fingerprint key Secret and the claims
