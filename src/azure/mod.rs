@@ -27,6 +27,10 @@ use crate::{
     upstream::{Answer, Upstream, retry_after},
 };
 
+/// The fields of the application object the operator reads: its password credentials (for the
+/// expiry) and what the registration check compares.
+const APPLICATION_SELECT: &str = "id,appId,signInAudience,web,requiredResourceAccess,passwordCredentials";
+
 /// What to validate.
 #[derive(Debug, Clone)]
 pub struct ValidationRequest<'a> {
@@ -95,6 +99,9 @@ pub struct AzureClient {
     expiries: TtlCache<CacheKey, SecretExpiry>,
     /// App registrations read, trusted as long as validations.
     registrations: TtlCache<CacheKey, Registration>,
+    /// The application object as Graph returned it ([`APPLICATION_SELECT`]), trusted as long as
+    /// validations: the expiry lookup and the registration check read it once between them.
+    applications: TtlCache<CacheKey, serde_json::Value>,
     /// Microsoft Graph's own service principal per (cloud, tenant GUID): the same for every app.
     graph_scopes: TtlCache<(AzureCloud, String), registration::GraphScopes>,
     /// Retry-After of the login service (discovery and token requests), per app.
@@ -127,6 +134,7 @@ impl AzureClient {
             tokens: TtlCache::new(),
             expiries: TtlCache::new(),
             registrations: TtlCache::new(),
+            applications: TtlCache::new(),
             graph_scopes: TtlCache::new(),
             login_throttle: Throttle::default(),
             graph_throttle: Throttle::default(),
@@ -161,6 +169,7 @@ impl AzureClient {
         // this validation and delay the next real Graph read by up to a whole interval.
         self.expiries.remove(&key);
         self.registrations.remove(&key);
+        self.applications.remove(&key);
         Ok(validation)
     }
 
@@ -200,20 +209,26 @@ impl AzureClient {
         if !is_guid(request.client_id) {
             return Err(GraphError::ApplicationNotFound);
         }
-        let path = format!("/v1.0/applications(appId='{}')?$select=id,appId,passwordCredentials", request.client_id);
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Application {
+            #[serde(default)]
+            password_credentials: Vec<graph::PasswordCredential>,
+        }
+        let invalid = |status: u16| GraphError::Unexpected { status, message: "application is not valid JSON".into() };
+        if let Some(body) = self.applications.get(&key) {
+            let app: Application = serde_json::from_value(body).map_err(|_| invalid(200))?;
+            let expiry = graph::match_secret(&app.password_credentials, request.secret)?;
+            self.expiries.insert(key, expiry.clone(), Instant::now() + request.ttl);
+            return Ok(expiry);
+        }
+        let path = format!("/v1.0/applications(appId='{}')?$select={APPLICATION_SELECT}", request.client_id);
         let answer = self.graph.send(self.graph.request(Method::GET, hosts.graph, &path).bearer_auth(token.value.expose())).await?;
         let credentials = match answer.status {
             s if s.is_success() => {
-                #[derive(Deserialize)]
-                #[serde(rename_all = "camelCase")]
-                struct Application {
-                    #[serde(default)]
-                    password_credentials: Vec<graph::PasswordCredential>,
-                }
-                let app: Application = answer
-                    .body
-                    .json()
-                    .map_err(|_| GraphError::Unexpected { status: s.as_u16(), message: "application is not valid JSON".into() })?;
+                let body: serde_json::Value = answer.body.json().map_err(|_| invalid(s.as_u16()))?;
+                let app: Application = serde_json::from_value(body.clone()).map_err(|_| invalid(s.as_u16()))?;
+                self.applications.insert(key.clone(), body, Instant::now() + request.ttl);
                 app.password_credentials
             }
             StatusCode::FORBIDDEN => return Err(GraphError::PermissionMissing),

@@ -14,7 +14,7 @@ use std::{collections::BTreeSet, time::Instant};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
-use super::{AzureClient, CacheKey, GraphError, ThrottleKey, ValidationRequest, cloud};
+use super::{APPLICATION_SELECT, AzureClient, CacheKey, GraphError, ThrottleKey, ValidationRequest, cloud};
 use crate::{
     crd::connection::is_guid,
     upstream::{Answer, TransportError, retry_after},
@@ -250,6 +250,7 @@ impl AzureClient {
         let body = serde_json::json!({"web": {"redirectUris": uris}});
         let answer = read.send(Method::PATCH, &format!("/v1.0/applications/{}", app.id), Some(&body)).await?;
         self.registrations.remove(&key);
+        self.applications.remove(&key);
         match answer.status {
             s if s.is_success() => Ok(true),
             StatusCode::FORBIDDEN => Err(RegistrationError::WriteDenied),
@@ -270,10 +271,7 @@ struct Reader<'a> {
 impl Reader<'_> {
     async fn registration(&self) -> Result<Registration, RegistrationError> {
         let client_id = self.request.client_id;
-        let app: ApplicationBody = self
-            .get_json(&format!("/v1.0/applications(appId='{client_id}')?$select=id,signInAudience,web,requiredResourceAccess"))
-            .await?
-            .ok_or(RegistrationError::Unexpected { status: 404, message: "Microsoft Graph does not know the application".into() })?;
+        let app = self.application().await?;
         let graph = self.graph_scopes().await?;
         let names = |id: &str| graph.names.get(&id.to_ascii_lowercase()).cloned();
         let requested = app
@@ -299,6 +297,22 @@ impl Reader<'_> {
             requested,
             service_principal,
         })
+    }
+
+    /// The application object: as the expiry lookup of the same validation read it, or read now.
+    async fn application(&self) -> Result<ApplicationBody, RegistrationError> {
+        let invalid = || RegistrationError::Unexpected { status: 200, message: "the answer is not the expected JSON".into() };
+        if let Some(body) = self.client.applications.get(self.key) {
+            return serde_json::from_value(body).map_err(|_| invalid());
+        }
+        let client_id = self.request.client_id;
+        let body: serde_json::Value = self
+            .get_json(&format!("/v1.0/applications(appId='{client_id}')?$select={APPLICATION_SELECT}"))
+            .await?
+            .ok_or(RegistrationError::Unexpected { status: 404, message: "Microsoft Graph does not know the application".into() })?;
+        let app = serde_json::from_value(body.clone()).map_err(|_| invalid())?;
+        self.client.applications.insert(self.key.clone(), body, Instant::now() + self.request.ttl);
+        Ok(app)
     }
 
     /// Microsoft Graph's service principal in the tenant, from the cache when read in the last

@@ -9,7 +9,7 @@ use kube::{
 };
 use tracing::warn;
 
-use super::{claims::Claims, pushes::Pushes, readiness::Readiness, resolve::ResolvedBroker};
+use super::{claims::Claims, lookups::SecretCache, pushes::Pushes, readiness::Readiness, resolve::ResolvedBroker};
 use crate::{
     azure::{AzureClient, passwords::PasswordClient},
     broker::{BrokerClient, BrokerKey, BrokerRegistry, ScimCredentials},
@@ -37,6 +37,9 @@ pub struct Context {
     pub config: Arc<Config>,
     /// What this process last wrote to each connection's broker object.
     pub pushes: Pushes,
+    /// The Secrets reconciles read, with their data, per resourceVersion: shared by every run, so
+    /// a new leadership term starts warm.
+    pub secrets: Arc<SecretCache>,
     /// Consecutive transient failures per object UID, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// SCIM credentials a broker returned (only once) that are not yet stored in their Secret,
@@ -64,6 +67,7 @@ impl Context {
             recorder,
             config,
             pushes: Pushes::default(),
+            secrets: Arc::default(),
             failures: Mutex::new(HashMap::new()),
             pending_scim: Mutex::new(HashMap::new()),
             last_broker: Mutex::new(HashMap::new()),

@@ -8,6 +8,7 @@ mod context;
 mod decide;
 mod error;
 pub(crate) mod guard;
+mod lookups;
 mod observation;
 mod protection;
 mod pushes;
@@ -16,12 +17,13 @@ pub mod reconcile;
 mod registration;
 mod resolve;
 mod scim;
+mod secret_index;
 mod status;
 
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt, channel::mpsc, future};
-use k8s_openapi::api::core::v1::Secret;
+use futures::{Stream, StreamExt, TryStreamExt, channel::mpsc, future};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
     Api, Client, Resource, ResourceExt,
     core::PartialObjectMeta,
@@ -37,7 +39,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 pub(crate) use self::readiness::Stores;
-pub use self::{context::Context, error::Error, readiness::Readiness};
+use self::secret_index::SecretIndex;
+pub use self::{
+    context::Context,
+    error::Error,
+    lookups::{Lookups, SecretCache},
+    readiness::Readiness,
+};
 use crate::crd::{
     ClusterIdentityBroker, IdentityBroker,
     connection::{AzureAdConnection, BrokerRefKind},
@@ -71,29 +79,36 @@ fn connections_using_broker(
 /// Connections that read a changed Secret as their client secret.
 fn connections_reading_secret(
     secret: &PartialObjectMeta<Secret>,
+    index: &SecretIndex,
     connections: &Store<AzureAdConnection>,
 ) -> Vec<ObjectRef<AzureAdConnection>> {
-    connections_naming_secret(secret, connections, |c, name| c.spec.azure.client_secret_ref.name == name)
+    connections_naming_secret(secret, index, connections, |c, name| c.spec.azure.client_secret_ref.name == name)
 }
 
 /// Connections whose Cloudflare SCIM Secret changed (deleted, or made by someone else): they look
 /// at it again at once instead of at the next refresh.
 fn connections_storing_scim(
     secret: &PartialObjectMeta<Secret>,
+    index: &SecretIndex,
     connections: &Store<AzureAdConnection>,
 ) -> Vec<ObjectRef<AzureAdConnection>> {
-    connections_naming_secret(secret, connections, |c, name| scim::secret_name(c) == Some(name))
+    connections_naming_secret(secret, index, connections, |c, name| scim::secret_name(c) == Some(name))
 }
 
-/// Connections in the Secret's namespace for which `names` says they name it.
+/// Connections in the Secret's namespace for which `names` says they name it: the index's
+/// candidates, checked against the store.
 fn connections_naming_secret(
     secret: &PartialObjectMeta<Secret>,
+    index: &SecretIndex,
     connections: &Store<AzureAdConnection>,
     names: impl Fn(&AzureAdConnection, &str) -> bool,
 ) -> Vec<ObjectRef<AzureAdConnection>> {
-    let namespace = secret.namespace();
     let name = secret.name_any();
-    connections.state().iter().filter(|c| c.namespace() == namespace && names(c, &name)).map(|c| ObjectRef::from_obj(c.as_ref())).collect()
+    index
+        .naming(&secret.namespace().unwrap_or_default(), &name)
+        .into_iter()
+        .filter(|r| connections.get(r).is_some_and(|c| names(&c, &name)))
+        .collect()
 }
 
 /// Connections whose broker authenticates with a changed Secret.
@@ -133,9 +148,29 @@ pub(crate) fn reflected<K>(
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
+    reflected_observed(api, config, stores, |_| {})
+}
+
+/// [`reflected`], with every watch event (deletions and re-lists included) shown to `observe`
+/// once the store has applied it.
+fn reflected_observed<K, F>(
+    api: Api<K>,
+    config: watcher::Config,
+    stores: &mut Stores,
+    observe: F,
+) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + use<K, F>)
+where
+    F: Fn(&watcher::Event<K>) + Send + 'static,
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
     let (reader, writer) = reflector::store();
     stores.add(reader.clone());
-    let events = watcher(api, config).default_backoff().modify(|o| o.managed_fields_mut().clear()).reflect(writer).touched_objects();
+    let events = watcher(api, config)
+        .default_backoff()
+        .modify(|o| o.managed_fields_mut().clear())
+        .reflect(writer)
+        .inspect_ok(move |event| observe(event))
+        .touched_objects();
     (reader, events)
 }
 
@@ -148,9 +183,10 @@ where
 fn connection_triggers(
     api: Api<AzureAdConnection>,
     tap: protection::ConnectionTap,
+    index: Arc<SecretIndex>,
     stores: &mut Stores,
 ) -> (Store<AzureAdConnection>, impl Stream<Item = Result<AzureAdConnection, watcher::Error>> + use<>) {
-    let (store, events) = reflected(api, watcher::Config::default().any_semantic(), stores);
+    let (store, events) = reflected_observed(api, watcher::Config::default().any_semantic(), stores, move |e| index.apply(e));
     let events = events.inspect(move |event| {
         if let Ok(conn) = event {
             tap.seen(conn);
@@ -186,42 +222,47 @@ where
 }
 
 /// The connection controller for one namespace (or all of them), its stores registered with
-/// `stores`, and its connection store.
+/// `stores`, and its connection store. Its reconciles read brokers and Secret metadata from the
+/// stores of the same watches that trigger them ([`Lookups`]), so the trigger of a change never
+/// arrives before the store holds it.
 fn connection_controller(
     ctx: Arc<Context>,
     namespace: Option<&str>,
     cluster_brokers: Store<ClusterIdentityBroker>,
+    namespaces: Store<PartialObjectMeta<Namespace>>,
     tap: protection::ConnectionTap,
     stop: CancellationToken,
     stores: &mut Stores,
 ) -> (Store<AzureAdConnection>, impl Future<Output = ()> + use<>) {
     let client = ctx.client.clone();
-    let (store, connection_events) = connection_triggers(scoped::<AzureAdConnection>(&client, namespace), tap, stores);
+    let index = Arc::new(SecretIndex::default());
+    let (store, connection_events) = connection_triggers(scoped::<AzureAdConnection>(&client, namespace), tap, index.clone(), stores);
     let connection_store = store.clone();
     let connections = Controller::for_stream(connection_events, store.clone());
     let (broker_store, broker_events) =
         reflected(scoped::<IdentityBroker>(&client, namespace), watcher::Config::default().any_semantic(), stores);
-    let cluster_broker_events = watcher(Api::<ClusterIdentityBroker>::all(client.clone()), watcher::Config::default().any_semantic())
-        .default_backoff()
-        .touched_objects();
+    let broker_lookup = broker_store.clone();
+    let (scope_cluster_brokers, cluster_broker_events) =
+        reflected(Api::<ClusterIdentityBroker>::all(client.clone()), watcher::Config::default().any_semantic(), stores);
     let (s1, s2, s3) = (store.clone(), store.clone(), store);
     let operator_namespace = ctx.config.namespace.clone();
     let metrics = ctx.metrics.clone();
     let secret_mapper = move |secret: PartialObjectMeta<Secret>| {
-        let direct = connections_reading_secret(&secret, &s3);
+        let direct = connections_reading_secret(&secret, &index, &s3);
         for conn in &direct {
             metrics.secret_changed(format!("{}/{}", conn.namespace.as_deref().unwrap_or_default(), conn.name));
         }
         let mut refs = connections_using_broker_secret(&secret, &s3, &broker_store, &cluster_brokers, &operator_namespace);
         refs.extend(direct);
-        refs.extend(connections_storing_scim(&secret, &s3));
+        refs.extend(connections_storing_scim(&secret, &index, &s3));
         refs
     };
-    let mut secrets = vec![scoped::<PartialObjectMeta<Secret>>(&client, namespace)];
+    let mut secrets = vec![(namespace.map(str::to_owned), scoped::<PartialObjectMeta<Secret>>(&client, namespace))];
     if namespace.is_some_and(|ns| ns != ctx.config.namespace) {
         // ClusterIdentityBroker credentials live in the operator's namespace.
-        secrets.push(Api::namespaced(client.clone(), &ctx.config.namespace));
+        secrets.push((Some(ctx.config.namespace.clone()), Api::namespaced(client.clone(), &ctx.config.namespace)));
     }
+    let mut secret_stores = Vec::new();
     let mut controller = connections
         .watches_stream(broker_changes(broker_events), move |b| {
             connections_using_broker(&s1, BrokerRefKind::IdentityBroker, b.namespace().as_deref(), &b.name_any())
@@ -229,14 +270,16 @@ fn connection_controller(
         .watches_stream(broker_changes(cluster_broker_events), move |b| {
             connections_using_broker(&s2, BrokerRefKind::ClusterIdentityBroker, None, &b.name_any())
         });
-    for api in secrets {
-        let (_, events) = reflected(api, watcher::Config::default(), stores);
+    for (scope, api) in secrets {
+        let (store, events) = reflected(api, watcher::Config::default(), stores);
+        secret_stores.push((scope, store));
         controller = controller.watches_stream(events, secret_mapper.clone());
     }
+    let lookups = Arc::new(Lookups::new(client, broker_lookup, scope_cluster_brokers, namespaces, secret_stores, ctx.secrets.clone()));
     let running = controller
         .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
         .graceful_shutdown_on(stop.cancelled_owned())
-        .run(reconcile::reconcile, error_policy, ctx.clone())
+        .run(move |conn, ctx| reconcile::reconcile(conn, ctx, lookups.clone()), error_policy, ctx.clone())
         .for_each(|result| {
             if let Err(e) = result
                 && !matches!(e, controller::Error::ReconcilerFailed(..))
@@ -258,6 +301,10 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     let (cluster_brokers, cluster_broker_events) =
         reflected(Api::<ClusterIdentityBroker>::all(ctx.client.clone()), watcher::Config::default().any_semantic(), &mut stores);
     let cluster_broker_reflector = cluster_broker_events.for_each(|_| future::ready(()));
+    // Metadata only: the labels a ClusterIdentityBroker's allowedNamespaces selects on.
+    let (namespaces, namespace_events) =
+        reflected(Api::<PartialObjectMeta<Namespace>>::all(ctx.client.clone()), watcher::Config::default(), &mut stores);
+    let namespace_reflector = namespace_events.for_each(|_| future::ready(()));
     let (identity_senders, identity): (Vec<_>, Vec<_>) = scopes.iter().map(|_| mpsc::unbounded()).unzip();
     let (cluster_sender, cluster) = mpsc::unbounded();
     let (connection_stores, connections): (Vec<_>, Vec<_>) = scopes
@@ -265,7 +312,7 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
         .zip(&identity_senders)
         .map(|(ns, identity)| {
             let tap = protection::ConnectionTap::new(identity.clone(), cluster_sender.clone());
-            connection_controller(ctx.clone(), ns.as_deref(), cluster_brokers.clone(), tap, stop.clone(), &mut stores)
+            connection_controller(ctx.clone(), ns.as_deref(), cluster_brokers.clone(), namespaces.clone(), tap, stop.clone(), &mut stores)
         })
         .unzip();
     let triggers = brokers::ProtectionTriggers { identity, cluster, identity_senders, cluster_sender };
@@ -275,6 +322,7 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     tokio::select! {
         _ = future::join3(future::join_all(connections), brokers, rotations) => {}
         _ = cluster_broker_reflector => error!("ClusterIdentityBroker reflector ended"),
+        _ = namespace_reflector => error!("Namespace reflector ended"),
         _ = ctx.readiness.track(stores) => {}
     }
     info!("controllers stopped");

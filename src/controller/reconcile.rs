@@ -22,6 +22,7 @@ use super::{
     decide::{self, Decision, Next},
     error::Error,
     guard::guarded,
+    lookups::Lookups,
     observation::{BrokerStage, CredentialsFailure, Expiry, Observation, Problem, ScimStage},
     registration, resolve, scim,
     status::Subject,
@@ -51,9 +52,9 @@ pub const MANAGER: &str = "idp-bridge";
 /// connection whose endpoints hang or that hits a bug fails alone, with a Ready condition that
 /// says so, and holds its concurrency slot no longer than the deadline.
 #[tracing::instrument(skip_all, fields(namespace = %conn.namespace().unwrap_or_default(), name = %conn.name_any()))]
-pub async fn reconcile(conn: Arc<AzureAdConnection>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(conn: Arc<AzureAdConnection>, ctx: Arc<Context>, lookups: Arc<Lookups>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
-    let result = guarded(ctx.config.reconcile_timeout, stages(conn.clone(), &ctx)).await;
+    let result = guarded(ctx.config.reconcile_timeout, stages(conn.clone(), &ctx, &lookups)).await;
     if let Err(error @ (Error::DeadlineExceeded | Error::Panicked)) = &result {
         report_unfinished(&conn, &ctx, error).await;
     }
@@ -67,12 +68,14 @@ pub async fn reconcile(conn: Arc<AzureAdConnection>, ctx: Arc<Context>) -> Resul
     result
 }
 
-async fn stages(conn: Arc<AzureAdConnection>, ctx: &Context) -> Result<Action, Error> {
+async fn stages(conn: Arc<AzureAdConnection>, ctx: &Context, lookups: &Lookups) -> Result<Action, Error> {
+    // Never read a cache that has not listed yet: it would call every broker missing.
+    lookups.listed().await;
     let api: Api<AzureAdConnection> = Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
     finalizer(&api, FINALIZER, conn, |event| async {
         match event {
-            Finalizer::Apply(conn) => apply(&conn, ctx).await,
-            Finalizer::Cleanup(conn) => cleanup(&conn, ctx).await,
+            Finalizer::Apply(conn) => apply(&conn, ctx, lookups).await,
+            Finalizer::Cleanup(conn) => cleanup(&conn, ctx, lookups).await,
         }
     })
     .await
@@ -109,7 +112,7 @@ struct Validated {
     expiry: Expiry,
 }
 
-async fn apply(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error> {
+async fn apply(conn: &AzureAdConnection, ctx: &Context, lookups: &Lookups) -> Result<Action, Error> {
     let started = Instant::now();
     // The status as stored, which the decided one is compared with before it is written; and
     // the connection as this process knows it, with a push whose status write was lost.
@@ -125,9 +128,9 @@ async fn apply(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error>
         return carry_out(conn, ctx, &stored, decision).await;
     }
 
-    let resolved = resolve_secret(ctx, conn).await?;
+    let resolved = resolve_secret(ctx, lookups, conn).await?;
     let validated = validate(ctx, conn, &resolved).await;
-    let (broker, scim, resolved_broker) = sync_broker(ctx, conn, &resolved, &validated).await?;
+    let (broker, scim, resolved_broker) = sync_broker(ctx, lookups, conn, &resolved, &validated).await?;
     let inputs = registration::Inputs {
         secret: resolved.secret.as_ref().ok(),
         fingerprint: resolved.fingerprint.as_deref().unwrap_or_default(),
@@ -189,8 +192,8 @@ fn schedule(ctx: &Context, conn: &AzureAdConnection, next: Next) -> Action {
 
 /// Reads the client secret and fingerprints it. Only a failing API call is an error; a missing
 /// or malformed Secret is a problem for the status.
-async fn resolve_secret(ctx: &Context, conn: &AzureAdConnection) -> Result<Resolved, Error> {
-    let (secret, annotations) = resolve::client_secret(&ctx.client, conn).await?;
+async fn resolve_secret(ctx: &Context, lookups: &Lookups, conn: &AzureAdConnection) -> Result<Resolved, Error> {
+    let (secret, annotations) = resolve::client_secret(lookups, conn).await?;
     let fingerprint = secret.as_ref().ok().map(|s| ctx.fingerprinter.fingerprint(s));
     Ok(Resolved { secret, fingerprint, annotations })
 }
@@ -245,6 +248,7 @@ fn graph_unavailable(source: ExpirySource, from_annotation: Expiry, why: String)
 /// resolved broker, whose callback the registration stage checks.
 async fn sync_broker(
     ctx: &Context,
+    lookups: &Lookups,
     conn: &AzureAdConnection,
     resolved: &Resolved,
     validated: &Validated,
@@ -253,7 +257,7 @@ async fn sync_broker(
     let (Ok(secret), Ok(validation)) = (&resolved.secret, &validated.credentials) else {
         return Ok((BrokerStage::NotAttempted, untouched, None));
     };
-    let resolved_broker = match resolve::broker(&ctx.client, &ctx.config, conn).await? {
+    let resolved_broker = match resolve::broker(lookups, &ctx.config, conn).await? {
         Ok(broker) => broker,
         Err(problem) => return Ok((BrokerStage::Unresolved(problem), untouched, None)),
     };
@@ -523,16 +527,16 @@ async fn write_status(
 /// Deletion: Orphan leaves the broker object; Delete removes it, and gives up (with a Warning)
 /// when the broker is gone or keeps failing past the deletion timeout. The broker it last synced
 /// through is kept until the cleanup is done, for a retry.
-async fn cleanup(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error> {
+async fn cleanup(conn: &AzureAdConnection, ctx: &Context, lookups: &Lookups) -> Result<Action, Error> {
     ctx.forget(conn);
-    let done = delete_broker_object(conn, ctx).await;
+    let done = delete_broker_object(conn, ctx, lookups).await;
     if done.is_ok() {
         ctx.release_broker(conn);
     }
     done
 }
 
-async fn delete_broker_object(conn: &AzureAdConnection, ctx: &Context) -> Result<Action, Error> {
+async fn delete_broker_object(conn: &AzureAdConnection, ctx: &Context, lookups: &Lookups) -> Result<Action, Error> {
     let last_broker = ctx.last_broker(conn);
     if conn.spec.deletion_policy == DeletionPolicy::Orphan {
         return Ok(Action::await_change());
@@ -541,7 +545,7 @@ async fn delete_broker_object(conn: &AzureAdConnection, ctx: &Context) -> Result
         ctx.publish(conn, EventType::Warning, "Orphaned", "the connection is suspended, so the broker object was left in place").await;
         return Ok(Action::await_change());
     }
-    let resolved = match (resolve::broker(&ctx.client, &ctx.config, conn).await?, last_broker) {
+    let resolved = match (resolve::broker(lookups, &ctx.config, conn).await?, last_broker) {
         (Ok(resolved), _) => resolved,
         // The broker is there but its credential Secret is gone (deleted with the namespace, and
         // not protected where the operator may not patch Secrets): the credentials last read.

@@ -4,11 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::{
-    ByteString,
-    api::core::v1::{Namespace, Secret},
-    apimachinery::pkg::apis::meta::v1::LabelSelector,
-};
+use k8s_openapi::{ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::LabelSelector};
 use kube::{
     Api, Client, ResourceExt,
     core::{ParseExpressionError, Selector, SelectorExt},
@@ -16,6 +12,7 @@ use kube::{
 
 use super::{
     error::Error,
+    lookups::Lookups,
     observation::{Expiry, Problem},
 };
 use crate::{
@@ -23,7 +20,7 @@ use crate::{
     broker_hosts::BrokerHosts,
     config::Config,
     crd::{
-        BrokerProvider, ClusterIdentityBroker, EXPIRES_AT_ANNOTATION, IdentityBroker,
+        BrokerProvider, EXPIRES_AT_ANNOTATION,
         broker::CredentialKeys,
         conditions::Reason,
         connection::{AzureAdConnection, BrokerRefKind, ExpirySource, ValidationMode, is_guid},
@@ -79,20 +76,19 @@ pub fn expiry_from_annotations(source: ExpirySource, annotations: &BTreeMap<Stri
 
 /// The connection's Secret: the value, or the problem, and the Secret's annotations.
 pub async fn client_secret(
-    client: &Client,
+    lookups: &Lookups,
     conn: &AzureAdConnection,
 ) -> Result<(Result<SecretValue, Problem>, BTreeMap<String, String>), Error> {
     let namespace = conn.namespace().unwrap_or_default();
     let reference = &conn.spec.azure.client_secret_ref;
-    let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-    let Some(secret) = api.get_opt(&reference.name).await.map_err(Error::ReadSecret)? else {
+    let Some(secret) = lookups.secret(&namespace, &reference.name).await? else {
         return Ok((
             Err(Problem::new(Reason::SecretNotFound, format!("Secret {namespace}/{} not found", reference.name))),
             BTreeMap::new(),
         ));
     };
     let value = secret_from_data(&reference.name, &reference.key, secret.data.as_ref(), conn.spec.validation.mode);
-    Ok((value, secret.metadata.annotations.unwrap_or_default()))
+    Ok((value, secret.annotations().clone()))
 }
 
 /// A broker object resolved to its provider block and the operator's credentials for it.
@@ -108,26 +104,23 @@ pub struct ResolvedBroker {
 
 /// Finds the connection's broker, checks it may be used from the connection's namespace and is
 /// of the connection's type and on an allowed host, and reads its credentials.
-pub async fn broker(client: &Client, config: &Config, conn: &AzureAdConnection) -> Result<Result<ResolvedBroker, Problem>, Error> {
+pub async fn broker(lookups: &Lookups, config: &Config, conn: &AzureAdConnection) -> Result<Result<ResolvedBroker, Problem>, Error> {
     let operator_namespace = config.namespace.as_str();
     let namespace = conn.namespace().unwrap_or_default();
     let reference = &conn.spec.broker_ref;
     let (meta, provider, rate_limit, secret_namespace) = match reference.kind {
         BrokerRefKind::IdentityBroker => {
-            let api: Api<IdentityBroker> = Api::namespaced(client.clone(), &namespace);
-            let Some(b) = api.get_opt(&reference.name).await.map_err(Error::ReadBroker)? else {
+            let Some(b) = lookups.identity_broker(&namespace, &reference.name).await? else {
                 return Ok(Err(Problem::new(Reason::BrokerNotFound, format!("IdentityBroker {namespace}/{} not found", reference.name))));
             };
             (b.metadata.clone(), b.spec.provider(), b.spec.rate_limit.clone(), namespace.clone())
         }
         BrokerRefKind::ClusterIdentityBroker => {
-            let api: Api<ClusterIdentityBroker> = Api::all(client.clone());
-            let Some(b) = api.get_opt(&reference.name).await.map_err(Error::ReadBroker)? else {
+            let Some(b) = lookups.cluster_broker(&reference.name).await? else {
                 return Ok(Err(Problem::new(Reason::BrokerNotFound, format!("ClusterIdentityBroker {} not found", reference.name))));
             };
             if let Some(selector) = &b.spec.allowed_namespaces {
-                let ns = Api::<Namespace>::all(client.clone()).get_opt(&namespace).await.map_err(Error::ReadNamespace)?;
-                let labels = ns.and_then(|n| n.metadata.labels).unwrap_or_default();
+                let labels = lookups.namespace_labels(&namespace).await?;
                 let refusal = match namespace_allowed(selector, &labels) {
                     Ok(true) => None,
                     Ok(false) => {
@@ -156,7 +149,8 @@ pub async fn broker(client: &Client, config: &Config, conn: &AzureAdConnection) 
     if let Err(problem) = host_allowed(&config.broker_hosts, &reference.name, &provider) {
         return Ok(Err(problem));
     }
-    let credentials = match credentials(client, &secret_namespace, &provider).await? {
+    let secret = lookups.secret(&secret_namespace, provider.credentials_secret()).await?;
+    let credentials = match credentials_from(secret.as_deref(), &secret_namespace, &provider) {
         Ok(c) => c,
         Err(problem) => return Ok(Err(problem)),
     };
@@ -170,31 +164,41 @@ pub async fn broker(client: &Client, config: &Config, conn: &AzureAdConnection) 
     }))
 }
 
-/// The operator's management credentials for a broker: (client id, secret) for client
-/// credentials, or ("", token) for an API token.
+/// The operator's management credentials for a broker, read from the API server.
 pub async fn credentials(
     client: &Client,
     secret_namespace: &str,
     provider: &BrokerProvider,
 ) -> Result<Result<(String, SecretValue), Problem>, Error> {
-    let secret_name = provider.credentials_secret();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), secret_namespace);
-    let Some(secret) = secrets.get_opt(secret_name).await.map_err(Error::ReadSecret)? else {
-        return Ok(Err(Problem::new(
+    let secret = secrets.get_opt(provider.credentials_secret()).await.map_err(Error::ReadSecret)?;
+    Ok(credentials_from(secret.as_ref(), secret_namespace, provider))
+}
+
+/// The operator's management credentials for a broker from its credential Secret (None: not
+/// found): (client id, secret) for client credentials, or ("", token) for an API token.
+pub fn credentials_from(
+    secret: Option<&Secret>,
+    secret_namespace: &str,
+    provider: &BrokerProvider,
+) -> Result<(String, SecretValue), Problem> {
+    let secret_name = provider.credentials_secret();
+    let Some(secret) = secret else {
+        return Err(Problem::new(
             Reason::BrokerCredentialsMissing,
             format!("broker credentials Secret {secret_namespace}/{secret_name} not found"),
-        )));
+        ));
     };
     let read = |key: &str| {
         secret_from_data(secret_name, key, secret.data.as_ref(), ValidationMode::None)
             .map_err(|p| Problem::new(Reason::BrokerCredentialsMissing, format!("broker credentials: {}", p.message)))
     };
-    Ok(match provider.credential_keys() {
+    match provider.credential_keys() {
         CredentialKeys::ClientCredentials { id_key, secret_key } => {
             read(id_key).and_then(|id| Ok((id.expose().to_owned(), read(secret_key)?)))
         }
         CredentialKeys::Token { key } => read(key).map(|token| (String::new(), token)),
-    })
+    }
 }
 
 /// Whether the operator may call the management host `provider` names (the spec's host, before any
@@ -221,6 +225,7 @@ pub fn namespace_allowed(selector: &LabelSelector, labels: &BTreeMap<String, Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::IdentityBroker;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn data(key: &str, value: &[u8]) -> BTreeMap<String, ByteString> {

@@ -164,6 +164,31 @@ async fn reads_are_cached_until_a_new_validation() {
     assert_eq!(fresh.redirect_uris, [CALLBACK]);
 }
 
+/// The expiry lookup and the registration check read the same application object: one Graph
+/// read between them per validation, whichever comes first.
+#[tokio::test]
+async fn the_expiry_and_the_registration_share_one_application_read() {
+    let env = env();
+    let applications = || env.emu.kit().log().count(&RequestMatch::any().path_where(|p| p.starts_with("/v1.0/applications")));
+    let mut request = env.request();
+    request.ttl = Duration::from_millis(500);
+    env.client.validate(&request).await.unwrap();
+    let expiry = env.client.secret_expiry(&request, TENANT).await.unwrap();
+    let registration = env.client.registration(&request, TENANT).await.unwrap();
+    assert_eq!(applications(), 1, "read once for both");
+    assert!(expiry.expires_at > Timestamp::now(), "{expiry:?}");
+    assert_eq!(registration.sign_in_audience, "AzureADMyOrg");
+
+    // The other order, after a new validation (which drops what was read with the old one).
+    env.emu.set_sign_in_audience(TENANT, CLIENT, "AzureADMultipleOrgs");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    env.client.validate(&request).await.unwrap();
+    let registration = env.client.registration(&request, TENANT).await.unwrap();
+    env.client.secret_expiry(&request, TENANT).await.unwrap();
+    assert_eq!(registration.sign_in_audience, "AzureADMultipleOrgs", "read again with the new validation");
+    assert_eq!(applications(), 2, "and once for both again");
+}
+
 #[tokio::test]
 async fn graph_throttling_blocks_the_app_for_its_retry_after() {
     let env = env();

@@ -213,6 +213,8 @@ const CLUSTER_PERMISSIONS: &[&str] = &[
     "idpbridge.io/clusteridentitybrokers patch",
     "idpbridge.io/clusteridentitybrokers/status patch",
     "core/namespaces get",
+    "core/namespaces list",
+    "core/namespaces watch",
 ];
 
 /// What it does in its own namespace: the leader Lease, the fingerprint key Secret and the claims
@@ -960,7 +962,8 @@ async fn helm_install_then_the_operator_reconciles_as_the_chart_service_account(
         Api::<AzureAdConnection>::namespaced(sa.clone(), team).delete("web", &DeleteParams::default()).await,
         "deleting a connection",
     );
-    assert_forbidden(Api::<Namespace>::all(sa.clone()).list(&ListParams::default()).await, "listing Namespaces");
+    // Namespaces it may list and watch (their labels, for allowedNamespaces), never change.
+    assert_forbidden(Api::<Namespace>::all(sa.clone()).delete(team, &DeleteParams::default()).await, "deleting a Namespace");
     assert_forbidden(Api::<Deployment>::namespaced(sa.clone(), ns).get(name).await, "reading its own Deployment");
     assert_forbidden(Api::<Lease>::namespaced(sa.clone(), ns).get("someone-elses-lease").await, "reading another Lease");
 

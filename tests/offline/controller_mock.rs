@@ -10,12 +10,22 @@ use std::{
 use http::{Request, Response, StatusCode};
 use idp_bridge::{
     config::Config,
-    controller::{Context, reconcile::reconcile},
+    controller::{Context, Lookups, reconcile},
     crd::AzureAdConnection,
     secret::Fingerprinter,
     upstream::{EndpointOverrides, Upstream},
 };
-use kube::{Client, client::Body, runtime::controller::Action};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Client, Resource,
+    client::Body,
+    core::PartialObjectMeta,
+    runtime::{
+        controller::Action,
+        reflector::{self, Store},
+        watcher,
+    },
+};
 use serde_json::{Value, json};
 
 type Log = Arc<Mutex<Vec<(String, String, Value)>>>;
@@ -68,6 +78,25 @@ fn context(client: Client) -> Arc<Context> {
     Arc::new(Context::new(client, Arc::new(config), upstream, Fingerprinter::new(vec![7; 32]), Default::default()))
 }
 
+/// An empty cache that has listed.
+fn listed<K: Resource<DynamicType = ()> + Clone>() -> Store<K> {
+    let (store, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    store
+}
+
+/// Caches that hold nothing but the Secret metadata in `secrets`.
+fn lookups(ctx: &Context, secrets: Store<PartialObjectMeta<Secret>>) -> Arc<Lookups> {
+    Arc::new(Lookups::new(ctx.client.clone(), listed(), listed(), listed(), vec![(None, secrets)], ctx.secrets.clone()))
+}
+
+/// Reconciles `conn` with caches that hold nothing: every read goes to the (mock) API server.
+async fn reconcile(conn: AzureAdConnection, ctx: Arc<Context>) -> Result<Action, idp_bridge::controller::Error> {
+    let lookups = lookups(&ctx, listed());
+    reconcile::reconcile(Arc::new(conn), ctx, lookups).await
+}
+
 fn connection(finalizers: &[&str], deletion_policy: &str, deleting: bool) -> AzureAdConnection {
     let mut obj = json!({
         "apiVersion": "idpbridge.io/v1alpha1",
@@ -100,7 +129,7 @@ async fn first_reconcile_adds_the_finalizer_and_nothing_else() {
     let mut with_finalizer = echo(&conn);
     with_finalizer["metadata"]["finalizers"] = json!(["idpbridge.io/cleanup"]);
     let (client, log) = mock_client(move |_, _, _| (StatusCode::OK, with_finalizer.clone()));
-    let action = reconcile(Arc::new(conn), context(client)).await.unwrap();
+    let action = reconcile(conn, context(client)).await.unwrap();
     assert_eq!(action, Action::await_change());
     let writes = writes(&log);
     assert_eq!(writes.len(), 1, "{writes:?}");
@@ -122,7 +151,7 @@ async fn reconcile_missing_secret(conn: AzureAdConnection) -> (Log, Option<Value
         ("POST", p) if p.contains("/events") => (StatusCode::CREATED, body.clone()),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, json!({})),
     });
-    let action = reconcile(Arc::new(conn), context(client)).await.unwrap();
+    let action = reconcile(conn, context(client)).await.unwrap();
     assert!(action != Action::await_change(), "a missing Secret is re-checked at the refresh interval");
     let status = writes(&log).into_iter().find(|(_, p, _)| p.ends_with("/status")).map(|(_, _, b)| b["status"].clone());
     (log, status)
@@ -155,7 +184,7 @@ async fn orphan_deletion_releases_without_touching_the_broker() {
     let mut released = echo(&conn);
     released["metadata"]["finalizers"] = json!([]);
     let (client, log) = mock_client(move |_, _, _| (StatusCode::OK, released.clone()));
-    reconcile(Arc::new(conn), context(client)).await.unwrap();
+    reconcile(conn, context(client)).await.unwrap();
     let log = log.lock().unwrap();
     assert_eq!(log.len(), 1, "{log:?}");
     let (method, path, patch) = &log[0];
@@ -173,8 +202,60 @@ async fn delete_policy_with_a_vanished_broker_does_not_block_deletion() {
         ("POST", p) if p.contains("/events") => (StatusCode::CREATED, body.clone()),
         _ => (StatusCode::OK, released.clone()),
     });
-    reconcile(Arc::new(conn), context(client)).await.unwrap();
+    reconcile(conn, context(client)).await.unwrap();
     let writes = writes(&log);
     assert!(writes.iter().any(|(_, p, e)| p.contains("/events") && e["reason"] == "Orphaned" && e["type"] == "Warning"), "{writes:?}");
     assert!(writes.iter().any(|(m, p, _)| m == "PATCH" && p.ends_with("/azureadconnections/web")), "finalizer removed");
+}
+
+/// The metadata a Secret watch holds for `web-secret` at `version`.
+fn secret_meta(version: &str) -> PartialObjectMeta<Secret> {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "web-secret", "namespace": "app", "resourceVersion": version},
+    }))
+    .unwrap()
+}
+
+/// The Secret's data is read once per resourceVersion the Secret watch shows, not at every
+/// reconcile: a steady state makes no Secret GET.
+#[tokio::test]
+async fn the_client_secret_is_read_once_per_resource_version() {
+    let conn = connection(&["idpbridge.io/cleanup"], "Orphan", false);
+    let object = echo(&conn);
+    let (client, log) = mock_client(move |method, path, body| match (method, path) {
+        // A secret ID where the value belongs: a problem found without asking Azure.
+        ("GET", p) if p.ends_with("/secrets/web-secret") => (
+            StatusCode::OK,
+            json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "web-secret", "namespace": "app", "resourceVersion": "5"},
+                "data": {"client-secret": "NmY1ZTJhMzktMGE0Mi00YTRlLTlhNTUtNGYyYTNjZmUyZjBi"},
+            }),
+        ),
+        ("PATCH", p) if p.ends_with("/status") => {
+            let mut updated = object.clone();
+            updated["status"] = body["status"].clone();
+            (StatusCode::OK, updated)
+        }
+        ("POST", p) if p.contains("/events") => (StatusCode::CREATED, body.clone()),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, json!({})),
+    });
+    let ctx = context(client);
+    let (secrets, mut watch) = reflector::store::<PartialObjectMeta<Secret>>();
+    watch.apply_watcher_event(&watcher::Event::Init);
+    watch.apply_watcher_event(&watcher::Event::InitApply(secret_meta("5")));
+    watch.apply_watcher_event(&watcher::Event::InitDone);
+    let lookups = lookups(&ctx, secrets);
+    let secret_reads = || log.lock().unwrap().iter().filter(|(m, p, _)| m == "GET" && p.ends_with("/secrets/web-secret")).count();
+    for _ in 0..3 {
+        reconcile::reconcile(Arc::new(conn.clone()), ctx.clone(), lookups.clone()).await.unwrap();
+    }
+    assert_eq!(secret_reads(), 1, "three reconciles of an unchanged Secret");
+    let status = writes(&log).into_iter().find(|(_, p, _)| p.ends_with("/status")).map(|(_, _, b)| b["status"].clone()).unwrap();
+    assert!(status.to_string().contains("SecretIdInsteadOfValue"), "the cached data is what the reconcile judged: {status}");
+
+    watch.apply_watcher_event(&watcher::Event::Apply(secret_meta("6")));
+    reconcile::reconcile(Arc::new(conn), ctx, lookups).await.unwrap();
+    assert_eq!(secret_reads(), 2, "a new resourceVersion is read again");
 }

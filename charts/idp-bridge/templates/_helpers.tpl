@@ -160,10 +160,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["idpbridge.io"]
   resources: ["clusteridentitybrokers/status"]
   verbs: ["patch"]
-# A connection's namespace labels, for a ClusterIdentityBroker's allowedNamespaces.
+# A connection's namespace labels, for a ClusterIdentityBroker's allowedNamespaces (a
+# metadata-only cache of Namespaces).
 - apiGroups: [""]
   resources: ["namespaces"]
-  verbs: ["get"]
+  verbs: ["get", "list", "watch"]
 {{- end }}
 
 {{/* --http-address: IPv6 addresses in brackets. */}}
