@@ -251,6 +251,11 @@ impl SyncOutcome {
         Self { id: Some(id), differences: vec![format!("{object} (created)")], wrote: true, extras: None, create_deferred: false }
     }
 
+    /// The object `id` holds the desired state; nothing was written.
+    pub fn in_sync(id: String) -> Self {
+        Self::existing(id, Vec::new(), false)
+    }
+
     /// A sync of an existing object: what differed and whether it was written.
     pub fn existing(id: String, differences: Vec<String>, wrote: bool) -> Self {
         Self { id: Some(id), differences, wrote, extras: None, create_deferred: false }

@@ -9,7 +9,7 @@ use kube::{
 };
 use tracing::warn;
 
-use super::{claims::Claims, lookups::SecretCache, pushes::Pushes, readiness::Readiness, resolve::ResolvedBroker};
+use super::{checks::BrokerChecks, claims::Claims, lookups::SecretCache, pushes::Pushes, readiness::Readiness, resolve::ResolvedBroker};
 use crate::{
     azure::{AzureClient, passwords::PasswordClient},
     broker::{BrokerClient, BrokerKey, BrokerRegistry, ScimCredentials},
@@ -37,6 +37,8 @@ pub struct Context {
     pub config: Arc<Config>,
     /// What this process last wrote to each connection's broker object.
     pub pushes: Pushes,
+    /// Broker objects found in sync, per connection, until the connection's next real look.
+    pub checks: BrokerChecks,
     /// The Secrets reconciles read, with their data, per resourceVersion: shared by every run, so
     /// a new leadership term starts warm.
     pub secrets: Arc<SecretCache>,
@@ -67,6 +69,7 @@ impl Context {
             recorder,
             config,
             pushes: Pushes::default(),
+            checks: BrokerChecks::default(),
             secrets: Arc::default(),
             failures: Mutex::new(HashMap::new()),
             pending_scim: Mutex::new(HashMap::new()),
@@ -95,6 +98,7 @@ impl Context {
         if let Some(uid) = conn.uid() {
             self.metrics.forget_connection(&uid);
             self.pending_scim.lock().expect("scim lock").remove(&uid);
+            self.checks.forget(&uid);
         }
         self.pushes.forget(conn);
     }
@@ -123,16 +127,20 @@ impl Context {
         }
     }
 
-    /// The shared client for a resolved broker.
-    pub fn broker_client(&self, resolved: &ResolvedBroker) -> Arc<BrokerClient> {
-        let key = BrokerKey {
+    /// The key of a resolved broker's client: its object, generation and credential.
+    pub fn broker_key(&self, resolved: &ResolvedBroker) -> BrokerKey {
+        BrokerKey {
             uid: resolved.uid.clone(),
             generation: resolved.generation,
             credentials_fingerprint: self
                 .fingerprinter
                 .fingerprint_bytes(format!("{}\0{}", resolved.client_id, resolved.client_secret.expose()).as_bytes()),
-        };
-        self.brokers.get_or_insert(key, |upstream| {
+        }
+    }
+
+    /// The shared client for a resolved broker.
+    pub fn broker_client(&self, resolved: &ResolvedBroker) -> Arc<BrokerClient> {
+        self.brokers.get_or_insert(self.broker_key(resolved), |upstream| {
             BrokerClient::build(upstream, &resolved.provider, &resolved.client_id, resolved.client_secret.clone(), resolved.rate_limit)
         })
     }

@@ -3,6 +3,7 @@
 //! They run until their stop token is cancelled (shutdown, or leadership lost).
 
 mod brokers;
+mod checks;
 pub mod claims;
 mod context;
 mod decide;

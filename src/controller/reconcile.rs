@@ -2,7 +2,11 @@
 //! decision out (status, Events, metrics) and schedule the next look. Each stage returns a typed
 //! result; the decision is pure (`decide`, `status`, `broker::*::plan`).
 
-use std::{collections::BTreeMap, sync::Arc, time::Instant};
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use kube::{
     Api, Resource, ResourceExt,
@@ -18,6 +22,7 @@ use tracing::{info, warn};
 
 use super::{
     Context,
+    checks::CheckInputs,
     claims::{Held, Holder},
     decide::{self, Decision, Next},
     error::Error,
@@ -263,7 +268,7 @@ async fn sync_broker(
     };
     ctx.remember_broker(conn, &resolved_broker);
     let broker = ctx.broker_client(&resolved_broker);
-    let stage = push(ctx, conn, &broker, resolved, secret, validation).await?;
+    let stage = push_unless_checked(ctx, conn, &broker, &resolved_broker, resolved, secret, validation).await?;
     let scim = match &stage {
         BrokerStage::Synced(outcome) if conn.spec.management_policy != ManagementPolicy::ObserveOnly => {
             if let Some(BrokerExtras::CloudflareScim(scim)) = &outcome.extras {
@@ -274,6 +279,39 @@ async fn sync_broker(
         _ => untouched,
     };
     Ok((stage, scim, Some(resolved_broker)))
+}
+
+/// [`push`], unless the broker object was found in sync with the same inputs since the
+/// connection's last real look ([`checks`]): then nothing is sent to the broker or the claims.
+async fn push_unless_checked(
+    ctx: &Context,
+    conn: &AzureAdConnection,
+    broker: &BrokerClient,
+    resolved_broker: &resolve::ResolvedBroker,
+    resolved: &Resolved,
+    secret: &SecretValue,
+    validation: &Validation,
+) -> Result<BrokerStage, Error> {
+    let uid = conn.uid().unwrap_or_default();
+    let inputs = CheckInputs::of(conn, ctx.broker_key(resolved_broker), resolved.fingerprint.as_deref().unwrap_or_default());
+    if let Some(outcome) = ctx.checks.reusable(&uid, &inputs) {
+        return Ok(BrokerStage::Synced(outcome));
+    }
+    let stage = push(ctx, conn, broker, resolved, secret, validation).await?;
+    ctx.checks.record(&uid, inputs, &stage, next_real_look(conn, validation));
+    Ok(stage)
+}
+
+/// When the connection is next due a real look at Azure and its broker: when its validation
+/// stops being trusted (the refresh is scheduled from then), or within the refresh interval
+/// when nothing is cached.
+fn next_real_look(conn: &AzureAdConnection, validation: &Validation) -> Instant {
+    let now = jiff::Timestamp::now();
+    let left = match validation.trusted_until {
+        Some(until) => Duration::from_millis(until.as_millisecond().saturating_sub(now.as_millisecond()).max(0) as u64),
+        None => decide::cache_ttl(conn.spec.refresh_interval(), rand::random()),
+    };
+    Instant::now() + left
 }
 
 /// Pushes the validated secret to the broker, under the claim on its object where the broker's

@@ -1,6 +1,7 @@
 //! Issue 11 defect 3: a broker's status is written only when it changes, connections are not
 //! re-reconciled by it, and a refused management login is tried once per backoff period for the
-//! account however many connections use the broker.
+//! account however many connections use the broker. Issue 12: reconciles between refreshes reuse
+//! the last broker check.
 
 use std::{
     sync::{
@@ -13,6 +14,7 @@ use std::{
 use crate::common::e2e::{CLIENT_ID, Env, M2M_CLIENT, M2M_SECRET, TENANT_ID};
 use futures::StreamExt;
 use idp_bridge::{broker::REFUSED_LOGIN_BACKOFF, crd::IdentityBroker};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
@@ -237,5 +239,49 @@ async fn a_healthy_broker_is_not_rewritten_and_does_not_retrigger_its_connection
     assert_eq!(writes.count(), 3, "the three label edits, and no status write");
     let after: Vec<_> = env.auth0.requests().into_iter().skip(requests).collect();
     assert!(after.is_empty(), "requests to Auth0 in steady state: {after:?}");
+    env.stop_operator().await;
+}
+
+/// Auth0 reads of connections since request `from`.
+fn connection_reads(env: &Env, from: usize) -> Vec<String> {
+    let requests = env.auth0.requests().into_iter().skip(from);
+    requests.filter(|(method, path)| method == "GET" && path.starts_with("/api/v2/connections")).map(|(_, path)| path).collect()
+}
+
+/// A reconcile that nothing the broker sync depends on has changed for (here: a label on the
+/// Secret every connection reads, which triggers all of them) reuses the last check until the
+/// refresh and reads nothing from the broker; an annotation (a person asking for a look now)
+/// does read it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciles_between_refreshes_reuse_the_last_broker_check() {
+    let mut env = Env::without_operator("broker-checked").await;
+    let names = connections(&mut env).await;
+    env.start_operator().await;
+    for name in &names {
+        env.wait_ready(name).await;
+    }
+    let settled = auth0_settled(&env).await;
+    let tokens_before = env.upstreams.azure.token_requests();
+    for i in 0..3 {
+        let patch = json!({"metadata": {"labels": {"e2e/touch": format!("t{i}")}}});
+        Api::<Secret>::namespaced(env.client.clone(), &env.ns)
+            .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("labelling the Secret");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    assert_eq!(auth0_settled(&env).await, settled, "Auth0 requests after three label edits: {:?}", connection_reads(&env, settled));
+    assert_eq!(env.upstreams.azure.token_requests(), tokens_before, "the validation is cached too");
+
+    env.poke(&names[0]).await;
+    let deadline = Instant::now() + WAIT;
+    while connection_reads(&env, settled).is_empty() {
+        assert!(Instant::now() < deadline, "the annotation did not make the connection look at Auth0");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    auth0_settled(&env).await;
+    let reads = connection_reads(&env, settled);
+    assert_eq!(reads.len(), 1, "only the annotated connection reads its Auth0 connection: {reads:?}");
+    env.wait_ready(&names[0]).await;
     env.stop_operator().await;
 }
