@@ -101,7 +101,7 @@ pub struct RunArgs {
     /// Watch only these namespaces (comma-separated); empty watches the whole cluster.
     #[arg(long, env = "IDP_BRIDGE_WATCH_NAMESPACES", value_delimiter = ',')]
     pub watch_namespaces: Vec<String>,
-    /// Connections reconciled at once.
+    /// Objects each controller reconciles at once (connections, brokers, client secrets).
     #[arg(long, env = "IDP_BRIDGE_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
     /// Log format.

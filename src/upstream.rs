@@ -212,6 +212,8 @@ pub struct Upstream {
 }
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+const POOL_MAX_IDLE_PER_HOST: usize = 4;
 
 impl Upstream {
     pub fn new(overrides: EndpointOverrides, ca_bundle: Option<&Path>, timeout: Duration) -> Result<Self, ClientBuildError> {
@@ -219,6 +221,11 @@ impl Upstream {
             .user_agent(concat!("idp-bridge/", env!("CARGO_PKG_VERSION")))
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(5))
+            // Most hosts are called once per refresh of each connection that uses them: a
+            // connection idle for longer is closed rather than held (with its TLS state) until
+            // the next refresh. Busy hosts keep theirs, and at most a few idle ones each.
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
             // A redirect could carry a secret-bearing request to a host nobody chose.
             .redirect(reqwest::redirect::Policy::none())
             .https_only(overrides.is_empty());

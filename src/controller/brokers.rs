@@ -20,7 +20,7 @@ use kube::{
     core::PartialObjectMeta,
     runtime::{
         Controller, Predicate, WatchStreamExt,
-        controller::Action,
+        controller::{self, Action},
         predicates,
         reflector::{ObjectRef, Store},
         watcher,
@@ -227,7 +227,11 @@ fn controller<B: BrokerObject>(
     let brokers = brokers.predicate_filter(predicates::generation.combine(predicates::finalizers), Default::default());
     let controller = Controller::for_stream(brokers, store.clone());
     let operator_namespace = ctx.config.namespace.clone();
+    // Bounded like the connections: every broker is checked when the operator starts, and
+    // unbounded, each check would open its own connection to the API server and its broker.
+    let config = controller::Config::default().concurrency(ctx.config.concurrency);
     controller
+        .with_config(config)
         .watches_stream(secrets, move |s| {
             let refs = brokers_using_secret(&store, &s, &operator_namespace);
             for broker in &refs {

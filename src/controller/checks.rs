@@ -178,7 +178,12 @@ mod tests {
         let checks = BrokerChecks::default();
         let mut new = conn(1);
         new.status = None;
-        checks.record("u1", CheckInputs::of(&new, key(1), "hmac-sha256:aa"), &BrokerStage::Synced(SyncOutcome::created("connection", "con_1".into())), soon());
+        checks.record(
+            "u1",
+            CheckInputs::of(&new, key(1), "hmac-sha256:aa"),
+            &BrokerStage::Synced(SyncOutcome::created("connection", "con_1".into())),
+            soon(),
+        );
         assert!(checks.reusable("u1", &CheckInputs::of(&conn(1), key(1), "hmac-sha256:aa")).is_some());
     }
 

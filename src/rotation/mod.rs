@@ -19,7 +19,7 @@ use kube::{
     core::PartialObjectMeta,
     runtime::{
         Controller, Predicate, WatchStreamExt,
-        controller::Action,
+        controller::{self, Action},
         predicates,
         reflector::{self, ObjectRef, Store},
         watcher,
@@ -135,8 +135,10 @@ fn controller(
     let secret_events =
         watcher(scoped::<PartialObjectMeta<Secret>>(&client, namespace), watcher::Config::default()).default_backoff().touched_objects();
     let (by_secret, by_connection) = (resources.clone(), resources.clone());
+    let config = controller::Config::default().concurrency(ctx.config.concurrency);
     let rotation = Arc::new(Rotation { ctx, resources: resources.clone(), connections });
     Controller::for_stream(events, resources)
+        .with_config(config)
         .watches_stream(secret_events, move |s: PartialObjectMeta<Secret>| writing(&by_secret, s.namespace(), &s.name_any()))
         .watches_stream(connection_events, move |c: AzureAdConnection| {
             writing(&by_connection, c.namespace(), &c.spec.azure.client_secret_ref.name)

@@ -285,3 +285,48 @@ async fn reconciles_between_refreshes_reuse_the_last_broker_check() {
     env.wait_ready(&names[0]).await;
     env.stop_operator().await;
 }
+
+/// Broker status checks run at most `--concurrency` at once, like connection reconciles: every
+/// broker is checked when the operator starts, and unbounded, hundreds of brokers would each
+/// hold a request (and a connection) to the API server and their broker at the same moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_checks_run_at_most_concurrency_at_once() {
+    const BROKERS: usize = 5;
+    const CONCURRENCY: u16 = 2;
+    let mut env = Env::without_operator("broker-concurrency").await;
+    // Each broker on an account and token of its own, so no check waits for another's answer.
+    let cf = env.upstreams.cloudflare().expect("the Cloudflare emulator starts");
+    for i in 0..BROKERS {
+        let (account, token) = (format!("{:032x}", i + 1), format!("cf-token-{i}"));
+        cf.add_account(&account);
+        cf.add_token(&token, &[&account]);
+        env.put_secret(&token, &[("api-token", &token)], &[]).await;
+        let spec = json!({"spec": {"cloudflare": {"accountId": account, "apiTokenSecretRef": {"name": token}}}});
+        env.apply("IdentityBroker", &format!("cf-{i}"), spec).await;
+    }
+    cf.kit().gate().pause();
+    env.start_operator_with(|config| config.concurrency = CONCURRENCY).await;
+    tokio::time::timeout(WAIT, cf.kit().gate().wait_held(CONCURRENCY.into())).await.expect("the first checks reach Cloudflare");
+    // Time for any further check to arrive, well inside the request timeout.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(cf.kit().gate().held(), usize::from(CONCURRENCY), "broker checks in flight at once");
+    cf.kit().gate().resume();
+    let api: Api<IdentityBroker> = Api::namespaced(env.client.clone(), &env.ns);
+    let deadline = Instant::now() + WAIT;
+    for i in 0..BROKERS {
+        loop {
+            let ready = api
+                .get(&format!("cf-{i}"))
+                .await
+                .ok()
+                .and_then(|b| b.status)
+                .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            if ready {
+                break;
+            }
+            assert!(Instant::now() < deadline, "broker cf-{i} is not Ready");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    env.stop_operator().await;
+}
