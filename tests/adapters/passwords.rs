@@ -10,7 +10,10 @@ use idp_bridge::{
     crd::{conditions::Reason, connection::AzureCloud},
     secret::SecretValue,
 };
-use idp_bridge_devenv::azure::{AzureEmulator, PasswordPolicy};
+use idp_bridge_devenv::{
+    azure::{AzureEmulator, PasswordPolicy},
+    kit::{Fault, RequestMatch},
+};
 use jiff::{SignedDuration, Timestamp};
 use tempfile::NamedTempFile;
 
@@ -122,4 +125,31 @@ async fn a_refused_caller_secret_is_a_token_error_without_the_secret() {
     let error = env.client.list(&caller(APP, &wrong), APP).await.unwrap_err();
     assert_eq!(error.reason(), Reason::InvalidSecret);
     assert!(!format!("{error} {error:?}").contains(wrong.expose()));
+}
+
+/// Graph's throttling of the password calls: transient, with the server's Retry-After (bounded),
+/// nothing added, and no secret in the error; the next call after it goes through.
+#[tokio::test]
+async fn a_throttled_password_call_is_transient_with_its_retry_after_and_adds_nothing() {
+    let env = env();
+    let own = SecretValue::new(CANARY);
+    let before = env.emu.passwords(TENANT, APP).len();
+    let password_calls =
+        RequestMatch::any().method(reqwest::Method::POST).path_where(|p| p.ends_with("/addPassword") || p.ends_with("/removePassword"));
+    env.emu.kit().faults().push(Fault::status(429).on(password_calls.clone()).retry_after(30));
+    let throttled = env.client.add(&caller(APP, &own), APP, "idp-bridge:ns/app:m1", days(90)).await.unwrap_err();
+    assert!(matches!(throttled, PasswordError::Throttled { .. }), "{throttled:?}");
+    assert_eq!(throttled.retry_after(), Some(Duration::from_secs(30)));
+    assert!(throttled.is_transient());
+    assert_eq!(throttled.reason(), Reason::GraphUnreachable);
+    assert!(!format!("{throttled} {throttled:?}").contains(CANARY), "no secret in the error");
+    assert_eq!(env.emu.passwords(TENANT, APP).len(), before, "a throttled addPassword adds nothing");
+
+    // A Retry-After beyond the operator's bound is clamped to it.
+    env.emu.kit().faults().push(Fault::status(429).on(password_calls).retry_after(u64::MAX));
+    let far = env.client.remove(&caller(APP, &own), APP, "00000000-0000-0000-0000-000000000000").await.unwrap_err();
+    assert_eq!(far.retry_after(), Some(Duration::from_secs(3600)), "{far:?}");
+
+    env.client.add(&caller(APP, &own), APP, "idp-bridge:ns/app:m1", days(90)).await.expect("the next call goes through");
+    assert_eq!(env.emu.passwords(TENANT, APP).len(), before + 1);
 }
