@@ -58,6 +58,14 @@ pub struct Validation {
     pub trusted_until: Option<jiff::Timestamp>,
 }
 
+impl Validation {
+    /// How long from `now` the client keeps serving it from its cache; None when nothing is cached.
+    pub fn trusted_for(&self, now: jiff::Timestamp) -> Option<Duration> {
+        let left = self.trusted_until?.as_millisecond().saturating_sub(now.as_millisecond()).max(0);
+        Some(Duration::from_millis(left as u64))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct CacheKey {
     cloud: AzureCloud,

@@ -140,7 +140,12 @@ impl Context {
 
     /// The shared client for a resolved broker.
     pub fn broker_client(&self, resolved: &ResolvedBroker) -> Arc<BrokerClient> {
-        self.brokers.get_or_insert(self.broker_key(resolved), |upstream| {
+        self.broker_client_keyed(self.broker_key(resolved), resolved)
+    }
+
+    /// [`Context::broker_client`] for a key already computed with [`Context::broker_key`].
+    pub fn broker_client_keyed(&self, key: BrokerKey, resolved: &ResolvedBroker) -> Arc<BrokerClient> {
+        self.brokers.get_or_insert(key, |upstream| {
             BrokerClient::build(upstream, &resolved.provider, &resolved.client_id, resolved.client_secret.clone(), resolved.rate_limit)
         })
     }

@@ -124,9 +124,7 @@ fn registration_retry(observation: &Observation) -> Option<Duration> {
 
 /// The time until the cached validation runs out, one second late so it certainly has.
 fn cache_end(observation: &Observation, now: jiff::Timestamp) -> Option<Duration> {
-    let trusted_until = observation.credentials.as_ref().ok()?.trusted_until?;
-    let left = trusted_until.as_millisecond().saturating_sub(now.as_millisecond()).max(0);
-    Some(Duration::from_millis(left as u64) + Duration::from_secs(1))
+    Some(observation.credentials.as_ref().ok()?.trusted_for(now)? + Duration::from_secs(1))
 }
 
 /// How long a validation (and the expiry read with it) is trusted: 80 to 90% of the refresh

@@ -2,11 +2,7 @@
 //! decision out (status, Events, metrics) and schedule the next look. Each stage returns a typed
 //! result; the decision is pure (`decide`, `status`, `broker::*::plan`).
 
-use std::{
-    collections::BTreeMap,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, sync::Arc, time::Instant};
 
 use kube::{
     Api, Resource, ResourceExt,
@@ -35,7 +31,7 @@ use super::{
 use crate::{
     azure::{Validation, ValidationRequest},
     broker::{
-        AzureCredentials, BrokerClient, BrokerError, BrokerExtras, BrokerTarget, DeleteRequest, SyncOutcome, SyncRequest,
+        AzureCredentials, BrokerClient, BrokerError, BrokerExtras, BrokerKey, BrokerTarget, DeleteRequest, SyncOutcome, SyncRequest,
         ownership::{Claim, Ownership},
     },
     crd::{
@@ -267,8 +263,9 @@ async fn sync_broker(
         Err(problem) => return Ok((BrokerStage::Unresolved(problem), untouched, None)),
     };
     ctx.remember_broker(conn, &resolved_broker);
-    let broker = ctx.broker_client(&resolved_broker);
-    let stage = push_unless_checked(ctx, conn, &broker, &resolved_broker, resolved, secret, validation).await?;
+    let key = ctx.broker_key(&resolved_broker);
+    let broker = ctx.broker_client_keyed(key.clone(), &resolved_broker);
+    let stage = push_unless_checked(ctx, conn, &broker, key, resolved, secret, validation).await?;
     let scim = match &stage {
         BrokerStage::Synced(outcome) if conn.spec.management_policy != ManagementPolicy::ObserveOnly => {
             if let Some(BrokerExtras::CloudflareScim(scim)) = &outcome.extras {
@@ -287,13 +284,13 @@ async fn push_unless_checked(
     ctx: &Context,
     conn: &AzureAdConnection,
     broker: &BrokerClient,
-    resolved_broker: &resolve::ResolvedBroker,
+    broker_key: BrokerKey,
     resolved: &Resolved,
     secret: &SecretValue,
     validation: &Validation,
 ) -> Result<BrokerStage, Error> {
     let uid = conn.uid().unwrap_or_default();
-    let inputs = CheckInputs::of(conn, ctx.broker_key(resolved_broker), resolved.fingerprint.as_deref().unwrap_or_default());
+    let inputs = CheckInputs::of(conn, broker_key, resolved.fingerprint.as_deref().unwrap_or_default());
     if let Some(outcome) = ctx.checks.reusable(&uid, &inputs) {
         return Ok(BrokerStage::Synced(outcome));
     }
@@ -306,11 +303,8 @@ async fn push_unless_checked(
 /// stops being trusted (the refresh is scheduled from then), or within the refresh interval
 /// when nothing is cached.
 fn next_real_look(conn: &AzureAdConnection, validation: &Validation) -> Instant {
-    let now = jiff::Timestamp::now();
-    let left = match validation.trusted_until {
-        Some(until) => Duration::from_millis(until.as_millisecond().saturating_sub(now.as_millisecond()).max(0) as u64),
-        None => decide::cache_ttl(conn.spec.refresh_interval(), rand::random()),
-    };
+    let left =
+        validation.trusted_for(jiff::Timestamp::now()).unwrap_or_else(|| decide::cache_ttl(conn.spec.refresh_interval(), rand::random()));
     Instant::now() + left
 }
 

@@ -64,23 +64,28 @@ impl Drop for BrokerWrites {
     }
 }
 
-async fn broker_ready(env: &Env) -> Option<(String, String)> {
+async fn broker_ready(env: &Env, name: &str) -> Option<(String, String)> {
     let api: Api<IdentityBroker> = Api::namespaced(env.client.clone(), &env.ns);
-    let broker = api.get("auth0").await.expect("reading the broker");
+    let broker = api.get(name).await.expect("reading the broker");
     let status = broker.status?;
     (status.observed_generation == broker.metadata.generation).then_some(())?;
     let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
     Some((ready.status.clone(), ready.reason.clone()))
 }
 
+/// Waits until IdentityBroker `auth0` is Ready with `status` and `reason`.
 async fn wait_broker(env: &Env, status: &str, reason: &str) {
+    wait_named_broker(env, "auth0", status, reason).await;
+}
+
+async fn wait_named_broker(env: &Env, name: &str, status: &str, reason: &str) {
     let deadline = Instant::now() + WAIT;
     loop {
-        let now = broker_ready(env).await;
+        let now = broker_ready(env, name).await;
         if now.as_ref().is_some_and(|(s, r)| s == status && r == reason) {
             return;
         }
-        assert!(Instant::now() < deadline, "the broker's Ready is {now:?}, not {status} ({reason})");
+        assert!(Instant::now() < deadline, "broker {name}'s Ready is {now:?}, not {status} ({reason})");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -118,6 +123,17 @@ async fn put_valid_secret(env: &mut Env) {
     let value = env.canary("value");
     env.upstreams.azure.add_secret(TENANT_ID, CLIENT_ID, &value, jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 90));
     env.put_secret("web", &[("client-secret", &value)], &[]).await;
+}
+
+/// The operator started on `CONNECTIONS` connections of broker `auth0`, all Ready.
+async fn ready_connections(prefix: &str) -> (Env, Vec<String>) {
+    let mut env = Env::without_operator(prefix).await;
+    let names = connections(&mut env).await;
+    env.start_operator().await;
+    for name in &names {
+        env.wait_ready(name).await;
+    }
+    (env, names)
 }
 
 /// Secret `web` with a valid Azure secret, and the names of `CONNECTIONS` connections.
@@ -212,12 +228,7 @@ async fn a_refused_management_login_is_tried_once_per_backoff_for_all_connection
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_broker_is_not_rewritten_and_does_not_retrigger_its_connections() {
-    let mut env = Env::without_operator("broker-quiet").await;
-    let names = connections(&mut env).await;
-    env.start_operator().await;
-    for name in &names {
-        env.wait_ready(name).await;
-    }
+    let (mut env, _) = ready_connections("broker-quiet").await;
     wait_broker(&env, "True", "Ready").await;
     // Past the second of the last check, so a rewritten lastCheckTime would differ.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -254,12 +265,7 @@ fn connection_reads(env: &Env, from: usize) -> Vec<String> {
 /// does read it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconciles_between_refreshes_reuse_the_last_broker_check() {
-    let mut env = Env::without_operator("broker-checked").await;
-    let names = connections(&mut env).await;
-    env.start_operator().await;
-    for name in &names {
-        env.wait_ready(name).await;
-    }
+    let (mut env, names) = ready_connections("broker-checked").await;
     let settled = auth0_settled(&env).await;
     let tokens_before = env.upstreams.azure.token_requests();
     for i in 0..3 {
@@ -311,22 +317,8 @@ async fn broker_checks_run_at_most_concurrency_at_once() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(cf.kit().gate().held(), usize::from(CONCURRENCY), "broker checks in flight at once");
     cf.kit().gate().resume();
-    let api: Api<IdentityBroker> = Api::namespaced(env.client.clone(), &env.ns);
-    let deadline = Instant::now() + WAIT;
     for i in 0..BROKERS {
-        loop {
-            let ready = api
-                .get(&format!("cf-{i}"))
-                .await
-                .ok()
-                .and_then(|b| b.status)
-                .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            if ready {
-                break;
-            }
-            assert!(Instant::now() < deadline, "broker cf-{i} is not Ready");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_named_broker(&env, &format!("cf-{i}"), "True", "Ready").await;
     }
     env.stop_operator().await;
 }
