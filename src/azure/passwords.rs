@@ -254,14 +254,30 @@ fn classify(answer: &Answer, secret: &SecretValue) -> PasswordError {
         code: String,
     }
     let code = answer.body.json::<Envelope>().unwrap_or_default().error.code;
-    let message = || answer.body.safe_message(&[secret]);
+    let message = answer.body.safe_message(&[secret]);
     match answer.status {
         StatusCode::FORBIDDEN => PasswordError::PermissionMissing,
         StatusCode::NOT_FOUND => PasswordError::ApplicationNotFound,
         StatusCode::TOO_MANY_REQUESTS => PasswordError::Throttled { retry_after: retry_after(&answer.headers, jiff::Timestamp::now()) },
-        StatusCode::BAD_REQUEST if code == "CredentialInvalidLifetimeAsPerAppPolicy" => PasswordError::LifetimeExceedsPolicy(message()),
-        StatusCode::BAD_REQUEST if code.ends_with("NotAllowedAsPerAppPolicy") => PasswordError::AdditionForbidden(message()),
-        StatusCode::BAD_REQUEST if code == "TooManyAppPasswords" => PasswordError::TooManyPasswords(message()),
-        status => PasswordError::Unexpected { status: status.as_u16(), message: message() },
+        StatusCode::BAD_REQUEST => refused_addition(&code, message),
+        status => PasswordError::Unexpected { status: status.as_u16(), message },
+    }
+}
+
+/// A 400 on addPassword, by Graph's code or, where only the wording of the message is on record,
+/// by that: "Not allowed to add 3 passwords. You can only add a maximum of 2 passwords."
+/// (`TooManyAppPasswords`) and "Credential lifetime exceeds the max value allowed as per assigned
+/// policy <id>" (a tenant or app management policy); any other refusal "as per assigned policy"
+/// is a policy that forbids the addition.
+fn refused_addition(code: &str, message: String) -> PasswordError {
+    let says = |text: &str| message.to_ascii_lowercase().contains(text);
+    if code == "TooManyAppPasswords" || says("you can only add a maximum of") {
+        PasswordError::TooManyPasswords(message)
+    } else if code == "CredentialInvalidLifetimeAsPerAppPolicy" || says("credential lifetime exceeds the max value allowed") {
+        PasswordError::LifetimeExceedsPolicy(message)
+    } else if code.ends_with("NotAllowedAsPerAppPolicy") || says("as per assigned policy") {
+        PasswordError::AdditionForbidden(message)
+    } else {
+        PasswordError::Unexpected { status: StatusCode::BAD_REQUEST.as_u16(), message }
     }
 }

@@ -118,6 +118,48 @@ async fn tenant_policies_and_the_credential_limit_have_their_own_reasons() {
     assert!(!format!("{full} {full:?}").contains(CANARY), "no secret in the error");
 }
 
+/// Graph's refusals as they are on record, including ones whose code is not the documented one:
+/// the limit by its code and wording, the lifetime policy by its wording alone.
+#[tokio::test]
+async fn graph_refusals_as_recorded_in_the_wild_get_their_reasons() {
+    let env = env();
+    let own = SecretValue::new(CANARY);
+    let me = caller(APP, &own);
+    let add_calls = || RequestMatch::any().method(reqwest::Method::POST).path_where(|p| p.ends_with("/addPassword"));
+    let refusal = |code: &str, message: &str| {
+        Fault::status(400).on(add_calls()).body_json(&serde_json::json!({
+            "error": {"code": code, "message": message, "innerError": {"date": "2022-04-15T17:18:50", "request-id": "f0c9aaac-9875-403e-bbd9-9048ec006efb"}}
+        }))
+    };
+    let cases = [
+        (
+            refusal("TooManyAppPasswords", "Not allowed to add 3 passwords. You can only add a maximum of 2 passwords."),
+            Reason::PasswordLimitReached,
+        ),
+        (refusal("Request_BadRequest", "You can only add a maximum of 2 passwords."), Reason::PasswordLimitReached),
+        (
+            refusal(
+                "Request_BadRequest",
+                "Credential lifetime exceeds the max value allowed as per assigned policy 'd5b4a6e4-1c0a-4d5e-9a3f-0b4c1e2f3a4b'.",
+            ),
+            Reason::PasswordLifetimePolicy,
+        ),
+        (
+            refusal("Request_BadRequest", "Adding password credentials is not allowed as per assigned policy 'd5b4a6e4'."),
+            Reason::PasswordAdditionForbidden,
+        ),
+    ];
+    for (fault, reason) in cases {
+        env.emu.kit().faults().push(fault);
+        let error = env.client.add(&me, APP, "idp-bridge:ns/app:m1", days(90)).await.unwrap_err();
+        assert_eq!(error.reason(), reason, "{error}");
+        assert!(!error.is_transient(), "{error}");
+    }
+    env.emu.kit().faults().push(refusal("Request_BadRequest", "Invalid value specified for property 'displayName'."));
+    let other = env.client.add(&me, APP, "idp-bridge:ns/app:m1", days(90)).await.unwrap_err();
+    assert!(matches!(other, PasswordError::Unexpected { status: 400, .. }), "any other 400 stays unexpected: {other:?}");
+}
+
 #[tokio::test]
 async fn a_refused_caller_secret_is_a_token_error_without_the_secret() {
     let env = env();

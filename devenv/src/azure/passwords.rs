@@ -189,8 +189,9 @@ fn add_password(app: &mut super::App, policy: &PasswordPolicy, body: &Value) -> 
         let message = format!("Credential lifetime exceeds the max value allowed as per assigned policy '{POLICY_ID}'.");
         return Err(bad_request("CredentialInvalidLifetimeAsPerAppPolicy", &message));
     }
-    if policy.max_credentials.is_some_and(|max| app.secrets.len() >= max) {
-        let message = format!("Not allowed to add more than {} password credentials.", app.secrets.len());
+    if let Some(max) = policy.max_credentials.filter(|max| app.secrets.len() >= *max) {
+        // Graph's wording, as it answers `az ad app credential reset --append` at the limit.
+        let message = format!("Not allowed to add {} passwords. You can only add a maximum of {max} passwords.", app.secrets.len() + 1);
         return Err(bad_request("TooManyAppPasswords", &message));
     }
     let value = generate_secret();
