@@ -94,6 +94,10 @@ pub enum Step {
     RemovePrevious { key_id: String },
     /// The previous password is no longer in Graph: forget it.
     ForgetPrevious,
+    /// `client-secret` holds another of the application's passwords than the current one (a
+    /// person put it there): it becomes the current one, and the one it replaced goes the way a
+    /// promoted password's predecessor does.
+    Replaced(CredentialStatus),
     /// Nothing to do until `until` (or a change).
     Wait { until: Option<Timestamp> },
 }
@@ -153,6 +157,9 @@ pub fn next_step(status: &AzureAdClientSecretStatus, observed: &Observed<'_>, se
     if let Some(previous) = &status.previous {
         return previous_step(previous, observed);
     }
+    if let Some(step) = changed_by_hand(current, observed, settings) {
+        return step;
+    }
     // After an abandoned renewal the next one waits, unless a person asks for it.
     let renew_at = [current.renewal_time.as_ref(), status.retry_not_before.as_ref()].into_iter().flatten().map(|t| t.0).max();
     let due = renew_at.is_none_or(|at| observed.now >= at);
@@ -185,6 +192,21 @@ fn adopt(observed: &Observed<'_>, settings: &Settings) -> Step {
         renewal_time: Some(Time(renewal_time(found.end_date_time, settings))),
         removable_after: None,
     })
+}
+
+/// `client-secret` no longer holds the current password (its first three characters differ):
+/// the password it holds now is adopted, or, if it is none of the application's, that is said
+/// and nothing is renewed over it.
+fn changed_by_hand(current: &CredentialStatus, observed: &Observed<'_>, settings: &Settings) -> Option<Step> {
+    let hint = observed.secret.current_hint.as_deref()?;
+    if current.hint.as_deref().is_none_or(|h| h == hint) {
+        return None;
+    }
+    match adopt(observed, settings) {
+        Step::Adopt(found) if found.key_id.eq_ignore_ascii_case(&current.key_id) => None,
+        Step::Adopt(found) => Some(Step::Replaced(found)),
+        other => Some(other),
+    }
 }
 
 fn pending_step(pending: &PendingStatus, observed: &Observed<'_>, settings: &Settings) -> Step {
@@ -517,6 +539,24 @@ mod tests {
         let mut person = steady();
         person.passwords.push(password("person", "made by a person", "per", now() + HOUR));
         assert!(matches!(person.step(), Step::Wait { .. }), "a person's password is never touched");
+    }
+
+    #[test]
+    fn a_password_put_in_the_secret_by_hand_becomes_current_and_the_replaced_one_waits() {
+        let mut case = steady();
+        let later = now() + HOUR * 24 * 300;
+        case.passwords.push(password("hand", "made in the portal after a leak", "hnd", later));
+        case.secret = SecretView { current_fingerprint: Some("fp-hand".into()), current_hint: Some("hnd".into()), ..Default::default() };
+        let Step::Replaced(current) = case.step() else { panic!("{:?}", case.step()) };
+        assert_eq!((current.key_id.as_str(), current.origin), ("hand", CredentialOrigin::Bootstrap));
+        assert_eq!(current.renewal_time.unwrap().0, later - HOUR * 24 * 30);
+        case.secret.current_hint = Some("zzz".into());
+        assert_eq!(case.step(), Step::BootstrapUnknown, "a value that is none of the application's passwords is reported");
+        let mut promoted = promoted(now() + HOUR);
+        promoted.secret.current_hint = Some("hnd".into());
+        promoted.passwords.push(password("hand", "portal", "hnd", later));
+        assert_eq!(promoted.step(), Step::Wait { until: None }, "a waiting previous password goes first");
+        assert!(matches!(steady().step(), Step::Wait { .. }), "the current password in the Secret changes nothing");
     }
 
     #[test]

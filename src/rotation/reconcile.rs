@@ -301,6 +301,16 @@ impl<'a> Run<'a> {
                 status.previous = None;
                 Ok(Action::requeue(NEXT_STEP))
             }
+            Step::Replaced(found) => {
+                let note = format!(
+                    "{CURRENT_KEY} was changed outside idp-bridge: password {} is the current one now; the one it replaced is removed once every consumer has synced and the overlap has passed",
+                    found.key_id
+                );
+                status.previous = status.current.take().map(|replaced| self.retire(replaced, false));
+                status.current = Some(found);
+                self.event(EventType::Warning, "Replaced", &note).await;
+                Ok(Action::requeue(NEXT_STEP))
+            }
             Step::Wait { until } => Ok(self.idle(status, passwords, until)),
         }
     }
@@ -403,17 +413,21 @@ impl<'a> Run<'a> {
             renewal_time: Some(Time(plan::renewal_time(expires_at, &self.settings))),
             removable_after: None,
         };
-        status.previous = status.current.take().map(|mut previous| {
-            let after = if pending.revoke { self.now } else { plan::removable_after(self.now, previous.expires_at.0, &self.settings) };
-            previous.renewal_time = None;
-            previous.removable_after = Some(Time(after));
-            previous
-        });
+        status.previous = status.current.take().map(|previous| self.retire(previous, pending.revoke));
         status.current = Some(new_current);
         status.last_rotation_time = Some(Time(self.now));
         self.ctx.metrics.client_secret_rotated("promoted");
         let note = format!("promoted password {} to {CURRENT_KEY}", pending.key_id.unwrap_or_default());
         self.event(EventType::Normal, "Promoted", &note).await;
+    }
+
+    /// The password that stops being the current one: removable after the overlap (at once for a
+    /// revoke), and never renewed.
+    fn retire(&self, mut previous: CredentialStatus, revoke: bool) -> CredentialStatus {
+        let after = if revoke { self.now } else { plan::removable_after(self.now, previous.expires_at.0, &self.settings) };
+        previous.renewal_time = None;
+        previous.removable_after = Some(Time(after));
+        previous
     }
 
     fn idle(&self, status: &mut AzureAdClientSecretStatus, passwords: &[Password], until: Option<Timestamp>) -> Action {
@@ -621,6 +635,7 @@ fn step_name(step: &Step) -> &'static str {
         Step::RecordPromoted => "RecordPromoted",
         Step::RemovePrevious { .. } => "RemovePrevious",
         Step::ForgetPrevious => "ForgetPrevious",
+        Step::Replaced(_) => "Replaced",
         Step::Wait { .. } => "Wait",
     }
 }

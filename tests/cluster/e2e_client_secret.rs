@@ -369,6 +369,32 @@ async fn a_revoke_skips_the_overlap_but_not_the_consumers() {
     assert_eq!(rig.status().await.previous, status.previous, "kept through the overlap");
 }
 
+/// A person puts another of the application's passwords into `client-secret` (one made in the
+/// portal, say): it becomes the current one, the consumers follow it, and the replaced bootstrap
+/// password is removed only once they have and the overlap has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_put_in_the_secret_by_hand_is_adopted_and_the_replaced_one_removed() {
+    let mut rig = rig("aadcs-hand", SignedDuration::from_secs(1), json!({})).await;
+    rig.wait_adopted().await;
+    rig.env.wait_ready("web").await;
+    rig.env.wait_ready("access").await;
+    let monitor = rig.watch_brokers();
+    // Its first three characters (the hint Entra ID keeps) differ from the bootstrap's.
+    let by_hand = format!("Hnd{}", rig.env.canary("by-hand"));
+    let expires = Timestamp::now() + SignedDuration::from_hours(24 * 60);
+    let hand_key = rig.env.upstreams.azure.add_secret(TENANT_ID, CLIENT_ID, &by_hand, expires);
+    rig.env.put_secret(SECRET, &[("client-secret", &by_hand)], &[]).await;
+    let status = rig
+        .wait("the password put by hand adopted and the replaced one removed", Duration::from_secs(60), |s| {
+            s.pending.is_none() && s.previous.is_none() && s.current.as_ref().is_some_and(|c| c.key_id == hand_key)
+        })
+        .await;
+    monitor.abort();
+    assert_eq!(status.current.as_ref().unwrap().origin, CredentialOrigin::Bootstrap, "handed over, as the bootstrap one was");
+    assert!(ready(&status), "{status:#?}");
+    rig.assert_converged(&status).await;
+}
+
 /// A second AzureAdClientSecret for the same application, and one for a Secret another owns,
 /// get a conflict and write nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
