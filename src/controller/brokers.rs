@@ -31,12 +31,12 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::{Context, Error, protection, readiness::Stores, reconcile::MANAGER, resolve};
+use super::{Context, Error, Watches, protection, reconcile::MANAGER, resolve, shared::SharedWatch};
 use crate::crd::{
     BrokerProvider, ClusterIdentityBroker, IdentityBroker,
     broker::IdentityBrokerStatus,
     conditions::{Desired, READY, Reason, Status, set_condition},
-    connection::{AzureAdConnection, BrokerRefKind},
+    connection::BrokerRefKind,
 };
 
 /// How often a healthy broker's credentials are re-checked.
@@ -55,8 +55,6 @@ pub(super) trait BrokerObject: Resource<DynamicType = ()> + Clone + DeserializeO
     fn credentials_namespace(&self, operator_namespace: &str) -> String;
     fn broker_status(&self) -> Option<&IdentityBrokerStatus>;
     fn api(client: Client, namespace: Option<&str>) -> Api<Self>;
-    /// The Api to watch: one namespace or the whole cluster.
-    fn watch_api(client: Client, namespace: Option<&str>) -> Api<Self>;
     /// The namespace of every credential Secret of this kind, when it does not vary.
     fn credentials_namespace_fixed(operator_namespace: &str) -> Option<&str>;
 }
@@ -78,9 +76,6 @@ impl BrokerObject for IdentityBroker {
     fn api(client: Client, namespace: Option<&str>) -> Api<Self> {
         Api::namespaced(client, namespace.unwrap_or_default())
     }
-    fn watch_api(client: Client, namespace: Option<&str>) -> Api<Self> {
-        super::scoped(&client, namespace)
-    }
     fn credentials_namespace_fixed(_: &str) -> Option<&str> {
         None
     }
@@ -101,9 +96,6 @@ impl BrokerObject for ClusterIdentityBroker {
         self.status.as_ref()
     }
     fn api(client: Client, _: Option<&str>) -> Api<Self> {
-        Api::all(client)
-    }
-    fn watch_api(client: Client, _: Option<&str>) -> Api<Self> {
         Api::all(client)
     }
     fn credentials_namespace_fixed(operator_namespace: &str) -> Option<&str> {
@@ -209,21 +201,18 @@ fn brokers_using_secret<B: BrokerObject>(
         .collect()
 }
 
-/// The status controller of one broker kind in one scope. A change of a credential Secret
-/// (`secrets`) starts a check of the brokers that use it, and tells `protection` too: a Secret
-/// created after its broker is protected at once.
+/// The status controller of one broker kind in one scope, on its shared watch (`store`,
+/// `brokers`). A change of a credential Secret (`secrets`) starts a check of the brokers that
+/// use it, and tells `protection` too: a Secret created after its broker is protected at once.
 fn controller<B: BrokerObject>(
     ctx: Arc<Context>,
-    namespace: Option<&str>,
+    (store, brokers): (Store<B>, BoxStream<'static, Result<B, watcher::Error>>),
     secrets: BoxStream<'static, Result<PartialObjectMeta<Secret>, watcher::Error>>,
     protection: UnboundedSender<ObjectRef<B>>,
     stop: &CancellationToken,
-    stores: &mut Stores,
 ) -> impl std::future::Future<Output = ()> + use<B> {
-    let client = ctx.client.clone();
     // Spec edits (and the deletion mark) bump the generation; the controller's own status
     // writes, and labels or annotations, do not, and start no check.
-    let (store, brokers) = super::reflected(B::watch_api(client, namespace), watcher::Config::default().any_semantic(), stores);
     let brokers = brokers.predicate_filter(predicates::generation.combine(predicates::finalizers), Default::default());
     let controller = Controller::for_stream(brokers, store.clone());
     let operator_namespace = ctx.config.namespace.clone();
@@ -245,12 +234,15 @@ fn controller<B: BrokerObject>(
         .for_each(|_| future::ready(()))
 }
 
-/// The Secrets where brokers of kind `B` watched in `namespace` keep their credentials.
-fn credential_secrets<B: BrokerObject>(ctx: &Context, namespace: Option<&str>) -> Api<PartialObjectMeta<Secret>> {
-    match B::credentials_namespace_fixed(&ctx.config.namespace).or(namespace) {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
-    }
+/// The namespace of the Secrets where brokers of kind `B` watched in `namespace` keep their
+/// credentials (None: every namespace).
+fn credential_scope<'a, B: BrokerObject>(ctx: &'a Context, namespace: Option<&'a str>) -> Option<&'a str> {
+    B::credentials_namespace_fixed(&ctx.config.namespace).or(namespace)
+}
+
+/// A broker kind's shared watch, as the status and the protection controller each take it.
+fn watched<B: BrokerObject>(watch: &mut SharedWatch<B>) -> (Store<B>, BoxStream<'static, Result<B, watcher::Error>>) {
+    (watch.store(), watch.subscribe().boxed())
 }
 
 /// The triggers of the protection controllers: per scope for IdentityBrokers, and one for
@@ -263,45 +255,37 @@ pub(super) struct ProtectionTriggers {
 }
 
 /// The IdentityBroker status and protection controllers per scope and the ClusterIdentityBroker
-/// ones, until `stop` is cancelled; their stores are registered with `stores`. `connections`
-/// are the connection stores of every scope, which decide whether a broker is in use.
+/// ones, on the run's shared watches, until `stop` is cancelled. The connection stores of every
+/// scope decide whether a broker is in use.
 pub(super) fn controllers(
     ctx: Arc<Context>,
-    scopes: &[Option<String>],
-    connections: Vec<Store<AzureAdConnection>>,
     triggers: ProtectionTriggers,
     stop: &CancellationToken,
-    stores: &mut Stores,
+    watches: &mut Watches,
 ) -> impl std::future::Future<Output = ()> + use<> {
-    let any = || watcher::Config::default().any_semantic();
-    let identity: Vec<_> = scopes
-        .iter()
-        .map(|ns| {
-            let (store, events) = super::reflected(IdentityBroker::watch_api(ctx.client.clone(), ns.as_deref()), any(), stores);
-            (store, events.boxed())
-        })
-        .collect();
-    let (cluster_store, cluster_events) = super::reflected(ClusterIdentityBroker::watch_api(ctx.client.clone(), None), any(), stores);
-    let cluster = (cluster_store, cluster_events.boxed());
     let usage = Arc::new(protection::Usage {
         operator_namespace: ctx.config.namespace.clone(),
-        connections,
-        brokers: identity.iter().map(|(store, _)| store.clone()).collect(),
-        cluster_brokers: cluster.0.clone(),
+        connections: watches.scopes.iter().map(|scope| scope.connections.store()).collect(),
+        brokers: watches.scopes.iter().map(|scope| scope.brokers.store()).collect(),
+        cluster_brokers: watches.cluster_brokers.store(),
     });
     let mut running = Vec::new();
-    let scoped = scopes.iter().zip(identity).zip(triggers.identity).zip(triggers.identity_senders);
-    for (((ns, watch), received), sender) in scoped {
-        let (secret_store, secret_events) =
-            super::reflected(credential_secrets::<IdentityBroker>(&ctx, ns.as_deref()), watcher::Config::default(), stores);
-        running.push(controller::<IdentityBroker>(ctx.clone(), ns.as_deref(), secret_events.boxed(), sender, stop, stores).boxed());
-        running.push(protection::controller(ctx.clone(), usage.clone(), watch, secret_store, received, stop).boxed());
+    let scoped = (0..watches.scopes.len()).zip(triggers.identity).zip(triggers.identity_senders);
+    for ((scope, received), sender) in scoped {
+        let namespace = watches.scopes[scope].namespace.clone();
+        let status_watch = watched(&mut watches.scopes[scope].brokers);
+        let protection_watch = watched(&mut watches.scopes[scope].brokers);
+        let secrets = watches.secrets.covering(credential_scope::<IdentityBroker>(&ctx, namespace.as_deref()), &mut watches.stores);
+        let (secret_store, secret_events) = (secrets.store(), secrets.subscribe().boxed());
+        running.push(controller::<IdentityBroker>(ctx.clone(), status_watch, secret_events, sender, stop).boxed());
+        running.push(protection::controller(ctx.clone(), usage.clone(), protection_watch, secret_store, received, stop).boxed());
     }
-    let (secret_store, secret_events) =
-        super::reflected(credential_secrets::<ClusterIdentityBroker>(&ctx, None), watcher::Config::default(), stores);
-    running
-        .push(controller::<ClusterIdentityBroker>(ctx.clone(), None, secret_events.boxed(), triggers.cluster_sender, stop, stores).boxed());
-    running.push(protection::controller(ctx, usage, cluster, secret_store, triggers.cluster, stop).boxed());
+    let status_watch = watched(&mut watches.cluster_brokers);
+    let protection_watch = watched(&mut watches.cluster_brokers);
+    let secrets = watches.secrets.covering(credential_scope::<ClusterIdentityBroker>(&ctx, None), &mut watches.stores);
+    let (secret_store, secret_events) = (secrets.store(), secrets.subscribe().boxed());
+    running.push(controller::<ClusterIdentityBroker>(ctx.clone(), status_watch, secret_events, triggers.cluster_sender, stop).boxed());
+    running.push(protection::controller(ctx, usage, protection_watch, secret_store, triggers.cluster, stop).boxed());
     future::join_all(running).map(|_| ())
 }
 

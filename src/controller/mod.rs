@@ -19,11 +19,12 @@ mod registration;
 mod resolve;
 mod scim;
 mod secret_index;
+mod shared;
 mod status;
 
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt, TryStreamExt, channel::mpsc, future};
+use futures::{FutureExt, Stream, StreamExt, channel::mpsc, future};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -32,7 +33,7 @@ use kube::{
         Controller, Predicate, WatchStreamExt,
         controller::{self, Action},
         predicates,
-        reflector::{self, ObjectRef, Store},
+        reflector::{ObjectRef, Store},
         watcher,
     },
 };
@@ -40,13 +41,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 pub(crate) use self::readiness::Stores;
-use self::secret_index::SecretIndex;
+pub(crate) use self::shared::SharedWatch;
 pub use self::{
     context::Context,
     error::Error,
     lookups::{Lookups, SecretCache},
     readiness::Readiness,
 };
+use self::{secret_index::SecretIndex, shared::SecretWatches};
 use crate::crd::{
     ClusterIdentityBroker, IdentityBroker,
     connection::{AzureAdConnection, BrokerRefKind},
@@ -138,66 +140,77 @@ fn connections_using_broker_secret(
     refs
 }
 
-/// A watch of `api` that keeps a store (registered with `stores` for readiness) and yields the
-/// objects it sees, to trigger reconciles. Managed fields are dropped before they are stored:
-/// nothing reads them, and with every Secret's metadata cached they would dominate memory.
-pub(crate) fn reflected<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    stores: &mut Stores,
-) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + use<K>)
-where
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-{
-    reflected_observed(api, config, stores, |_| {})
+/// The watches of one scope's connections and IdentityBrokers, shared by the connection, broker,
+/// protection and AzureAdClientSecret controllers of that scope. The connection watch keeps the
+/// scope's Secret index.
+pub(crate) struct ScopeWatches {
+    pub namespace: Option<String>,
+    pub connections: SharedWatch<AzureAdConnection>,
+    pub index: Arc<SecretIndex>,
+    pub brokers: SharedWatch<IdentityBroker>,
 }
 
-/// [`reflected`], with every watch event (deletions and re-lists included) shown to `observe`
-/// once the store has applied it.
-fn reflected_observed<K, F>(
-    api: Api<K>,
-    config: watcher::Config,
-    stores: &mut Stores,
-    observe: F,
-) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + use<K, F>)
-where
-    F: Fn(&watcher::Event<K>) + Send + 'static,
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-{
-    let (reader, writer) = reflector::store();
-    stores.add(reader.clone());
-    let events = watcher(api, config)
-        .default_backoff()
-        .modify(|o| o.managed_fields_mut().clear())
-        .reflect(writer)
-        .inspect_ok(move |event| observe(event))
-        .touched_objects();
-    (reader, events)
+impl ScopeWatches {
+    fn new(client: &Client, namespace: Option<String>, stores: &mut Stores) -> Self {
+        let index = Arc::new(SecretIndex::default());
+        let indexed = index.clone();
+        let connections = SharedWatch::observed(
+            scoped::<AzureAdConnection>(client, namespace.as_deref()),
+            watcher::Config::default().any_semantic(),
+            stores,
+            move |e| indexed.apply(e),
+        );
+        let brokers =
+            SharedWatch::new(scoped::<IdentityBroker>(client, namespace.as_deref()), watcher::Config::default().any_semantic(), stores);
+        Self { namespace, connections, index, brokers }
+    }
+
+    fn run(self) -> impl Future<Output = ()> + use<> {
+        future::join(self.connections.run(), self.brokers.run()).map(|_| ())
+    }
 }
 
-/// The connections of `api`, kept in a store, and the changes that call for a reconcile: a new
-/// generation (spec edits, and the deletion mark), changed finalizers (the finalizer helper waits
-/// for the watch to see the one it added) or changed annotations (a person asking for a refresh
-/// now). A status write changes none of them, so a reconcile is never re-triggered by its own
-/// status. Every event, before that filter (a deletion included), goes to `tap`: the connection's
-/// broker may have gained or lost a user.
+/// Every watch of a run that more than one controller reads: each kind and scope watched once.
+pub(crate) struct Watches {
+    pub scopes: Vec<ScopeWatches>,
+    pub cluster_brokers: SharedWatch<ClusterIdentityBroker>,
+    pub secrets: SecretWatches,
+    pub stores: Stores,
+}
+
+impl Watches {
+    fn new(client: &Client, scopes: Vec<Option<String>>) -> Self {
+        let mut stores = Stores::default();
+        let scopes = scopes.into_iter().map(|ns| ScopeWatches::new(client, ns, &mut stores)).collect();
+        let cluster_brokers =
+            SharedWatch::new(Api::<ClusterIdentityBroker>::all(client.clone()), watcher::Config::default().any_semantic(), &mut stores);
+        Self { scopes, cluster_brokers, secrets: SecretWatches::new(client.clone()), stores }
+    }
+
+    /// Drives every watch; the store registrations go to readiness.
+    fn run(self) -> (Stores, impl Future<Output = ()> + use<>) {
+        let Self { scopes, cluster_brokers, secrets, stores } = self;
+        let scopes = future::join_all(scopes.into_iter().map(ScopeWatches::run));
+        (stores, future::join3(scopes, cluster_brokers.run(), secrets.run()).map(|_| ()))
+    }
+}
+
+/// The changes of a scope's connections that call for a reconcile: a new generation (spec
+/// edits, and the deletion mark), changed finalizers (the finalizer helper waits for the watch
+/// to see the one it added) or changed annotations (a person asking for a refresh now). A status
+/// write changes none of them, so a reconcile is never re-triggered by its own status. Every
+/// event, before that filter (a deletion included), goes to `tap`: the connection's broker may
+/// have gained or lost a user.
 fn connection_triggers(
-    api: Api<AzureAdConnection>,
+    connections: &mut SharedWatch<AzureAdConnection>,
     tap: protection::ConnectionTap,
-    index: Arc<SecretIndex>,
-    stores: &mut Stores,
-) -> (Store<AzureAdConnection>, impl Stream<Item = Result<AzureAdConnection, watcher::Error>> + use<>) {
-    let (store, events) = reflected_observed(api, watcher::Config::default().any_semantic(), stores, move |e| index.apply(e));
-    let events = events.inspect(move |event| {
+) -> impl Stream<Item = Result<AzureAdConnection, watcher::Error>> + use<> {
+    let events = connections.subscribe().inspect(move |event| {
         if let Ok(conn) = event {
             tap.seen(conn);
         }
     });
-    (
-        store,
-        events
-            .predicate_filter(predicates::generation.combine(predicates::finalizers).combine(predicates::annotations), Default::default()),
-    )
+    events.predicate_filter(predicates::generation.combine(predicates::finalizers).combine(predicates::annotations), Default::default())
 }
 
 /// The broker events that concern its connections: a new generation (a spec edit, a new broker,
@@ -222,32 +235,32 @@ where
     }
 }
 
-/// The connection controller for one namespace (or all of them), its stores registered with
-/// `stores`, and its connection store. Its reconciles read brokers and Secret metadata from the
-/// stores of the same watches that trigger them ([`Lookups`]), so the trigger of a change never
-/// arrives before the store holds it.
+/// The connection controller of one scope (its namespace, or all of them), reading and
+/// triggered by the run's shared watches. Its reconciles read brokers and Secret metadata from
+/// the stores of the same watches that trigger them ([`Lookups`]), so the trigger of a change
+/// never arrives before the store holds it.
 fn connection_controller(
     ctx: Arc<Context>,
-    namespace: Option<&str>,
-    cluster_brokers: Store<ClusterIdentityBroker>,
+    scope: usize,
+    watches: &mut Watches,
     namespaces: Store<PartialObjectMeta<Namespace>>,
     tap: protection::ConnectionTap,
     stop: CancellationToken,
-    stores: &mut Stores,
-) -> (Store<AzureAdConnection>, impl Future<Output = ()> + use<>) {
+) -> impl Future<Output = ()> + use<> {
     let client = ctx.client.clone();
-    let index = Arc::new(SecretIndex::default());
-    let (store, connection_events) = connection_triggers(scoped::<AzureAdConnection>(&client, namespace), tap, index.clone(), stores);
-    let connection_store = store.clone();
-    let connections = Controller::for_stream(connection_events, store.clone());
-    let (broker_store, broker_events) =
-        reflected(scoped::<IdentityBroker>(&client, namespace), watcher::Config::default().any_semantic(), stores);
-    let broker_lookup = broker_store.clone();
-    let (scope_cluster_brokers, cluster_broker_events) =
-        reflected(Api::<ClusterIdentityBroker>::all(client.clone()), watcher::Config::default().any_semantic(), stores);
+    let namespace = watches.scopes[scope].namespace.clone();
+    let own = &mut watches.scopes[scope];
+    let index = own.index.clone();
+    let store = own.connections.store();
+    let connections = Controller::for_stream(connection_triggers(&mut own.connections, tap), store.clone());
+    let broker_store = own.brokers.store();
+    let broker_events = own.brokers.subscribe();
+    let cluster_brokers = watches.cluster_brokers.store();
+    let cluster_broker_events = watches.cluster_brokers.subscribe();
     let (s1, s2, s3) = (store.clone(), store.clone(), store);
     let operator_namespace = ctx.config.namespace.clone();
     let metrics = ctx.metrics.clone();
+    let (broker_lookup, cluster_lookup) = (broker_store.clone(), cluster_brokers.clone());
     let secret_mapper = move |secret: PartialObjectMeta<Secret>| {
         let direct = connections_reading_secret(&secret, &index, &s3);
         for conn in &direct {
@@ -258,10 +271,10 @@ fn connection_controller(
         refs.extend(connections_storing_scim(&secret, &index, &s3));
         refs
     };
-    let mut secrets = vec![(namespace.map(str::to_owned), scoped::<PartialObjectMeta<Secret>>(&client, namespace))];
-    if namespace.is_some_and(|ns| ns != ctx.config.namespace) {
+    let mut secret_scopes = vec![namespace.clone()];
+    if namespace.as_deref().is_some_and(|ns| ns != ctx.config.namespace) {
         // ClusterIdentityBroker credentials live in the operator's namespace.
-        secrets.push((Some(ctx.config.namespace.clone()), Api::namespaced(client.clone(), &ctx.config.namespace)));
+        secret_scopes.push(Some(ctx.config.namespace.clone()));
     }
     let mut secret_stores = Vec::new();
     let mut controller = connections
@@ -271,13 +284,13 @@ fn connection_controller(
         .watches_stream(broker_changes(cluster_broker_events), move |b| {
             connections_using_broker(&s2, BrokerRefKind::ClusterIdentityBroker, None, &b.name_any())
         });
-    for (scope, api) in secrets {
-        let (store, events) = reflected(api, watcher::Config::default(), stores);
-        secret_stores.push((scope, store));
-        controller = controller.watches_stream(events, secret_mapper.clone());
+    for secret_scope in secret_scopes {
+        let watch = watches.secrets.covering(secret_scope.as_deref(), &mut watches.stores);
+        secret_stores.push((secret_scope, watch.store()));
+        controller = controller.watches_stream(watch.subscribe(), secret_mapper.clone());
     }
-    let lookups = Arc::new(Lookups::new(client, broker_lookup, scope_cluster_brokers, namespaces, secret_stores, ctx.secrets.clone()));
-    let running = controller
+    let lookups = Arc::new(Lookups::new(client, broker_lookup, cluster_lookup, namespaces, secret_stores, ctx.secrets.clone()));
+    controller
         .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(move |conn, ctx| reconcile::reconcile(conn, ctx, lookups.clone()), error_policy, ctx.clone())
@@ -288,8 +301,7 @@ fn connection_controller(
                 warn!(error = %e, "controller");
             }
             future::ready(())
-        });
-    (connection_store, running)
+        })
 }
 
 /// Runs the connection and broker controllers until `stop` is cancelled: for the whole cluster,
@@ -298,32 +310,30 @@ fn connection_controller(
 pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     let scopes: Vec<Option<String>> =
         if ctx.config.watch_namespaces.is_empty() { vec![None] } else { ctx.config.watch_namespaces.iter().cloned().map(Some).collect() };
-    let mut stores = Stores::default();
-    let (cluster_brokers, cluster_broker_events) =
-        reflected(Api::<ClusterIdentityBroker>::all(ctx.client.clone()), watcher::Config::default().any_semantic(), &mut stores);
-    let cluster_broker_reflector = cluster_broker_events.for_each(|_| future::ready(()));
+    let mut watches = Watches::new(&ctx.client, scopes.clone());
     // Metadata only: the labels a ClusterIdentityBroker's allowedNamespaces selects on.
-    let (namespaces, namespace_events) =
-        reflected(Api::<PartialObjectMeta<Namespace>>::all(ctx.client.clone()), watcher::Config::default(), &mut stores);
-    let namespace_reflector = namespace_events.for_each(|_| future::ready(()));
+    let namespace_watch =
+        SharedWatch::new(Api::<PartialObjectMeta<Namespace>>::all(ctx.client.clone()), watcher::Config::default(), &mut watches.stores);
+    let namespaces = namespace_watch.store();
     let (identity_senders, identity): (Vec<_>, Vec<_>) = scopes.iter().map(|_| mpsc::unbounded()).unzip();
     let (cluster_sender, cluster) = mpsc::unbounded();
-    let (connection_stores, connections): (Vec<_>, Vec<_>) = scopes
+    let connections: Vec<_> = identity_senders
         .iter()
-        .zip(&identity_senders)
-        .map(|(ns, identity)| {
+        .enumerate()
+        .map(|(scope, identity)| {
             let tap = protection::ConnectionTap::new(identity.clone(), cluster_sender.clone());
-            connection_controller(ctx.clone(), ns.as_deref(), cluster_brokers.clone(), namespaces.clone(), tap, stop.clone(), &mut stores)
+            connection_controller(ctx.clone(), scope, &mut watches, namespaces.clone(), tap, stop.clone())
         })
-        .unzip();
+        .collect();
     let triggers = brokers::ProtectionTriggers { identity, cluster, identity_senders, cluster_sender };
-    let brokers = brokers::controllers(ctx.clone(), &scopes, connection_stores, triggers, &stop, &mut stores);
-    let rotations = crate::rotation::controllers(ctx.clone(), &scopes, &stop, &mut stores);
+    let brokers = brokers::controllers(ctx.clone(), triggers, &stop, &mut watches);
+    let rotations = crate::rotation::controllers(ctx.clone(), &stop, &mut watches);
+    let (stores, watching) = watches.run();
     info!(namespaces = ?ctx.config.watch_namespaces, "controllers started");
     tokio::select! {
         _ = future::join3(future::join_all(connections), brokers, rotations) => {}
-        _ = cluster_broker_reflector => error!("ClusterIdentityBroker reflector ended"),
-        _ = namespace_reflector => error!("Namespace reflector ended"),
+        _ = watching => error!("a shared watch ended"),
+        _ = namespace_watch.run() => error!("the Namespace watch ended"),
         _ = ctx.readiness.track(stores) => {}
     }
     info!("controllers stopped");

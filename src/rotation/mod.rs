@@ -12,7 +12,7 @@ pub mod request;
 
 use std::sync::Arc;
 
-use futures::{StreamExt, TryStreamExt, future};
+use futures::{FutureExt, StreamExt, future};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     ResourceExt,
@@ -21,7 +21,7 @@ use kube::{
         Controller, Predicate, WatchStreamExt,
         controller::{self, Action},
         predicates,
-        reflector::{self, ObjectRef, Store},
+        reflector::{ObjectRef, Store},
         watcher,
     },
 };
@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::{
-    controller::{Context, Error, Stores, reflected, scoped},
+    controller::{Context, Error, SharedWatch, Watches, scoped},
     crd::{
         AzureAdConnection,
         client_secret::{AzureAdClientSecret, CURRENT_KEY, ConsumersStatus},
@@ -106,38 +106,33 @@ fn error_policy(obj: Arc<AzureAdClientSecret>, error: &Error, rotation: Arc<Rota
     Action::requeue(delay)
 }
 
-/// The AzureAdClientSecret controller for one namespace (or all), until `stop` is cancelled.
-fn controller(
-    ctx: Arc<Context>,
-    namespace: Option<&str>,
-    stop: &CancellationToken,
-    stores: &mut Stores,
-) -> impl Future<Output = ()> + use<> {
+/// The AzureAdClientSecret controller of one scope, until `stop` is cancelled. Its own kind has
+/// a watch of its own; connections and Secret metadata come from the run's shared watches.
+fn controller(ctx: Arc<Context>, scope: usize, stop: &CancellationToken, watches: &mut Watches) -> impl Future<Output = ()> + use<> {
     let client = ctx.client.clone();
-    let (resources, writer) = reflector::store();
-    stores.add(resources.clone());
+    let namespace = watches.scopes[scope].namespace.clone();
     let metrics = ctx.metrics.clone();
-    let events = watcher(scoped::<AzureAdClientSecret>(&client, namespace), watcher::Config::default().any_semantic())
-        .default_backoff()
-        .modify(|o| o.managed_fields_mut().clear())
-        .reflect(writer)
-        // No reconcile follows a deletion: its series goes here.
-        .inspect_ok(move |event| {
+    // No reconcile follows a deletion: its series goes here.
+    let mut own = SharedWatch::observed(
+        scoped::<AzureAdClientSecret>(&client, namespace.as_deref()),
+        watcher::Config::default().any_semantic(),
+        &mut watches.stores,
+        move |event| {
             if let watcher::Event::Delete(gone) = event {
                 metrics.client_secret(&gone.uid().unwrap_or_default(), "", "", None);
             }
-        })
-        .touched_objects()
-        // Spec edits and the renew/revoke annotations; never its own status writes.
-        .predicate_filter(predicates::generation.combine(predicates::annotations), Default::default());
-    let (connections, connection_events) = reflected(scoped::<AzureAdConnection>(&client, namespace), watcher::Config::default(), stores);
-    // Only the trigger: no store, so unrelated Secrets cost no memory here.
-    let secret_events =
-        watcher(scoped::<PartialObjectMeta<Secret>>(&client, namespace), watcher::Config::default()).default_backoff().touched_objects();
+        },
+    );
+    let resources = own.store();
+    // Spec edits and the renew/revoke annotations; never its own status writes.
+    let events = own.subscribe().predicate_filter(predicates::generation.combine(predicates::annotations), Default::default());
+    let connections = watches.scopes[scope].connections.store();
+    let connection_events = watches.scopes[scope].connections.subscribe();
+    let secret_events = watches.secrets.covering(namespace.as_deref(), &mut watches.stores).subscribe();
     let (by_secret, by_connection) = (resources.clone(), resources.clone());
     let config = controller::Config::default().concurrency(ctx.config.concurrency);
     let rotation = Arc::new(Rotation { ctx, resources: resources.clone(), connections });
-    Controller::for_stream(events, resources)
+    let running = Controller::for_stream(events, resources)
         .with_config(config)
         .watches_stream(secret_events, move |s: PartialObjectMeta<Secret>| writing(&by_secret, s.namespace(), &s.name_any()))
         .watches_stream(connection_events, move |c: AzureAdConnection| {
@@ -145,7 +140,9 @@ fn controller(
         })
         .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(guarded_reconcile, error_policy, rotation)
-        .for_each(|_| future::ready(()))
+        .for_each(|_| future::ready(()));
+    // The watch of its own kind ends with the controller.
+    future::select(running.boxed(), own.run()).map(|_| ())
 }
 
 /// The AzureAdClientSecrets that write Secret `name` in `namespace`.
@@ -158,14 +155,9 @@ fn writing(store: &Store<AzureAdClientSecret>, namespace: Option<String>, name: 
         .collect()
 }
 
-/// One controller per watched scope; their stores are registered with `stores`.
-pub(crate) fn controllers(
-    ctx: Arc<Context>,
-    scopes: &[Option<String>],
-    stop: &CancellationToken,
-    stores: &mut Stores,
-) -> impl Future<Output = ()> + use<> {
-    let all: Vec<_> = scopes.iter().map(|ns| controller(ctx.clone(), ns.as_deref(), stop, stores)).collect();
+/// One controller per watched scope.
+pub(crate) fn controllers(ctx: Arc<Context>, stop: &CancellationToken, watches: &mut Watches) -> impl Future<Output = ()> + use<> {
+    let all: Vec<_> = (0..watches.scopes.len()).map(|scope| controller(ctx.clone(), scope, stop, watches)).collect();
     async move {
         future::join_all(all).await;
     }
