@@ -9,7 +9,10 @@ pub mod passwords;
 pub mod registration;
 pub mod throttle;
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
@@ -109,7 +112,7 @@ pub struct AzureClient {
     registrations: TtlCache<CacheKey, Registration>,
     /// The application object as Graph returned it ([`APPLICATION_SELECT`]), trusted as long as
     /// validations: the expiry lookup and the registration check read it once between them.
-    applications: TtlCache<CacheKey, serde_json::Value>,
+    applications: TtlCache<CacheKey, Arc<registration::ApplicationBody>>,
     /// Microsoft Graph's own service principal per (cloud, tenant GUID): the same for every app.
     graph_scopes: TtlCache<(AzureCloud, String), registration::GraphScopes>,
     /// Retry-After of the login service (discovery and token requests), per app.
@@ -217,27 +220,19 @@ impl AzureClient {
         if !is_guid(request.client_id) {
             return Err(GraphError::ApplicationNotFound);
         }
-        #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Application {
-            #[serde(default)]
-            password_credentials: Vec<graph::PasswordCredential>,
-        }
         let invalid = |status: u16| GraphError::Unexpected { status, message: "application is not valid JSON".into() };
-        if let Some(body) = self.applications.get(&key) {
-            let app: Application = serde_json::from_value(body).map_err(|_| invalid(200))?;
+        if let Some(app) = self.applications.get(&key) {
             let expiry = graph::match_secret(&app.password_credentials, request.secret)?;
             self.expiries.insert(key, expiry.clone(), Instant::now() + request.ttl);
             return Ok(expiry);
         }
         let path = format!("/v1.0/applications(appId='{}')?$select={APPLICATION_SELECT}", request.client_id);
         let answer = self.graph.send(self.graph.request(Method::GET, hosts.graph, &path).bearer_auth(token.value.expose())).await?;
-        let credentials = match answer.status {
+        let app = match answer.status {
             s if s.is_success() => {
-                let body: serde_json::Value = answer.body.json().map_err(|_| invalid(s.as_u16()))?;
-                let app: Application = serde_json::from_value(body.clone()).map_err(|_| invalid(s.as_u16()))?;
-                self.applications.insert(key.clone(), body, Instant::now() + request.ttl);
-                app.password_credentials
+                let app: Arc<registration::ApplicationBody> = Arc::new(answer.body.json().map_err(|_| invalid(s.as_u16()))?);
+                self.applications.insert(key.clone(), app.clone(), Instant::now() + request.ttl);
+                app
             }
             StatusCode::FORBIDDEN => return Err(GraphError::PermissionMissing),
             StatusCode::NOT_FOUND => return Err(GraphError::ApplicationNotFound),
@@ -255,7 +250,7 @@ impl AzureClient {
                 return Err(GraphError::Unexpected { status: s.as_u16(), message: answer.body.safe_message(&[request.secret]) });
             }
         };
-        let expiry = graph::match_secret(&credentials, request.secret)?;
+        let expiry = graph::match_secret(&app.password_credentials, request.secret)?;
         self.expiries.insert(key, expiry.clone(), Instant::now() + request.ttl);
         Ok(expiry)
     }

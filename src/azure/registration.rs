@@ -9,7 +9,7 @@
 //! upstream client, grant pages by [`MAX_GRANT_PAGES`]. The one write, adding a redirect URI to
 //! the Web platform, sends the full merged list (Graph replaces collections on PATCH).
 
-use std::{collections::BTreeSet, time::Instant};
+use std::{collections::BTreeSet, sync::Arc, time::Instant};
 
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
@@ -128,9 +128,12 @@ impl From<GraphError> for RegistrationError {
     }
 }
 
+/// The application object as Graph returns it for [`super::APPLICATION_SELECT`], typed: what the
+/// expiry lookup and the registration check read (kept between them as this, not as JSON, which
+/// cost some 25 KiB per connection).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ApplicationBody {
+pub(super) struct ApplicationBody {
     id: String,
     #[serde(default)]
     sign_in_audience: String,
@@ -138,6 +141,8 @@ struct ApplicationBody {
     web: Option<WebBody>,
     #[serde(default)]
     required_resource_access: Vec<RequiredResourceAccess>,
+    #[serde(default)]
+    pub password_credentials: Vec<super::graph::PasswordCredential>,
 }
 
 #[derive(Deserialize)]
@@ -291,27 +296,26 @@ impl Reader<'_> {
             None => None,
         };
         Ok(Registration {
-            object_id: app.id,
-            sign_in_audience: app.sign_in_audience,
-            redirect_uris: app.web.map(|w| w.redirect_uris).unwrap_or_default(),
+            object_id: app.id.clone(),
+            sign_in_audience: app.sign_in_audience.clone(),
+            redirect_uris: app.web.as_ref().map(|w| w.redirect_uris.clone()).unwrap_or_default(),
             requested,
             service_principal,
         })
     }
 
     /// The application object: as the expiry lookup of the same validation read it, or read now.
-    async fn application(&self) -> Result<ApplicationBody, RegistrationError> {
-        let invalid = || RegistrationError::Unexpected { status: 200, message: "the answer is not the expected JSON".into() };
-        if let Some(body) = self.client.applications.get(self.key) {
-            return serde_json::from_value(body).map_err(|_| invalid());
+    async fn application(&self) -> Result<Arc<ApplicationBody>, RegistrationError> {
+        if let Some(app) = self.client.applications.get(self.key) {
+            return Ok(app);
         }
         let client_id = self.request.client_id;
-        let body: serde_json::Value = self
-            .get_json(&format!("/v1.0/applications(appId='{client_id}')?$select={APPLICATION_SELECT}"))
-            .await?
-            .ok_or(RegistrationError::Unexpected { status: 404, message: "Microsoft Graph does not know the application".into() })?;
-        let app = serde_json::from_value(body.clone()).map_err(|_| invalid())?;
-        self.client.applications.insert(self.key.clone(), body, Instant::now() + self.request.ttl);
+        let app: ApplicationBody =
+            self.get_json(&format!("/v1.0/applications(appId='{client_id}')?$select={APPLICATION_SELECT}"))
+                .await?
+                .ok_or(RegistrationError::Unexpected { status: 404, message: "Microsoft Graph does not know the application".into() })?;
+        let app = Arc::new(app);
+        self.client.applications.insert(self.key.clone(), app.clone(), Instant::now() + self.request.ttl);
         Ok(app)
     }
 
