@@ -204,7 +204,9 @@ pub mod bytes_body {
 #[derive(Clone, Debug)]
 pub struct Upstream {
     client: reqwest::Client,
-    overrides: EndpointOverrides,
+    /// Shared by every clone (each broker client holds one): with a test fleet's hundreds of
+    /// overridden hosts, a copy per broker cost some 60 KiB each.
+    overrides: Arc<EndpointOverrides>,
     timeout: Duration,
     /// The `upstream` label of this client's request metrics (azure, graph, auth0, ...).
     label: &'static str,
@@ -238,7 +240,7 @@ impl Upstream {
             }
             builder = builder.tls_certs_merge(certs);
         }
-        Ok(Self { client: builder.build()?, overrides, timeout, label: "other", metrics: None })
+        Ok(Self { client: builder.build()?, overrides: Arc::new(overrides), timeout, label: "other", metrics: None })
     }
 
     /// Counts requests in `metrics`.
