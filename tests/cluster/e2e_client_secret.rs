@@ -78,6 +78,15 @@ async fn rig(prefix: &str, replication: SignedDuration, spec: serde_json::Value)
     rig
 }
 
+/// [`rig`], once the bootstrap password is adopted and both connections are Ready.
+async fn adopted_rig(prefix: &str, replication: SignedDuration, spec: serde_json::Value) -> Rig {
+    let rig = rig(prefix, replication, spec).await;
+    rig.wait_adopted().await;
+    rig.env.wait_ready("web").await;
+    rig.env.wait_ready("access").await;
+    rig
+}
+
 fn merge(target: &mut serde_json::Value, extra: serde_json::Value) {
     if let (Some(t), serde_json::Value::Object(e)) = (target.as_object_mut(), extra) {
         for (k, v) in e {
@@ -221,10 +230,7 @@ fn stage(status: &AzureAdClientSecretStatus) -> &'static str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_feeds_auth0_and_cloudflare_with_a_secret_entra_accepts_at_every_moment() {
-    let mut rig = rig("aadcs-cycle", SignedDuration::from_secs(30), json!({})).await;
-    rig.wait_adopted().await;
-    rig.env.wait_ready("web").await;
-    rig.env.wait_ready("access").await;
+    let mut rig = adopted_rig("aadcs-cycle", SignedDuration::from_secs(30), json!({})).await;
     let monitor = rig.watch_brokers();
     let started = Instant::now();
     rig.annotate("idpbridge.io/renew").await;
@@ -285,10 +291,7 @@ async fn a_rotation_feeds_auth0_and_cloudflare_with_a_secret_entra_accepts_at_ev
 /// and started again; it converges with no password leaked and no consumer broken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_after_every_step_converges() {
-    let mut rig = rig("aadcs-kill", SignedDuration::from_secs(3), json!({})).await;
-    rig.wait_adopted().await;
-    rig.env.wait_ready("web").await;
-    rig.env.wait_ready("access").await;
+    let mut rig = adopted_rig("aadcs-kill", SignedDuration::from_secs(3), json!({})).await;
     let monitor = rig.watch_brokers();
     rig.annotate("idpbridge.io/renew").await;
     let mut kills = Vec::new();
@@ -347,10 +350,7 @@ async fn a_password_whose_value_was_lost_is_removed_and_the_cycle_restarts() {
 /// without waiting for the (hour-long) overlap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoke_skips_the_overlap_but_not_the_consumers() {
-    let mut rig = rig("aadcs-revoke", SignedDuration::from_secs(1), json!({"overlap": "50m"})).await;
-    rig.wait_adopted().await;
-    rig.env.wait_ready("web").await;
-    rig.env.wait_ready("access").await;
+    let mut rig = adopted_rig("aadcs-revoke", SignedDuration::from_secs(1), json!({"overlap": "50m"})).await;
     let monitor = rig.watch_brokers();
     // What `idp-bridge rotate NAMESPACE/NAME --revoke` runs.
     let line = idp_bridge::rotation::request::rotate(rig.env.client.clone(), &format!("{}/{NAME}", rig.env.ns), true).await.unwrap();
@@ -374,10 +374,7 @@ async fn a_revoke_skips_the_overlap_but_not_the_consumers() {
 /// password is removed only once they have and the overlap has passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_put_in_the_secret_by_hand_is_adopted_and_the_replaced_one_removed() {
-    let mut rig = rig("aadcs-hand", SignedDuration::from_secs(1), json!({})).await;
-    rig.wait_adopted().await;
-    rig.env.wait_ready("web").await;
-    rig.env.wait_ready("access").await;
+    let mut rig = adopted_rig("aadcs-hand", SignedDuration::from_secs(1), json!({})).await;
     let monitor = rig.watch_brokers();
     // Its first three characters (the hint Entra ID keeps) differ from the bootstrap's.
     let by_hand = format!("Hnd{}", rig.env.canary("by-hand"));
