@@ -270,7 +270,8 @@ fn classify(answer: &Answer, secret: &SecretValue) -> PasswordError {
 /// policy <id>" (a tenant or app management policy); any other refusal "as per assigned policy"
 /// is a policy that forbids the addition.
 fn refused_addition(code: &str, message: String) -> PasswordError {
-    let says = |text: &str| message.to_ascii_lowercase().contains(text);
+    let lowered = message.to_ascii_lowercase();
+    let says = |text: &str| lowered.contains(text);
     if code == "TooManyAppPasswords" || says("you can only add a maximum of") {
         PasswordError::TooManyPasswords(message)
     } else if code == "CredentialInvalidLifetimeAsPerAppPolicy" || says("credential lifetime exceeds the max value allowed") {

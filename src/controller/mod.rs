@@ -310,12 +310,12 @@ fn connection_controller(
 pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     let scopes: Vec<Option<String>> =
         if ctx.config.watch_namespaces.is_empty() { vec![None] } else { ctx.config.watch_namespaces.iter().cloned().map(Some).collect() };
-    let mut watches = Watches::new(&ctx.client, scopes.clone());
+    let mut watches = Watches::new(&ctx.client, scopes);
     // Metadata only: the labels a ClusterIdentityBroker's allowedNamespaces selects on.
     let namespace_watch =
         SharedWatch::new(Api::<PartialObjectMeta<Namespace>>::all(ctx.client.clone()), watcher::Config::default(), &mut watches.stores);
     let namespaces = namespace_watch.store();
-    let (identity_senders, identity): (Vec<_>, Vec<_>) = scopes.iter().map(|_| mpsc::unbounded()).unzip();
+    let (identity_senders, identity): (Vec<_>, Vec<_>) = watches.scopes.iter().map(|_| mpsc::unbounded()).unzip();
     let (cluster_sender, cluster) = mpsc::unbounded();
     let connections: Vec<_> = identity_senders
         .iter()
